@@ -1,0 +1,13 @@
+//! Periscope's agent as a library: the stages of the pipeline, in the order data flows
+//! through them. `main.rs` only parses the command line and wires the stages together.
+//!
+//! probes -> events -> conn -> http -> span -> export, with resource/telemetry beside.
+
+pub mod conn;
+pub mod events;
+pub mod export;
+pub mod http;
+pub mod probes;
+pub mod resource;
+pub mod span;
+pub mod telemetry;

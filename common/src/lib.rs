@@ -1,0 +1,208 @@
+//! Wire types shared by the kernel programs (`ebpf/`) and the agent (`agent/`).
+//!
+//! Every kernel event is one [`EventHeader`] followed by a payload whose layout is fixed
+//! by its [`EventKind`]. Kind ids are part of the wire format and never change meaning;
+//! new kinds take new ids. All structs are `#[repr(C)]`, have no implicit padding and no
+//! `bool` fields, and their sizes are pinned by compile-time asserts so both sides agree.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Largest prefix of one syscall's payload copied into an event. Enough for a request
+/// line, a status line and the headers of nearly every request; the agent treats the
+/// rest as bytes it knows the count of but not the content.
+pub const MAX_HEAD: usize = 2048;
+/// When a chunk is larger than [`MAX_HEAD`], its last bytes are copied too: the end of
+/// a chunked body (`0\r\n\r\n`) sits there, which lets the agent find a message's end
+/// even when it could not see every chunk-size line.
+pub const MAX_TAIL: usize = 64;
+/// Size of the payload buffer following a [`DataEvent`].
+pub const MAX_PAYLOAD: usize = MAX_HEAD + MAX_TAIL;
+/// How many iovec entries readv/writev/recvmsg/sendmsg probes walk.
+pub const MAX_IOV: usize = 8;
+
+/// Fixed ids of event kinds. Never renumber.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A socket was accepted (server side) or connected (client side).
+    ConnOpen = 1,
+    /// Bytes moved on a tracked socket.
+    Data = 2,
+    /// A tracked socket was closed.
+    ConnClose = 3,
+    /// A traced process forked a new process, which is now traced too.
+    ProcessFork = 4,
+    /// A traced process exited (its last thread).
+    ProcessExit = 5,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        Ok(match v {
+            1 => Self::ConnOpen,
+            2 => Self::Data,
+            3 => Self::ConnClose,
+            4 => Self::ProcessFork,
+            5 => Self::ProcessExit,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Starts every event in the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// An [`EventKind`] id.
+    pub kind: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event happened.
+    pub ts_ns: u64,
+    /// `tgid << 32 | tid` of the thread that caused it.
+    pub pid_tgid: u64,
+}
+const _: () = assert!(size_of::<EventHeader>() == 24);
+
+impl EventHeader {
+    pub fn tgid(&self) -> u32 {
+        (self.pid_tgid >> 32) as u32
+    }
+    pub fn tid(&self) -> u32 {
+        self.pid_tgid as u32
+    }
+}
+
+/// Which side of a connection the traced process is on.
+pub const ROLE_UNKNOWN: u32 = 0;
+pub const ROLE_SERVER: u32 = 1;
+pub const ROLE_CLIENT: u32 = 2;
+
+/// Address families as the kernel numbers them.
+pub const AF_UNIX: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// `listen_fd` when there is none (connect, or an fd found at attach time).
+pub const NO_FD: u32 = u32::MAX;
+
+/// [`EventKind::ConnOpen`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnOpenEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    /// [`ROLE_SERVER`] for accept, [`ROLE_CLIENT`] for connect.
+    pub role: u32,
+    /// The listening socket an accepted connection came from, or [`NO_FD`].
+    pub listen_fd: u32,
+    /// Address family of `peer_addr`, 0 when the caller passed no address buffer.
+    pub family: u16,
+    /// Peer port, host byte order.
+    pub peer_port: u16,
+    /// Peer address: IPv4 in the first 4 bytes, IPv6 in all 16.
+    pub peer_addr: [u8; 16],
+}
+const _: () = assert!(size_of::<ConnOpenEvent>() == 56);
+
+/// Direction of a [`DataEvent`], seen from the traced process.
+pub const DIR_INGRESS: u32 = 0;
+pub const DIR_EGRESS: u32 = 1;
+
+/// [`EventKind::Data`], followed in the ring by `head_len + tail_len` payload bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
+    pub direction: u32,
+    /// Bytes the syscall really moved (its return value).
+    pub total_len: u64,
+    /// Bytes of the chunk's start copied, `<= MAX_HEAD`.
+    pub head_len: u32,
+    /// Bytes of the chunk's end copied (only when `total_len > head_len`), `<= MAX_TAIL`.
+    pub tail_len: u32,
+    /// The syscall, one of the `SYS_*` ids below (diagnostics only).
+    pub syscall: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<DataEvent>() == 56);
+
+/// Payload room of the kernel's scratch buffer. Larger than [`MAX_PAYLOAD`] on purpose:
+/// the verifier bounds `offset + length` of each copy by the sum of both maxima, so the
+/// buffer must hold that sum even though only `MAX_PAYLOAD` bytes are ever used.
+pub const SCRATCH_PAYLOAD: usize = 4 * MAX_HEAD;
+
+/// A [`DataEvent`] with its payload buffer, as the kernel side assembles it before
+/// copying `size_of::<DataEvent>() + head_len + tail_len` bytes of it into the ring.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEventBuf {
+    pub event: DataEvent,
+    pub payload: [u8; SCRATCH_PAYLOAD],
+}
+const _: () = assert!(size_of::<DataEventBuf>() == 56 + SCRATCH_PAYLOAD);
+const _: () = assert!(MAX_HEAD.is_power_of_two() && MAX_TAIL.is_power_of_two());
+
+pub const SYS_READ: u32 = 1;
+pub const SYS_READV: u32 = 2;
+pub const SYS_RECVFROM: u32 = 3;
+pub const SYS_RECVMSG: u32 = 4;
+pub const SYS_WRITE: u32 = 5;
+pub const SYS_WRITEV: u32 = 6;
+pub const SYS_SENDTO: u32 = 7;
+pub const SYS_SENDMSG: u32 = 8;
+pub const SYS_SENDFILE: u32 = 9;
+
+/// [`EventKind::ConnClose`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnCloseEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ConnCloseEvent>() == 32);
+
+/// [`EventKind::ProcessFork`] and [`EventKind::ProcessExit`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessEvent {
+    pub header: EventHeader,
+    /// The new process (fork) or the exiting one (exit).
+    pub pid: u32,
+    /// The forking process (fork); 0 for exit.
+    pub parent_pid: u32,
+}
+const _: () = assert!(size_of::<ProcessEvent>() == 32);
+
+/// Counters the kernel side keeps in a per-CPU array, indexed by these ids.
+pub const STAT_RINGBUF_DROPS: u32 = 0;
+pub const STAT_EVENTS: u32 = 1;
+pub const STAT_STASH_FULL: u32 = 2;
+pub const STAT_READ_ERRORS: u32 = 3;
+pub const STAT_SOCKMAP_FULL: u32 = 4;
+pub const STAT_COUNT: u32 = 8;
+
+/// Value of the per-target map: flags for one traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TargetInfo {
+    /// 1 = follow forks: children become targets too.
+    pub follow_forks: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<TargetInfo>() == 8);
+
+/// Key of the tracked-socket map.
+pub fn sock_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain #[repr(C)] data without padding or invalid bit patterns.
+    unsafe impl aya::Pod for super::TargetInfo {}
+}
