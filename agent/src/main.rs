@@ -1,1 +1,342 @@
-fn main(){}
+//! `periscope`: attach to running processes and export their HTTP spans.
+//!
+//! This file parses the command line and wires the stages (see lib.rs): the kernel
+//! probes feed one event thread (decode -> connections -> HTTP -> spans), which hands
+//! spans to the export stage running on a small tokio runtime. Nothing on the event
+//! path ever waits for an exporter.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs,
+    os::fd::AsRawFd,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::{MapData, RingBuf};
+use clap::{Parser, ValueEnum};
+use periscope::{
+    conn::Tracker,
+    events::Event,
+    export::{self, ConsoleFormat, ExportConfig, ExportFlags, SpanSink},
+    probes::{self, Probes},
+    resource::ResourceConfig,
+    telemetry::{Snapshot, Telemetry},
+};
+use periscope_common::ROLE_UNKNOWN;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "periscope",
+    version,
+    about = "Zero-code eBPF tracing: HTTP spans from processes nobody instrumented",
+    long_about = None
+)]
+struct Cli {
+    /// Process to trace (all its threads, and the processes it forks). Repeatable.
+    #[arg(long = "pid", value_name = "PID", required = true)]
+    pids: Vec<u32>,
+
+    /// OTLP endpoint, e.g. http://localhost:4318 [env: OTEL_EXPORTER_OTLP_ENDPOINT]
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
+    /// OTLP protocol: grpc or http/protobuf [env: OTEL_EXPORTER_OTLP_PROTOCOL]
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
+
+    /// Extra OTLP headers, key=value,... [env: OTEL_EXPORTER_OTLP_HEADERS]
+    #[arg(long, value_name = "HEADERS")]
+    otlp_headers: Option<String>,
+
+    /// Print spans to stdout (the default when no OTLP endpoint is configured).
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text")]
+    console: Option<ConsoleArg>,
+
+    /// Run for this many seconds, then flush and exit.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+
+    /// Do not trace processes forked by the targets.
+    #[arg(long)]
+    no_follow_forks: bool,
+
+    /// Seconds between status lines on stderr (0 = only at exit).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    status_interval: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ConsoleArg {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PERISCOPE_LOG")
+                .unwrap_or_else(|_| "warn,periscope=info".into()),
+        )
+        .with_target(false)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("periscope: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parent pid of every process, from /proc/*/stat.
+fn parent_map() -> HashMap<u32, u32> {
+    let mut map = HashMap::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return map;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // comm may hold spaces and parentheses: fields resume after the last ')'.
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r)
+            && let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok())
+        {
+            map.insert(pid, ppid);
+        }
+    }
+    map
+}
+
+/// The given pids plus, when following forks, their living descendants.
+fn expand_targets(pids: &[u32], follow: bool) -> BTreeSet<u32> {
+    let mut set: BTreeSet<u32> = pids.iter().copied().collect();
+    if follow {
+        let parents = parent_map();
+        loop {
+            let before = set.len();
+            for (&pid, ppid) in &parents {
+                if set.contains(ppid) {
+                    set.insert(pid);
+                }
+            }
+            if set.len() == before {
+                break;
+            }
+        }
+    }
+    set.remove(&std::process::id());
+    set
+}
+
+fn run(cli: Cli) -> Result<()> {
+    for &pid in &cli.pids {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("no process with PID {pid}");
+        }
+        if pid == std::process::id() {
+            bail!("periscope cannot trace itself (PID {pid})");
+        }
+    }
+    let mut flags = ExportFlags {
+        otlp_endpoint: cli.otlp_endpoint.clone(),
+        otlp_protocol: cli.otlp_protocol.clone(),
+        otlp_headers: cli.otlp_headers.clone(),
+        otlp_timeout: None,
+        console: Vec::new(),
+    };
+    match cli.console {
+        Some(ConsoleArg::Text) => flags.console.push(ConsoleFormat::Text),
+        Some(ConsoleArg::Json) => flags.console.push(ConsoleFormat::Json),
+        None => {}
+    }
+    let mut export_cfg = ExportConfig::from_flags_and_env(&flags)?;
+    if export_cfg.is_empty() {
+        export_cfg.console.push(ConsoleFormat::Text);
+    }
+    let resource_cfg = ResourceConfig::from_env();
+
+    let (mut probes, ring) = Probes::load(1 << 20)?;
+    let follow = !cli.no_follow_forks;
+    let targets = expand_targets(&cli.pids, follow);
+    let mut tracker = Tracker::new(resource_cfg);
+    let mut described = Vec::new();
+    for &pid in &targets {
+        probes
+            .add_target(pid, follow)
+            .with_context(|| format!("adding PID {pid} to the target map"))?;
+        let res = tracker.add_process(pid);
+        described.push(format!("{pid} ({})", res.service_name));
+    }
+    // Programs are attached already, so a socket opened from now on is seen by
+    // accept/connect; the ones open before are added here (role learnt from their bytes).
+    for &pid in &targets {
+        for fd in probes::existing_tcp_sockets(pid).unwrap_or_default() {
+            probes.add_socket(pid, fd, ROLE_UNKNOWN)?;
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("periscope-export")
+        .enable_all()
+        .build()
+        .context("starting the export runtime")?;
+    let (sink, export) = export::start(export_cfg, rt.handle());
+    let stats = export.stats();
+    let telemetry = Arc::new(Telemetry::default());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    eprintln!(
+        "periscope: ready — tracing {} process(es): {}",
+        targets.len(),
+        described.join(", ")
+    );
+
+    let event_thread = {
+        let telemetry = telemetry.clone();
+        let stop = stop.clone();
+        thread::Builder::new()
+            .name("periscope-events".into())
+            .spawn(move || event_loop(probes, ring, tracker, sink, &telemetry, &stop))
+            .context("starting the event thread")?
+    };
+
+    let end = rt.block_on(async {
+        let deadline = cli.duration.map(|s| Instant::now() + Duration::from_secs_f64(s));
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut last_status = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break "interrupted",
+                _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break "terminated",
+                _ = tick.tick() => {}
+            }
+            if event_thread.is_finished() {
+                break "every traced process exited";
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break "duration elapsed";
+            }
+            if cli.status_interval > 0
+                && last_status.elapsed() >= Duration::from_secs(cli.status_interval)
+            {
+                last_status = Instant::now();
+                eprintln!("{}", status_line(&telemetry.snapshot(), &stats));
+            }
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    let loop_result = event_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("event thread panicked"))?;
+    rt.block_on(export.shutdown(Duration::from_secs(5)));
+    let snap = telemetry.snapshot();
+    eprintln!("periscope: {end}; flushed. {}", status_line(&snap, &stats).trim_start_matches("periscope: "));
+    loop_result
+}
+
+fn status_line(s: &Snapshot, e: &export::ExportStats) -> String {
+    format!(
+        "periscope: status processes={} events={} lost={} parse_errors={} non_http={} spans={} exported={} dropped={} unmatched={}",
+        s.processes,
+        s.events_received,
+        s.kernel.ringbuf_drops,
+        s.tracker.parse_errors,
+        s.tracker.non_http_streams,
+        s.tracker.spans,
+        e.exported.load(Ordering::Relaxed),
+        e.dropped.load(Ordering::Relaxed),
+        s.tracker.requests_without_response + s.tracker.responses_without_request,
+    )
+}
+
+/// How often the ring is drained when nothing forces a wakeup. Events reach userspace
+/// at most this late; batching them saves a wakeup per event.
+const DRAIN_INTERVAL_MS: i32 = 10;
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+
+fn event_loop(
+    mut probes: Probes,
+    mut ring: RingBuf<MapData>,
+    mut tracker: Tracker,
+    sink: SpanSink,
+    telemetry: &Telemetry,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let mut received: u64 = 0;
+    let mut last_housekeeping = Instant::now();
+    let mut emit = |span| sink.send(span);
+    let fd = ring.as_raw_fd();
+    loop {
+        while let Some(item) = ring.next() {
+            received += 1;
+            match Event::try_from(&*item) {
+                Ok(Event::Fork(ev)) => {
+                    // The kernel already traces the child; give it a resource.
+                    tracker.add_process(ev.pid);
+                }
+                Ok(Event::Exit(ev)) => {
+                    let fds = tracker.remove_process(ev.pid, ev.header.ts_ns, &mut emit);
+                    probes.remove_sockets(ev.pid, fds);
+                    probes.purge_process(ev.pid);
+                }
+                Ok(ev) => tracker.handle(ev, &mut emit),
+                Err(_) => telemetry.decode_error(),
+            }
+        }
+        if last_housekeeping.elapsed() >= HOUSEKEEPING {
+            last_housekeeping = Instant::now();
+            // Exits we did not see (e.g. the ring was full): poll liveness.
+            for pid in tracker.pids() {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    let fds = tracker.remove_process(pid, 0, &mut emit);
+                    probes.remove_sockets(pid, fds);
+                    probes.purge_process(pid);
+                    probes.remove_target(pid);
+                }
+            }
+            probes.flush_logs();
+            telemetry.publish(Snapshot {
+                kernel: probes.stats(),
+                tracker: tracker.stats(),
+                events_received: received,
+                processes: tracker.process_count() as u64,
+            });
+            if tracker.process_count() == 0 {
+                return Ok(());
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            // Final drain happened above; publish once more for the exit summary.
+            telemetry.publish(Snapshot {
+                kernel: probes.stats(),
+                tracker: tracker.stats(),
+                events_received: received,
+                processes: tracker.process_count() as u64,
+            });
+            return Ok(());
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, DRAIN_INTERVAL_MS) };
+    }
+}

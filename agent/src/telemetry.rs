@@ -1,1 +1,44 @@
-//! TODO
+//! The agent's own telemetry: what it received, lost, parsed and exported.
+//!
+//! The event thread publishes a snapshot here every housekeeping tick; the status line
+//! (and, later, the metrics endpoint) reads it. Every counter is documented because users
+//! alert on them: a non-zero `events_lost` means spans are missing.
+
+use std::sync::{
+    Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use crate::{conn::TrackerStats, probes::KernelStats};
+
+/// Snapshot shared between the event thread and reporters.
+#[derive(Default)]
+pub struct Telemetry {
+    inner: Mutex<Snapshot>,
+    /// Ring-buffer records that could not be decoded (version skew; should stay 0).
+    pub decode_errors: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Snapshot {
+    pub kernel: KernelStats,
+    pub tracker: TrackerStats,
+    /// Records read from the ring buffer by userspace.
+    pub events_received: u64,
+    /// Traced processes alive.
+    pub processes: u64,
+}
+
+impl Telemetry {
+    pub fn publish(&self, snap: Snapshot) {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = snap;
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn decode_error(&self) {
+        self.decode_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,1 +1,45 @@
-fn main(){}
+//! Build, test, bench and demo orchestration: `cargo xtask <command>`.
+
+mod bench;
+mod build;
+mod demo;
+mod test;
+mod tools;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Periscope's build, test, bench and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF object and the agent (installs missing toolchain pieces).
+    Build,
+    /// Unit tests, then the end-to-end suite as root against real servers.
+    Test {
+        /// Only run end-to-end tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Start a sample Go service with traffic, attach, and print spans.
+    Demo,
+    /// Overhead of tracing under wrk, with/without the agent, side by side.
+    Bench,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Build => {
+            let bin = build::build_all()?;
+            eprintln!("xtask: built {}", bin.display());
+        }
+        Cmd::Test { filter } => test::test(filter)?,
+        Cmd::Demo => demo::demo()?,
+        Cmd::Bench => bench::bench()?,
+    }
+    Ok(())
+}

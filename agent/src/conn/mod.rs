@@ -1,1 +1,410 @@
-//! TODO
+//! Per-connection state: which process and fd, which side we are on, the two byte
+//! streams with their HTTP parsers, and the requests waiting for their responses.
+//!
+//! The tracker consumes decoded kernel events in order and emits finished spans. It is
+//! single-threaded on purpose (one event thread owns it): events of one connection must
+//! be applied in ring order, and no locking keeps the per-event cost small.
+
+pub mod procnet;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use periscope_common::{
+    AF_INET, AF_INET6, ConnOpenEvent, DIR_INGRESS, DataEvent, NO_FD, ROLE_CLIENT, ROLE_SERVER,
+};
+
+use crate::{
+    events::Event,
+    http::{Chunk, Direction, Message, MessageKind, Method, StreamParser},
+    resource::{Resource, ResourceConfig},
+    span::{
+        Span, SpanKind,
+        build::{Endpoints, build},
+    },
+};
+
+/// Requests waiting for a response on one connection (pipelining depth) before the
+/// oldest is given up: bounds memory on a connection whose responses we cannot see.
+const MAX_PENDING: usize = 64;
+/// Connections tracked at once; beyond it new connections are not followed (counted).
+const MAX_CONNS: usize = 65_536;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Unknown,
+    Server,
+    Client,
+}
+
+struct Conn {
+    role: Role,
+    ends: Endpoints,
+    /// Bytes the traced process read.
+    ingress: StreamParser,
+    /// Bytes the traced process wrote.
+    egress: StreamParser,
+    /// Requests parsed, in order, waiting for their response.
+    pending: VecDeque<Message>,
+}
+
+impl Conn {
+    fn new(role: Role, ends: Endpoints) -> Self {
+        let (ingress, egress) = match role {
+            Role::Client => (Direction::Response, Direction::Request),
+            // An fd found at attach time is assumed to serve until its bytes say
+            // otherwise (see `classify`).
+            Role::Server | Role::Unknown => (Direction::Request, Direction::Response),
+        };
+        Self {
+            role,
+            ends,
+            ingress: StreamParser::new(ingress),
+            egress: StreamParser::new(egress),
+            pending: VecDeque::new(),
+        }
+    }
+}
+
+/// One traced process.
+struct Proc {
+    resource: Arc<Resource>,
+    /// Local address of each listening fd, resolved once from procfs.
+    listeners: HashMap<u32, Option<SocketAddr>>,
+}
+
+/// Counters of the tracker, for self-telemetry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrackerStats {
+    pub spans: u64,
+    pub requests: u64,
+    pub responses_without_request: u64,
+    pub requests_without_response: u64,
+    pub parse_errors: u64,
+    pub non_http_streams: u64,
+    pub conns_opened: u64,
+    pub conns_over_limit: u64,
+    pub decode_errors: u64,
+}
+
+pub struct Tracker {
+    conns: HashMap<(u32, u32), Conn>,
+    procs: HashMap<u32, Proc>,
+    resource_cfg: ResourceConfig,
+    /// Add to a kernel monotonic timestamp to get Unix time.
+    mono_to_unix_offset: i128,
+    stats: TrackerStats,
+    scratch: Vec<Message>,
+}
+
+fn peer_addr(ev: &ConnOpenEvent) -> Option<SocketAddr> {
+    let ip = match ev.family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(
+            ev.peer_addr[0],
+            ev.peer_addr[1],
+            ev.peer_addr[2],
+            ev.peer_addr[3],
+        )),
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(ev.peer_addr);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, ev.peer_port))
+}
+
+/// Offset between CLOCK_REALTIME and CLOCK_MONOTONIC (what bpf_ktime_get_ns reads).
+pub fn mono_to_unix_offset() -> i128 {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the valid timespec we pass.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    let mono = now(libc::CLOCK_MONOTONIC);
+    let real = now(libc::CLOCK_REALTIME);
+    real - mono
+}
+
+impl Tracker {
+    pub fn new(resource_cfg: ResourceConfig) -> Self {
+        Self {
+            conns: HashMap::new(),
+            procs: HashMap::new(),
+            resource_cfg,
+            mono_to_unix_offset: mono_to_unix_offset(),
+            stats: TrackerStats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> TrackerStats {
+        let mut s = self.stats;
+        s.parse_errors += self
+            .conns
+            .values()
+            .map(|c| c.ingress.stats().parse_errors + c.egress.stats().parse_errors)
+            .sum::<u64>();
+        s
+    }
+
+    pub fn add_process(&mut self, pid: u32) -> Arc<Resource> {
+        let cfg = &self.resource_cfg;
+        self.procs
+            .entry(pid)
+            .or_insert_with(|| Proc {
+                resource: Arc::new(Resource::for_process(pid, cfg)),
+                listeners: HashMap::new(),
+            })
+            .resource
+            .clone()
+    }
+
+    pub fn resource(&self, pid: u32) -> Option<Arc<Resource>> {
+        self.procs.get(&pid).map(|p| p.resource.clone())
+    }
+
+    /// Number of traced processes still alive.
+    pub fn process_count(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.keys().copied().collect()
+    }
+
+    /// Forgets a process that exited, finishing what its connections can still finish.
+    /// Returns the fds it had open so the caller can drop them from the kernel map.
+    pub fn remove_process(&mut self, pid: u32, ts_ns: u64, sink: &mut dyn FnMut(Span)) -> Vec<u32> {
+        let fds: Vec<u32> = self
+            .conns
+            .keys()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, fd)| *fd)
+            .collect();
+        for &fd in &fds {
+            self.close(pid, fd, ts_ns, sink);
+        }
+        self.procs.remove(&pid);
+        fds
+    }
+
+    pub fn handle(&mut self, event: Event<'_>, sink: &mut dyn FnMut(Span)) {
+        match event {
+            Event::ConnOpen(ev) => self.open(&ev),
+            Event::Data { ev, head, tail } => self.data(&ev, head, tail, sink),
+            Event::ConnClose(ev) => self.close(ev.header.tgid(), ev.fd, ev.header.ts_ns, sink),
+            // Forks and exits change the target set; the caller handles them because they
+            // touch kernel maps too.
+            Event::Fork(_) | Event::Exit(_) => {}
+        }
+    }
+
+    fn open(&mut self, ev: &ConnOpenEvent) {
+        let pid = ev.header.tgid();
+        let role = match ev.role {
+            ROLE_SERVER => Role::Server,
+            ROLE_CLIENT => Role::Client,
+            _ => Role::Unknown,
+        };
+        let mut ends = Endpoints {
+            local: None,
+            peer: peer_addr(ev),
+        };
+        if role == Role::Server && ev.listen_fd != NO_FD {
+            ends.local = self.listener_addr(pid, ev.listen_fd);
+        }
+        if self.conns.len() >= MAX_CONNS && !self.conns.contains_key(&(pid, ev.fd)) {
+            self.stats.conns_over_limit += 1;
+            return;
+        }
+        self.stats.conns_opened += 1;
+        // A reused fd number means the old connection is gone even if we missed its close.
+        self.conns.insert((pid, ev.fd), Conn::new(role, ends));
+    }
+
+    fn listener_addr(&mut self, pid: u32, listen_fd: u32) -> Option<SocketAddr> {
+        let proc = self.procs.get_mut(&pid)?;
+        *proc
+            .listeners
+            .entry(listen_fd)
+            .or_insert_with(|| {
+                let inode = procnet::fd_inode(pid, listen_fd)?;
+                procnet::tcp_rows(pid)
+                    .into_iter()
+                    .find(|r| r.inode == inode)
+                    .map(|r| r.local)
+            })
+    }
+
+    fn data(&mut self, ev: &DataEvent, head: &[u8], tail: &[u8], sink: &mut dyn FnMut(Span)) {
+        let pid = ev.header.tgid();
+        let key = (pid, ev.fd);
+        if !self.conns.contains_key(&key) {
+            // A socket that was open before we attached: learn its addresses once.
+            if self.conns.len() >= MAX_CONNS {
+                self.stats.conns_over_limit += 1;
+                return;
+            }
+            let ends = procnet::fd_addrs(pid, ev.fd)
+                .map(|r| Endpoints {
+                    local: Some(r.local),
+                    peer: Some(r.remote),
+                })
+                .unwrap_or_default();
+            self.conns.insert(key, Conn::new(Role::Unknown, ends));
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.role == Role::Unknown {
+            classify(conn, ev.direction, head);
+        }
+        let chunk = Chunk {
+            ts_ns: ev.header.ts_ns,
+            total_len: ev.total_len,
+            head,
+            tail,
+        };
+        let ingress = ev.direction == DIR_INGRESS;
+        let mut out = std::mem::take(&mut self.scratch);
+        let parser = if ingress {
+            &mut conn.ingress
+        } else {
+            &mut conn.egress
+        };
+        let was_http = !parser.is_passthrough();
+        parser.feed(&chunk, &mut out);
+        if was_http && parser.is_passthrough() && parser.stats().messages == 0 {
+            self.stats.non_http_streams += 1;
+        }
+        let requests_are_ingress = conn.role != Role::Client;
+        let is_request_stream = ingress == requests_are_ingress;
+        let resource = self.procs.get(&pid).map(|p| p.resource.clone());
+        for msg in out.drain(..) {
+            on_message(
+                conn,
+                msg,
+                is_request_stream,
+                resource.as_ref(),
+                self.mono_to_unix_offset,
+                &mut self.stats,
+                sink,
+            );
+        }
+        self.scratch = out;
+    }
+
+    fn close(&mut self, pid: u32, fd: u32, ts_ns: u64, sink: &mut dyn FnMut(Span)) {
+        let Some(mut conn) = self.conns.remove(&(pid, fd)) else {
+            return;
+        };
+        let resource = self.procs.get(&pid).map(|p| p.resource.clone());
+        let requests_are_ingress = conn.role != Role::Client;
+        let mut out = Vec::new();
+        // Close-delimited responses end here.
+        let (req_stream, resp_stream) = if requests_are_ingress {
+            (&mut conn.ingress, &mut conn.egress)
+        } else {
+            (&mut conn.egress, &mut conn.ingress)
+        };
+        req_stream.close(ts_ns, &mut out);
+        let n_req = out.len();
+        resp_stream.close(ts_ns, &mut out);
+        let msgs: Vec<(bool, Message)> = out
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| (i < n_req, m))
+            .collect();
+        for (is_req, msg) in msgs {
+            on_message(
+                &mut conn,
+                msg,
+                is_req,
+                resource.as_ref(),
+                self.mono_to_unix_offset,
+                &mut self.stats,
+                sink,
+            );
+        }
+        self.stats.requests_without_response += conn.pending.len() as u64;
+        self.stats.parse_errors +=
+            conn.ingress.stats().parse_errors + conn.egress.stats().parse_errors;
+    }
+}
+
+/// Decides which side of an fd found at attach time we are on, from the first bytes:
+/// reading a request means serving, writing one means calling.
+fn classify(conn: &mut Conn, direction: u32, head: &[u8]) {
+    let looks_like_request = head
+        .iter()
+        .position(|&b| b == b' ')
+        .is_some_and(|sp| sp > 0 && sp <= 20 && head[..sp].iter().all(|b| b.is_ascii_uppercase()));
+    let looks_like_response = head.starts_with(b"HTTP/1.");
+    let ingress = direction == DIR_INGRESS;
+    let role = match (looks_like_request, looks_like_response, ingress) {
+        (true, _, true) | (_, true, false) => Role::Server,
+        (true, _, false) | (_, true, true) => Role::Client,
+        _ => return,
+    };
+    if role != conn.role {
+        let ends = conn.ends;
+        *conn = Conn::new(role, ends);
+    }
+}
+
+fn on_message(
+    conn: &mut Conn,
+    msg: Message,
+    is_request_stream: bool,
+    resource: Option<&Arc<Resource>>,
+    offset: i128,
+    stats: &mut TrackerStats,
+    sink: &mut dyn FnMut(Span),
+) {
+    match (&msg.kind, is_request_stream) {
+        (MessageKind::Request { method, .. }, true) => {
+            stats.requests += 1;
+            let no_body = matches!(method, Method::Head | Method::Connect);
+            let resp_parser = if conn.role == Role::Client {
+                &mut conn.ingress
+            } else {
+                &mut conn.egress
+            };
+            resp_parser.push_request(no_body);
+            if conn.pending.len() >= MAX_PENDING {
+                conn.pending.pop_front();
+                stats.requests_without_response += 1;
+            }
+            conn.pending.push_back(msg);
+        }
+        (MessageKind::Response { .. }, false) => {
+            let Some(req) = conn.pending.pop_front() else {
+                stats.responses_without_request += 1;
+                return;
+            };
+            let Some(resource) = resource else {
+                return;
+            };
+            let kind = if conn.role == Role::Client {
+                SpanKind::Client
+            } else {
+                SpanKind::Server
+            };
+            let to_unix = |ns: u64| (ns as i128 + offset).max(0) as u64;
+            let span = build(kind, &req, &msg, conn.ends, resource, to_unix);
+            stats.spans += 1;
+            sink(span);
+        }
+        // A request on the response stream or vice versa: the stream is not what we
+        // thought; the parsers resync on their own.
+        _ => stats.parse_errors += 1,
+    }
+}

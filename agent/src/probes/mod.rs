@@ -1,1 +1,293 @@
-//! TODO
+//! The kernel boundary: loads the embedded eBPF object, attaches its programs, and owns
+//! the maps userspace writes (targets, sockets) and reads (counters, events).
+//!
+//! One table ([`PROBES`]) declares every program, what it hooks and why; attaching is a
+//! loop over it. `unsafe` for this crate lives here and in `events` (decoding records).
+
+use std::{
+    fs,
+    io::{self, ErrorKind},
+    path::Path,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use periscope_common::{STAT_COUNT, TargetInfo, sock_key};
+use thiserror::Error;
+
+/// The kernel object built by `cargo xtask build` (see build.rs).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/periscope.bpf.o"));
+
+/// One kernel program: (program name in the object, tracepoint category, tracepoint name,
+/// what it is for). All of these are syscall/sched tracepoints, available since Linux 4.7
+/// (ring buffer: 5.8), and need neither kprobes nor BTF.
+pub const PROBES: &[(&str, &str, &str, &str)] = &[
+    ("sys_enter_accept", "syscalls", "sys_enter_accept", "server connections"),
+    ("sys_exit_accept", "syscalls", "sys_exit_accept", "server connections"),
+    ("sys_enter_accept4", "syscalls", "sys_enter_accept4", "server connections"),
+    ("sys_exit_accept4", "syscalls", "sys_exit_accept4", "server connections"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect", "client connections"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect", "client connections"),
+    ("sys_enter_read", "syscalls", "sys_enter_read", "ingress bytes"),
+    ("sys_exit_read", "syscalls", "sys_exit_read", "ingress bytes"),
+    ("sys_enter_readv", "syscalls", "sys_enter_readv", "ingress bytes"),
+    ("sys_exit_readv", "syscalls", "sys_exit_readv", "ingress bytes"),
+    ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom", "ingress bytes"),
+    ("sys_exit_recvfrom", "syscalls", "sys_exit_recvfrom", "ingress bytes"),
+    ("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg", "ingress bytes"),
+    ("sys_exit_recvmsg", "syscalls", "sys_exit_recvmsg", "ingress bytes"),
+    ("sys_enter_write", "syscalls", "sys_enter_write", "egress bytes"),
+    ("sys_exit_write", "syscalls", "sys_exit_write", "egress bytes"),
+    ("sys_enter_writev", "syscalls", "sys_enter_writev", "egress bytes"),
+    ("sys_exit_writev", "syscalls", "sys_exit_writev", "egress bytes"),
+    ("sys_enter_sendto", "syscalls", "sys_enter_sendto", "egress bytes"),
+    ("sys_exit_sendto", "syscalls", "sys_exit_sendto", "egress bytes"),
+    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg", "egress bytes"),
+    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg", "egress bytes"),
+    ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64", "egress bytes (static files)"),
+    ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64", "egress bytes (static files)"),
+    ("sys_enter_close", "syscalls", "sys_enter_close", "connection end"),
+    ("task_newtask", "task", "task_newtask", "follow forked children"),
+    ("sched_process_exit", "sched", "sched_process_exit", "target exit"),
+];
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(
+        "this periscope binary was built without its eBPF object; build it with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error(
+        "permission denied loading eBPF programs: run as root (sudo) or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE"
+    )]
+    PermissionDenied,
+    #[error(
+        "tracefs is not mounted and could not be mounted at /sys/kernel/tracing ({0}); mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
+    )]
+    Tracefs(io::Error),
+    #[error("loading eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF program {name} ({what}): {source}")]
+    Program {
+        name: &'static str,
+        what: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
+}
+
+/// Kernel-side counters (summed over CPUs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelStats {
+    /// Events written to the ring.
+    pub events: u64,
+    /// Events lost because the ring was full.
+    pub ringbuf_drops: u64,
+    /// Syscalls not followed because the per-thread argument map was full.
+    pub stash_full: u64,
+    /// Payload copies that failed (user memory not readable).
+    pub read_errors: u64,
+    /// Sockets not followed because the socket map was full.
+    pub sockmap_full: u64,
+}
+
+/// Loaded and attached kernel programs plus the maps userspace maintains.
+pub struct Probes {
+    _ebpf: Ebpf,
+    targets: HashMap<MapData, u32, TargetInfo>,
+    socks: HashMap<MapData, u64, u32>,
+    stats: PerCpuArray<MapData, u64>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// Makes sure tracefs is reachable, mounting it when it is not (as many minimal VMs and
+/// containers boot without it).
+pub fn ensure_tracefs() -> Result<(), ProbeError> {
+    if Path::new("/sys/kernel/tracing/events").exists()
+        || Path::new("/sys/kernel/debug/tracing/events").exists()
+    {
+        return Ok(());
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: plain mount(2) with valid NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(ProbeError::Tracefs(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn is_eperm(e: &aya::EbpfError) -> bool {
+    let msg = format!("{e:?}");
+    msg.contains("PermissionDenied") || msg.contains("Operation not permitted")
+}
+
+impl Probes {
+    /// Loads the object and attaches every program in [`PROBES`]. The returned ring is
+    /// the event stream; the caller drains it.
+    pub fn load(wakeup_bytes: u64) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        ensure_tracefs()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                if is_eperm(&e) {
+                    ProbeError::PermissionDenied
+                } else {
+                    ProbeError::Load(e)
+                }
+            })?;
+        // Kernel-side diagnostics (aya-log); absent when the object logs nothing.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+        };
+        let targets = HashMap::try_from(take(&mut ebpf, "TARGETS")?).map_err(map_err("TARGETS"))?;
+        let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?).map_err(map_err("SOCKS"))?;
+        let stats = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
+        let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
+        for &(name, category, tracepoint, what) in PROBES {
+            let err = |source| ProbeError::Program { name, what, source };
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingMap(name))?
+                .try_into()
+                .map_err(err)?;
+            prog.load().map_err(|source| {
+                if format!("{source:?}").contains("PermissionDenied") {
+                    ProbeError::PermissionDenied
+                } else {
+                    ProbeError::Program { name, what, source }
+                }
+            })?;
+            prog.attach(category, tracepoint).map_err(err)?;
+        }
+        Ok((
+            Self {
+                _ebpf: ebpf,
+                targets,
+                socks,
+                stats,
+                logger,
+            },
+            ring,
+        ))
+    }
+
+    pub fn add_target(&mut self, pid: u32, follow_forks: bool) -> Result<(), ProbeError> {
+        let info = TargetInfo {
+            follow_forks: follow_forks as u32,
+            _pad: 0,
+        };
+        self.targets
+            .insert(pid, info, 0)
+            .map_err(map_err("TARGETS"))
+    }
+
+    pub fn remove_target(&mut self, pid: u32) {
+        let _ = self.targets.remove(&pid);
+    }
+
+    /// Starts following an fd that existed before the agent attached.
+    pub fn add_socket(&mut self, pid: u32, fd: u32, role: u32) -> Result<(), ProbeError> {
+        self.socks
+            .insert(sock_key(pid, fd), role, 0)
+            .map_err(map_err("SOCKS"))
+    }
+
+    /// Forgets sockets of a process that exited (close(2) never ran for them).
+    pub fn remove_sockets(&mut self, pid: u32, fds: impl IntoIterator<Item = u32>) {
+        for fd in fds {
+            let _ = self.socks.remove(&sock_key(pid, fd));
+        }
+    }
+
+    /// Removes every socket entry of `pid`, including ones userspace never saw data for.
+    pub fn purge_process(&mut self, pid: u32) {
+        let keys: Vec<u64> = self
+            .socks
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| (k >> 32) as u32 == pid)
+            .collect();
+        for k in keys {
+            let _ = self.socks.remove(&k);
+        }
+    }
+
+    pub fn stats(&self) -> KernelStats {
+        let sum = |i: u32| -> u64 {
+            self.stats
+                .get(&i, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        debug_assert!(periscope_common::STAT_SOCKMAP_FULL < STAT_COUNT);
+        KernelStats {
+            events: sum(periscope_common::STAT_EVENTS),
+            ringbuf_drops: sum(periscope_common::STAT_RINGBUF_DROPS),
+            stash_full: sum(periscope_common::STAT_STASH_FULL),
+            read_errors: sum(periscope_common::STAT_READ_ERRORS),
+            sockmap_full: sum(periscope_common::STAT_SOCKMAP_FULL),
+        }
+    }
+
+    /// Forwards kernel-side log records (rare: map-full conditions) to our log.
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+}
+
+/// Sockets a process already had open when the agent attached: TCP sockets that are not
+/// listening, from /proc/PID/fd and /proc/PID/net/tcp{,6}.
+pub fn existing_tcp_sockets(pid: u32) -> io::Result<Vec<u32>> {
+    let inodes = crate::conn::procnet::connected_inodes(pid);
+    let mut fds = Vec::new();
+    let dir = match fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(d) => d,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(fds),
+        Err(e) => return Err(e),
+    };
+    for entry in dir.flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(link) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        if let Some(inode) = crate::conn::procnet::socket_inode(&link.to_string_lossy())
+            && inodes.contains(&inode)
+        {
+            fds.push(fd);
+        }
+    }
+    Ok(fds)
+}

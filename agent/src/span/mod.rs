@@ -57,3 +57,6 @@ impl Span {
         self.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 }
+
+pub mod build;
+pub mod context;

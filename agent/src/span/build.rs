@@ -1,0 +1,231 @@
+//! Turning a request/response pair seen on one connection into a [`Span`] with
+//! OpenTelemetry semantic-convention attributes (HTTP semconv v1.23+ stable names).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use super::{
+    Span, SpanKind, SpanStatus, Value,
+    context::{new_span_id, new_trace_id, parse_traceparent},
+};
+use crate::{
+    http::{Message, MessageKind},
+    resource::Resource,
+};
+
+/// What the connection knows about its two ends.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Endpoints {
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+}
+
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
+];
+
+/// Replaces every query value by `REDACTED`, keeping keys (they carry the shape, values
+/// carry tokens and personal data).
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) => format!("{k}=REDACTED"),
+            None => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Splits a request target into path and query. Absolute-form targets
+/// (`http://host/path`, used towards proxies) keep only their path.
+pub fn split_target(target: &str) -> (&str, Option<&str>) {
+    let target = match target.find("://") {
+        Some(i) => {
+            let rest = &target[i + 3..];
+            rest.find('/').map_or("/", |p| &rest[p..])
+        }
+        None => target,
+    };
+    let target = target.split('#').next().unwrap_or(target);
+    match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    }
+}
+
+/// `host[:port]` of a Host header (IPv6 literals in brackets).
+fn split_host(host: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((h, tail)) = rest.split_once(']') {
+            return (h, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
+        _ => (host, None),
+    }
+}
+
+/// Builds the span of one exchange. `mono_to_unix` converts kernel timestamps.
+pub fn build(
+    kind: SpanKind,
+    req: &Message,
+    resp: &Message,
+    ends: Endpoints,
+    resource: &Arc<Resource>,
+    mono_to_unix: impl Fn(u64) -> u64,
+) -> Span {
+    let (method, target) = match &req.kind {
+        MessageKind::Request { method, target } => (method.as_str(), target.as_str()),
+        MessageKind::Response { .. } => ("_OTHER", "/"),
+    };
+    let status = match resp.kind {
+        MessageKind::Response { status, .. } => status,
+        MessageKind::Request { .. } => 0,
+    };
+    let known = KNOWN_METHODS.contains(&method);
+    let method_attr = if known { method } else { "_OTHER" };
+    let (path, query) = split_target(target);
+
+    let mut attributes: Vec<(&'static str, Value)> = Vec::with_capacity(16);
+    let mut push = |k: &'static str, v: Value| attributes.push((k, v));
+    push("http.request.method", Value::Str(method_attr.to_string()));
+    if !known {
+        push("http.request.method_original", Value::Str(method.to_string()));
+    }
+    push("http.response.status_code", Value::Int(status as i64));
+    push(
+        "network.protocol.version",
+        Value::Str(if req.version_minor == 0 { "1.0" } else { "1.1" }.to_string()),
+    );
+    let host = req.host.as_deref().map(split_host);
+    match kind {
+        SpanKind::Server => {
+            push("url.scheme", Value::Str("http".into()));
+            push("url.path", Value::Str(path.to_string()));
+            if let Some(q) = query {
+                push("url.query", Value::Str(redact_query(q)));
+            }
+            // server.*: the name the client addressed (Host), the port it connected to.
+            let server_addr = host
+                .map(|(h, _)| h.to_string())
+                .or_else(|| ends.local.map(|a| a.ip().to_string()));
+            if let Some(a) = server_addr {
+                push("server.address", Value::Str(a));
+            }
+            if let Some(p) = ends.local.map(|a| a.port()).or(host.and_then(|(_, p)| p)) {
+                push("server.port", Value::Int(p as i64));
+            }
+            if let Some(peer) = ends.peer {
+                push("client.address", Value::Str(peer.ip().to_string()));
+                push("client.port", Value::Int(peer.port() as i64));
+                push("network.peer.address", Value::Str(peer.ip().to_string()));
+                push("network.peer.port", Value::Int(peer.port() as i64));
+            }
+        }
+        SpanKind::Client => {
+            let authority = req
+                .host
+                .clone()
+                .or_else(|| ends.peer.map(|a| a.to_string()))
+                .unwrap_or_default();
+            let full = match query {
+                Some(q) => format!("http://{authority}{path}?{}", redact_query(q)),
+                None => format!("http://{authority}{path}"),
+            };
+            push("url.full", Value::Str(full));
+            if let Some((h, p)) = host {
+                push("server.address", Value::Str(h.to_string()));
+                if let Some(p) = p.or(ends.peer.map(|a| a.port())) {
+                    push("server.port", Value::Int(p as i64));
+                }
+            } else if let Some(peer) = ends.peer {
+                push("server.address", Value::Str(peer.ip().to_string()));
+                push("server.port", Value::Int(peer.port() as i64));
+            }
+            if let Some(peer) = ends.peer {
+                push("network.peer.address", Value::Str(peer.ip().to_string()));
+                push("network.peer.port", Value::Int(peer.port() as i64));
+            }
+        }
+    }
+    if let Some(ua) = &req.user_agent {
+        push("user_agent.original", Value::Str(ua.clone()));
+    }
+    if req.body_bytes > 0 {
+        push("http.request.body.size", Value::Int(req.body_bytes as i64));
+    }
+    push("http.response.body.size", Value::Int(resp.body_bytes as i64));
+    let error = match kind {
+        SpanKind::Server => status >= 500,
+        SpanKind::Client => status >= 400,
+    };
+    if error {
+        push("error.type", Value::Str(status.to_string()));
+    }
+
+    // Server spans join the caller's trace when it sent a valid traceparent.
+    let parent = match kind {
+        SpanKind::Server => req.traceparent.as_deref().and_then(parse_traceparent),
+        SpanKind::Client => None,
+    };
+    let (trace_id, parent_span_id, flags) = match parent {
+        Some(tp) => (tp.trace_id, tp.parent_id, tp.flags),
+        None => (new_trace_id(), [0; 8], 1),
+    };
+    let (start, end) = match kind {
+        // Server: first request byte read .. last response byte written.
+        SpanKind::Server => (req.start_ns, resp.end_ns),
+        // Client: first request byte written .. last response byte read.
+        SpanKind::Client => (req.start_ns, resp.end_ns),
+    };
+    Span {
+        trace_id,
+        span_id: new_span_id(),
+        parent_span_id,
+        trace_state: if parent.is_some() {
+            req.tracestate.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        flags,
+        kind,
+        name: method_attr.to_string(),
+        start_unix_ns: mono_to_unix(start),
+        end_unix_ns: mono_to_unix(end.max(start)),
+        status: if error {
+            SpanStatus::Error
+        } else {
+            SpanStatus::Unset
+        },
+        attributes,
+        resource: resource.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_query_values_keeps_keys() {
+        assert_eq!(redact_query("a=1&token=secret&flag"), "a=REDACTED&token=REDACTED&flag");
+    }
+
+    #[test]
+    fn splits_targets() {
+        assert_eq!(split_target("/a/b?x=1"), ("/a/b", Some("x=1")));
+        assert_eq!(split_target("/a"), ("/a", None));
+        assert_eq!(split_target("http://h:1/p?q"), ("/p", Some("q")));
+        assert_eq!(split_target("http://h:1"), ("/", None));
+        assert_eq!(split_target("*"), ("*", None));
+    }
+
+    #[test]
+    fn splits_hosts() {
+        assert_eq!(split_host("example.com:8080"), ("example.com", Some(8080)));
+        assert_eq!(split_host("example.com"), ("example.com", None));
+        assert_eq!(split_host("[::1]:80"), ("::1", Some(80)));
+        assert_eq!(split_host("[::1]"), ("::1", None));
+    }
+}

@@ -1,0 +1,153 @@
+//! `cargo xtask demo`: build everything, start a sample Go HTTP service with some
+//! traffic, attach the agent, and show its spans on the console (no backend needed).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{build, tools};
+
+/// Builds the sample Go service (tests/programs/goserver) with the given Go.
+pub fn build_goserver(go: &std::path::Path, out: &std::path::Path, ldflags: &str) -> Result<()> {
+    let root = tools::repo_root();
+    tools::run(
+        Command::new(go)
+            .current_dir(root.join("tests/programs/goserver"))
+            .args(["build", "-o"])
+            .arg(out)
+            .arg(format!("-ldflags={ldflags}"))
+            .arg(".")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOPROXY", "off")
+            .env("GOFLAGS", "-mod=mod")
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", tools::tools_dir().join("gocache")),
+    )
+}
+
+/// Starts the Go service and returns it with its address.
+pub fn start_goserver(bin: &std::path::Path) -> Result<(std::process::Child, String)> {
+    let mut child = Command::new(bin)
+        .args(["-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line from the Go service: {line:?}"))?
+        .to_string();
+    Ok((child, addr))
+}
+
+/// One keep-alive request; returns the status code.
+pub fn request(conn: &mut TcpStream, method: &str, path: &str, extra: &str) -> Result<u16> {
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: demo.local\r\nUser-Agent: periscope-demo/1.0\r\n{extra}Content-Length: 0\r\n\r\n"
+    )?;
+    // Read the header section, then the body by Content-Length (the sample service
+    // always sends it except on /stream, which the demo does not call).
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte)? == 0 {
+            bail!("connection closed");
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let status = head.split_whitespace().nth(1).unwrap_or("0").parse()?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
+    if method != "HEAD" {
+        let mut body = vec![0u8; len];
+        conn.read_exact(&mut body)?;
+    }
+    Ok(status)
+}
+
+pub fn demo() -> Result<()> {
+    if !tools::is_root() {
+        bail!("the demo loads eBPF programs and must run as root: `sudo -E cargo xtask demo`");
+    }
+    let agent = build::build_all()?;
+    let go = tools::go_toolchains(&["1.25"])?;
+    let server = tools::repo_root().join("target/demo/goserver");
+    std::fs::create_dir_all(server.parent().unwrap())?;
+    eprintln!("xtask: building the sample Go service with Go {}", go[0].0);
+    build_goserver(&go[0].1, &server, "-s -w")?;
+    let (mut child, addr) = start_goserver(&server)?;
+    eprintln!("xtask: sample Go service (pid {}) listening on {addr}", child.id());
+
+    let mut agent_proc = Command::new(&agent)
+        .args(["--pid", &child.id().to_string(), "--console", "--duration", "12", "--status-interval", "5"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the agent")?;
+    // Wait for the agent's ready line, echoing its stderr.
+    let stderr = agent_proc.stderr.take().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if line.contains("periscope: ready") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("the agent did not become ready")?;
+
+    let done = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let done = done.clone();
+        thread::spawn(move || -> Result<()> {
+            let paths = [
+                ("GET", "/", ""),
+                ("GET", "/users/42?token=secret", ""),
+                ("GET", "/missing", ""),
+                ("GET", "/error", ""),
+                ("POST", "/echo", ""),
+                ("GET", "/slow?ms=20", ""),
+                ("GET", "/", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"),
+            ];
+            let mut i = 0;
+            while !done.load(Ordering::Relaxed) {
+                let mut conn = TcpStream::connect(&addr)?;
+                for _ in 0..3 {
+                    let (m, p, h) = paths[i % paths.len()];
+                    request(&mut conn, m, p, h)?;
+                    i += 1;
+                }
+                thread::sleep(Duration::from_millis(300));
+            }
+            Ok(())
+        })
+    };
+    let status = agent_proc.wait()?;
+    done.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    let _ = child.kill();
+    let _ = child.wait();
+    if !status.success() {
+        bail!("the agent exited with {status}");
+    }
+    eprintln!("xtask: demo done — above: one SERVER span per request, then the agent's summary");
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! `cargo xtask test`: unit tests, then the end-to-end suite against real programs.
+//!
+//! The end-to-end suite loads the real eBPF programs, so it needs root; it also needs
+//! nginx, python3 and Go toolchains, which are installed here when missing.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{build, tools};
+
+/// Go versions the end-to-end suite builds its Go targets with.
+pub const GO_VERSIONS: &[&str] = &["1.21", "1.25"];
+
+pub fn prerequisites() -> Result<(std::path::PathBuf, String)> {
+    tools::apt_install(
+        &["nginx", "curl", "python3", "python3-venv", "gcc", "libc6-dev"],
+        "real servers and clients the end-to-end tests trace",
+    )?;
+    let go = tools::go_toolchains(GO_VERSIONS)?;
+    let go_env = go
+        .iter()
+        .map(|(v, p)| format!("{v}={}", p.display()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let agent = build::build_all()?;
+    Ok((agent, go_env))
+}
+
+pub fn test(filter: Option<String>) -> Result<()> {
+    if !tools::is_root() {
+        bail!(
+            "the test suite loads eBPF programs and must run as root: `sudo -E cargo xtask test` (or run `cargo test` for unit tests only)"
+        );
+    }
+    let (agent, go_env) = prerequisites()?;
+    let root = tools::repo_root();
+    let obj = root.join("target/bpf/periscope.bpf.o");
+    eprintln!("xtask: unit tests");
+    tools::run(
+        Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["test", "--workspace", "--exclude", "periscope-e2e"])
+            .env("PERISCOPE_EBPF_OBJECT", &obj),
+    )?;
+    eprintln!("xtask: end-to-end tests (real eBPF, real servers)");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(&root)
+        .args(["test", "-p", "periscope-e2e", "--"])
+        .arg("--test-threads=1")
+        .env("PERISCOPE_EBPF_OBJECT", &obj)
+        .env("PERISCOPE_BIN", &agent)
+        .env("PERISCOPE_GO_TOOLCHAINS", &go_env);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    tools::run(&mut cmd)
+}
