@@ -250,19 +250,26 @@ fn run(cli: Cli) -> Result<()> {
     loop_result
 }
 
-fn status_line(s: &Snapshot, e: &export::ExportStats) -> String {
-    format!(
-        "periscope: status processes={} events={} lost={} parse_errors={} non_http={} spans={} exported={} dropped={} unmatched={}",
+fn status_line(s: &Snapshot, outputs: &[Arc<export::ExportStats>]) -> String {
+    let mut line = format!(
+        "periscope: status processes={} events={} lost={} parse_errors={} non_http={} unmatched={} spans={}",
         s.processes,
         s.events_received,
         s.kernel.ringbuf_drops,
         s.tracker.parse_errors,
         s.tracker.non_http_streams,
-        s.tracker.spans,
-        e.exported.load(Ordering::Relaxed),
-        e.dropped.load(Ordering::Relaxed),
         s.tracker.requests_without_response + s.tracker.responses_without_request,
-    )
+        s.tracker.spans,
+    );
+    for o in outputs {
+        line.push_str(&format!(
+            " {out}_exported={} {out}_dropped={}",
+            o.exported.load(Ordering::Relaxed),
+            o.dropped.load(Ordering::Relaxed),
+            out = o.output.as_str(),
+        ));
+    }
+    line
 }
 
 /// How often the ring is drained when nothing forces a wakeup. Events reach userspace
