@@ -54,10 +54,12 @@ pub fn start_goserver(bin: &std::path::Path) -> Result<(std::process::Child, Str
 
 /// One keep-alive request; returns the status code.
 pub fn request(conn: &mut TcpStream, method: &str, path: &str, extra: &str) -> Result<u16> {
-    write!(
-        conn,
+    // One write per request: several small writes would meet Nagle and delayed ACKs,
+    // and the spans would faithfully show the resulting 40 ms stalls.
+    let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: demo.local\r\nUser-Agent: periscope-demo/1.0\r\n{extra}Content-Length: 0\r\n\r\n"
-    )?;
+    );
+    conn.write_all(req.as_bytes())?;
     // Read the header section, then the body by Content-Length (the sample service
     // always sends it except on /stream, which the demo does not call).
     let mut buf = Vec::new();
