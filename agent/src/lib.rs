@@ -7,6 +7,7 @@ pub mod conn;
 pub mod events;
 pub mod export;
 pub mod http;
+pub mod metrics;
 pub mod probes;
 pub mod resource;
 pub mod span;

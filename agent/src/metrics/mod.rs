@@ -1,0 +1,286 @@
+//! RED metrics computed from every request, before any sampling, so counts are exact.
+//!
+//! The event thread records into a [`Metrics`] registry (one short uncontended lock per
+//! request); exporters (Prometheus scrapes, the OTLP metric reader) take snapshots.
+//! Cardinality is bounded twice: routes are capped per service by the route table, and
+//! series per service are capped here (overflow counted, never silently lost: it lands
+//! in one marked series).
+
+pub mod histogram;
+pub mod prometheus;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+pub use histogram::{DURATION_BUCKETS, Exemplar, Histogram, SIZE_BUCKETS};
+
+use crate::{resource::Resource, span::SpanKind};
+
+/// Series per service and instrument beyond which new attribute sets fold into the
+/// overflow series (`otel.metric.overflow="true"`, as the OTel SDK spec names it).
+pub const MAX_SERIES_PER_SERVICE: usize = 2000;
+
+/// Attributes of one HTTP series (semconv names in comments).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HttpSeries {
+    pub kind: HttpKind,
+    /// http.request.method (normalized: known methods or `_OTHER`).
+    pub method: Arc<str>,
+    /// http.route (server only; empty when unknown).
+    pub route: Arc<str>,
+    /// http.response.status_code (0 when there was no response).
+    pub status: u16,
+    /// error.type (status code for 5xx on servers, 4xx/5xx on clients, or a failure kind).
+    pub error_type: Option<Arc<str>>,
+    /// server.address / server.port (client only).
+    pub server_address: Option<Arc<str>>,
+    pub server_port: u16,
+    /// The overflow series: attributes dropped because the cap was hit.
+    pub overflow: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HttpKind {
+    Server,
+    Client,
+}
+
+impl From<SpanKind> for HttpKind {
+    fn from(k: SpanKind) -> Self {
+        match k {
+            SpanKind::Server => HttpKind::Server,
+            SpanKind::Client => HttpKind::Client,
+        }
+    }
+}
+
+/// The three histograms of one HTTP series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpStats {
+    /// Seconds.
+    pub duration: Histogram,
+    /// Bytes.
+    pub request_body: Histogram,
+    /// Bytes.
+    pub response_body: Histogram,
+}
+
+impl Default for HttpStats {
+    fn default() -> Self {
+        Self {
+            duration: Histogram::new(DURATION_BUCKETS),
+            request_body: Histogram::new(SIZE_BUCKETS),
+            response_body: Histogram::new(SIZE_BUCKETS),
+        }
+    }
+}
+
+/// One finished request, as the metrics see it.
+#[derive(Clone, Debug)]
+pub struct HttpRecord {
+    pub series: HttpSeries,
+    pub duration_s: f64,
+    pub request_body: u64,
+    pub response_body: u64,
+    /// Set when the span was sampled (exemplars must point at exported traces).
+    pub exemplar: Option<Exemplar>,
+}
+
+/// Everything recorded for one traced process.
+#[derive(Clone, Debug)]
+pub struct ServiceMetrics {
+    pub resource: Arc<Resource>,
+    /// When recording started (start time of cumulative points).
+    pub start_unix_ns: u64,
+    pub http: HashMap<HttpSeries, HttpStats>,
+    /// Requests whose route fell into the overflow bucket of the route table.
+    pub route_overflow: u64,
+    /// Requests folded into the overflow series because of [`MAX_SERIES_PER_SERVICE`].
+    pub series_overflow: u64,
+    /// Unix ns when the process exited; kept a while so its last values get exported.
+    pub exited_unix_ns: Option<u64>,
+}
+
+#[derive(Default)]
+struct Registry {
+    services: BTreeMap<u32, ServiceMetrics>,
+}
+
+/// The shared registry.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Registry>,
+}
+
+/// How long the series of an exited process stay exported.
+pub const EXITED_RETENTION_NS: u64 = 5 * 60 * 1_000_000_000;
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a process (idempotent); `now_unix_ns` starts its cumulative series.
+    pub fn add_service(&self, resource: &Arc<Resource>, now_unix_ns: u64) {
+        self.lock()
+            .services
+            .entry(resource.pid)
+            .or_insert_with(|| ServiceMetrics {
+                resource: resource.clone(),
+                start_unix_ns: now_unix_ns,
+                http: HashMap::new(),
+                route_overflow: 0,
+                series_overflow: 0,
+                exited_unix_ns: None,
+            });
+    }
+
+    pub fn record_http(&self, resource: &Arc<Resource>, rec: HttpRecord, route_overflowed: bool) {
+        let mut reg = self.lock();
+        let svc = reg
+            .services
+            .entry(resource.pid)
+            .or_insert_with(|| ServiceMetrics {
+                resource: resource.clone(),
+                start_unix_ns: rec.exemplar.map_or(0, |e| e.time_unix_ns),
+                http: HashMap::new(),
+                route_overflow: 0,
+                series_overflow: 0,
+                exited_unix_ns: None,
+            });
+        if route_overflowed {
+            svc.route_overflow += 1;
+        }
+        let series = if svc.http.len() >= MAX_SERIES_PER_SERVICE && !svc.http.contains_key(&rec.series)
+        {
+            svc.series_overflow += 1;
+            HttpSeries {
+                kind: rec.series.kind,
+                method: Arc::from(""),
+                route: Arc::from(""),
+                status: 0,
+                error_type: None,
+                server_address: None,
+                server_port: 0,
+                overflow: true,
+            }
+        } else {
+            rec.series
+        };
+        let stats = svc.http.entry(series).or_default();
+        stats.duration.record(rec.duration_s, rec.exemplar);
+        let size_ex = |v: u64| rec.exemplar.map(|e| Exemplar { value: v as f64, ..e });
+        stats
+            .request_body
+            .record(rec.request_body as f64, size_ex(rec.request_body));
+        stats
+            .response_body
+            .record(rec.response_body as f64, size_ex(rec.response_body));
+    }
+
+    pub fn service_exited(&self, pid: u32, now_unix_ns: u64) {
+        if let Some(s) = self.lock().services.get_mut(&pid) {
+            s.exited_unix_ns.get_or_insert(now_unix_ns);
+        }
+    }
+
+    /// Drops services that exited more than [`EXITED_RETENTION_NS`] ago.
+    pub fn gc(&self, now_unix_ns: u64) {
+        self.lock().services.retain(|_, s| {
+            s.exited_unix_ns
+                .is_none_or(|t| now_unix_ns.saturating_sub(t) < EXITED_RETENTION_NS)
+        });
+    }
+
+    /// A consistent copy of every service's metrics, ordered by pid.
+    pub fn snapshot(&self) -> Vec<ServiceMetrics> {
+        self.lock().services.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(pid: u32) -> Arc<Resource> {
+        Arc::new(Resource {
+            pid,
+            service_name: "svc".into(),
+            attributes: vec![("service.name".into(), "svc".into())],
+        })
+    }
+
+    fn series(route: &str, status: u16) -> HttpSeries {
+        HttpSeries {
+            kind: HttpKind::Server,
+            method: Arc::from("GET"),
+            route: Arc::from(route),
+            status,
+            error_type: None,
+            server_address: None,
+            server_port: 0,
+            overflow: false,
+        }
+    }
+
+    #[test]
+    fn counts_are_exact_per_series() {
+        let m = Metrics::default();
+        let r = resource(1);
+        for i in 0..1000 {
+            m.record_http(
+                &r,
+                HttpRecord {
+                    series: series("/a", if i % 10 == 0 { 500 } else { 200 }),
+                    duration_s: 0.001,
+                    request_body: 0,
+                    response_body: 10,
+                    exemplar: None,
+                },
+                false,
+            );
+        }
+        let snap = m.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0].http[&series("/a", 200)].duration.count, 900);
+        assert_eq!(snap[0].http[&series("/a", 500)].duration.count, 100);
+    }
+
+    #[test]
+    fn series_cap_folds_into_overflow() {
+        let m = Metrics::default();
+        let r = resource(2);
+        let n = MAX_SERIES_PER_SERVICE + 50;
+        for i in 0..n {
+            m.record_http(
+                &r,
+                HttpRecord {
+                    series: series(&format!("/r{i}"), 200),
+                    duration_s: 0.01,
+                    request_body: 0,
+                    response_body: 0,
+                    exemplar: None,
+                },
+                false,
+            );
+        }
+        let snap = &m.snapshot()[0];
+        assert_eq!(snap.http.len(), MAX_SERIES_PER_SERVICE + 1);
+        assert_eq!(snap.series_overflow, 50);
+        let total: u64 = snap.http.values().map(|s| s.duration.count).sum();
+        assert_eq!(total, n as u64, "no request is lost to the cap");
+    }
+
+    #[test]
+    fn exited_services_are_collected_after_retention() {
+        let m = Metrics::default();
+        m.add_service(&resource(3), 0);
+        m.service_exited(3, 10);
+        m.gc(10 + EXITED_RETENTION_NS - 1);
+        assert_eq!(m.snapshot().len(), 1);
+        m.gc(10 + EXITED_RETENTION_NS);
+        assert!(m.snapshot().is_empty());
+    }
+}

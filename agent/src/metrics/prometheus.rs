@@ -1,0 +1,387 @@
+//! Prometheus text exposition (0.0.4) and OpenMetrics 1.0 rendering.
+//!
+//! Names follow the OpenTelemetry-to-Prometheus compatibility rules (dots become
+//! underscores, the unit is a suffix: `http.server.request.duration` in seconds becomes
+//! `http_server_request_duration_seconds`), which is what dashboards built on Beyla,
+//! the OTel collector or client_golang already query. Every series carries
+//! `service_name` and `service_instance_id` so one agent serving many processes stays
+//! readable; `target_info` carries the rest of each resource. OpenMetrics output adds
+//! `# UNIT`, trace-id exemplars on histogram buckets, and `# EOF`.
+
+use std::{borrow::Cow, fmt::Write};
+
+use super::{Histogram, HttpKind, ServiceMetrics};
+use crate::resource::Resource;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `text/plain; version=0.0.4`
+    Text,
+    /// `application/openmetrics-text; version=1.0.0`
+    OpenMetrics,
+}
+
+impl Format {
+    /// Picks the format from a scrape's Accept header (Prometheus asks for OpenMetrics
+    /// first when exemplar storage is on).
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Text,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// A label: name (usually static) and value.
+pub type Label = (Cow<'static, str>, String);
+
+/// One counter or gauge sample.
+pub struct Sample {
+    pub labels: Vec<Label>,
+    pub value: f64,
+}
+
+/// Writes one exposition; families must be written whole, one after another.
+pub struct Encoder {
+    out: String,
+    format: Format,
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+pub fn escape(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// An OTel attribute key as a Prometheus label name.
+pub fn label_name(key: &str) -> String {
+    let mut s: String = key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .collect();
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    s
+}
+
+fn fmt_value(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+    } else if v.is_nan() {
+        "NaN".into()
+    } else if v == v.trunc() && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+fn write_labels(out: &mut String, labels: &[Label], extra: Option<(&str, &str)>) {
+    if labels.is_empty() && extra.is_none() {
+        return;
+    }
+    out.push('{');
+    let mut first = true;
+    for (k, v) in labels {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        let _ = write!(out, "{k}=\"{}\"", escape(v));
+    }
+    if let Some((k, v)) = extra {
+        if !first {
+            out.push(',');
+        }
+        let _ = write!(out, "{k}=\"{v}\"");
+    }
+    out.push('}');
+}
+
+/// The labels that identify a traced process on every series.
+pub fn service_labels(r: &Resource) -> Vec<Label> {
+    let instance = r
+        .attributes
+        .iter()
+        .find(|(k, _)| k == "service.instance.id")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| {
+            let host = r
+                .attributes
+                .iter()
+                .find(|(k, _)| k == "host.name")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("localhost");
+            format!("{host}:{}", r.pid)
+        });
+    vec![
+        ("service_name".into(), r.service_name.clone()),
+        ("service_instance_id".into(), instance),
+    ]
+}
+
+impl Encoder {
+    pub fn new(format: Format) -> Self {
+        Self {
+            out: String::with_capacity(16 * 1024),
+            format,
+        }
+    }
+
+    fn header(&mut self, name: &str, kind: &str, help: &str, unit: Option<&str>) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        if let (Format::OpenMetrics, Some(u)) = (self.format, unit) {
+            let _ = writeln!(self.out, "# UNIT {name} {u}");
+        }
+    }
+
+    /// A counter family. `name` is without `_total`; it is added to samples.
+    pub fn counter(&mut self, name: &str, help: &str, samples: &[Sample]) {
+        if samples.is_empty() {
+            return;
+        }
+        self.header(name, "counter", help, None);
+        for s in samples {
+            let _ = write!(self.out, "{name}_total");
+            write_labels(&mut self.out, &s.labels, None);
+            let _ = writeln!(self.out, " {}", fmt_value(s.value));
+        }
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, unit: Option<&str>, samples: &[Sample]) {
+        if samples.is_empty() {
+            return;
+        }
+        self.header(name, "gauge", help, unit);
+        for s in samples {
+            self.out.push_str(name);
+            write_labels(&mut self.out, &s.labels, None);
+            let _ = writeln!(self.out, " {}", fmt_value(s.value));
+        }
+    }
+
+    /// A histogram family: each entry is (labels, histogram).
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<&str>,
+        series: &[(Vec<Label>, &Histogram)],
+    ) {
+        if series.is_empty() {
+            return;
+        }
+        self.header(name, "histogram", help, unit);
+        for (labels, h) in series {
+            let mut cumulative = 0u64;
+            for (i, count) in h.counts.iter().enumerate() {
+                cumulative += count;
+                let le = h.bounds.get(i).map_or("+Inf".to_string(), |b| fmt_value(*b));
+                let _ = write!(self.out, "{name}_bucket");
+                write_labels(&mut self.out, labels, Some(("le", &le)));
+                let _ = write!(self.out, " {cumulative}");
+                if self.format == Format::OpenMetrics
+                    && let Some(ex) = &h.exemplars[i]
+                {
+                    let _ = write!(
+                        self.out,
+                        " # {{trace_id=\"{}\",span_id=\"{}\"}} {} {:.3}",
+                        crate::span::context::hex(&ex.trace_id),
+                        crate::span::context::hex(&ex.span_id),
+                        fmt_value(ex.value),
+                        ex.time_unix_ns as f64 / 1e9
+                    );
+                }
+                self.out.push('\n');
+            }
+            let _ = write!(self.out, "{name}_sum");
+            write_labels(&mut self.out, labels, None);
+            let _ = writeln!(self.out, " {}", fmt_value(h.sum));
+            let _ = write!(self.out, "{name}_count");
+            write_labels(&mut self.out, labels, None);
+            let _ = writeln!(self.out, " {}", h.count);
+        }
+    }
+
+    /// `target_info`: one sample per process with its resource attributes as labels.
+    pub fn target_info(&mut self, resources: &[&Resource]) {
+        if resources.is_empty() {
+            return;
+        }
+        let samples: Vec<Sample> = resources
+            .iter()
+            .map(|r| {
+                let mut labels = service_labels(r);
+                for (k, v) in &r.attributes {
+                    if k == "service.name" || k == "service.instance.id" {
+                        continue;
+                    }
+                    labels.push((label_name(k).into(), v.clone()));
+                }
+                Sample { labels, value: 1.0 }
+            })
+            .collect();
+        self.gauge("target_info", "Target metadata", None, &samples);
+    }
+
+    pub fn finish(mut self) -> String {
+        if self.format == Format::OpenMetrics {
+            self.out.push_str("# EOF\n");
+        }
+        self.out
+    }
+}
+
+/// Renders the HTTP RED families of every service.
+pub fn encode_http(enc: &mut Encoder, services: &[ServiceMetrics]) {
+    type Fam<'a> = Vec<(Vec<Label>, &'a Histogram)>;
+    let mut fams: [Fam<'_>; 6] = Default::default();
+    for svc in services {
+        let base = service_labels(&svc.resource);
+        let mut keys: Vec<_> = svc.http.keys().collect();
+        keys.sort();
+        for key in keys {
+            let stats = &svc.http[key];
+            let mut labels = base.clone();
+            if key.overflow {
+                labels.push(("otel_metric_overflow".into(), "true".into()));
+            } else {
+                labels.push(("http_request_method".into(), key.method.to_string()));
+                labels.push(("http_response_status_code".into(), key.status.to_string()));
+                if key.kind == HttpKind::Server && !key.route.is_empty() {
+                    labels.push(("http_route".into(), key.route.to_string()));
+                }
+                if let Some(a) = &key.server_address {
+                    labels.push(("server_address".into(), a.to_string()));
+                    labels.push(("server_port".into(), key.server_port.to_string()));
+                }
+                if let Some(e) = &key.error_type {
+                    labels.push(("error_type".into(), e.to_string()));
+                }
+            }
+            let base_i = if key.kind == HttpKind::Server { 0 } else { 3 };
+            fams[base_i].push((labels.clone(), &stats.duration));
+            fams[base_i + 1].push((labels.clone(), &stats.request_body));
+            fams[base_i + 2].push((labels, &stats.response_body));
+        }
+    }
+    let names = [
+        ("http_server_request_duration_seconds", "Duration of HTTP server requests.", "seconds"),
+        ("http_server_request_body_size_bytes", "Size of HTTP server request bodies.", "bytes"),
+        ("http_server_response_body_size_bytes", "Size of HTTP server response bodies.", "bytes"),
+        ("http_client_request_duration_seconds", "Duration of HTTP client requests.", "seconds"),
+        ("http_client_request_body_size_bytes", "Size of HTTP client request bodies.", "bytes"),
+        ("http_client_response_body_size_bytes", "Size of HTTP client response bodies.", "bytes"),
+    ];
+    for (fam, (name, help, unit)) in fams.iter().zip(names) {
+        enc.histogram(name, help, Some(unit), fam);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::metrics::{Exemplar, HttpRecord, HttpSeries, Metrics};
+
+    fn sample_services() -> Vec<ServiceMetrics> {
+        let m = Metrics::default();
+        let r = Arc::new(Resource {
+            pid: 7,
+            service_name: "shop \"api\"".into(),
+            attributes: vec![
+                ("service.name".into(), "shop \"api\"".into()),
+                ("host.name".into(), "node1".into()),
+                ("deployment.environment.name".into(), "prod".into()),
+            ],
+        });
+        for status in [200u16, 500] {
+            m.record_http(
+                &r,
+                HttpRecord {
+                    series: HttpSeries {
+                        kind: HttpKind::Server,
+                        method: Arc::from("GET"),
+                        route: Arc::from("/users/{id}"),
+                        status,
+                        error_type: (status >= 500).then(|| Arc::from("500")),
+                        server_address: None,
+                        server_port: 0,
+                        overflow: false,
+                    },
+                    duration_s: 0.02,
+                    request_body: 0,
+                    response_body: 12,
+                    exemplar: Some(Exemplar {
+                        value: 0.02,
+                        trace_id: [1; 16],
+                        span_id: [2; 8],
+                        time_unix_ns: 1_700_000_000_000_000_000,
+                    }),
+                },
+                false,
+            );
+        }
+        m.snapshot()
+    }
+
+    #[test]
+    fn text_exposition_has_buckets_sum_count_and_escaped_labels() {
+        let services = sample_services();
+        let mut enc = Encoder::new(Format::Text);
+        encode_http(&mut enc, &services);
+        enc.target_info(&[&services[0].resource]);
+        let text = enc.finish();
+        assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"));
+        assert!(text.contains(
+            "http_server_request_duration_seconds_bucket{service_name=\"shop \\\"api\\\"\",service_instance_id=\"node1:7\",http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/users/{id}\",le=\"0.025\"} 1"
+        ));
+        assert!(text.contains("le=\"+Inf\"} 1"));
+        assert!(text.contains("http_server_request_duration_seconds_count{service_name=\"shop \\\"api\\\"\",service_instance_id=\"node1:7\",http_request_method=\"GET\",http_response_status_code=\"500\",http_route=\"/users/{id}\",error_type=\"500\"} 1"));
+        assert!(text.contains("target_info{service_name=\"shop \\\"api\\\"\",service_instance_id=\"node1:7\",host_name=\"node1\",deployment_environment_name=\"prod\"} 1"));
+        assert!(!text.contains("# EOF"));
+        assert!(!text.contains("trace_id"), "no exemplars in the 0.0.4 text format");
+    }
+
+    #[test]
+    fn openmetrics_has_unit_exemplars_and_eof() {
+        let services = sample_services();
+        let mut enc = Encoder::new(Format::OpenMetrics);
+        encode_http(&mut enc, &services);
+        let text = enc.finish();
+        assert!(text.contains("# UNIT http_server_request_duration_seconds seconds"));
+        assert!(text.contains(" # {trace_id=\"01010101010101010101010101010101\",span_id=\"0202020202020202\"} 0.02 1700000000.000"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn accept_header_selects_format() {
+        assert_eq!(Format::from_accept(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")), Format::OpenMetrics);
+        assert_eq!(Format::from_accept(Some("text/plain")), Format::Text);
+        assert_eq!(Format::from_accept(None), Format::Text);
+    }
+
+    #[test]
+    fn label_names_are_sanitized() {
+        assert_eq!(label_name("deployment.environment.name"), "deployment_environment_name");
+        assert_eq!(label_name("9lives"), "_9lives");
+    }
+}
