@@ -22,11 +22,14 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use clap::{Parser, ValueEnum};
 use periscope::{
-    conn::Tracker,
+    conn::{Tracker, TrackerConfig},
     events::Event,
     export::{self, ConsoleFormat, ExportConfig, ExportFlags, SpanSink},
+    metrics::{self, Metrics},
     probes::{self, Probes},
     resource::ResourceConfig,
+    route::{RouteConfig, RoutePatterns},
+    sampling::{Sampler, SamplerConfig},
     telemetry::{Snapshot, Telemetry},
 };
 use periscope_common::ROLE_UNKNOWN;
@@ -70,6 +73,19 @@ struct Cli {
     /// Seconds between status lines on stderr (0 = only at exit).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     status_interval: u64,
+
+    /// Serve Prometheus metrics on this address (PORT or :PORT = loopback; HOST:PORT).
+    #[arg(long, value_name = "ADDR")]
+    prometheus: Option<String>,
+
+    /// Route template for http.route, e.g. /api/users/{id} or /static/* (repeatable;
+    /// first match wins; other paths are folded heuristically).
+    #[arg(long = "route", value_name = "PATTERN")]
+    routes: Vec<String>,
+
+    /// Most distinct routes per service; further ones count under /{overflow}.
+    #[arg(long, value_name = "N", default_value_t = periscope::route::DEFAULT_MAX_ROUTES_PER_SERVICE)]
+    max_routes: usize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -166,12 +182,28 @@ fn run(cli: Cli) -> Result<()> {
     if export_cfg.is_empty() {
         export_cfg.console.push(ConsoleFormat::Text);
     }
-    let resource_cfg = ResourceConfig::from_env();
+    let routes = RouteConfig {
+        patterns: RoutePatterns::parse(&cli.routes)?,
+        max_routes_per_service: cli.max_routes,
+        ..RouteConfig::default()
+    };
+    let sampler = Sampler::new(SamplerConfig::from_env(|k| std::env::var(k).ok())?);
+    let prometheus_addr = cli
+        .prometheus
+        .as_deref()
+        .map(metrics::server::parse_addr)
+        .transpose()?;
+    let metrics = Arc::new(Metrics::default());
 
     let (mut probes, ring) = Probes::load(1 << 20)?;
     let follow = !cli.no_follow_forks;
     let targets = expand_targets(&cli.pids, follow);
-    let mut tracker = Tracker::new(resource_cfg);
+    let mut tracker = Tracker::new(TrackerConfig {
+        resource: ResourceConfig::from_env(),
+        routes,
+        sampler,
+        metrics: metrics.clone(),
+    });
     let mut described = Vec::new();
     for &pid in &targets {
         probes
@@ -198,6 +230,15 @@ fn run(cli: Cli) -> Result<()> {
     let stats = export.stats();
     let telemetry = Arc::new(Telemetry::default());
     let stop = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = prometheus_addr {
+        let sources = metrics::server::Sources {
+            metrics: metrics.clone(),
+            telemetry: telemetry.clone(),
+            exports: stats.clone(),
+        };
+        let local = metrics::server::start(addr, sources, rt.handle())?;
+        eprintln!("periscope: metrics on http://{local}/metrics");
+    }
 
     eprintln!(
         "periscope: ready — tracing {} process(es): {}",
@@ -246,7 +287,10 @@ fn run(cli: Cli) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("event thread panicked"))?;
     rt.block_on(export.shutdown(Duration::from_secs(5)));
     let snap = telemetry.snapshot();
-    eprintln!("periscope: {end}; flushed. {}", status_line(&snap, &stats).trim_start_matches("periscope: "));
+    eprintln!(
+        "periscope: {end}; flushed. {}",
+        status_line(&snap, &stats).trim_start_matches("periscope: ")
+    );
     loop_result
 }
 

@@ -20,10 +20,13 @@ use periscope_common::{
 use crate::{
     events::Event,
     http::{Chunk, Direction, Message, MessageKind, Method, StreamParser},
+    metrics::{Exemplar, HttpKind, HttpRecord, HttpSeries, Metrics},
     resource::{Resource, ResourceConfig},
+    route::{RouteConfig, RouteTable},
+    sampling::{ParentInfo, SampleInput, Sampler, SamplerStats},
     span::{
-        Span, SpanKind,
-        build::{Endpoints, build},
+        Span, SpanKind, SpanStatus,
+        build::{Endpoints, Ids, build, is_error, method_name},
     },
 };
 
@@ -72,6 +75,7 @@ impl Conn {
 /// One traced process.
 struct Proc {
     resource: Arc<Resource>,
+    routes: RouteTable,
     /// Local address of each listening fd, resolved once from procfs.
     listeners: HashMap<u32, Option<SocketAddr>>,
 }
@@ -90,14 +94,35 @@ pub struct TrackerStats {
     pub decode_errors: u64,
 }
 
+/// What the tracker needs besides events: where metrics go, how routes and sampling
+/// are decided.
+pub struct TrackerConfig {
+    pub resource: ResourceConfig,
+    pub routes: RouteConfig,
+    pub sampler: Sampler,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A request paired with its response, ready to become metrics and maybe a span.
+struct Exchange {
+    kind: SpanKind,
+    req: Message,
+    resp: Message,
+    ends: Endpoints,
+}
+
 pub struct Tracker {
     conns: HashMap<(u32, u32), Conn>,
     procs: HashMap<u32, Proc>,
     resource_cfg: ResourceConfig,
+    route_cfg: RouteConfig,
+    sampler: Sampler,
+    metrics: Arc<Metrics>,
     /// Add to a kernel monotonic timestamp to get Unix time.
     mono_to_unix_offset: i128,
     stats: TrackerStats,
     scratch: Vec<Message>,
+    exchanges: Vec<Exchange>,
 }
 
 fn peer_addr(ev: &ConnOpenEvent) -> Option<SocketAddr> {
@@ -134,15 +159,27 @@ pub fn mono_to_unix_offset() -> i128 {
 }
 
 impl Tracker {
-    pub fn new(resource_cfg: ResourceConfig) -> Self {
+    pub fn new(cfg: TrackerConfig) -> Self {
         Self {
             conns: HashMap::new(),
             procs: HashMap::new(),
-            resource_cfg,
+            resource_cfg: cfg.resource,
+            route_cfg: cfg.routes,
+            sampler: cfg.sampler,
+            metrics: cfg.metrics,
             mono_to_unix_offset: mono_to_unix_offset(),
             stats: TrackerStats::default(),
             scratch: Vec::new(),
+            exchanges: Vec::new(),
         }
+    }
+
+    pub fn sampler_stats(&self) -> SamplerStats {
+        self.sampler.stats()
+    }
+
+    fn to_unix(&self, mono_ns: u64) -> u64 {
+        (mono_ns as i128 + self.mono_to_unix_offset).max(0) as u64
     }
 
     pub fn stats(&self) -> TrackerStats {
@@ -157,14 +194,20 @@ impl Tracker {
 
     pub fn add_process(&mut self, pid: u32) -> Arc<Resource> {
         let cfg = &self.resource_cfg;
-        self.procs
+        let route_cfg = &self.route_cfg;
+        let resource = self
+            .procs
             .entry(pid)
             .or_insert_with(|| Proc {
                 resource: Arc::new(Resource::for_process(pid, cfg)),
+                routes: RouteTable::new(route_cfg),
                 listeners: HashMap::new(),
             })
             .resource
-            .clone()
+            .clone();
+        let now = self.to_unix(crate::conn::monotonic_ns());
+        self.metrics.add_service(&resource, now);
+        resource
     }
 
     pub fn resource(&self, pid: u32) -> Option<Arc<Resource>> {
@@ -193,6 +236,9 @@ impl Tracker {
             self.close(pid, fd, ts_ns, sink);
         }
         self.procs.remove(&pid);
+        self.sampler.forget_service(pid);
+        self.metrics
+            .service_exited(pid, self.to_unix(crate::conn::monotonic_ns()));
         fds
     }
 
@@ -232,16 +278,13 @@ impl Tracker {
 
     fn listener_addr(&mut self, pid: u32, listen_fd: u32) -> Option<SocketAddr> {
         let proc = self.procs.get_mut(&pid)?;
-        *proc
-            .listeners
-            .entry(listen_fd)
-            .or_insert_with(|| {
-                let inode = procnet::fd_inode(pid, listen_fd)?;
-                procnet::tcp_rows(pid)
-                    .into_iter()
-                    .find(|r| r.inode == inode)
-                    .map(|r| r.local)
-            })
+        *proc.listeners.entry(listen_fd).or_insert_with(|| {
+            let inode = procnet::fd_inode(pid, listen_fd)?;
+            procnet::tcp_rows(pid)
+                .into_iter()
+                .find(|r| r.inode == inode)
+                .map(|r| r.local)
+        })
     }
 
     fn data(&mut self, ev: &DataEvent, head: &[u8], tail: &[u8], sink: &mut dyn FnMut(Span)) {
@@ -287,26 +330,119 @@ impl Tracker {
         }
         let requests_are_ingress = conn.role != Role::Client;
         let is_request_stream = ingress == requests_are_ingress;
-        let resource = self.procs.get(&pid).map(|p| p.resource.clone());
         for msg in out.drain(..) {
-            on_message(
-                conn,
-                msg,
-                is_request_stream,
-                resource.as_ref(),
-                self.mono_to_unix_offset,
-                &mut self.stats,
-                sink,
-            );
+            if let Some(x) = on_message(conn, msg, is_request_stream, &mut self.stats) {
+                self.exchanges.push(x);
+            }
         }
         self.scratch = out;
+        self.finish_exchanges(pid, sink);
+    }
+
+    /// Turns paired exchanges into metrics (always) and spans (when sampled).
+    fn finish_exchanges(&mut self, pid: u32, sink: &mut dyn FnMut(Span)) {
+        let mut exchanges = std::mem::take(&mut self.exchanges);
+        for x in exchanges.drain(..) {
+            self.finish(pid, x, sink);
+        }
+        self.exchanges = exchanges;
+    }
+
+    fn finish(&mut self, pid: u32, x: Exchange, sink: &mut dyn FnMut(Span)) {
+        let offset = self.mono_to_unix_offset;
+        let to_unix = |ns: u64| (ns as i128 + offset).max(0) as u64;
+        let Some(proc) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        let (method, target) = match &x.req.kind {
+            MessageKind::Request { method, target } => (method.as_str(), target.as_str()),
+            MessageKind::Response { .. } => return,
+        };
+        let status = x.resp.status().unwrap_or(0);
+        let route = match x.kind {
+            SpanKind::Server => Some(proc.routes.route(target)),
+            SpanKind::Client => None,
+        };
+        let ids = Ids::for_request(x.kind, &x.req);
+        let duration_ns = x.resp.end_ns.saturating_sub(x.req.start_ns);
+        let error = is_error(x.kind, status);
+        let decision = self.sampler.decide(&SampleInput {
+            trace_id: ids.trace_id,
+            parent: ids.has_parent().then_some(ParentInfo {
+                sampled: ids.flags & 1 != 0,
+                remote: true,
+            }),
+            explicit_randomness: None,
+            is_error: error,
+            duration_ns,
+            service_key: pid,
+            now_ns: x.resp.end_ns,
+        });
+        let duration_s = duration_ns as f64 / 1e9;
+        let series = HttpSeries {
+            kind: HttpKind::from(x.kind),
+            method: Arc::from(method_name(method)),
+            route: route
+                .as_ref()
+                .map_or_else(|| Arc::from(""), |r| Arc::from(r.as_str())),
+            status,
+            error_type: error.then(|| Arc::from(status.to_string())),
+            server_address: match x.kind {
+                SpanKind::Client => x.req.host.as_deref().map(Arc::from),
+                SpanKind::Server => None,
+            },
+            server_port: match x.kind {
+                SpanKind::Client => x.ends.peer.map_or(0, |p| p.port()),
+                SpanKind::Server => 0,
+            },
+            overflow: false,
+        };
+        let exemplar = decision.sampled.then(|| Exemplar {
+            value: duration_s,
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            time_unix_ns: to_unix(x.resp.end_ns),
+        });
+        self.metrics.record_http(
+            &proc.resource,
+            HttpRecord {
+                series,
+                duration_s,
+                request_body: x.req.body_bytes,
+                response_body: x.resp.body_bytes,
+                exemplar,
+            },
+            route.as_ref().is_some_and(|r| r.is_overflow()),
+        );
+        self.stats.spans += 1;
+        if !decision.sampled {
+            return;
+        }
+        let mut ids = ids;
+        ids.flags |= 1;
+        // An overflowed route says nothing about the request: name the span by method.
+        let route_name = route
+            .as_ref()
+            .filter(|r| !r.is_overflow())
+            .map(|r| r.as_str());
+        let span = build(
+            x.kind,
+            &x.req,
+            &x.resp,
+            x.ends,
+            route_name,
+            ids,
+            &proc.resource,
+            to_unix,
+        );
+        debug_assert_eq!(span.status == SpanStatus::Error, error);
+        sink(span);
     }
 
     fn close(&mut self, pid: u32, fd: u32, ts_ns: u64, sink: &mut dyn FnMut(Span)) {
         let Some(mut conn) = self.conns.remove(&(pid, fd)) else {
             return;
         };
-        let resource = self.procs.get(&pid).map(|p| p.resource.clone());
         let requests_are_ingress = conn.role != Role::Client;
         let mut out = Vec::new();
         // Close-delimited responses end here.
@@ -324,19 +460,14 @@ impl Tracker {
             .map(|(i, m)| (i < n_req, m))
             .collect();
         for (is_req, msg) in msgs {
-            on_message(
-                &mut conn,
-                msg,
-                is_req,
-                resource.as_ref(),
-                self.mono_to_unix_offset,
-                &mut self.stats,
-                sink,
-            );
+            if let Some(x) = on_message(&mut conn, msg, is_req, &mut self.stats) {
+                self.exchanges.push(x);
+            }
         }
         self.stats.requests_without_response += conn.pending.len() as u64;
         self.stats.parse_errors +=
             conn.ingress.stats().parse_errors + conn.egress.stats().parse_errors;
+        self.finish_exchanges(pid, sink);
     }
 }
 
@@ -360,15 +491,13 @@ fn classify(conn: &mut Conn, direction: u32, head: &[u8]) {
     }
 }
 
+/// Pairs requests with responses on one connection; returns a finished exchange.
 fn on_message(
     conn: &mut Conn,
     msg: Message,
     is_request_stream: bool,
-    resource: Option<&Arc<Resource>>,
-    offset: i128,
     stats: &mut TrackerStats,
-    sink: &mut dyn FnMut(Span),
-) {
+) -> Option<Exchange> {
     match (&msg.kind, is_request_stream) {
         (MessageKind::Request { method, .. }, true) => {
             stats.requests += 1;
@@ -384,27 +513,41 @@ fn on_message(
                 stats.requests_without_response += 1;
             }
             conn.pending.push_back(msg);
+            None
         }
         (MessageKind::Response { .. }, false) => {
             let Some(req) = conn.pending.pop_front() else {
                 stats.responses_without_request += 1;
-                return;
-            };
-            let Some(resource) = resource else {
-                return;
+                return None;
             };
             let kind = if conn.role == Role::Client {
                 SpanKind::Client
             } else {
                 SpanKind::Server
             };
-            let to_unix = |ns: u64| (ns as i128 + offset).max(0) as u64;
-            let span = build(kind, &req, &msg, conn.ends, resource, to_unix);
-            stats.spans += 1;
-            sink(span);
+            Some(Exchange {
+                kind,
+                req,
+                resp: msg,
+                ends: conn.ends,
+            })
         }
         // A request on the response stream or vice versa: the stream is not what we
         // thought; the parsers resync on their own.
-        _ => stats.parse_errors += 1,
+        _ => {
+            stats.parse_errors += 1;
+            None
+        }
     }
+}
+
+/// CLOCK_MONOTONIC now, in the kernel's bpf_ktime_get_ns units.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the valid timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -26,7 +26,10 @@ pub struct TcpRow {
 
 /// `socket:[12345]` -> 12345.
 pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 pub fn fd_inode(pid: u32, fd: u32) -> Option<u64> {

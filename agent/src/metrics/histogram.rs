@@ -11,8 +11,8 @@ pub const DURATION_BUCKETS: &[f64] = &[
 /// Body-size boundaries, in bytes: the OpenTelemetry SDKs' default explicit buckets, so
 /// these series line up with what hand-instrumented services emit.
 pub const SIZE_BUCKETS: &[f64] = &[
-    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0,
-    7500.0, 10000.0,
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
+    10000.0,
 ];
 
 /// A measurement tied to the trace that produced it (only sampled traces: an exemplar

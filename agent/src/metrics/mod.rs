@@ -8,6 +8,7 @@
 
 pub mod histogram;
 pub mod prometheus;
+pub mod server;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -153,25 +154,30 @@ impl Metrics {
         if route_overflowed {
             svc.route_overflow += 1;
         }
-        let series = if svc.http.len() >= MAX_SERIES_PER_SERVICE && !svc.http.contains_key(&rec.series)
-        {
-            svc.series_overflow += 1;
-            HttpSeries {
-                kind: rec.series.kind,
-                method: Arc::from(""),
-                route: Arc::from(""),
-                status: 0,
-                error_type: None,
-                server_address: None,
-                server_port: 0,
-                overflow: true,
-            }
-        } else {
-            rec.series
-        };
+        let series =
+            if svc.http.len() >= MAX_SERIES_PER_SERVICE && !svc.http.contains_key(&rec.series) {
+                svc.series_overflow += 1;
+                HttpSeries {
+                    kind: rec.series.kind,
+                    method: Arc::from(""),
+                    route: Arc::from(""),
+                    status: 0,
+                    error_type: None,
+                    server_address: None,
+                    server_port: 0,
+                    overflow: true,
+                }
+            } else {
+                rec.series
+            };
         let stats = svc.http.entry(series).or_default();
         stats.duration.record(rec.duration_s, rec.exemplar);
-        let size_ex = |v: u64| rec.exemplar.map(|e| Exemplar { value: v as f64, ..e });
+        let size_ex = |v: u64| {
+            rec.exemplar.map(|e| Exemplar {
+                value: v as f64,
+                ..e
+            })
+        };
         stats
             .request_body
             .record(rec.request_body as f64, size_ex(rec.request_body));

@@ -72,7 +72,13 @@ pub fn escape(v: &str) -> String {
 pub fn label_name(key: &str) -> String {
     let mut s: String = key
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.starts_with(|c: char| c.is_ascii_digit()) {
         s.insert(0, '_');
@@ -82,7 +88,11 @@ pub fn label_name(key: &str) -> String {
 
 fn fmt_value(v: f64) -> String {
     if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else if v.is_nan() {
         "NaN".into()
     } else if v == v.trunc() && v.abs() < 1e15 {
@@ -193,7 +203,10 @@ impl Encoder {
             let mut cumulative = 0u64;
             for (i, count) in h.counts.iter().enumerate() {
                 cumulative += count;
-                let le = h.bounds.get(i).map_or("+Inf".to_string(), |b| fmt_value(*b));
+                let le = h
+                    .bounds
+                    .get(i)
+                    .map_or("+Inf".to_string(), |b| fmt_value(*b));
                 let _ = write!(self.out, "{name}_bucket");
                 write_labels(&mut self.out, labels, Some(("le", &le)));
                 let _ = write!(self.out, " {cumulative}");
@@ -283,12 +296,36 @@ pub fn encode_http(enc: &mut Encoder, services: &[ServiceMetrics]) {
         }
     }
     let names = [
-        ("http_server_request_duration_seconds", "Duration of HTTP server requests.", "seconds"),
-        ("http_server_request_body_size_bytes", "Size of HTTP server request bodies.", "bytes"),
-        ("http_server_response_body_size_bytes", "Size of HTTP server response bodies.", "bytes"),
-        ("http_client_request_duration_seconds", "Duration of HTTP client requests.", "seconds"),
-        ("http_client_request_body_size_bytes", "Size of HTTP client request bodies.", "bytes"),
-        ("http_client_response_body_size_bytes", "Size of HTTP client response bodies.", "bytes"),
+        (
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests.",
+            "seconds",
+        ),
+        (
+            "http_server_request_body_size_bytes",
+            "Size of HTTP server request bodies.",
+            "bytes",
+        ),
+        (
+            "http_server_response_body_size_bytes",
+            "Size of HTTP server response bodies.",
+            "bytes",
+        ),
+        (
+            "http_client_request_duration_seconds",
+            "Duration of HTTP client requests.",
+            "seconds",
+        ),
+        (
+            "http_client_request_body_size_bytes",
+            "Size of HTTP client request bodies.",
+            "bytes",
+        ),
+        (
+            "http_client_response_body_size_bytes",
+            "Size of HTTP client response bodies.",
+            "bytes",
+        ),
     ];
     for (fam, (name, help, unit)) in fams.iter().zip(names) {
         enc.histogram(name, help, Some(unit), fam);
@@ -358,7 +395,10 @@ mod tests {
         assert!(text.contains("http_server_request_duration_seconds_count{service_name=\"shop \\\"api\\\"\",service_instance_id=\"node1:7\",http_request_method=\"GET\",http_response_status_code=\"500\",http_route=\"/users/{id}\",error_type=\"500\"} 1"));
         assert!(text.contains("target_info{service_name=\"shop \\\"api\\\"\",service_instance_id=\"node1:7\",host_name=\"node1\",deployment_environment_name=\"prod\"} 1"));
         assert!(!text.contains("# EOF"));
-        assert!(!text.contains("trace_id"), "no exemplars in the 0.0.4 text format");
+        assert!(
+            !text.contains("trace_id"),
+            "no exemplars in the 0.0.4 text format"
+        );
     }
 
     #[test]
@@ -374,14 +414,22 @@ mod tests {
 
     #[test]
     fn accept_header_selects_format() {
-        assert_eq!(Format::from_accept(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")), Format::OpenMetrics);
+        assert_eq!(
+            Format::from_accept(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
         assert_eq!(Format::from_accept(Some("text/plain")), Format::Text);
         assert_eq!(Format::from_accept(None), Format::Text);
     }
 
     #[test]
     fn label_names_are_sanitized() {
-        assert_eq!(label_name("deployment.environment.name"), "deployment_environment_name");
+        assert_eq!(
+            label_name("deployment.environment.name"),
+            "deployment_environment_name"
+        );
         assert_eq!(label_name("9lives"), "_9lives");
     }
 }

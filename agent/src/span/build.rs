@@ -66,12 +66,76 @@ fn split_host(host: &str) -> (&str, Option<u16>) {
     }
 }
 
-/// Builds the span of one exchange. `mono_to_unix` converts kernel timestamps.
+/// Identity of a span, decided before it is built (sampling needs the trace id).
+#[derive(Clone, Debug)]
+pub struct Ids {
+    pub trace_id: super::TraceId,
+    pub span_id: super::SpanId,
+    /// All zero for a root span.
+    pub parent_span_id: super::SpanId,
+    pub flags: u8,
+    pub trace_state: String,
+}
+
+impl Ids {
+    /// A server span joins the trace of a valid incoming `traceparent`; anything else
+    /// starts a new trace.
+    pub fn for_request(kind: SpanKind, req: &Message) -> Self {
+        let parent = match kind {
+            SpanKind::Server => req.traceparent.as_deref().and_then(parse_traceparent),
+            SpanKind::Client => None,
+        };
+        match parent {
+            Some(tp) => Ids {
+                trace_id: tp.trace_id,
+                span_id: new_span_id(),
+                parent_span_id: tp.parent_id,
+                flags: tp.flags,
+                trace_state: req.tracestate.clone().unwrap_or_default(),
+            },
+            None => Ids {
+                trace_id: new_trace_id(),
+                span_id: new_span_id(),
+                parent_span_id: [0; 8],
+                flags: 0,
+                trace_state: String::new(),
+            },
+        }
+    }
+
+    pub fn has_parent(&self) -> bool {
+        self.parent_span_id != [0; 8]
+    }
+}
+
+/// Normalized `http.request.method`: known methods as sent, anything else `_OTHER`.
+pub fn method_name(method: &str) -> &str {
+    if KNOWN_METHODS.contains(&method) {
+        method
+    } else {
+        "_OTHER"
+    }
+}
+
+/// Whether the exchange is an error per the HTTP semconv: 5xx for servers (4xx are the
+/// client's fault), 4xx and 5xx for clients.
+pub fn is_error(kind: SpanKind, status: u16) -> bool {
+    match kind {
+        SpanKind::Server => status >= 500,
+        SpanKind::Client => status >= 400,
+    }
+}
+
+/// Builds the span of one exchange. `route` is the low-cardinality `http.route` when
+/// known; `mono_to_unix` converts kernel timestamps.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     kind: SpanKind,
     req: &Message,
     resp: &Message,
     ends: Endpoints,
+    route: Option<&str>,
+    ids: Ids,
     resource: &Arc<Resource>,
     mono_to_unix: impl Fn(u64) -> u64,
 ) -> Span {
@@ -91,7 +155,10 @@ pub fn build(
     let mut push = |k: &'static str, v: Value| attributes.push((k, v));
     push("http.request.method", Value::Str(method_attr.to_string()));
     if !known {
-        push("http.request.method_original", Value::Str(method.to_string()));
+        push(
+            "http.request.method_original",
+            Value::Str(method.to_string()),
+        );
     }
     push("http.response.status_code", Value::Int(status as i64));
     push(
@@ -103,6 +170,9 @@ pub fn build(
         SpanKind::Server => {
             push("url.scheme", Value::Str("http".into()));
             push("url.path", Value::Str(path.to_string()));
+            if let Some(r) = route {
+                push("http.route", Value::Str(r.to_string()));
+            }
             if let Some(q) = query {
                 push("url.query", Value::Str(redact_query(q)));
             }
@@ -155,42 +225,33 @@ pub fn build(
     if req.body_bytes > 0 {
         push("http.request.body.size", Value::Int(req.body_bytes as i64));
     }
-    push("http.response.body.size", Value::Int(resp.body_bytes as i64));
-    let error = match kind {
-        SpanKind::Server => status >= 500,
-        SpanKind::Client => status >= 400,
-    };
+    push(
+        "http.response.body.size",
+        Value::Int(resp.body_bytes as i64),
+    );
+    let error = is_error(kind, status);
     if error {
         push("error.type", Value::Str(status.to_string()));
     }
 
-    // Server spans join the caller's trace when it sent a valid traceparent.
-    let parent = match kind {
-        SpanKind::Server => req.traceparent.as_deref().and_then(parse_traceparent),
-        SpanKind::Client => None,
-    };
-    let (trace_id, parent_span_id, flags) = match parent {
-        Some(tp) => (tp.trace_id, tp.parent_id, tp.flags),
-        None => (new_trace_id(), [0; 8], 1),
-    };
     let (start, end) = match kind {
         // Server: first request byte read .. last response byte written.
         SpanKind::Server => (req.start_ns, resp.end_ns),
         // Client: first request byte written .. last response byte read.
         SpanKind::Client => (req.start_ns, resp.end_ns),
     };
+    let name = match route {
+        Some(r) => format!("{method_attr} {r}"),
+        None => method_attr.to_string(),
+    };
     Span {
-        trace_id,
-        span_id: new_span_id(),
-        parent_span_id,
-        trace_state: if parent.is_some() {
-            req.tracestate.clone().unwrap_or_default()
-        } else {
-            String::new()
-        },
-        flags,
+        trace_id: ids.trace_id,
+        span_id: ids.span_id,
+        parent_span_id: ids.parent_span_id,
+        trace_state: ids.trace_state,
+        flags: ids.flags,
         kind,
-        name: method_attr.to_string(),
+        name,
         start_unix_ns: mono_to_unix(start),
         end_unix_ns: mono_to_unix(end.max(start)),
         status: if error {
@@ -209,7 +270,10 @@ mod tests {
 
     #[test]
     fn redacts_query_values_keeps_keys() {
-        assert_eq!(redact_query("a=1&token=secret&flag"), "a=REDACTED&token=REDACTED&flag");
+        assert_eq!(
+            redact_query("a=1&token=secret&flag"),
+            "a=REDACTED&token=REDACTED&flag"
+        );
     }
 
     #[test]

@@ -37,7 +37,10 @@ pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
     let (version, rest) = (&v[..2], &v[2..]);
     let mut ver = [0u8; 1];
     hex_into(version, &mut ver)?;
-    if ver[0] == 0xff || (ver[0] == 0 && v.len() != 55) || (ver[0] > 0 && v.len() > 55 && v[55] != b'-') {
+    if ver[0] == 0xff
+        || (ver[0] == 0 && v.len() != 55)
+        || (ver[0] > 0 && v.len() > 55 && v[55] != b'-')
+    {
         return None;
     }
     if rest[0] != b'-' || rest[33] != b'-' || rest[50] != b'-' {
@@ -79,10 +82,12 @@ pub fn new_span_id() -> SpanId {
 
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -91,7 +96,8 @@ mod tests {
 
     #[test]
     fn parses_valid_traceparent() {
-        let tp = parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+        let tp =
+            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
         assert_eq!(hex(&tp.trace_id), "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(hex(&tp.parent_id), "b7ad6b7169203331");
         assert_eq!(tp.flags, 1);
@@ -112,7 +118,10 @@ mod tests {
             assert_eq!(parse_traceparent(bad), None, "{bad}");
         }
         // A future version may append fields.
-        assert!(parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-zz").is_some());
+        assert!(
+            parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-zz")
+                .is_some()
+        );
     }
 
     #[test]

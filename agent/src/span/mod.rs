@@ -54,7 +54,10 @@ pub struct Span {
 
 impl Span {
     pub fn attr(&self, key: &str) -> Option<&Value> {
-        self.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
     }
 }
 

@@ -1,0 +1,267 @@
+//! The `/metrics` endpoint (`--prometheus ADDR`).
+//!
+//! Binds loopback unless told otherwise: the endpoint exposes service names and routes,
+//! which are not for the whole network by default.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+
+use super::{
+    Metrics,
+    prometheus::{Encoder, Format, Sample, encode_http, service_labels},
+};
+use crate::{export::ExportStats, telemetry::Telemetry};
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("invalid --prometheus address {0:?}: expected PORT, :PORT or HOST:PORT")]
+    BadAddr(String),
+    #[error("cannot listen on {addr} for the metrics endpoint: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `9400`, `:9400` -> 127.0.0.1:9400; `0.0.0.0:9400`, `[::]:9400` as given.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, ServerError> {
+    let bad = || ServerError::BadAddr(s.to_string());
+    let t = s.trim();
+    let port_only = t.strip_prefix(':').unwrap_or(t);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    // host names: resolve "localhost:9400" and the like.
+    use std::net::ToSocketAddrs;
+    t.to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)
+}
+
+/// What a scrape renders.
+#[derive(Clone)]
+pub struct Sources {
+    pub metrics: Arc<Metrics>,
+    pub telemetry: Arc<Telemetry>,
+    pub exports: Vec<Arc<ExportStats>>,
+}
+
+fn agent_labels() -> Vec<super::prometheus::Label> {
+    Vec::new()
+}
+
+/// Renders the whole exposition for one scrape.
+pub fn render(src: &Sources, format: Format) -> String {
+    let services = src.metrics.snapshot();
+    let mut enc = Encoder::new(format);
+    encode_http(&mut enc, &services);
+    let resources: Vec<_> = services.iter().map(|s| &*s.resource).collect();
+    enc.target_info(&resources);
+
+    let per_service = |f: &dyn Fn(&super::ServiceMetrics) -> u64| -> Vec<Sample> {
+        services
+            .iter()
+            .map(|s| Sample {
+                labels: service_labels(&s.resource),
+                value: f(s) as f64,
+            })
+            .collect()
+    };
+    enc.counter(
+        "periscope_route_overflow",
+        "Requests whose route exceeded the per-service route cap and were counted under the overflow route.",
+        &per_service(&|s| s.route_overflow),
+    );
+    enc.counter(
+        "periscope_metric_series_overflow",
+        "Requests folded into the overflow series because a service hit the series cap.",
+        &per_service(&|s| s.series_overflow),
+    );
+
+    let snap = src.telemetry.snapshot();
+    let one = |v: u64| {
+        vec![Sample {
+            labels: agent_labels(),
+            value: v as f64,
+        }]
+    };
+    enc.counter(
+        "periscope_events_received",
+        "Kernel events read from the ring buffer.",
+        &one(snap.events_received),
+    );
+    enc.counter(
+        "periscope_events_lost",
+        "Kernel events lost because the ring buffer was full (spans are missing when this grows).",
+        &one(snap.kernel.ringbuf_drops),
+    );
+    enc.counter(
+        "periscope_kernel_events",
+        "Kernel events written to the ring buffer.",
+        &one(snap.kernel.events),
+    );
+    enc.counter(
+        "periscope_syscalls_untracked",
+        "Syscalls not followed because the per-thread argument map was full.",
+        &one(snap.kernel.stash_full),
+    );
+    enc.counter(
+        "periscope_payload_read_errors",
+        "Payload copies from user memory that failed.",
+        &one(snap.kernel.read_errors),
+    );
+    enc.counter(
+        "periscope_parse_errors",
+        "Malformed HTTP seen on traced sockets.",
+        &one(snap.tracker.parse_errors),
+    );
+    enc.counter(
+        "periscope_non_http_streams",
+        "Streams on traced sockets that were not HTTP/1.x and were ignored.",
+        &one(snap.tracker.non_http_streams),
+    );
+    enc.counter(
+        "periscope_unmatched_messages",
+        "Requests without a response or responses without a request.",
+        &one(snap.tracker.requests_without_response + snap.tracker.responses_without_request),
+    );
+    enc.counter(
+        "periscope_spans",
+        "Spans built (before sampling).",
+        &one(snap.tracker.spans),
+    );
+    enc.gauge(
+        "periscope_traced_processes",
+        "Processes traced now.",
+        None,
+        &one(snap.processes),
+    );
+    let by_output = |f: &dyn Fn(&ExportStats) -> u64| -> Vec<Sample> {
+        src.exports
+            .iter()
+            .map(|e| Sample {
+                labels: vec![("output".into(), e.output.as_str().to_string())],
+                value: f(e) as f64,
+            })
+            .collect()
+    };
+    use std::sync::atomic::Ordering::Relaxed;
+    enc.counter(
+        "periscope_spans_exported",
+        "Spans delivered by each output.",
+        &by_output(&|e| e.exported.load(Relaxed)),
+    );
+    enc.counter(
+        "periscope_spans_dropped",
+        "Spans dropped by each output (queue full, backend down).",
+        &by_output(&|e| e.dropped.load(Relaxed)),
+    );
+    enc.gauge(
+        "periscope_export_queue_depth",
+        "Spans waiting in each output's queue.",
+        None,
+        &by_output(&|e| e.queue_depth.load(Relaxed)),
+    );
+    enc.finish()
+}
+
+/// Binds now (so a bad address fails at startup with one line) and serves on `rt`.
+pub fn start(
+    addr: SocketAddr,
+    sources: Sources,
+    rt: &tokio::runtime::Handle,
+) -> Result<SocketAddr, ServerError> {
+    let std_listener =
+        std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    let local = std_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    rt.spawn(async move {
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("metrics endpoint stopped: {e}");
+                return;
+            }
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let sources = sources.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let sources = sources.clone();
+                    async move { Ok::<_, std::convert::Infallible>(respond(&req, &sources)) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+fn respond(req: &Request<hyper::body::Incoming>, sources: &Sources) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => {
+            let accept = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = Format::from_accept(accept);
+            let body = render(sources, format);
+            Response::builder()
+                .header(hyper::header::CONTENT_TYPE, format.content_type())
+                .body(Full::new(Bytes::from(body)))
+                .unwrap_or_default()
+        }
+        "/" => Response::new(Full::new(Bytes::from_static(
+            b"periscope: metrics at /metrics\n",
+        ))),
+        _ => Response::builder()
+            .status(404)
+            .body(Full::new(Bytes::from_static(b"not found\n")))
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_default_to_loopback() {
+        assert_eq!(
+            parse_addr("9400").unwrap(),
+            "127.0.0.1:9400".parse().unwrap()
+        );
+        assert_eq!(
+            parse_addr(":9400").unwrap(),
+            "127.0.0.1:9400".parse().unwrap()
+        );
+        assert_eq!(
+            parse_addr("0.0.0.0:9400").unwrap(),
+            "0.0.0.0:9400".parse().unwrap()
+        );
+        assert_eq!(parse_addr("[::]:1").unwrap(), "[::]:1".parse().unwrap());
+        assert!(parse_addr("nope").is_err());
+        assert!(parse_addr("1.2.3.4:99999").is_err());
+    }
+}
