@@ -1,1 +1,516 @@
-//! TODO
+//! Export: the last stage. Spans enter through a [`SpanSink`] and leave through the outputs
+//! [`ExportConfig`] selects — OTLP (gRPC or HTTP/protobuf), console text, console JSON —
+//! several at once if asked.
+//!
+//! The event path must never wait for a backend, so each output has its own bounded queue
+//! (`OTEL_BSP_MAX_QUEUE_SIZE`) and [`SpanSink::send`] only `try_send`s into it: a full queue
+//! drops the span and counts it, in that output's [`ExportStats`]. One queue per output (rather
+//! than one shared queue) keeps a dead OTLP backend from silencing the console.
+//!
+//! The OTLP output batches (size or delay), retries a failed batch with backoff while the
+//! backend is healthy, and during an outage makes one attempt per batch (spaced by the
+//! backend's Retry-After or a capped backoff), logging one warning when the outage starts and
+//! one line when it ends. Nothing is ever queued beyond the queue's capacity plus the one batch
+//! in flight. Console outputs run on their own threads because writing to stdout may block.
+//!
+//! Layout: `config` (flags + env), `otlp` (conversion + transports), `console` (line
+//! formats), this file (queues, batching, retry, shutdown).
+
+pub mod config;
+pub mod console;
+pub mod otlp;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+pub use config::{
+    BatchConfig, ConfigError, ConsoleFormat, ExportConfig, ExportFlags, OtlpConfig, Protocol,
+};
+
+use crate::span::Span;
+
+/// Attempts per batch while the backend is healthy (1 + 3 retries).
+const MAX_ATTEMPTS: u32 = 4;
+const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// Cap on any wait between attempts, including a server's Retry-After: waiting longer only
+/// drops more spans at the queue, it does not save any.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long [`ExportHandle::shutdown`] waits past its deadline before aborting an output.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+
+/// Which output a set of [`ExportStats`] belongs to. Also the metric label value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutputKind {
+    Otlp,
+    ConsoleText,
+    ConsoleJson,
+}
+
+impl OutputKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputKind::Otlp => "otlp",
+            OutputKind::ConsoleText => "console",
+            OutputKind::ConsoleJson => "console_json",
+        }
+    }
+}
+
+/// The export stage's own telemetry, one set per output, shared (`Arc`) between the sinks,
+/// the output's worker and whoever reports them (metrics, the periodic console summary).
+/// Counters only grow; all use relaxed atomics (they are statistics, not synchronization).
+#[derive(Debug)]
+pub struct ExportStats {
+    pub output: OutputKind,
+    /// Spans delivered: accepted by the OTLP backend, or written to the console.
+    pub exported: AtomicU64,
+    /// Spans lost on our side: the queue was full, the batch failed after its retries, the
+    /// shutdown deadline passed, or the span arrived after shutdown.
+    pub dropped: AtomicU64,
+    /// Spans the OTLP backend refused in a partial success (not in `exported`).
+    pub rejected: AtomicU64,
+    /// OTLP batches given up on (each one's spans are in `dropped`); retries not counted.
+    pub failed_exports: AtomicU64,
+    /// Spans waiting in the queue right now (a gauge; excludes the batch in flight).
+    pub queue_depth: AtomicU64,
+}
+
+impl ExportStats {
+    fn new(output: OutputKind) -> ExportStats {
+        ExportStats {
+            output,
+            exported: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            failed_exports: AtomicU64::new(0),
+            queue_depth: AtomicU64::new(0),
+        }
+    }
+}
+
+enum Msg {
+    Span(Span),
+    /// Sent by shutdown behind every span already queued: drain up to here, then stop.
+    Flush,
+}
+
+struct Queue {
+    tx: mpsc::Sender<Msg>,
+    stats: Arc<ExportStats>,
+}
+
+impl Queue {
+    fn offer(&self, span: Span) {
+        // Count before sending so the worker's decrement can never run first.
+        self.stats.queue_depth.fetch_add(1, Relaxed);
+        if self.tx.try_send(Msg::Span(span)).is_err() {
+            self.stats.queue_depth.fetch_sub(1, Relaxed);
+            self.stats.dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Where the rest of the agent puts finished spans. Clone it freely (one `Arc`); `send`
+/// never blocks and never allocates beyond one clone per extra output.
+#[derive(Clone)]
+pub struct SpanSink {
+    queues: Arc<[Queue]>,
+}
+
+impl SpanSink {
+    /// Queues `span` on every output; where a queue is full (or shut down) the span is
+    /// dropped and counted in that output's stats.
+    pub fn send(&self, span: Span) {
+        if let Some((last, rest)) = self.queues.split_last() {
+            for q in rest {
+                q.offer(span.clone());
+            }
+            last.offer(span);
+        }
+    }
+
+    /// Stats of every output, in configuration order (OTLP, console text, console JSON).
+    pub fn stats(&self) -> Vec<Arc<ExportStats>> {
+        self.queues.iter().map(|q| q.stats.clone()).collect()
+    }
+}
+
+enum Worker {
+    Task(tokio::task::JoinHandle<()>),
+    Thread(oneshot::Receiver<()>),
+}
+
+/// Owns the output workers; [`ExportHandle::shutdown`] flushes and stops them. Dropping it
+/// without shutdown leaves the workers running until every [`SpanSink`] is gone.
+pub struct ExportHandle {
+    queues: Vec<(mpsc::Sender<Msg>, Arc<ExportStats>)>,
+    deadline: watch::Sender<Option<Instant>>,
+    workers: Vec<Worker>,
+}
+
+impl ExportHandle {
+    pub fn stats(&self) -> Vec<Arc<ExportStats>> {
+        self.queues.iter().map(|(_, s)| s.clone()).collect()
+    }
+
+    /// Exports what is queued (within `deadline`), then stops every output. Spans that could
+    /// not be sent in time, or that arrive afterwards, are counted as dropped. Returns by
+    /// `deadline` plus a short grace period whatever the backend does.
+    pub async fn shutdown(self, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        // Tells the OTLP worker to cut retries and timeouts short.
+        let _ = self.deadline.send(Some(until));
+        for (tx, _) in &self.queues {
+            // Lands behind every span already queued; waits only if a queue is full.
+            let _ = tokio::time::timeout_at(until, tx.send(Msg::Flush)).await;
+        }
+        let hard_stop = until + SHUTDOWN_GRACE;
+        for worker in self.workers {
+            match worker {
+                Worker::Task(task) => {
+                    let abort = task.abort_handle();
+                    if tokio::time::timeout_at(hard_stop, task).await.is_err() {
+                        abort.abort();
+                    }
+                }
+                // A console thread stuck on a blocked stdout is left behind, not waited for.
+                Worker::Thread(done) => {
+                    let _ = tokio::time::timeout_at(hard_stop, done).await;
+                }
+            }
+        }
+    }
+}
+
+/// Starts every output `cfg` selects, console outputs writing to stdout. Must be called with
+/// the runtime the OTLP worker should run on.
+pub fn start(cfg: ExportConfig, rt: &tokio::runtime::Handle) -> (SpanSink, ExportHandle) {
+    start_with_console(cfg, rt, |_| Box::new(std::io::stdout()))
+}
+
+/// Like [`start`], with each console output writing to `console(format)` instead of stdout.
+pub fn start_with_console(
+    cfg: ExportConfig,
+    rt: &tokio::runtime::Handle,
+    mut console: impl FnMut(ConsoleFormat) -> Box<dyn Write + Send>,
+) -> (SpanSink, ExportHandle) {
+    let (deadline_tx, deadline_rx) = watch::channel(None);
+    let capacity = cfg.batch.max_queue_size.max(1);
+    let mut queues = Vec::new();
+    let mut handle_queues = Vec::new();
+    let mut workers = Vec::new();
+    let mut add = |kind: OutputKind| {
+        let (tx, rx) = mpsc::channel(capacity);
+        let stats = Arc::new(ExportStats::new(kind));
+        queues.push(Queue {
+            tx: tx.clone(),
+            stats: stats.clone(),
+        });
+        handle_queues.push((tx, stats.clone()));
+        (rx, stats)
+    };
+
+    if let Some(otlp) = &cfg.otlp {
+        let (rx, stats) = add(OutputKind::Otlp);
+        let transport = {
+            let _guard = rt.enter();
+            otlp::Transport::new(otlp)
+        };
+        let transport = match transport {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!("OTLP export disabled, every span will be dropped: {e}");
+                None
+            }
+        };
+        let worker = OtlpWorker {
+            transport,
+            timeout: otlp.timeout(),
+            batch: cfg.batch,
+            stats,
+            deadline: deadline_rx.clone(),
+            healthy: true,
+            dropped_before_outage: 0,
+            next_attempt: None,
+            outage_backoff: INITIAL_BACKOFF,
+        };
+        workers.push(Worker::Task(rt.spawn(worker.run(rx))));
+    }
+    for format in &cfg.console {
+        let kind = match format {
+            ConsoleFormat::Text => OutputKind::ConsoleText,
+            ConsoleFormat::Json => OutputKind::ConsoleJson,
+        };
+        let (rx, stats) = add(kind);
+        let out = console(*format);
+        let (done_tx, done_rx) = oneshot::channel();
+        let format = *format;
+        let spawned = std::thread::Builder::new()
+            .name(format!("export-{}", kind.as_str()))
+            .spawn(move || {
+                run_console(rx, format, out, &stats);
+                let _ = done_tx.send(());
+            });
+        match spawned {
+            Ok(_) => workers.push(Worker::Thread(done_rx)),
+            // The queue's receiver died with the closure: every send counts as dropped.
+            Err(e) => tracing::error!("cannot start the {} output: {e}", kind.as_str()),
+        }
+    }
+
+    let sink = SpanSink {
+        queues: queues.into(),
+    };
+    let handle = ExportHandle {
+        queues: handle_queues,
+        deadline: deadline_tx,
+        workers,
+    };
+    (sink, handle)
+}
+
+/// Counts what is still queued as dropped, after the worker stopped consuming.
+fn drain_dropped(rx: &mut mpsc::Receiver<Msg>, stats: &ExportStats) {
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Span(_) = msg {
+            stats.queue_depth.fetch_sub(1, Relaxed);
+            stats.dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+fn run_console(
+    mut rx: mpsc::Receiver<Msg>,
+    format: ConsoleFormat,
+    out: Box<dyn Write + Send>,
+    stats: &ExportStats,
+) {
+    let mut out = std::io::BufWriter::new(out);
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(msg) => Some(msg),
+            // Flush whenever the queue runs empty: lines appear promptly when idle and in
+            // large writes under load.
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let _ = out.flush();
+                rx.blocking_recv()
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        };
+        let span = match msg {
+            Some(Msg::Span(span)) => span,
+            Some(Msg::Flush) | None => break,
+        };
+        stats.queue_depth.fetch_sub(1, Relaxed);
+        let mut line = match format {
+            ConsoleFormat::Text => console::format_text(&span),
+            ConsoleFormat::Json => console::format_json(&span),
+        };
+        line.push('\n');
+        match out.write_all(line.as_bytes()) {
+            Ok(()) => stats.exported.fetch_add(1, Relaxed),
+            Err(_) => stats.dropped.fetch_add(1, Relaxed),
+        };
+    }
+    let _ = out.flush();
+    drain_dropped(&mut rx, stats);
+}
+
+struct OtlpWorker {
+    /// `None` when the client could not be created: everything is dropped and counted.
+    transport: Option<otlp::Transport>,
+    timeout: Duration,
+    batch: BatchConfig,
+    stats: Arc<ExportStats>,
+    /// Set once by shutdown: the instant by which the worker must be done.
+    deadline: watch::Receiver<Option<Instant>>,
+    healthy: bool,
+    /// `stats.dropped` when the current outage began, to report its size on recovery.
+    dropped_before_outage: u64,
+    /// During an outage: no attempt before this instant (batches due earlier are dropped).
+    next_attempt: Option<Instant>,
+    outage_backoff: Duration,
+}
+
+impl OtlpWorker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let far = || Instant::now() + Duration::from_secs(86_400);
+        let mut batch: Vec<Span> = Vec::with_capacity(self.batch.max_export_batch_size);
+        let mut batch_due: Option<Instant> = None;
+        let mut watching = true;
+        loop {
+            let until = *self.deadline.borrow();
+            tokio::select! {
+                // Deadline first: a queue that keeps refilling must not keep us past it.
+                biased;
+                _ = tokio::time::sleep_until(until.unwrap_or_else(far)), if until.is_some() => {
+                    if !batch.is_empty() {
+                        tracing::warn!(
+                            "OTLP export: shutdown deadline reached, dropping {} unsent spans",
+                            batch.len()
+                        );
+                    }
+                    self.stats.dropped.fetch_add(batch.len() as u64, Relaxed);
+                    break;
+                }
+                changed = self.deadline.changed(), if watching => {
+                    // The handle was dropped without shutdown: nothing more to watch.
+                    watching = changed.is_ok();
+                }
+                _ = tokio::time::sleep_until(batch_due.unwrap_or_else(far)), if batch_due.is_some() => {
+                    batch_due = None;
+                    self.export(std::mem::take(&mut batch)).await;
+                }
+                msg = rx.recv() => match msg {
+                    Some(Msg::Span(span)) => {
+                        self.stats.queue_depth.fetch_sub(1, Relaxed);
+                        if batch.is_empty() {
+                            batch_due = Some(Instant::now() + self.batch.schedule_delay);
+                        }
+                        batch.push(span);
+                        if batch.len() >= self.batch.max_export_batch_size {
+                            batch_due = None;
+                            self.export(std::mem::take(&mut batch)).await;
+                        }
+                    }
+                    Some(Msg::Flush) | None => {
+                        if !batch.is_empty() {
+                            self.export(std::mem::take(&mut batch)).await;
+                        }
+                        break;
+                    }
+                },
+            }
+        }
+        drain_dropped(&mut rx, &self.stats);
+    }
+
+    /// Exports one batch, retrying while healthy; accounts for every span either way.
+    async fn export(&mut self, batch: Vec<Span>) {
+        let n = batch.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let Some(transport) = self.transport.as_mut() else {
+            self.stats.dropped.fetch_add(n, Relaxed);
+            return;
+        };
+        if self.next_attempt.is_some_and(|t| Instant::now() < t) {
+            // Still backing off from the last failure of this outage.
+            self.stats.dropped.fetch_add(n, Relaxed);
+            return;
+        }
+        let req = otlp::to_request(&batch);
+        drop(batch);
+
+        let attempts = if self.healthy { MAX_ATTEMPTS } else { 1 };
+        let mut backoff = INITIAL_BACKOFF;
+        let mut attempt = 1;
+        let result = loop {
+            let until = *self.deadline.borrow();
+            let timeout = until.map_or(self.timeout, |u| {
+                self.timeout
+                    .min(u.saturating_duration_since(Instant::now()))
+            });
+            if timeout.is_zero() {
+                break Err(None);
+            }
+            // An attempt already in flight when shutdown begins must not outlive its deadline.
+            let result = tokio::select! {
+                r = transport.export(&req, timeout) => r,
+                () = deadline_passed(&mut self.deadline) => break Err(None),
+            };
+            match result {
+                Ok(outcome) => break Ok(outcome),
+                Err(e) if e.is_retryable() && attempt < attempts => {
+                    let wait = jitter(e.retry_after().unwrap_or(backoff).min(MAX_BACKOFF));
+                    if until.is_some_and(|u| Instant::now() + wait >= u) {
+                        break Err(Some(e));
+                    }
+                    // Wake early if shutdown begins, to recompute the time left (a dropped
+                    // handle disables that branch rather than ending the wait).
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        Ok(()) = self.deadline.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    attempt += 1;
+                }
+                Err(e) => break Err(Some(e)),
+            }
+        };
+
+        match result {
+            Ok(outcome) => {
+                let rejected = outcome.rejected_spans.min(n);
+                self.stats.exported.fetch_add(n - rejected, Relaxed);
+                self.stats.rejected.fetch_add(rejected, Relaxed);
+                if !self.healthy {
+                    let dropped = self.stats.dropped.load(Relaxed) - self.dropped_before_outage;
+                    tracing::info!(
+                        "OTLP export to {} recovered; {dropped} spans were dropped during the outage",
+                        transport.endpoint()
+                    );
+                    self.healthy = true;
+                    self.next_attempt = None;
+                    self.outage_backoff = INITIAL_BACKOFF;
+                }
+            }
+            Err(e) => {
+                self.stats.failed_exports.fetch_add(1, Relaxed);
+                let before = self.stats.dropped.fetch_add(n, Relaxed);
+                match e {
+                    // Shutdown ran out of time: not an outage.
+                    None => tracing::warn!(
+                        "OTLP export: shutdown deadline reached, dropping {n} unsent spans"
+                    ),
+                    Some(e) if self.healthy => {
+                        tracing::warn!(
+                            "{e}; dropping spans until the backend recovers (logged once per outage)"
+                        );
+                        self.healthy = false;
+                        self.dropped_before_outage = before;
+                        self.schedule_next_attempt(e.retry_after());
+                    }
+                    Some(e) => self.schedule_next_attempt(e.retry_after()),
+                }
+            }
+        }
+    }
+
+    fn schedule_next_attempt(&mut self, retry_after: Option<Duration>) {
+        let wait = retry_after.unwrap_or(self.outage_backoff).min(MAX_BACKOFF);
+        self.next_attempt = Some(Instant::now() + jitter(wait));
+        self.outage_backoff = (self.outage_backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Resolves once shutdown has set a deadline and it has passed; never if no shutdown comes.
+async fn deadline_passed(deadline: &mut watch::Receiver<Option<Instant>>) {
+    loop {
+        let until = *deadline.borrow_and_update();
+        if let Some(until) = until {
+            return tokio::time::sleep_until(until).await;
+        }
+        if deadline.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Up to ±20 %, so that many agents restarted together do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.8 + fastrand::f64() * 0.4)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,311 @@
+//! Pipeline tests: batching, retries, drop accounting, outage logging and shutdown, against
+//! the scriptable collector in `test_support`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use super::test_support::{FakeCollector, Reply, SharedBuf, resource, sample_span};
+use super::*;
+
+fn batch(size: usize, delay_ms: u64, queue: usize) -> BatchConfig {
+    BatchConfig {
+        schedule_delay: Duration::from_millis(delay_ms),
+        max_export_batch_size: size,
+        max_queue_size: queue,
+    }
+}
+
+fn otlp_config(url: &str, protocol: Protocol, timeout_ms: u64, batch: BatchConfig) -> ExportConfig {
+    let otlp = OtlpConfig::new(url, protocol)
+        .unwrap()
+        .with_timeout(Duration::from_millis(timeout_ms))
+        .unwrap();
+    ExportConfig {
+        otlp: Some(otlp),
+        console: Vec::new(),
+        batch,
+    }
+}
+
+fn send(sink: &SpanSink, n: usize) {
+    let r = resource(1, "svc");
+    for i in 0..n {
+        sink.send(sample_span(r.clone(), i as u8));
+    }
+}
+
+fn get(stats: &ExportStats) -> (u64, u64, u64, u64) {
+    (
+        stats.exported.load(Relaxed),
+        stats.dropped.load(Relaxed),
+        stats.failed_exports.load(Relaxed),
+        stats.queue_depth.load(Relaxed),
+    )
+}
+
+/// A loopback port nothing listens on.
+fn closed_port_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_by_size_and_flushes_the_rest_at_shutdown() {
+    let c = FakeCollector::start(Reply::Status(200, None)).await;
+    let cfg = otlp_config(
+        &c.traces_url(),
+        Protocol::HttpProtobuf,
+        2000,
+        batch(3, 60_000, 100),
+    );
+    let (sink, handle) = start(cfg, &tokio::runtime::Handle::current());
+    send(&sink, 7);
+    wait_until("two full batches", || c.accepted_batches().len() == 2).await;
+    handle.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(c.accepted_batches(), vec![3, 3, 1]);
+    assert_eq!(get(&sink.stats()[0]), (7, 0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_by_delay() {
+    let c = FakeCollector::start(Reply::Status(200, None)).await;
+    let cfg = otlp_config(
+        &c.traces_url(),
+        Protocol::HttpProtobuf,
+        2000,
+        batch(100, 50, 100),
+    );
+    let (sink, handle) = start(cfg, &tokio::runtime::Handle::current());
+    send(&sink, 2);
+    // Exported by the 50 ms timer, long before any shutdown.
+    let stats = handle.stats();
+    wait_until("the delayed batch", || stats[0].exported.load(Relaxed) == 2).await;
+    assert_eq!(c.accepted_batches(), vec![2]);
+    handle.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoint_drops_counts_and_does_not_hang_shutdown() {
+    for protocol in [Protocol::HttpProtobuf, Protocol::Grpc] {
+        let cfg = otlp_config(&closed_port_url(), protocol, 10_000, batch(4, 20, 100));
+        let (sink, handle) = start(cfg, &tokio::runtime::Handle::current());
+        send(&sink, 10);
+        let stats = sink.stats();
+        let t = Instant::now();
+        handle.shutdown(Duration::from_secs(3)).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "{protocol}: shutdown took {:?}",
+            t.elapsed()
+        );
+        let (exported, dropped, failed, depth) = get(&stats[0]);
+        assert_eq!((exported, dropped, depth), (0, 10, 0), "{protocol}");
+        assert!(failed >= 1, "{protocol}");
+        // After shutdown, sends are dropped and counted, never queued.
+        sink.send(sample_span(resource(1, "svc"), 0));
+        assert_eq!(stats[0].dropped.load(Relaxed), 11);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_backend_cannot_hold_shutdown_past_its_deadline() {
+    let c = FakeCollector::start(Reply::Hang).await;
+    // The export timeout (30 s) is far longer than the shutdown deadline.
+    let cfg = otlp_config(
+        &c.traces_url(),
+        Protocol::HttpProtobuf,
+        30_000,
+        batch(5, 10, 100),
+    );
+    let (sink, handle) = start(cfg, &tokio::runtime::Handle::current());
+    send(&sink, 12);
+    wait_until("the first request", || c.requests() >= 1).await;
+    let stats = sink.stats();
+    let t = Instant::now();
+    handle.shutdown(Duration::from_millis(500)).await;
+    let took = t.elapsed();
+    // Far below the 30 s export timeout; slack for a loaded CI machine.
+    assert!(took < Duration::from_millis(1500), "shutdown took {took:?}");
+    let (exported, dropped, _, depth) = get(&stats[0]);
+    assert_eq!((exported, dropped, depth), (0, 12, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_drops_and_counts_without_blocking_send() {
+    let c = FakeCollector::start(Reply::Hang).await;
+    let cfg = otlp_config(
+        &c.traces_url(),
+        Protocol::HttpProtobuf,
+        30_000,
+        batch(2, 10, 4),
+    );
+    let (sink, handle) = start(cfg, &tokio::runtime::Handle::current());
+    send(&sink, 2);
+    wait_until("the hung request", || c.requests() >= 1).await;
+    let t = Instant::now();
+    send(&sink, 1000);
+    assert!(t.elapsed() < Duration::from_secs(1), "send must never wait");
+    let stats = sink.stats();
+    // 4 fit in the queue, the rest are dropped at once.
+    assert_eq!(stats[0].queue_depth.load(Relaxed), 4);
+    assert_eq!(stats[0].dropped.load(Relaxed), 996);
+    handle.shutdown(Duration::from_millis(300)).await;
+    let (exported, dropped, _, depth) = get(&stats[0]);
+    assert_eq!((exported, dropped, depth), (0, 1002, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_a_failed_batch_honouring_retry_after() {
+    let c = FakeCollector::start(Reply::Status(200, None)).await;
+    c.script(&[Reply::Status(503, Some(0)), Reply::Status(429, None)]);
+    let cfg = otlp_config(
+        &c.traces_url(),
+        Protocol::HttpProtobuf,
+        2000,
+        batch(10, 10, 100),
+    );
+    let (sink, handle) = start(cfg, &tokio::runtime::Handle::current());
+    send(&sink, 3);
+    wait_until("the retried batch", || c.accepted_batches() == vec![3]).await;
+    assert_eq!(c.requests(), 3);
+    handle.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(get(&sink.stats()[0]), (3, 0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn does_not_retry_a_permanent_error() {
+    let c = FakeCollector::start(Reply::Status(200, None)).await;
+    c.script(&[Reply::Status(400, None)]);
+    let cfg = otlp_config(
+        &c.traces_url(),
+        Protocol::HttpProtobuf,
+        2000,
+        batch(10, 10, 100),
+    );
+    let (sink, handle) = start(cfg, &tokio::runtime::Handle::current());
+    send(&sink, 3);
+    wait_until("the failed batch", || {
+        sink.stats()[0].failed_exports.load(Relaxed) == 1
+    })
+    .await;
+    handle.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(c.requests(), 1);
+    assert_eq!(get(&sink.stats()[0]), (0, 3, 1, 0));
+}
+
+/// Runs on the test's thread (current_thread runtime) so the thread-local log subscriber
+/// sees the worker's lines.
+#[tokio::test]
+async fn one_warning_per_outage_and_one_line_on_recovery() {
+    let logs = SharedBuf::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let c = FakeCollector::start(Reply::Status(503, Some(0))).await;
+    let cfg = otlp_config(
+        &c.traces_url(),
+        Protocol::HttpProtobuf,
+        2000,
+        batch(1, 1, 1000),
+    );
+    let (sink, handle) = start(cfg, &tokio::runtime::Handle::current());
+    let stats = sink.stats();
+    send(&sink, 20);
+    wait_until("the outage to swallow every span", || {
+        stats[0].dropped.load(Relaxed) == 20
+    })
+    .await;
+    c.set_default(Reply::Status(200, None));
+    // Past the outage backoff, the next batch goes through.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    send(&sink, 1);
+    wait_until("recovery", || stats[0].exported.load(Relaxed) == 1).await;
+    handle.shutdown(Duration::from_secs(1)).await;
+
+    let text = logs.text();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].contains(&format!(
+            "HTTP export to {} failed: 503 Service Unavailable; dropping spans until the backend recovers",
+            c.traces_url()
+        )),
+        "{text}"
+    );
+    let recovered: Vec<&str> = text.lines().filter(|l| l.contains("recovered")).collect();
+    assert_eq!(recovered.len(), 1, "{text}");
+    assert!(
+        recovered[0].contains("20 spans were dropped during the outage"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_output_at_once() {
+    let c = FakeCollector::start(Reply::Status(200, None)).await;
+    let mut cfg = otlp_config(
+        &c.traces_url(),
+        Protocol::HttpProtobuf,
+        2000,
+        batch(10, 10, 100),
+    );
+    cfg.console = vec![ConsoleFormat::Text, ConsoleFormat::Json];
+    let (text, json) = (SharedBuf::default(), SharedBuf::default());
+    let (t, j) = (text.clone(), json.clone());
+    let (sink, handle) =
+        start_with_console(cfg, &tokio::runtime::Handle::current(), move |f| match f {
+            ConsoleFormat::Text => Box::new(t.clone()),
+            ConsoleFormat::Json => Box::new(j.clone()),
+        });
+    send(&sink, 5);
+    let stats = handle.stats();
+    handle.shutdown(Duration::from_secs(2)).await;
+    let kinds: Vec<OutputKind> = stats.iter().map(|s| s.output).collect();
+    assert_eq!(
+        kinds,
+        [
+            OutputKind::Otlp,
+            OutputKind::ConsoleText,
+            OutputKind::ConsoleJson
+        ]
+    );
+    for s in &stats {
+        assert_eq!(get(s), (5, 0, 0, 0), "{:?}", s.output);
+    }
+    assert_eq!(c.accepted_batches(), vec![5]);
+    let text = text.text();
+    assert_eq!(text.lines().count(), 5);
+    assert!(
+        text.lines()
+            .all(|l| l.contains(" SERVER GET /users/{id} 500 ERROR 1.234ms "))
+    );
+    let json = json.text();
+    assert_eq!(json.lines().count(), 5);
+    for line in json.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["kind"], "SERVER");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_outputs_is_harmless() {
+    let (sink, handle) = start(ExportConfig::default(), &tokio::runtime::Handle::current());
+    send(&sink, 3);
+    assert!(sink.stats().is_empty());
+    handle.shutdown(Duration::from_millis(100)).await;
+}
