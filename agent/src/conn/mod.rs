@@ -19,7 +19,7 @@ use periscope_common::{
 
 use crate::{
     events::Event,
-    http::{Chunk, Direction, Message, MessageKind, Method, StreamParser},
+    http::{Chunk, Direction, Message, MessageKind, StreamParser},
     metrics::{Exemplar, HttpKind, HttpRecord, HttpSeries, Metrics},
     resource::{Resource, ResourceConfig},
     route::{RouteConfig, RouteTable},
@@ -62,11 +62,17 @@ impl Conn {
             // otherwise (see `classify`).
             Role::Server | Role::Unknown => (Direction::Request, Direction::Response),
         };
+        // Streams of an fd found at attach time may be joined mid-message.
+        let parser = if role == Role::Unknown {
+            StreamParser::mid_stream
+        } else {
+            StreamParser::new
+        };
         Self {
             role,
             ends,
-            ingress: StreamParser::new(ingress),
-            egress: StreamParser::new(egress),
+            ingress: parser(ingress),
+            egress: parser(egress),
             pending: VecDeque::new(),
         }
     }
@@ -499,15 +505,15 @@ fn on_message(
     stats: &mut TrackerStats,
 ) -> Option<Exchange> {
     match (&msg.kind, is_request_stream) {
-        (MessageKind::Request { method, .. }, true) => {
+        (MessageKind::Request { .. }, true) => {
             stats.requests += 1;
-            let no_body = matches!(method, Method::Head | Method::Connect);
             let resp_parser = if conn.role == Role::Client {
                 &mut conn.ingress
             } else {
                 &mut conn.egress
             };
-            resp_parser.push_request(no_body);
+            // HEAD answers have no body; CONNECT + 2xx turns the stream into a tunnel.
+            resp_parser.push_request_for(&msg);
             if conn.pending.len() >= MAX_PENDING {
                 conn.pending.pop_front();
                 stats.requests_without_response += 1;
@@ -515,7 +521,16 @@ fn on_message(
             conn.pending.push_back(msg);
             None
         }
-        (MessageKind::Response { .. }, false) => {
+        (MessageKind::Response { status, .. }, false) => {
+            if *status == 101 {
+                // Switching protocols: what follows on the request side is not HTTP/1.x.
+                let req_parser = if conn.role == Role::Client {
+                    &mut conn.egress
+                } else {
+                    &mut conn.ingress
+                };
+                req_parser.enter_passthrough();
+            }
             let Some(req) = conn.pending.pop_front() else {
                 stats.responses_without_request += 1;
                 return None;
