@@ -185,6 +185,7 @@ pub const STAT_STASH_FULL: u32 = 2;
 pub const STAT_READ_ERRORS: u32 = 3;
 pub const STAT_SOCKMAP_FULL: u32 = 4;
 pub const STAT_COUNT: u32 = 8;
+const _: () = assert!(STAT_SOCKMAP_FULL < STAT_COUNT);
 
 /// Value of the per-target map: flags for one traced process.
 #[repr(C)]

@@ -15,43 +15,179 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use periscope_common::{STAT_COUNT, TargetInfo, sock_key};
+use periscope_common::{TargetInfo, sock_key};
 use thiserror::Error;
 
 /// The kernel object built by `cargo xtask build` (see build.rs).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/periscope.bpf.o"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/periscope.bpf.o"));
 
 /// One kernel program: (program name in the object, tracepoint category, tracepoint name,
 /// what it is for). All of these are syscall/sched tracepoints, available since Linux 4.7
 /// (ring buffer: 5.8), and need neither kprobes nor BTF.
 pub const PROBES: &[(&str, &str, &str, &str)] = &[
-    ("sys_enter_accept", "syscalls", "sys_enter_accept", "server connections"),
-    ("sys_exit_accept", "syscalls", "sys_exit_accept", "server connections"),
-    ("sys_enter_accept4", "syscalls", "sys_enter_accept4", "server connections"),
-    ("sys_exit_accept4", "syscalls", "sys_exit_accept4", "server connections"),
-    ("sys_enter_connect", "syscalls", "sys_enter_connect", "client connections"),
-    ("sys_exit_connect", "syscalls", "sys_exit_connect", "client connections"),
-    ("sys_enter_read", "syscalls", "sys_enter_read", "ingress bytes"),
-    ("sys_exit_read", "syscalls", "sys_exit_read", "ingress bytes"),
-    ("sys_enter_readv", "syscalls", "sys_enter_readv", "ingress bytes"),
-    ("sys_exit_readv", "syscalls", "sys_exit_readv", "ingress bytes"),
-    ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom", "ingress bytes"),
-    ("sys_exit_recvfrom", "syscalls", "sys_exit_recvfrom", "ingress bytes"),
-    ("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg", "ingress bytes"),
-    ("sys_exit_recvmsg", "syscalls", "sys_exit_recvmsg", "ingress bytes"),
-    ("sys_enter_write", "syscalls", "sys_enter_write", "egress bytes"),
-    ("sys_exit_write", "syscalls", "sys_exit_write", "egress bytes"),
-    ("sys_enter_writev", "syscalls", "sys_enter_writev", "egress bytes"),
-    ("sys_exit_writev", "syscalls", "sys_exit_writev", "egress bytes"),
-    ("sys_enter_sendto", "syscalls", "sys_enter_sendto", "egress bytes"),
-    ("sys_exit_sendto", "syscalls", "sys_exit_sendto", "egress bytes"),
-    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg", "egress bytes"),
-    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg", "egress bytes"),
-    ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64", "egress bytes (static files)"),
-    ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64", "egress bytes (static files)"),
-    ("sys_enter_close", "syscalls", "sys_enter_close", "connection end"),
-    ("task_newtask", "task", "task_newtask", "follow forked children"),
-    ("sched_process_exit", "sched", "sched_process_exit", "target exit"),
+    (
+        "sys_enter_accept",
+        "syscalls",
+        "sys_enter_accept",
+        "server connections",
+    ),
+    (
+        "sys_exit_accept",
+        "syscalls",
+        "sys_exit_accept",
+        "server connections",
+    ),
+    (
+        "sys_enter_accept4",
+        "syscalls",
+        "sys_enter_accept4",
+        "server connections",
+    ),
+    (
+        "sys_exit_accept4",
+        "syscalls",
+        "sys_exit_accept4",
+        "server connections",
+    ),
+    (
+        "sys_enter_connect",
+        "syscalls",
+        "sys_enter_connect",
+        "client connections",
+    ),
+    (
+        "sys_exit_connect",
+        "syscalls",
+        "sys_exit_connect",
+        "client connections",
+    ),
+    (
+        "sys_enter_read",
+        "syscalls",
+        "sys_enter_read",
+        "ingress bytes",
+    ),
+    (
+        "sys_exit_read",
+        "syscalls",
+        "sys_exit_read",
+        "ingress bytes",
+    ),
+    (
+        "sys_enter_readv",
+        "syscalls",
+        "sys_enter_readv",
+        "ingress bytes",
+    ),
+    (
+        "sys_exit_readv",
+        "syscalls",
+        "sys_exit_readv",
+        "ingress bytes",
+    ),
+    (
+        "sys_enter_recvfrom",
+        "syscalls",
+        "sys_enter_recvfrom",
+        "ingress bytes",
+    ),
+    (
+        "sys_exit_recvfrom",
+        "syscalls",
+        "sys_exit_recvfrom",
+        "ingress bytes",
+    ),
+    (
+        "sys_enter_recvmsg",
+        "syscalls",
+        "sys_enter_recvmsg",
+        "ingress bytes",
+    ),
+    (
+        "sys_exit_recvmsg",
+        "syscalls",
+        "sys_exit_recvmsg",
+        "ingress bytes",
+    ),
+    (
+        "sys_enter_write",
+        "syscalls",
+        "sys_enter_write",
+        "egress bytes",
+    ),
+    (
+        "sys_exit_write",
+        "syscalls",
+        "sys_exit_write",
+        "egress bytes",
+    ),
+    (
+        "sys_enter_writev",
+        "syscalls",
+        "sys_enter_writev",
+        "egress bytes",
+    ),
+    (
+        "sys_exit_writev",
+        "syscalls",
+        "sys_exit_writev",
+        "egress bytes",
+    ),
+    (
+        "sys_enter_sendto",
+        "syscalls",
+        "sys_enter_sendto",
+        "egress bytes",
+    ),
+    (
+        "sys_exit_sendto",
+        "syscalls",
+        "sys_exit_sendto",
+        "egress bytes",
+    ),
+    (
+        "sys_enter_sendmsg",
+        "syscalls",
+        "sys_enter_sendmsg",
+        "egress bytes",
+    ),
+    (
+        "sys_exit_sendmsg",
+        "syscalls",
+        "sys_exit_sendmsg",
+        "egress bytes",
+    ),
+    (
+        "sys_enter_sendfile64",
+        "syscalls",
+        "sys_enter_sendfile64",
+        "egress bytes (static files)",
+    ),
+    (
+        "sys_exit_sendfile64",
+        "syscalls",
+        "sys_exit_sendfile64",
+        "egress bytes (static files)",
+    ),
+    (
+        "sys_enter_close",
+        "syscalls",
+        "sys_enter_close",
+        "connection end",
+    ),
+    (
+        "task_newtask",
+        "task",
+        "task_newtask",
+        "follow forked children",
+    ),
+    (
+        "sched_process_exit",
+        "sched",
+        "sched_process_exit",
+        "target exit",
+    ),
 ];
 
 #[derive(Debug, Error)]
@@ -242,13 +378,7 @@ impl Probes {
     }
 
     pub fn stats(&self) -> KernelStats {
-        let sum = |i: u32| -> u64 {
-            self.stats
-                .get(&i, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
-        debug_assert!(periscope_common::STAT_SOCKMAP_FULL < STAT_COUNT);
+        let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
         KernelStats {
             events: sum(periscope_common::STAT_EVENTS),
             ringbuf_drops: sum(periscope_common::STAT_RINGBUF_DROPS),
