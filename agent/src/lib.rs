@@ -10,5 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod probes;
 pub mod resource;
+pub mod route;
+pub mod sampling;
 pub mod span;
 pub mod telemetry;

@@ -362,9 +362,11 @@ fn event_loop(
                 }
             }
             probes.flush_logs();
+            tracker.housekeeping();
             telemetry.publish(Snapshot {
                 kernel: probes.stats(),
                 tracker: tracker.stats(),
+                sampler: tracker.sampler_stats(),
                 events_received: received,
                 processes: tracker.process_count() as u64,
             });
@@ -377,6 +379,7 @@ fn event_loop(
             telemetry.publish(Snapshot {
                 kernel: probes.stats(),
                 tracker: tracker.stats(),
+                sampler: tracker.sampler_stats(),
                 events_received: received,
                 processes: tracker.process_count() as u64,
             });

@@ -9,7 +9,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use crate::{conn::TrackerStats, probes::KernelStats};
+use crate::{conn::TrackerStats, probes::KernelStats, sampling::SamplerStats};
 
 /// Snapshot shared between the event thread and reporters.
 #[derive(Default)]
@@ -23,6 +23,7 @@ pub struct Telemetry {
 pub struct Snapshot {
     pub kernel: KernelStats,
     pub tracker: TrackerStats,
+    pub sampler: SamplerStats,
     /// Records read from the ring buffer by userspace.
     pub events_received: u64,
     /// Traced processes alive.

@@ -180,6 +180,11 @@ impl Tracker {
         }
     }
 
+    /// Periodic upkeep: forget the metrics of processes that exited long ago.
+    pub fn housekeeping(&mut self) {
+        self.metrics.gc(self.to_unix(monotonic_ns()));
+    }
+
     pub fn sampler_stats(&self) -> SamplerStats {
         self.sampler.stats()
     }
@@ -378,7 +383,7 @@ impl Tracker {
                 sampled: ids.flags & 1 != 0,
                 remote: true,
             }),
-            explicit_randomness: None,
+            explicit_randomness: crate::sampling::explicit_randomness(&ids.trace_state),
             is_error: error,
             duration_ns,
             service_key: pid,
