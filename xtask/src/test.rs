@@ -14,8 +14,8 @@ pub const GO_VERSIONS: &[&str] = &["1.21", "1.25"];
 
 pub fn prerequisites() -> Result<(std::path::PathBuf, String)> {
     tools::apt_install(
-        &["nginx", "curl", "python3", "python3-venv", "gcc", "libc6-dev"],
-        "real servers and clients the end-to-end tests trace",
+        &["nginx", "curl", "python3", "python3-venv", "gcc", "libc6-dev", "prometheus"],
+        "real servers, clients and metrics consumers (promtool, Prometheus) the end-to-end tests use",
     )?;
     let go = tools::go_toolchains(GO_VERSIONS)?;
     let go_env = go

@@ -167,7 +167,11 @@ impl Encoder {
         if samples.is_empty() {
             return;
         }
-        self.header(name, "counter", help, None);
+        // The 0.0.4 text format names the family with its `_total`; OpenMetrics without.
+        match self.format {
+            Format::Text => self.header(&format!("{name}_total"), "counter", help, None),
+            Format::OpenMetrics => self.header(name, "counter", help, None),
+        }
         for s in samples {
             let _ = write!(self.out, "{name}_total");
             write_labels(&mut self.out, &s.labels, None);

@@ -138,9 +138,29 @@ pub fn render(src: &Sources, format: Format) -> String {
         &one(snap.tracker.requests_without_response + snap.tracker.responses_without_request),
     );
     enc.counter(
-        "periscope_spans",
-        "Spans built (before sampling).",
+        "periscope_requests_completed",
+        "Request/response exchanges completed (every one is in the RED metrics).",
         &one(snap.tracker.spans),
+    );
+    enc.counter(
+        "periscope_spans_sampled",
+        "Spans kept by the sampler.",
+        &one(snap.sampler.sampled),
+    );
+    enc.counter(
+        "periscope_spans_not_sampled",
+        "Spans dropped by the sampler (their requests still count in the metrics).",
+        &one(snap.sampler.dropped_by_sampler),
+    );
+    enc.counter(
+        "periscope_spans_kept_error",
+        "Spans the adaptive sampler kept only because they failed.",
+        &one(snap.sampler.kept_because_error),
+    );
+    enc.counter(
+        "periscope_spans_kept_slow",
+        "Spans the adaptive sampler kept only because they were slow.",
+        &one(snap.sampler.kept_because_slow),
     );
     enc.gauge(
         "periscope_traced_processes",
