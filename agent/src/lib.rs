@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod probes;
 pub mod resource;
 pub mod route;
+pub mod runtime;
 pub mod sampling;
 pub mod span;
 pub mod telemetry;

@@ -24,7 +24,7 @@ use clap::{Parser, ValueEnum};
 use periscope::{
     conn::{Tracker, TrackerConfig},
     events::Event,
-    export::{self, ConsoleFormat, ExportConfig, ExportFlags, SpanSink},
+    export::{self, ConsoleFormat, ExportConfig, ExportFlags, SpanSink, metrics::MetricsExportConfig},
     metrics::{self, Metrics},
     probes::{self, Probes},
     resource::ResourceConfig,
@@ -240,6 +240,19 @@ fn run(cli: Cli) -> Result<()> {
         eprintln!("periscope: metrics on http://{local}/metrics");
     }
 
+    // Listen for signals before saying ready: from then on, SIGINT/SIGTERM mean "flush
+    // and exit 0". The listeners live for the whole run so none is ever missed.
+    let (mut sigint, mut sigterm) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _rt = rt.enter();
+        (
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        )
+    };
+    let metrics_export = MetricsExportConfig::from_flags_and_env(&(&flags).into())?
+        .map(|cfg| export::metrics::start(cfg, metrics.clone(), rt.handle()));
+
     eprintln!(
         "periscope: ready — tracing {} process(es): {}",
         targets.len(),
@@ -257,14 +270,12 @@ fn run(cli: Cli) -> Result<()> {
 
     let end = rt.block_on(async {
         let deadline = cli.duration.map(|s| Instant::now() + Duration::from_secs_f64(s));
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_status = Instant::now();
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break "interrupted",
-                _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break "terminated",
+                _ = sigint.recv() => break "interrupted",
+                _ = sigterm.recv() => break "terminated",
                 _ = tick.tick() => {}
             }
             if event_thread.is_finished() {
@@ -285,7 +296,15 @@ fn run(cli: Cli) -> Result<()> {
     let loop_result = event_thread
         .join()
         .map_err(|_| anyhow::anyhow!("event thread panicked"))?;
-    rt.block_on(export.shutdown(Duration::from_secs(5)));
+    rt.block_on(async {
+        let spans = export.shutdown(Duration::from_secs(5));
+        match metrics_export {
+            Some(m) => {
+                tokio::join!(spans, m.shutdown(Duration::from_secs(5)));
+            }
+            None => spans.await,
+        }
+    });
     let snap = telemetry.snapshot();
     eprintln!(
         "periscope: {end}; flushed. {}",

@@ -35,6 +35,11 @@ pub enum EventKind {
     ProcessFork = 4,
     /// A traced process exited (its last thread).
     ProcessExit = 5,
+    /// A thread of a traced process started ([`ProcessEvent`]: `pid` = tid,
+    /// `parent_pid` = tgid).
+    ThreadStart = 6,
+    /// A thread of a traced process exited (same payload as `ThreadStart`).
+    ThreadExit = 7,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -46,6 +51,8 @@ impl TryFrom<u32> for EventKind {
             3 => Self::ConnClose,
             4 => Self::ProcessFork,
             5 => Self::ProcessExit,
+            6 => Self::ThreadStart,
+            7 => Self::ThreadExit,
             other => return Err(other),
         })
     }

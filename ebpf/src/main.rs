@@ -468,15 +468,20 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     let Some(info) = (unsafe { TARGETS.get(&tgid).copied() }) else {
         return 0;
     };
-    if info.follow_forks == 0 {
-        return 0;
-    }
     let flags: u64 = unsafe { ctx.read_at(32) }.unwrap_or(CLONE_THREAD);
-    if flags & CLONE_THREAD != 0 {
-        return 0;
-    }
     let child: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
     if child == 0 {
+        return 0;
+    }
+    if flags & CLONE_THREAD != 0 {
+        output(&ProcessEvent {
+            header: header(EventKind::ThreadStart, pid_tgid),
+            pid: child,
+            parent_pid: tgid,
+        });
+        return 0;
+    }
+    if info.follow_forks == 0 {
         return 0;
     }
     let _ = TARGETS.insert(&child, &info, 0);
@@ -495,6 +500,11 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if !is_target(tgid) {
         return 0;
     }
+    output(&ProcessEvent {
+        header: header(EventKind::ThreadExit, pid_tgid),
+        pid: pid_tgid as u32,
+        parent_pid: tgid,
+    });
     // group_dead (offset 32): the last thread of the process is exiting.
     let group_dead: u8 = unsafe { ctx.read_at(32) }.unwrap_or(0);
     if group_dead == 0 {

@@ -1,0 +1,3 @@
+pub mod client;
+pub mod harness;
+pub mod receiver;

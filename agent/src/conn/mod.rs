@@ -23,6 +23,7 @@ use crate::{
     metrics::{Exemplar, HttpKind, HttpRecord, HttpSeries, Metrics},
     resource::{Resource, ResourceConfig},
     route::{RouteConfig, RouteTable},
+    runtime::process,
     sampling::{ParentInfo, SampleInput, Sampler, SamplerStats},
     span::{
         Span, SpanKind, SpanStatus,
@@ -180,8 +181,14 @@ impl Tracker {
         }
     }
 
-    /// Periodic upkeep: forget the metrics of processes that exited long ago.
+    /// Periodic upkeep: sample /proc for process gauges, forget the metrics of processes
+    /// that exited long ago.
     pub fn housekeeping(&mut self) {
+        for &pid in self.procs.keys() {
+            self.metrics.update_process(pid, |p| {
+                process::sample(pid, p);
+            });
+        }
         self.metrics.gc(self.to_unix(monotonic_ns()));
     }
 
@@ -218,6 +225,15 @@ impl Tracker {
             .clone();
         let now = self.to_unix(crate::conn::monotonic_ns());
         self.metrics.add_service(&resource, now);
+        // Seed the live thread count; thread start/exit events newer than the listing
+        // keep it exact from here (`housekeeping` checks it against /proc).
+        let listed_at = monotonic_ns();
+        if let Some(n) = process::thread_count(pid) {
+            self.metrics.update_process(pid, |p| {
+                p.threads = n;
+                p.seeded_at_ns = listed_at;
+            });
+        }
         resource
     }
 
@@ -258,6 +274,12 @@ impl Tracker {
             Event::ConnOpen(ev) => self.open(&ev),
             Event::Data { ev, head, tail } => self.data(&ev, head, tail, sink),
             Event::ConnClose(ev) => self.close(ev.header.tgid(), ev.fd, ev.header.ts_ns, sink),
+            Event::ThreadStart(ev) => self
+                .metrics
+                .update_process(ev.parent_pid, |p| p.thread_event(true, ev.header.ts_ns)),
+            Event::ThreadExit(ev) => self
+                .metrics
+                .update_process(ev.parent_pid, |p| p.thread_event(false, ev.header.ts_ns)),
             // Forks and exits change the target set; the caller handles them because they
             // touch kernel maps too.
             Event::Fork(_) | Event::Exit(_) => {}

@@ -20,6 +20,8 @@ pub enum Event<'a> {
     ConnClose(ConnCloseEvent),
     Fork(ProcessEvent),
     Exit(ProcessEvent),
+    ThreadStart(ProcessEvent),
+    ThreadExit(ProcessEvent),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -52,6 +54,8 @@ impl<'a> TryFrom<&'a [u8]> for Event<'a> {
             EventKind::ConnClose => Event::ConnClose(read(bytes)?),
             EventKind::ProcessFork => Event::Fork(read(bytes)?),
             EventKind::ProcessExit => Event::Exit(read(bytes)?),
+            EventKind::ThreadStart => Event::ThreadStart(read(bytes)?),
+            EventKind::ThreadExit => Event::ThreadExit(read(bytes)?),
             EventKind::Data => {
                 let ev: DataEvent = read(bytes)?;
                 let payload = &bytes[size_of::<DataEvent>()..];

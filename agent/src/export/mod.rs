@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod console;
+pub mod metrics;
 pub mod otlp;
 
 use std::io::Write;

@@ -17,7 +17,7 @@ use std::{
 
 pub use histogram::{DURATION_BUCKETS, Exemplar, Histogram, SIZE_BUCKETS};
 
-use crate::{resource::Resource, span::SpanKind};
+use crate::{runtime::process::ProcessStats, resource::Resource, span::SpanKind};
 
 /// Series per service and instrument beyond which new attribute sets fold into the
 /// overflow series (`otel.metric.overflow="true"`, as the OTel SDK spec names it).
@@ -102,6 +102,8 @@ pub struct ServiceMetrics {
     pub series_overflow: u64,
     /// Unix ns when the process exited; kept a while so its last values get exported.
     pub exited_unix_ns: Option<u64>,
+    /// Threads, CPU, memory, fds.
+    pub process: ProcessStats,
 }
 
 #[derive(Default)]
@@ -113,6 +115,12 @@ struct Registry {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Registry>,
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// How long the series of an exited process stay exported.
@@ -135,6 +143,7 @@ impl Metrics {
                 route_overflow: 0,
                 series_overflow: 0,
                 exited_unix_ns: None,
+                process: ProcessStats::default(),
             });
     }
 
@@ -145,11 +154,12 @@ impl Metrics {
             .entry(resource.pid)
             .or_insert_with(|| ServiceMetrics {
                 resource: resource.clone(),
-                start_unix_ns: rec.exemplar.map_or(0, |e| e.time_unix_ns),
+                start_unix_ns: unix_now_ns(),
                 http: HashMap::new(),
                 route_overflow: 0,
                 series_overflow: 0,
                 exited_unix_ns: None,
+                process: ProcessStats::default(),
             });
         if route_overflowed {
             svc.route_overflow += 1;
@@ -184,6 +194,13 @@ impl Metrics {
         stats
             .response_body
             .record(rec.response_body as f64, size_ex(rec.response_body));
+    }
+
+    /// Applies `f` to the process stats of `pid`, if registered.
+    pub fn update_process(&self, pid: u32, f: impl FnOnce(&mut ProcessStats)) {
+        if let Some(s) = self.lock().services.get_mut(&pid) {
+            f(&mut s.process);
+        }
     }
 
     pub fn service_exited(&self, pid: u32, now_unix_ns: u64) {

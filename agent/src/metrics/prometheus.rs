@@ -336,6 +336,55 @@ pub fn encode_http(enc: &mut Encoder, services: &[ServiceMetrics]) {
     }
 }
 
+/// Renders process gauges for every service (client_golang's process collector names,
+/// so existing dashboards work, plus `process_thread_count` from OTel's process.thread.count).
+pub fn encode_process(enc: &mut Encoder, services: &[ServiceMetrics]) {
+    let live: Vec<&ServiceMetrics> = services.iter().filter(|s| s.exited_unix_ns.is_none()).collect();
+    let fam = |f: &dyn Fn(&ServiceMetrics) -> f64| -> Vec<Sample> {
+        live.iter()
+            .map(|s| Sample {
+                labels: service_labels(&s.resource),
+                value: f(s),
+            })
+            .collect()
+    };
+    enc.counter(
+        "process_cpu_seconds",
+        "Total user and system CPU time spent in seconds.",
+        &fam(&|s| s.process.cpu_user_s + s.process.cpu_system_s),
+    );
+    enc.gauge(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes.",
+        Some("bytes"),
+        &fam(&|s| s.process.rss_bytes as f64),
+    );
+    enc.gauge(
+        "process_virtual_memory_bytes",
+        "Virtual memory size in bytes.",
+        Some("bytes"),
+        &fam(&|s| s.process.virtual_bytes as f64),
+    );
+    enc.gauge(
+        "process_open_fds",
+        "Number of open file descriptors.",
+        None,
+        &fam(&|s| s.process.open_fds as f64),
+    );
+    enc.gauge(
+        "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds.",
+        Some("seconds"),
+        &fam(&|s| s.process.start_time_s),
+    );
+    enc.gauge(
+        "process_thread_count",
+        "Live OS threads of the process (kept by sched tracepoint events).",
+        None,
+        &fam(&|s| s.process.threads as f64),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use super::{
     Metrics,
-    prometheus::{Encoder, Format, Sample, encode_http, service_labels},
+    prometheus::{Encoder, Format, Sample, encode_http, encode_process, service_labels},
 };
 use crate::{export::ExportStats, telemetry::Telemetry};
 
@@ -67,6 +67,7 @@ pub fn render(src: &Sources, format: Format) -> String {
     let services = src.metrics.snapshot();
     let mut enc = Encoder::new(format);
     encode_http(&mut enc, &services);
+    encode_process(&mut enc, &services);
     let resources: Vec<_> = services.iter().map(|s| &*s.resource).collect();
     enc.target_info(&resources);
 

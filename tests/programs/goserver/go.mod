@@ -1,0 +1,3 @@
+module periscope.test/goserver
+
+go 1.21
