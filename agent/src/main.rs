@@ -24,7 +24,9 @@ use clap::{Parser, ValueEnum};
 use periscope::{
     conn::{Tracker, TrackerConfig},
     events::Event,
-    export::{self, ConsoleFormat, ExportConfig, ExportFlags, SpanSink, metrics::MetricsExportConfig},
+    export::{
+        self, ConsoleFormat, ExportConfig, ExportFlags, SpanSink, metrics::MetricsExportConfig,
+    },
     metrics::{self, Metrics},
     probes::{self, Probes},
     resource::ResourceConfig,
@@ -269,7 +271,9 @@ fn run(cli: Cli) -> Result<()> {
     };
 
     let end = rt.block_on(async {
-        let deadline = cli.duration.map(|s| Instant::now() + Duration::from_secs_f64(s));
+        let deadline = cli
+            .duration
+            .map(|s| Instant::now() + Duration::from_secs_f64(s));
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_status = Instant::now();
         loop {

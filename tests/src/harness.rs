@@ -893,6 +893,33 @@ impl Agent {
         &self.output
     }
 
+    /// Waits (up to [`AGENT_STOP_TIMEOUT`]) for an agent that ends by itself
+    /// (`--duration`, every target exited); panics, after SIGKILL, if it does not.
+    pub fn wait_exit(mut self) -> AgentExit {
+        let mut child = self.child.take().expect("agent running");
+        let deadline = Instant::now() + AGENT_STOP_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "periscope did not exit by itself within {AGENT_STOP_TIMEOUT:?}\nstderr:\n{}",
+                        tail(&self.output.stderr(), 8000)
+                    );
+                }
+            }
+        };
+        thread::sleep(Duration::from_millis(100));
+        AgentExit {
+            status,
+            stdout: self.output.stdout(),
+            stderr: self.output.stderr(),
+        }
+    }
+
     /// Sends SIGINT and waits (up to [`AGENT_STOP_TIMEOUT`]) for the agent to
     /// flush and exit; panics, after SIGKILL, if it does not.
     pub fn stop(mut self) -> AgentExit {

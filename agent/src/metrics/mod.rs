@@ -17,7 +17,7 @@ use std::{
 
 pub use histogram::{DURATION_BUCKETS, Exemplar, Histogram, SIZE_BUCKETS};
 
-use crate::{runtime::process::ProcessStats, resource::Resource, span::SpanKind};
+use crate::{resource::Resource, runtime::process::ProcessStats, span::SpanKind};
 
 /// Series per service and instrument beyond which new attribute sets fold into the
 /// overflow series (`otel.metric.overflow="true"`, as the OTel SDK spec names it).

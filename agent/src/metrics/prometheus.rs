@@ -339,7 +339,10 @@ pub fn encode_http(enc: &mut Encoder, services: &[ServiceMetrics]) {
 /// Renders process gauges for every service (client_golang's process collector names,
 /// so existing dashboards work, plus `process_thread_count` from OTel's process.thread.count).
 pub fn encode_process(enc: &mut Encoder, services: &[ServiceMetrics]) {
-    let live: Vec<&ServiceMetrics> = services.iter().filter(|s| s.exited_unix_ns.is_none()).collect();
+    let live: Vec<&ServiceMetrics> = services
+        .iter()
+        .filter(|s| s.exited_unix_ns.is_none())
+        .collect();
     let fam = |f: &dyn Fn(&ServiceMetrics) -> f64| -> Vec<Sample> {
         live.iter()
             .map(|s| Sample {

@@ -281,12 +281,35 @@ fn is_eperm(e: &aya::EbpfError) -> bool {
     msg.contains("PermissionDenied") || msg.contains("Operation not permitted")
 }
 
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Whether the effective capability set (CapEff in /proc/self/status) allows loading
+/// tracing programs: CAP_BPF + CAP_PERFMON (Linux >= 5.8) or CAP_SYS_ADMIN.
+pub fn has_bpf_privileges(status: &str) -> bool {
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return false;
+    };
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
 impl Probes {
     /// Loads the object and attaches every program in [`PROBES`]. The returned ring is
     /// the event stream; the caller drains it.
     pub fn load(wakeup_bytes: u64) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
+        }
+        // Say the real problem first: without privileges nothing else can work, and
+        // tracefs looks missing to an unprivileged user anyway.
+        if !fs::read_to_string("/proc/self/status").is_ok_and(|s| has_bpf_privileges(&s)) {
+            return Err(ProbeError::PermissionDenied);
         }
         ensure_tracefs()?;
         let mut ebpf = EbpfLoader::new()
@@ -420,4 +443,19 @@ pub fn existing_tcp_sockets(pid: u32) -> io::Result<Vec<u32>> {
         }
     }
     Ok(fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privileges_from_capeff() {
+        assert!(has_bpf_privileges("Name:\tx\nCapEff:\t000001ffffffffff\n"));
+        assert!(has_bpf_privileges("CapEff:\t0000000000200000\n")); // CAP_SYS_ADMIN
+        assert!(has_bpf_privileges("CapEff:\t000000c000000000\n")); // CAP_BPF+CAP_PERFMON
+        assert!(!has_bpf_privileges("CapEff:\t0000008000000000\n")); // CAP_BPF alone
+        assert!(!has_bpf_privileges("CapEff:\t0000000000000000\n"));
+        assert!(!has_bpf_privileges("no caps line"));
+    }
 }

@@ -1,0 +1,172 @@
+//! How the real agent behaves at its edges: bad input gets one clear line and a non-zero
+//! exit; a backend that is down costs spans (counted) but never the run; a target that
+//! exits ends the run cleanly.
+
+use std::{
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use periscope_e2e::{
+    client::{Batch, ConnMode, Request, run_batch},
+    harness::{self, Agent, agent_bin, start_python_http_server},
+};
+
+fn run_agent(args: &[&str]) -> Output {
+    Command::new(agent_bin())
+        .args(args)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .expect("run periscope")
+}
+
+/// The error output is exactly one line starting with `periscope: error:`.
+fn one_error_line(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got {}",
+        out.status
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected, got:\n{stderr}");
+    assert!(lines[0].starts_with("periscope: error: "), "{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn missing_pid_is_one_clear_line() {
+    harness::require_root();
+    let line = one_error_line(&run_agent(&["--pid", "999999999"]));
+    assert!(line.contains("no process with PID 999999999"), "{line}");
+}
+
+#[test]
+fn bad_flag_values_are_one_clear_line() {
+    harness::require_root();
+    let me = std::process::id().to_string();
+    let line = one_error_line(&run_agent(&[
+        "--pid",
+        &me,
+        "--otlp-protocol",
+        "carrier-pigeon",
+        "--otlp-endpoint",
+        "http://127.0.0.1:4317",
+    ]));
+    assert!(line.contains("carrier-pigeon"), "{line}");
+    let line = one_error_line(&run_agent(&[
+        "--pid",
+        &me,
+        "--otlp-endpoint",
+        "https://collector:4317",
+    ]));
+    assert!(line.contains("TLS"), "{line}");
+    let line = one_error_line(&run_agent(&[
+        "--pid",
+        &me,
+        "--prometheus",
+        "not-an-address",
+    ]));
+    assert!(line.contains("--prometheus"), "{line}");
+    let line = one_error_line(&run_agent(&["--pid", &me, "--route", "users/{id}"]));
+    assert!(line.contains("users/{id}"), "{line}");
+    // clap's own errors for unknown flags.
+    let out = run_agent(&["--pid", &me, "--frobnicate"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--frobnicate"));
+}
+
+#[test]
+fn unprivileged_run_says_what_is_missing() {
+    harness::require_root();
+    let server = start_python_http_server();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(agent_bin())
+        .args(["--pid", &server.pid().to_string()])
+        .output()
+        .expect("setpriv");
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("permission denied") && line.contains("root"),
+        "{line}"
+    );
+}
+
+#[test]
+fn backend_down_drops_and_counts_but_keeps_running() {
+    harness::require_root();
+    let _serial = harness::serial();
+    let server = start_python_http_server();
+    // Nothing listens on port 1: every export fails.
+    let agent = Agent::start([
+        "--pid".to_string(),
+        server.pid().to_string(),
+        "--otlp-endpoint".into(),
+        "http://127.0.0.1:1".into(),
+        "--otlp-protocol".into(),
+        "http/protobuf".into(),
+        "--status-interval".into(),
+        "1".into(),
+    ]);
+    let batch = Batch {
+        mode: ConnMode::Fresh,
+        requests: (0..20).map(|_| Request::get("/").expect(200)).collect(),
+    };
+    run_batch(server.addr, &batch);
+    // The status line reports the drops while the agent keeps running.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stderr = agent.output().stderr();
+        if stderr.lines().any(|l| l.contains("otlp_dropped=20")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no drop count in:\n{}",
+            harness::tail(&stderr, 4000)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert!(exit.stderr.contains("spans=20"), "{}", exit.stderr);
+}
+
+#[test]
+fn target_exit_flushes_and_exits_zero() {
+    harness::require_root();
+    let _serial = harness::serial();
+    let server = start_python_http_server();
+    let agent = Agent::start([
+        "--pid".to_string(),
+        server.pid().to_string(),
+        "--console".into(),
+        "json".into(),
+    ]);
+    let batch = Batch {
+        mode: ConnMode::KeepAlive,
+        requests: (0..5).map(|_| Request::get("/").expect(200)).collect(),
+    };
+    run_batch(server.addr, &batch);
+    drop(server); // kills the target
+    let exit = agent.wait_exit();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert!(
+        exit.stderr.contains("every traced process exited"),
+        "{}",
+        exit.stderr
+    );
+    assert_eq!(
+        exit.stdout
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"SERVER\""))
+            .count(),
+        5
+    );
+}
