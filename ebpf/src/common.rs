@@ -1,0 +1,82 @@
+//! Maps and helpers every kernel program shares: the target filter, the event ring,
+//! the counters, and how events are written.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use periscope_common::*;
+
+/// Traced processes (tgid). Userspace fills it; forks of a traced process are added here.
+#[map]
+pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(8192, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Bytes waiting in the ring above which a submit wakes the reader instead of leaving
+/// it to the next timed drain. Patched at load time.
+#[no_mangle]
+pub static WAKEUP_BYTES: u64 = 1 << 20;
+
+#[inline(always)]
+pub fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // Syscall tracepoint records: 8 bytes of common fields, the syscall nr padded to 8,
+    // then each argument as 8 bytes.
+    unsafe { ctx.read_at::<u64>(16 + 8 * n).unwrap_or(0) }
+}
+
+#[inline(always)]
+pub fn ret(ctx: &TracePointContext) -> i64 {
+    unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) }
+}
+
+#[inline(always)]
+pub fn count(stat: u32) {
+    if let Some(v) = STATS.get_ptr_mut(stat) {
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn is_target(tgid: u32) -> bool {
+    unsafe { TARGETS.get(&tgid).is_some() }
+}
+
+#[inline(always)]
+pub fn header(kind: EventKind, pid_tgid: u64) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        _pad: 0,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        pid_tgid,
+    }
+}
+
+/// Submit flags: no wakeup unless the ring holds more than WAKEUP_BYTES.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    let limit = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > limit {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[inline(always)]
+pub fn output<T>(ev: &T) {
+    let flags = submit_flags();
+    if EVENTS.output::<T>(ev, flags).is_err() {
+        count(STAT_RINGBUF_DROPS);
+    } else {
+        count(STAT_EVENTS);
+    }
+}
+

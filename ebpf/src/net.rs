@@ -1,0 +1,375 @@
+//! Socket syscalls: which sockets a traced process has (accept/connect/close) and the
+//! bytes it moves on them (read/write and their vectored and socket variants, sendfile).
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::bpf_probe_read_user as raw_probe_read_user,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use aya_log_ebpf::warn;
+use periscope_common::*;
+
+use crate::common::*;
+
+/// Sockets of traced processes, keyed by `sock_key(tgid, fd)`; value = role.
+#[map]
+static SOCKS: HashMap<u64, u32> = HashMap::with_max_entries(262_144, 0);
+
+/// Arguments of an in-flight syscall, keyed by pid_tgid (one syscall per thread at a time).
+#[map]
+static ARGS: HashMap<u64, Stash> = HashMap::with_max_entries(65_536, 0);
+
+#[map]
+static SCRATCH: PerCpuArray<DataEventBuf> = PerCpuArray::with_max_entries(1, 0);
+
+const EINPROGRESS: i64 = -115;
+/// What `sys_enter_*` remembers for the matching `sys_exit_*`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Stash {
+    /// One of the `SYS_*` ids (or ACCEPT/CONNECT below).
+    syscall: u32,
+    fd: u32,
+    /// Buffer, iovec array, or sockaddr pointer.
+    ptr: u64,
+    /// Number of iovec entries (vectored calls).
+    iovcnt: u64,
+}
+
+const STASH_ACCEPT: u32 = 100;
+const STASH_CONNECT: u32 = 101;
+
+#[inline(always)]
+fn is_sock(tgid: u32, fd: u32) -> bool {
+    unsafe { SOCKS.get(&sock_key(tgid, fd)).is_some() }
+}
+
+#[inline(always)]
+fn stash(pid_tgid: u64, s: Stash) {
+    if ARGS.insert(&pid_tgid, &s, 0).is_err() {
+        count(STAT_STASH_FULL);
+    }
+}
+
+#[inline(always)]
+fn take_stash(pid_tgid: u64) -> Option<Stash> {
+    let s = unsafe { ARGS.get(&pid_tgid).copied() };
+    if s.is_some() {
+        let _ = ARGS.remove(&pid_tgid);
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------
+// accept / accept4 / connect: a socket starts being tracked.
+
+fn enter_sockaddr_call(ctx: &TracePointContext, syscall: u32) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    stash(
+        pid_tgid,
+        Stash {
+            syscall,
+            fd: arg(ctx, 0) as u32,
+            ptr: arg(ctx, 1),
+            iovcnt: 0,
+        },
+    );
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    enter_sockaddr_call(&ctx, STASH_ACCEPT)
+}
+
+#[tracepoint]
+pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+    enter_sockaddr_call(&ctx, STASH_ACCEPT)
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    enter_sockaddr_call(&ctx, STASH_CONNECT)
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_sockaddr_call(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_sockaddr_call(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_sockaddr_call(&ctx);
+    0
+}
+
+fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(s) = take_stash(pid_tgid) else {
+        return Ok(());
+    };
+    let tgid = (pid_tgid >> 32) as u32;
+    let rv = ret(ctx);
+    let (fd, role, listen_fd) = match s.syscall {
+        STASH_ACCEPT if rv >= 0 => (rv as u32, ROLE_SERVER, s.fd),
+        // Non-blocking connects return EINPROGRESS and finish later; the socket is
+        // still the one the request will be written to.
+        STASH_CONNECT if rv == 0 || rv == EINPROGRESS => (s.fd, ROLE_CLIENT, NO_FD),
+        _ => return Ok(()),
+    };
+    let mut ev = ConnOpenEvent {
+        header: header(EventKind::ConnOpen, pid_tgid),
+        fd,
+        role,
+        listen_fd,
+        family: 0,
+        peer_port: 0,
+        peer_addr: [0; 16],
+    };
+    if s.ptr != 0 {
+        let family: u16 = unsafe { bpf_probe_read_user(s.ptr as *const u16) }.unwrap_or(0);
+        ev.family = family;
+        if family == AF_INET || family == AF_INET6 {
+            let port: u16 =
+                unsafe { bpf_probe_read_user((s.ptr + 2) as *const u16) }.unwrap_or(0);
+            ev.peer_port = u16::from_be(port);
+        }
+        if family == AF_INET {
+            let a: [u8; 4] = unsafe { bpf_probe_read_user((s.ptr + 4) as *const [u8; 4]) }
+                .unwrap_or([0; 4]);
+            ev.peer_addr[..4].copy_from_slice(&a);
+        } else if family == AF_INET6 {
+            ev.peer_addr = unsafe { bpf_probe_read_user((s.ptr + 8) as *const [u8; 16]) }
+                .unwrap_or([0; 16]);
+        } else if family != AF_UNIX {
+            // Datagram "connects" of other families (netlink…) carry no HTTP.
+            return Ok(());
+        }
+    }
+    if SOCKS.insert(&sock_key(tgid, fd), &role, 0).is_err() {
+        count(STAT_SOCKMAP_FULL);
+        warn!(ctx, "periscope: socket map full, fd {} not traced", fd);
+        return Ok(());
+    }
+    output(&ev);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Data: read/recvfrom/readv/recvmsg (ingress), write/sendto/writev/sendmsg/sendfile (egress).
+
+#[inline(always)]
+fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let fd = arg(ctx, 0) as u32;
+    if !is_sock((pid_tgid >> 32) as u32, fd) {
+        return 0;
+    }
+    let (ptr, iovcnt) = match syscall {
+        SYS_READV | SYS_WRITEV => (arg(ctx, 1), arg(ctx, 2)),
+        SYS_RECVMSG | SYS_SENDMSG => {
+            // struct msghdr: msg_iov at offset 16, msg_iovlen at 24 (x86_64 and arm64).
+            let msg = arg(ctx, 1);
+            let iov: u64 = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
+            let cnt: u64 = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
+            (iov, cnt)
+        }
+        _ => (arg(ctx, 1), 0),
+    };
+    stash(
+        pid_tgid,
+        Stash {
+            syscall,
+            fd,
+            ptr,
+            iovcnt,
+        },
+    );
+    0
+}
+
+#[inline(always)]
+fn exit_data(ctx: &TracePointContext, direction: u32) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(s) = take_stash(pid_tgid) else {
+        return 0;
+    };
+    let rv = ret(ctx);
+    if rv <= 0 {
+        return 0;
+    }
+    if try_emit_data(pid_tgid, &s, rv as u64, direction).is_err() {
+        count(STAT_READ_ERRORS);
+    }
+    0
+}
+
+const HEAD_MASK: usize = 2 * MAX_HEAD - 1;
+const TAIL_MASK: usize = 2 * MAX_TAIL - 1;
+const OUT_MASK: usize = SCRATCH_PAYLOAD - 1;
+
+/// Copies `len` user bytes from `src` to `payload[off..]`. The masks are what the
+/// verifier needs to bound the write; callers keep `off < MAX_HEAD`, `len <= MAX_HEAD`.
+#[inline(always)]
+fn copy_user(buf: *mut DataEventBuf, off: usize, len: usize, src: u64) -> Result<(), i64> {
+    let off = off & HEAD_MASK;
+    let len = len & HEAD_MASK;
+    if len == 0 {
+        return Ok(());
+    }
+    let rc = unsafe {
+        let dst = (*buf).payload.as_mut_ptr().add(off);
+        raw_probe_read_user(dst.cast(), len as u32, src as *const _)
+    };
+    if rc < 0 { Err(rc) } else { Ok(()) }
+}
+
+#[inline(always)]
+fn copy_tail(buf: *mut DataEventBuf, off: usize, len: usize, src: u64) -> Result<(), i64> {
+    let off = off & HEAD_MASK;
+    let len = len & TAIL_MASK;
+    if len == 0 {
+        return Ok(());
+    }
+    let rc = unsafe {
+        let dst = (*buf).payload.as_mut_ptr().add(off);
+        raw_probe_read_user(dst.cast(), len as u32, src as *const _)
+    };
+    if rc < 0 { Err(rc) } else { Ok(()) }
+}
+
+fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result<(), i64> {
+    let buf = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+    let mut head: usize = 0;
+    let mut tail: usize = 0;
+    match s.syscall {
+        SYS_SENDFILE => {}
+        SYS_READV | SYS_WRITEV | SYS_RECVMSG | SYS_SENDMSG => {
+            // Walk the iovecs that the syscall actually filled/drained: `left` counts
+            // down from the return value. The head takes bytes from the first ones;
+            // the tail, when the data overflows the head, the last bytes moved.
+            let mut left = total;
+            let mut i = 0;
+            while i < MAX_IOV {
+                if (i as u64) >= s.iovcnt || left == 0 {
+                    break;
+                }
+                let iov = s.ptr + (i as u64) * 16;
+                let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }?;
+                let len: u64 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }?;
+                let used = if len < left { len } else { left };
+                if head < MAX_HEAD {
+                    let room = (MAX_HEAD - head) as u64;
+                    let n = if used < room { used } else { room };
+                    copy_user(buf, head, n as usize, base)?;
+                    head += n as usize;
+                }
+                left -= used;
+                if left == 0 && total > head as u64 {
+                    let t = if used < MAX_TAIL as u64 { used } else { MAX_TAIL as u64 };
+                    copy_tail(buf, head, t as usize, base + used - t)?;
+                    tail = t as usize;
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let n = if total < MAX_HEAD as u64 { total } else { MAX_HEAD as u64 };
+            copy_user(buf, 0, n as usize, s.ptr)?;
+            head = n as usize;
+            if total > MAX_HEAD as u64 {
+                let t = if total - MAX_HEAD as u64 > MAX_TAIL as u64 {
+                    MAX_TAIL as u64
+                } else {
+                    total - MAX_HEAD as u64
+                };
+                copy_tail(buf, head, t as usize, s.ptr + total - t)?;
+                tail = t as usize;
+            }
+        }
+    }
+    unsafe {
+        (*buf).event = DataEvent {
+            header: header(EventKind::Data, pid_tgid),
+            fd: s.fd,
+            direction,
+            total_len: total,
+            head_len: head as u32,
+            tail_len: tail as u32,
+            syscall: s.syscall,
+            _pad: 0,
+        };
+    }
+    let size = core::mem::size_of::<DataEvent>() + ((head + tail) & OUT_MASK);
+    let bytes: &[u8] = unsafe {
+        core::slice::from_raw_parts(buf as *const u8, core::mem::size_of::<DataEventBuf>())
+    };
+    let flags = submit_flags();
+    if EVENTS.output::<[u8]>(&bytes[..size], flags).is_err() {
+        count(STAT_RINGBUF_DROPS);
+    } else {
+        count(STAT_EVENTS);
+    }
+    Ok(())
+}
+
+macro_rules! data_probes {
+    ($($enter:ident, $exit:ident, $sys:expr, $dir:expr;)*) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter_data(&ctx, $sys)
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit_data(&ctx, $dir)
+        }
+    )*};
+}
+
+data_probes! {
+    sys_enter_read, sys_exit_read, SYS_READ, DIR_INGRESS;
+    sys_enter_readv, sys_exit_readv, SYS_READV, DIR_INGRESS;
+    sys_enter_recvfrom, sys_exit_recvfrom, SYS_RECVFROM, DIR_INGRESS;
+    sys_enter_recvmsg, sys_exit_recvmsg, SYS_RECVMSG, DIR_INGRESS;
+    sys_enter_write, sys_exit_write, SYS_WRITE, DIR_EGRESS;
+    sys_enter_writev, sys_exit_writev, SYS_WRITEV, DIR_EGRESS;
+    sys_enter_sendto, sys_exit_sendto, SYS_SENDTO, DIR_EGRESS;
+    sys_enter_sendmsg, sys_exit_sendmsg, SYS_SENDMSG, DIR_EGRESS;
+    sys_enter_sendfile64, sys_exit_sendfile64, SYS_SENDFILE, DIR_EGRESS;
+}
+
+// ---------------------------------------------------------------------------------------
+// close: a socket stops being tracked.
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let fd = arg(&ctx, 0) as u32;
+    let key = sock_key(tgid, fd);
+    if unsafe { SOCKS.get(&key).is_none() } {
+        return 0;
+    }
+    let _ = SOCKS.remove(&key);
+    output(&ConnCloseEvent {
+        header: header(EventKind::ConnClose, pid_tgid),
+        fd,
+        _pad: 0,
+    });
+    0
+}
+
