@@ -4,6 +4,7 @@
 //! probes -> events -> conn -> http -> span -> export, with resource/telemetry beside.
 
 pub mod conn;
+pub mod discovery;
 pub mod events;
 pub mod export;
 pub mod http;

@@ -23,6 +23,7 @@ use aya::maps::{MapData, RingBuf};
 use clap::{Parser, ValueEnum};
 use periscope::{
     conn::{Tracker, TrackerConfig},
+    discovery::{Discovery, Selector},
     events::Event,
     export::{
         self, ConsoleFormat, ExportConfig, ExportFlags, SpanSink, metrics::MetricsExportConfig,
@@ -45,8 +46,22 @@ use periscope_common::ROLE_UNKNOWN;
 )]
 struct Cli {
     /// Process to trace (all its threads, and the processes it forks). Repeatable.
-    #[arg(long = "pid", value_name = "PID", required = true)]
+    #[arg(long = "pid", value_name = "PID")]
     pids: Vec<u32>,
+
+    /// Trace processes whose executable (full path or base name) matches this glob,
+    /// including ones started later. Repeatable.
+    #[arg(long = "exe", value_name = "GLOB")]
+    exes: Vec<String>,
+
+    /// Trace processes listening on this port, including ones started later. Repeatable.
+    #[arg(long = "port", value_name = "PORT")]
+    ports: Vec<u16>,
+
+    /// Processes found by --exe or by tracing everything (no selector) are traced once
+    /// they are this old, keeping short-lived commands out.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    min_process_age: u64,
 
     /// OTLP endpoint, e.g. http://localhost:4318 [env: OTEL_EXPORTER_OTLP_ENDPOINT]
     #[arg(long, value_name = "URL")]
@@ -168,6 +183,8 @@ fn run(cli: Cli) -> Result<()> {
             bail!("periscope cannot trace itself (PID {pid})");
         }
     }
+    let selector = Selector::new(cli.pids.clone(), &cli.exes, cli.ports.clone())?;
+    let mut discovery = Discovery::new(selector, Duration::from_millis(cli.min_process_age));
     let mut flags = ExportFlags {
         otlp_endpoint: cli.otlp_endpoint.clone(),
         otlp_protocol: cli.otlp_protocol.clone(),
@@ -197,9 +214,11 @@ fn run(cli: Cli) -> Result<()> {
         .transpose()?;
     let metrics = Arc::new(Metrics::default());
 
-    let (mut probes, ring) = Probes::load(1 << 20)?;
+    let discovering = discovery.selector().discovers();
+    let (mut probes, ring) = Probes::load(1 << 20, discovering)?;
     let follow = !cli.no_follow_forks;
-    let targets = expand_targets(&cli.pids, follow);
+    let found: Vec<u32> = discovery.initial(Instant::now()).into_iter().collect();
+    let targets = expand_targets(&found, follow);
     let mut tracker = Tracker::new(TrackerConfig {
         resource: ResourceConfig::from_env(),
         routes,
@@ -208,19 +227,19 @@ fn run(cli: Cli) -> Result<()> {
     });
     let mut described = Vec::new();
     for &pid in &targets {
-        probes
-            .add_target(pid, follow)
-            .with_context(|| format!("adding PID {pid} to the target map"))?;
-        let res = tracker.add_process(pid);
-        described.push(format!("{pid} ({})", res.service_name));
+        let name = attach(pid, follow, &mut probes, &mut tracker)?;
+        described.push(format!("{pid} ({name})"));
     }
-    // Programs are attached already, so a socket opened from now on is seen by
-    // accept/connect; the ones open before are added here (role learnt from their bytes).
-    for &pid in &targets {
-        for fd in probes::existing_tcp_sockets(pid).unwrap_or_default() {
-            probes.add_socket(pid, fd, ROLE_UNKNOWN)?;
-        }
+    if described.len() > 12 {
+        let more = described.len() - 12;
+        described.truncate(12);
+        described.push(format!("and {more} more"));
     }
+    let mode = match (discovering, discovery.selector().is_all()) {
+        (true, true) => "; discovering every process",
+        (true, false) => "; discovering new matches",
+        _ => "",
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -256,7 +275,7 @@ fn run(cli: Cli) -> Result<()> {
         .map(|cfg| export::metrics::start(cfg, metrics.clone(), rt.handle()));
 
     eprintln!(
-        "periscope: ready — tracing {} process(es): {}",
+        "periscope: ready — tracing {} process(es): {}{mode}",
         targets.len(),
         described.join(", ")
     );
@@ -266,7 +285,11 @@ fn run(cli: Cli) -> Result<()> {
         let stop = stop.clone();
         thread::Builder::new()
             .name("periscope-events".into())
-            .spawn(move || event_loop(probes, ring, tracker, sink, &telemetry, &stop))
+            .spawn(move || {
+                event_loop(
+                    probes, ring, tracker, discovery, follow, sink, &telemetry, &stop,
+                )
+            })
             .context("starting the event thread")?
     };
 
@@ -339,19 +362,59 @@ fn status_line(s: &Snapshot, outputs: &[Arc<export::ExportStats>]) -> String {
     line
 }
 
+fn attach_logged(pid: u32, follow: bool, probes: &mut Probes, tracker: &mut Tracker) {
+    match attach(pid, follow, probes, tracker) {
+        Ok(name) => tracing::info!("tracing PID {pid} ({name})"),
+        // The process may be gone already; nothing to trace then.
+        Err(e) => tracing::debug!("not tracing PID {pid}: {e:#}"),
+    }
+}
+
 /// How often the ring is drained when nothing forces a wakeup. Events reach userspace
 /// at most this late; batching them saves a wakeup per event.
 const DRAIN_INTERVAL_MS: i32 = 10;
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 
+/// Starts tracing `pid`: kernel filter, resource, and the sockets it already has.
+/// Returns its service name.
+fn attach(pid: u32, follow: bool, probes: &mut Probes, tracker: &mut Tracker) -> Result<String> {
+    probes
+        .add_target(pid, follow)
+        .with_context(|| format!("adding PID {pid} to the target map"))?;
+    let res = tracker.add_process(pid);
+    // Programs are attached already, so a socket opened from now on is seen by
+    // accept/connect; the ones open before are added here (role learnt from their bytes).
+    for fd in probes::existing_tcp_sockets(pid).unwrap_or_default() {
+        probes.add_socket(pid, fd, ROLE_UNKNOWN)?;
+    }
+    Ok(res.service_name.clone())
+}
+
+fn detach(
+    pid: u32,
+    ts_ns: u64,
+    probes: &mut Probes,
+    tracker: &mut Tracker,
+    emit: &mut dyn FnMut(periscope::span::Span),
+) {
+    let fds = tracker.remove_process(pid, ts_ns, emit);
+    probes.remove_sockets(pid, fds);
+    probes.purge_process(pid);
+    probes.remove_target(pid);
+}
+
+#[allow(clippy::too_many_arguments)]
 fn event_loop(
     mut probes: Probes,
     mut ring: RingBuf<MapData>,
     mut tracker: Tracker,
+    mut discovery: Discovery,
+    follow: bool,
     sink: SpanSink,
     telemetry: &Telemetry,
     stop: &AtomicBool,
 ) -> Result<()> {
+    let discovering = discovery.selector().discovers();
     let mut received: u64 = 0;
     let mut last_housekeeping = Instant::now();
     let mut emit = |span| sink.send(span);
@@ -365,9 +428,36 @@ fn event_loop(
                     tracker.add_process(ev.pid);
                 }
                 Ok(Event::Exit(ev)) => {
-                    let fds = tracker.remove_process(ev.pid, ev.header.ts_ns, &mut emit);
-                    probes.remove_sockets(ev.pid, fds);
-                    probes.purge_process(ev.pid);
+                    detach(
+                        ev.pid,
+                        ev.header.ts_ns,
+                        &mut probes,
+                        &mut tracker,
+                        &mut emit,
+                    );
+                }
+                Ok(Event::Exec(ev)) => {
+                    if tracker.resource(ev.pid).is_some() {
+                        // A target runs another program now: new resource, or let go.
+                        detach(
+                            ev.pid,
+                            ev.header.ts_ns,
+                            &mut probes,
+                            &mut tracker,
+                            &mut emit,
+                        );
+                        if discovery.still_matches(ev.pid) {
+                            attach_logged(ev.pid, follow, &mut probes, &mut tracker);
+                        }
+                    } else {
+                        discovery.on_exec(ev.pid, Instant::now());
+                    }
+                }
+                Ok(Event::Bind(ev)) => {
+                    let pid = ev.header.tgid();
+                    if tracker.resource(pid).is_none() && discovery.on_bind(pid, ev.port) {
+                        attach_logged(pid, follow, &mut probes, &mut tracker);
+                    }
                 }
                 Ok(ev) => tracker.handle(ev, &mut emit),
                 Err(_) => telemetry.decode_error(),
@@ -378,10 +468,12 @@ fn event_loop(
             // Exits we did not see (e.g. the ring was full): poll liveness.
             for pid in tracker.pids() {
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    let fds = tracker.remove_process(pid, 0, &mut emit);
-                    probes.remove_sockets(pid, fds);
-                    probes.purge_process(pid);
-                    probes.remove_target(pid);
+                    detach(pid, 0, &mut probes, &mut tracker, &mut emit);
+                }
+            }
+            for pid in discovery.due(Instant::now()) {
+                if tracker.resource(pid).is_none() {
+                    attach_logged(pid, follow, &mut probes, &mut tracker);
                 }
             }
             probes.flush_logs();
@@ -393,7 +485,7 @@ fn event_loop(
                 events_received: received,
                 processes: tracker.process_count() as u64,
             });
-            if tracker.process_count() == 0 {
+            if tracker.process_count() == 0 && !discovering {
                 return Ok(());
             }
         }

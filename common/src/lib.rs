@@ -40,6 +40,11 @@ pub enum EventKind {
     ThreadStart = 6,
     /// A thread of a traced process exited (same payload as `ThreadStart`).
     ThreadExit = 7,
+    /// A process (any, when discovery is on; else a target) executed a new program
+    /// ([`ProcessEvent`]: `pid` = tgid).
+    Exec = 8,
+    /// A process bound a TCP/UDP port (discovery only; [`BindEvent`]).
+    Bind = 9,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -53,6 +58,8 @@ impl TryFrom<u32> for EventKind {
             5 => Self::ProcessExit,
             6 => Self::ThreadStart,
             7 => Self::ThreadExit,
+            8 => Self::Exec,
+            9 => Self::Bind,
             other => return Err(other),
         })
     }
@@ -184,6 +191,18 @@ pub struct ProcessEvent {
     pub parent_pid: u32,
 }
 const _: () = assert!(size_of::<ProcessEvent>() == 32);
+
+/// [`EventKind::Bind`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BindEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    /// Local port, host byte order.
+    pub port: u16,
+    pub family: u16,
+}
+const _: () = assert!(size_of::<BindEvent>() == 32);
 
 /// Counters the kernel side keeps in a per-CPU array, indexed by these ids.
 pub const STAT_RINGBUF_DROPS: u32 = 0;

@@ -12,13 +12,23 @@ use periscope_common::*;
 
 /// Traced processes (tgid). Userspace fills it; forks of a traced process are added here.
 #[map]
-pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(8192, 0);
+pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(32_768, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Non-zero when the agent discovers processes by itself (`--exe`, `--port`, or no
+/// selector): exec and bind events are then reported for every process. Patched at load.
+#[no_mangle]
+pub static DISCOVERY: u32 = 0;
+
+#[inline(always)]
+pub fn discovery() -> bool {
+    unsafe { core::ptr::read_volatile(&DISCOVERY) != 0 }
+}
 
 /// Bytes waiting in the ring above which a submit wakes the reader instead of leaving
 /// it to the next timed drain. Patched at load time.

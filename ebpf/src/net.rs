@@ -42,6 +42,7 @@ struct Stash {
 
 const STASH_ACCEPT: u32 = 100;
 const STASH_CONNECT: u32 = 101;
+const STASH_BIND: u32 = 102;
 
 #[inline(always)]
 fn is_sock(tgid: u32, fd: u32) -> bool {
@@ -97,6 +98,47 @@ pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     enter_sockaddr_call(&ctx, STASH_CONNECT)
+}
+
+/// bind(2) tells discovery which process is about to serve which port (`--port`).
+#[tracepoint]
+pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
+    if !discovery() {
+        return 0;
+    }
+    stash(
+        bpf_get_current_pid_tgid(),
+        Stash {
+            syscall: STASH_BIND,
+            fd: arg(&ctx, 0) as u32,
+            ptr: arg(&ctx, 1),
+            iovcnt: 0,
+        },
+    );
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(s) = take_stash(pid_tgid) else {
+        return 0;
+    };
+    if s.syscall != STASH_BIND || ret(&ctx) != 0 || s.ptr == 0 {
+        return 0;
+    }
+    let family: u16 = unsafe { bpf_probe_read_user(s.ptr as *const u16) }.unwrap_or(0);
+    if family != AF_INET && family != AF_INET6 {
+        return 0;
+    }
+    let port: u16 = unsafe { bpf_probe_read_user((s.ptr + 2) as *const u16) }.unwrap_or(0);
+    output(&BindEvent {
+        header: header(EventKind::Bind, pid_tgid),
+        fd: s.fd,
+        port: u16::from_be(port),
+        family,
+    });
+    0
 }
 
 #[tracepoint]

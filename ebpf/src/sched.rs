@@ -71,3 +71,19 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
+
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    // Runs in the new program's context, after the exec succeeded.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !discovery() && !is_target(tgid) {
+        return 0;
+    }
+    output(&ProcessEvent {
+        header: header(EventKind::Exec, pid_tgid),
+        pid: tgid,
+        parent_pid: 0,
+    });
+    0
+}

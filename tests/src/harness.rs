@@ -400,6 +400,11 @@ fn make_world_readable(path: &Path) {
 /// dir with `index.html`, `hello.txt`, `data.bin` (48 KiB) and `sub/`.
 /// It answers HTTP/1.0 and closes every connection after one response.
 pub fn start_python_http_server() -> Server {
+    start_python_http_server_on(free_port())
+}
+
+/// [`start_python_http_server`] on a given loopback port.
+pub fn start_python_http_server_on(port: u16) -> Server {
     let dir = TempDir::new("python");
     let root = dir.path();
     fs::write(
@@ -413,7 +418,6 @@ pub fn start_python_http_server() -> Server {
     fs::create_dir(root.join("sub")).unwrap();
     fs::write(root.join("sub/file.txt"), "in sub\n").unwrap();
 
-    let port = free_port();
     let mut cmd = Command::new(python3());
     cmd.args([
         "-u",

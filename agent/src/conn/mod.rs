@@ -280,9 +280,9 @@ impl Tracker {
             Event::ThreadExit(ev) => self
                 .metrics
                 .update_process(ev.parent_pid, |p| p.thread_event(false, ev.header.ts_ns)),
-            // Forks and exits change the target set; the caller handles them because they
-            // touch kernel maps too.
-            Event::Fork(_) | Event::Exit(_) => {}
+            // Forks, exits, execs and binds change the target set; the caller handles them
+            // because they touch kernel maps too.
+            Event::Fork(_) | Event::Exit(_) | Event::Exec(_) | Event::Bind(_) => {}
         }
     }
 

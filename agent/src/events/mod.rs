@@ -5,7 +5,7 @@
 //! from the record beyond the bytes actually present.
 
 use periscope_common::{
-    ConnCloseEvent, ConnOpenEvent, DataEvent, EventHeader, EventKind, ProcessEvent,
+    BindEvent, ConnCloseEvent, ConnOpenEvent, DataEvent, EventHeader, EventKind, ProcessEvent,
 };
 use thiserror::Error;
 
@@ -22,6 +22,8 @@ pub enum Event<'a> {
     Exit(ProcessEvent),
     ThreadStart(ProcessEvent),
     ThreadExit(ProcessEvent),
+    Exec(ProcessEvent),
+    Bind(BindEvent),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -56,6 +58,8 @@ impl<'a> TryFrom<&'a [u8]> for Event<'a> {
             EventKind::ProcessExit => Event::Exit(read(bytes)?),
             EventKind::ThreadStart => Event::ThreadStart(read(bytes)?),
             EventKind::ThreadExit => Event::ThreadExit(read(bytes)?),
+            EventKind::Exec => Event::Exec(read(bytes)?),
+            EventKind::Bind => Event::Bind(read(bytes)?),
             EventKind::Data => {
                 let ev: DataEvent = read(bytes)?;
                 let payload = &bytes[size_of::<DataEvent>()..];

@@ -177,10 +177,28 @@ pub const PROBES: &[(&str, &str, &str, &str)] = &[
         "connection end",
     ),
     (
+        "sys_enter_bind",
+        "syscalls",
+        "sys_enter_bind",
+        "discovery by port",
+    ),
+    (
+        "sys_exit_bind",
+        "syscalls",
+        "sys_exit_bind",
+        "discovery by port",
+    ),
+    (
         "task_newtask",
         "task",
         "task_newtask",
-        "follow forked children",
+        "follow forked children, thread starts",
+    ),
+    (
+        "sched_process_exec",
+        "sched",
+        "sched_process_exec",
+        "discovery of new processes",
     ),
     (
         "sched_process_exit",
@@ -213,6 +231,8 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("eBPF program {0} is in the object but not in the probe table (a build bug)")]
+    Undeclared(String),
     #[error("eBPF map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("eBPF map {name}: {source}")]
@@ -302,7 +322,10 @@ pub fn has_bpf_privileges(status: &str) -> bool {
 impl Probes {
     /// Loads the object and attaches every program in [`PROBES`]. The returned ring is
     /// the event stream; the caller drains it.
-    pub fn load(wakeup_bytes: u64) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+    pub fn load(
+        wakeup_bytes: u64,
+        discovery: bool,
+    ) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
@@ -314,6 +337,7 @@ impl Probes {
         ensure_tracefs()?;
         let mut ebpf = EbpfLoader::new()
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("DISCOVERY", &(discovery as u32), true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 if is_eperm(&e) {
@@ -331,6 +355,14 @@ impl Probes {
         let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?).map_err(map_err("SOCKS"))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
+        // Every program in the object must be declared in PROBES: a program built but
+        // never attached would fail silently.
+        if let Some((name, _)) = ebpf
+            .programs()
+            .find(|(name, _)| !PROBES.iter().any(|p| p.0 == *name))
+        {
+            return Err(ProbeError::Undeclared(name.to_string()));
+        }
         for &(name, category, tracepoint, what) in PROBES {
             let err = |source| ProbeError::Program { name, what, source };
             let prog: &mut TracePoint = ebpf
