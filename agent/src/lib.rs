@@ -3,8 +3,10 @@
 //!
 //! probes -> events -> conn -> http -> span -> export, with resource/telemetry beside.
 
+pub mod config;
 pub mod conn;
 pub mod discovery;
+pub mod doctor;
 pub mod events;
 pub mod export;
 pub mod http;

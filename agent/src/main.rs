@@ -44,7 +44,11 @@ use periscope_common::ROLE_UNKNOWN;
     about = "Zero-code eBPF tracing: HTTP spans from processes nobody instrumented",
     long_about = None
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Process to trace (all its threads, and the processes it forks). Repeatable.
     #[arg(long = "pid", value_name = "PID")]
     pids: Vec<u32>,
@@ -59,9 +63,9 @@ struct Cli {
     ports: Vec<u16>,
 
     /// Processes found by --exe or by tracing everything (no selector) are traced once
-    /// they are this old, keeping short-lived commands out.
-    #[arg(long, value_name = "MS", default_value_t = 500)]
-    min_process_age: u64,
+    /// they are this old, keeping short-lived commands out [default: 500]
+    #[arg(long, value_name = "MS")]
+    min_process_age: Option<u64>,
 
     /// OTLP endpoint, e.g. http://localhost:4318 [env: OTEL_EXPORTER_OTLP_ENDPOINT]
     #[arg(long, value_name = "URL")]
@@ -87,9 +91,9 @@ struct Cli {
     #[arg(long)]
     no_follow_forks: bool,
 
-    /// Seconds between status lines on stderr (0 = only at exit).
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    status_interval: u64,
+    /// Seconds between status lines on stderr (0 = only at exit) [default: 10]
+    #[arg(long, value_name = "SECS")]
+    status_interval: Option<u64>,
 
     /// Serve Prometheus metrics on this address (PORT or :PORT = loopback; HOST:PORT).
     #[arg(long, value_name = "ADDR")]
@@ -101,8 +105,27 @@ struct Cli {
     routes: Vec<String>,
 
     /// Most distinct routes per service; further ones count under /{overflow}.
-    #[arg(long, value_name = "N", default_value_t = periscope::route::DEFAULT_MAX_ROUTES_PER_SERVICE)]
-    max_routes: usize,
+    #[arg(long, value_name = "N")]
+    max_routes: Option<usize>,
+
+    /// Configuration file (TOML; every flag has a key of the same name). Flags and
+    /// OTEL_* variables override it.
+    #[arg(long, value_name = "FILE", env = "PERISCOPE_CONFIG")]
+    config: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Check this host: kernel, BTF, mounts, lockdown, capabilities, and which probe
+    /// kinds really load here. Exits 1 when something required is missing.
+    Doctor {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Do not mount tracefs/securityfs to check them.
+        #[arg(long)]
+        no_mount: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -121,6 +144,24 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .init();
+    if let Some(Command::Doctor { json, no_mount }) = cli.command {
+        let opts = periscope::doctor::Options {
+            format: if json {
+                periscope::doctor::Format::Json
+            } else {
+                periscope::doctor::Format::Table
+            },
+            mount: !no_mount,
+            ..Default::default()
+        };
+        return match periscope::doctor::run(&mut std::io::stdout(), &opts) {
+            Ok(report) => ExitCode::from(report.exit_code()),
+            Err(e) => {
+                eprintln!("periscope: error: doctor: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -174,7 +215,73 @@ fn expand_targets(pids: &[u32], follow: bool) -> BTreeSet<u32> {
     set
 }
 
+/// Fills what the command line left unset from the config file (flag > env > file >
+/// default; the OTEL_* env vars are read later by the export config, so a file value
+/// is only used when they are unset).
+fn merge_file(mut cli: Cli) -> Result<Cli> {
+    use periscope::config::{FileConfig, layered};
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    if cli.pids.is_empty() {
+        cli.pids = file.pid;
+    }
+    if cli.exes.is_empty() {
+        cli.exes = file.exe;
+    }
+    if cli.ports.is_empty() {
+        cli.ports = file.port;
+    }
+    if cli.routes.is_empty() {
+        cli.routes = file.route;
+    }
+    cli.otlp_endpoint = layered(
+        cli.otlp_endpoint,
+        &[
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ],
+        file.otlp_endpoint,
+    );
+    cli.otlp_protocol = layered(
+        cli.otlp_protocol,
+        &[
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ],
+        file.otlp_protocol,
+    );
+    cli.otlp_headers = layered(
+        cli.otlp_headers,
+        &[
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ],
+        file.otlp_headers,
+    );
+    if cli.console.is_none() {
+        cli.console = match file.console.as_deref() {
+            None => None,
+            Some("text") => Some(ConsoleArg::Text),
+            Some("json") => Some(ConsoleArg::Json),
+            Some(other) => {
+                bail!("config file: console must be \"text\" or \"json\", not {other:?}")
+            }
+        };
+    }
+    cli.duration = cli.duration.or(file.duration);
+    cli.no_follow_forks |= file.no_follow_forks.unwrap_or(false);
+    cli.status_interval = cli.status_interval.or(file.status_interval);
+    cli.prometheus = cli.prometheus.or(file.prometheus);
+    cli.max_routes = cli.max_routes.or(file.max_routes);
+    cli.min_process_age = cli.min_process_age.or(file.min_process_age);
+    Ok(cli)
+}
+
 fn run(cli: Cli) -> Result<()> {
+    let cli = merge_file(cli)?;
+    let status_interval = cli.status_interval.unwrap_or(10);
     for &pid in &cli.pids {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             bail!("no process with PID {pid}");
@@ -184,7 +291,10 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     let selector = Selector::new(cli.pids.clone(), &cli.exes, cli.ports.clone())?;
-    let mut discovery = Discovery::new(selector, Duration::from_millis(cli.min_process_age));
+    let mut discovery = Discovery::new(
+        selector,
+        Duration::from_millis(cli.min_process_age.unwrap_or(500)),
+    );
     let mut flags = ExportFlags {
         otlp_endpoint: cli.otlp_endpoint.clone(),
         otlp_protocol: cli.otlp_protocol.clone(),
@@ -203,7 +313,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     let routes = RouteConfig {
         patterns: RoutePatterns::parse(&cli.routes)?,
-        max_routes_per_service: cli.max_routes,
+        max_routes_per_service: cli
+            .max_routes
+            .unwrap_or(periscope::route::DEFAULT_MAX_ROUTES_PER_SERVICE),
         ..RouteConfig::default()
     };
     let sampler = Sampler::new(SamplerConfig::from_env(|k| std::env::var(k).ok())?);
@@ -311,8 +423,7 @@ fn run(cli: Cli) -> Result<()> {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break "duration elapsed";
             }
-            if cli.status_interval > 0
-                && last_status.elapsed() >= Duration::from_secs(cli.status_interval)
+            if status_interval > 0 && last_status.elapsed() >= Duration::from_secs(status_interval)
             {
                 last_status = Instant::now();
                 eprintln!("{}", status_line(&telemetry.snapshot(), &stats));

@@ -170,3 +170,60 @@ fn target_exit_flushes_and_exits_zero() {
         5
     );
 }
+
+#[test]
+fn config_file_keys_and_precedence() {
+    harness::require_root();
+    let dir = harness::TempDir::new("config");
+    let me = std::process::id().to_string();
+    // Unknown keys are named.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "otlp-endpiont = \"http://127.0.0.1:4317\"\n").unwrap();
+    let line = one_error_line(&run_agent(&[
+        "--config",
+        bad.to_str().unwrap(),
+        "--pid",
+        &me,
+    ]));
+    assert!(
+        line.contains("otlp-endpiont") && line.contains("bad.toml"),
+        "{line}"
+    );
+    // A file value is used when neither flag nor env sets it...
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "otlp-endpoint = \"http://127.0.0.1:4317\"\notlp-protocol = \"from-file\"\n",
+    )
+    .unwrap();
+    let line = one_error_line(&run_agent(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--pid",
+        &me,
+    ]));
+    assert!(line.contains("from-file"), "{line}");
+    // ... the env var beats the file ...
+    let out = Command::new(agent_bin())
+        .args(["--config", file.to_str().unwrap(), "--pid", &me])
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "from-env")
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(line.contains("from-env"), "{line}");
+    // ... and the flag beats both.
+    let out = Command::new(agent_bin())
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--otlp-protocol",
+            "from-flag",
+            "--pid",
+            &me,
+        ])
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "from-env")
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(line.contains("from-flag"), "{line}");
+}

@@ -14,7 +14,7 @@ pub const GO_VERSIONS: &[&str] = &["1.21", "1.25"];
 
 pub fn prerequisites() -> Result<(std::path::PathBuf, String)> {
     tools::apt_install(
-        &["nginx", "curl", "python3", "python3-venv", "gcc", "libc6-dev", "prometheus"],
+        &["nginx", "curl", "python3", "python3-venv", "gcc", "libc6-dev", "prometheus", "yamllint", "strace"],
         "real servers, clients and metrics consumers (promtool, Prometheus) the end-to-end tests use",
     )?;
     let go = tools::go_toolchains(GO_VERSIONS)?;

@@ -215,7 +215,7 @@ pub enum ProbeError {
     )]
     NoObject,
     #[error(
-        "permission denied loading eBPF programs: run as root (sudo) or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE"
+        "permission denied loading eBPF programs: run as root (sudo) or grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE (and CAP_SYS_ADMIN for uprobes on Linux >= 6.16); `periscope doctor` shows what is missing"
     )]
     PermissionDenied,
     #[error(

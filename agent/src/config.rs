@@ -1,0 +1,135 @@
+//! The configuration file (`--config FILE`, TOML): every command-line flag has a key of
+//! the same name (`otlp-endpoint = "…"`, `exe = ["nginx"]`). Precedence, highest first:
+//! flag, environment variable (the OTEL_* ones), file, built-in default. Unknown keys are
+//! an error that names the key, so a typo never silently does nothing.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// Every flag, as a file key. Lists accept one value or an array.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    #[serde(default)]
+    pub pid: Vec<u32>,
+    #[serde(default)]
+    pub exe: Vec<String>,
+    #[serde(default)]
+    pub port: Vec<u16>,
+    pub min_process_age: Option<u64>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub otlp_headers: Option<String>,
+    /// "text" or "json".
+    pub console: Option<String>,
+    pub duration: Option<f64>,
+    pub no_follow_forks: Option<bool>,
+    pub status_interval: Option<u64>,
+    pub prometheus: Option<String>,
+    #[serde(default)]
+    pub route: Vec<String>,
+    pub max_routes: Option<usize>,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigFileError> {
+        toml::from_str(text).map_err(|e| ConfigFileError::Parse {
+            path: path.to_path_buf(),
+            // toml's Display spans several lines (a source excerpt); keep one.
+            message: e.message().replace('\n', " "),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+}
+
+/// flag > env > file: the file's value is used only when neither the flag nor any of
+/// the environment variables that back it are set.
+pub fn layered<T>(flag: Option<T>, env_vars: &[&str], file: Option<T>) -> Option<T> {
+    let env_set = env_vars
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()));
+    flag.or(if env_set { None } else { file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_key() {
+        let c = FileConfig::parse(
+            r#"
+            pid = [1, 2]
+            exe = ["nginx", "*/python3*"]
+            port = [8080]
+            min-process-age = 250
+            otlp-endpoint = "http://collector:4317"
+            otlp-protocol = "grpc"
+            otlp-headers = "api-key=secret"
+            console = "json"
+            duration = 1.5
+            no-follow-forks = true
+            status-interval = 0
+            prometheus = "0.0.0.0:9464"
+            route = ["/api/users/{id}"]
+            max-routes = 100
+            "#,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.pid, vec![1, 2]);
+        assert_eq!(c.exe.len(), 2);
+        assert_eq!(c.otlp_protocol.as_deref(), Some("grpc"));
+        assert_eq!(c.max_routes, Some(100));
+        assert_eq!(c.no_follow_forks, Some(true));
+    }
+
+    #[test]
+    fn unknown_keys_are_named_in_one_line() {
+        let e = FileConfig::parse("otlp-endpiont = \"x\"\n", Path::new("/etc/periscope.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("otlp-endpiont"), "{e}");
+        assert!(e.contains("/etc/periscope.toml"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        assert!(FileConfig::parse("port = \"eighty\"", Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn precedence_flag_env_file() {
+        assert_eq!(layered(Some(1), &[], Some(2)), Some(1));
+        assert_eq!(layered(None, &[], Some(2)), Some(2));
+        assert_eq!(layered::<i32>(None, &[], None), None);
+        // An env var that is set hides the file value (the env var itself is read later).
+        assert_eq!(layered(None, &["PATH"], Some(2)), None);
+        assert_eq!(
+            layered(None, &["PERISCOPE_SURELY_UNSET_VAR"], Some(2)),
+            Some(2)
+        );
+    }
+}
