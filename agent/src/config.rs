@@ -43,6 +43,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub route: Vec<String>,
     pub max_routes: Option<usize>,
+    pub leak_window: Option<f64>,
+    pub leak_min_growth: Option<i64>,
+    pub top_sites: Option<usize>,
 }
 
 impl FileConfig {

@@ -32,6 +32,7 @@ use periscope::{
     probes::{self, Probes},
     resource::ResourceConfig,
     route::{RouteConfig, RoutePatterns},
+    runtime::go::{self, GoProcess, LeakConfig},
     sampling::{Sampler, SamplerConfig},
     telemetry::{Snapshot, Telemetry},
 };
@@ -107,6 +108,20 @@ struct Cli {
     /// Most distinct routes per service; further ones count under /{overflow}.
     #[arg(long, value_name = "N")]
     max_routes: Option<usize>,
+
+    /// Goroutine-leak detection window: a creation site whose live goroutines grow
+    /// steadily over it is reported [default: 300]
+    #[arg(long, value_name = "SECS")]
+    leak_window: Option<f64>,
+
+    /// Least growth over the window for a site to be suspected of leaking [default: 100]
+    #[arg(long, value_name = "N")]
+    leak_min_growth: Option<i64>,
+
+    /// Goroutine creation sites exported per Go process (plus suspected ones)
+    /// [default: 20]
+    #[arg(long, value_name = "N")]
+    top_sites: Option<usize>,
 
     /// Configuration file (TOML; every flag has a key of the same name). Flags and
     /// OTEL_* variables override it.
@@ -276,6 +291,9 @@ fn merge_file(mut cli: Cli) -> Result<Cli> {
     cli.prometheus = cli.prometheus.or(file.prometheus);
     cli.max_routes = cli.max_routes.or(file.max_routes);
     cli.min_process_age = cli.min_process_age.or(file.min_process_age);
+    cli.leak_window = cli.leak_window.or(file.leak_window);
+    cli.leak_min_growth = cli.leak_min_growth.or(file.leak_min_growth);
+    cli.top_sites = cli.top_sites.or(file.top_sites);
     Ok(cli)
 }
 
@@ -327,19 +345,31 @@ fn run(cli: Cli) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
 
     let discovering = discovery.selector().discovers();
-    let (mut probes, ring) = Probes::load(1 << 20, discovering)?;
+    let (probes, ring) = Probes::load(1 << 20, discovering)?;
     let follow = !cli.no_follow_forks;
     let found: Vec<u32> = discovery.initial(Instant::now()).into_iter().collect();
     let targets = expand_targets(&found, follow);
-    let mut tracker = Tracker::new(TrackerConfig {
+    let tracker = Tracker::new(TrackerConfig {
         resource: ResourceConfig::from_env(),
         routes,
         sampler,
         metrics: metrics.clone(),
     });
+    let mut t = Targets {
+        probes,
+        tracker,
+        go: HashMap::new(),
+        leak: LeakConfig {
+            window_ns: (cli.leak_window.unwrap_or(300.0) * 1e9) as u64,
+            min_growth: cli.leak_min_growth.unwrap_or(100),
+            top_sites: cli.top_sites.unwrap_or(20),
+        },
+        follow,
+        metrics: metrics.clone(),
+    };
     let mut described = Vec::new();
     for &pid in &targets {
-        let name = attach(pid, follow, &mut probes, &mut tracker)?;
+        let name = t.attach(pid)?;
         described.push(format!("{pid} ({name})"));
     }
     if described.len() > 12 {
@@ -397,11 +427,7 @@ fn run(cli: Cli) -> Result<()> {
         let stop = stop.clone();
         thread::Builder::new()
             .name("periscope-events".into())
-            .spawn(move || {
-                event_loop(
-                    probes, ring, tracker, discovery, follow, sink, &telemetry, &stop,
-                )
-            })
+            .spawn(move || event_loop(t, ring, discovery, sink, &telemetry, &stop))
             .context("starting the event thread")?
     };
 
@@ -473,54 +499,144 @@ fn status_line(s: &Snapshot, outputs: &[Arc<export::ExportStats>]) -> String {
     line
 }
 
-fn attach_logged(pid: u32, follow: bool, probes: &mut Probes, tracker: &mut Tracker) {
-    match attach(pid, follow, probes, tracker) {
-        Ok(name) => tracing::info!("tracing PID {pid} ({name})"),
-        // The process may be gone already; nothing to trace then.
-        Err(e) => tracing::debug!("not tracing PID {pid}: {e:#}"),
-    }
-}
-
 /// How often the ring is drained when nothing forces a wakeup. Events reach userspace
 /// at most this late; batching them saves a wakeup per event.
 const DRAIN_INTERVAL_MS: i32 = 10;
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Go runtime stats are published to the metrics this often.
+const GO_PUBLISH: Duration = Duration::from_secs(1);
 
-/// Starts tracing `pid`: kernel filter, resource, and the sockets it already has.
-/// Returns its service name.
-fn attach(pid: u32, follow: bool, probes: &mut Probes, tracker: &mut Tracker) -> Result<String> {
-    probes
-        .add_target(pid, follow)
-        .with_context(|| format!("adding PID {pid} to the target map"))?;
-    let res = tracker.add_process(pid);
-    // Programs are attached already, so a socket opened from now on is seen by
-    // accept/connect; the ones open before are added here (role learnt from their bytes).
-    for fd in probes::existing_tcp_sockets(pid).unwrap_or_default() {
-        probes.add_socket(pid, fd, ROLE_UNKNOWN)?;
-    }
-    Ok(res.service_name.clone())
-}
-
-fn detach(
-    pid: u32,
-    ts_ns: u64,
-    probes: &mut Probes,
-    tracker: &mut Tracker,
-    emit: &mut dyn FnMut(periscope::span::Span),
-) {
-    let fds = tracker.remove_process(pid, ts_ns, emit);
-    probes.remove_sockets(pid, fds);
-    probes.purge_process(pid);
-    probes.remove_target(pid);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn event_loop(
-    mut probes: Probes,
-    mut ring: RingBuf<MapData>,
-    mut tracker: Tracker,
-    mut discovery: Discovery,
+/// Everything the event thread owns about the traced processes.
+struct Targets {
+    probes: Probes,
+    tracker: Tracker,
+    go: HashMap<u32, GoProcess>,
+    leak: LeakConfig,
     follow: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Targets {
+    /// Starts tracing `pid`: kernel filter, resource, the sockets it already has, and
+    /// the Go runtime probes when it is a Go program. Returns its service name.
+    fn attach(&mut self, pid: u32) -> Result<String> {
+        self.probes
+            .add_target(pid, self.follow)
+            .with_context(|| format!("adding PID {pid} to the target map"))?;
+        let res = self.tracker.add_process(pid);
+        // Programs are attached already, so a socket opened from now on is seen by
+        // accept/connect; the ones open before are added here (role learnt from bytes).
+        for fd in probes::existing_tcp_sockets(pid).unwrap_or_default() {
+            self.probes.add_socket(pid, fd, ROLE_UNKNOWN)?;
+        }
+        self.attach_go(pid);
+        Ok(res.service_name.clone())
+    }
+
+    fn attach_go(&mut self, pid: u32) {
+        let plan = match go::plan(pid) {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("periscope: warning: PID {pid}: Go runtime metrics unavailable: {e}");
+                return;
+            }
+        };
+        match self.probes.attach_go(pid, &plan) {
+            Ok(n) => {
+                let mut proc = GoProcess::new(pid, &plan, self.leak);
+                let seeded = proc.seed_from_memory(&plan.offsets);
+                tracing::info!(
+                    "PID {pid}: Go {} runtime probes attached at {n} sites; {}",
+                    plan.version,
+                    match seeded {
+                        Some(k) => format!("{k} goroutines alive at attach"),
+                        None => "goroutines alive before attach cannot be read (no allgs)".into(),
+                    }
+                );
+                self.metrics.set_go(pid, proc.stats());
+                self.go.insert(pid, proc);
+            }
+            Err(e) => {
+                eprintln!("periscope: warning: PID {pid}: Go runtime probes not attached: {e}")
+            }
+        }
+    }
+
+    fn attach_logged(&mut self, pid: u32) {
+        match self.attach(pid) {
+            Ok(name) => tracing::info!("tracing PID {pid} ({name})"),
+            // The process may be gone already; nothing to trace then.
+            Err(e) => tracing::debug!("not tracing PID {pid}: {e:#}"),
+        }
+    }
+
+    fn detach(&mut self, pid: u32, ts_ns: u64, emit: &mut dyn FnMut(periscope::span::Span)) {
+        let fds = self.tracker.remove_process(pid, ts_ns, emit);
+        self.probes.remove_sockets(pid, fds);
+        self.probes.purge_process(pid);
+        self.probes.remove_target(pid);
+        if self.go.remove(&pid).is_some() {
+            self.probes.detach_go(pid);
+        }
+    }
+
+    fn go_event(&mut self, ev: &Event<'_>) {
+        match ev {
+            Event::GoroutineCreate(e) => {
+                if let Some(g) = self.go.get_mut(&e.header.tgid()) {
+                    g.on_create(e.goid, e.gopc, e.startpc);
+                }
+            }
+            Event::GoroutineExit(e) => {
+                if let Some(g) = self.go.get_mut(&e.header.tgid()) {
+                    g.on_exit(e.goid);
+                }
+            }
+            Event::GcPause(e) => {
+                if let Some(g) = self.go.get_mut(&e.header.tgid()) {
+                    g.on_gc_pause(e.start_ns, e.end_ns);
+                }
+            }
+            Event::GcCycle(e) => {
+                if let Some(g) = self.go.get_mut(&e.header.tgid()) {
+                    g.on_gc_cycle();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Leak sampling (and warnings) on every tick; stats to the metrics when `publish`.
+    fn go_housekeeping(&mut self, publish: bool) {
+        let now = periscope::conn::monotonic_ns();
+        for (&pid, g) in self.go.iter_mut() {
+            g.sample(now);
+            for (site, from, to) in g.take_new_suspects() {
+                let service = self
+                    .tracker
+                    .resource(pid)
+                    .map(|r| r.service_name.clone())
+                    .unwrap_or_default();
+                eprintln!(
+                    "periscope: warning: goroutine leak suspected in {service} (PID {pid}): {to} live goroutines created at {} ({}:{}), up from {from} over {}s",
+                    site.function,
+                    site.file,
+                    site.line,
+                    self.leak.window_ns / 1_000_000_000
+                );
+            }
+            if publish {
+                self.metrics.set_go(pid, g.stats());
+            }
+        }
+    }
+}
+
+fn event_loop(
+    mut t: Targets,
+    mut ring: RingBuf<MapData>,
+    mut discovery: Discovery,
     sink: SpanSink,
     telemetry: &Telemetry,
     stop: &AtomicBool,
@@ -528,6 +644,7 @@ fn event_loop(
     let discovering = discovery.selector().discovers();
     let mut received: u64 = 0;
     let mut last_housekeeping = Instant::now();
+    let mut last_go_publish = Instant::now();
     let mut emit = |span| sink.send(span);
     let fd = ring.as_raw_fd();
     loop {
@@ -536,29 +653,15 @@ fn event_loop(
             match Event::try_from(&*item) {
                 Ok(Event::Fork(ev)) => {
                     // The kernel already traces the child; give it a resource.
-                    tracker.add_process(ev.pid);
+                    t.tracker.add_process(ev.pid);
                 }
-                Ok(Event::Exit(ev)) => {
-                    detach(
-                        ev.pid,
-                        ev.header.ts_ns,
-                        &mut probes,
-                        &mut tracker,
-                        &mut emit,
-                    );
-                }
+                Ok(Event::Exit(ev)) => t.detach(ev.pid, ev.header.ts_ns, &mut emit),
                 Ok(Event::Exec(ev)) => {
-                    if tracker.resource(ev.pid).is_some() {
+                    if t.tracker.resource(ev.pid).is_some() {
                         // A target runs another program now: new resource, or let go.
-                        detach(
-                            ev.pid,
-                            ev.header.ts_ns,
-                            &mut probes,
-                            &mut tracker,
-                            &mut emit,
-                        );
+                        t.detach(ev.pid, ev.header.ts_ns, &mut emit);
                         if discovery.still_matches(ev.pid) {
-                            attach_logged(ev.pid, follow, &mut probes, &mut tracker);
+                            t.attach_logged(ev.pid);
                         }
                     } else {
                         discovery.on_exec(ev.pid, Instant::now());
@@ -566,49 +669,58 @@ fn event_loop(
                 }
                 Ok(Event::Bind(ev)) => {
                     let pid = ev.header.tgid();
-                    if tracker.resource(pid).is_none() && discovery.on_bind(pid, ev.port) {
-                        attach_logged(pid, follow, &mut probes, &mut tracker);
+                    if t.tracker.resource(pid).is_none() && discovery.on_bind(pid, ev.port) {
+                        t.attach_logged(pid);
                     }
                 }
-                Ok(ev) => tracker.handle(ev, &mut emit),
+                Ok(
+                    ev @ (Event::GoroutineCreate(_)
+                    | Event::GoroutineExit(_)
+                    | Event::GcPause(_)
+                    | Event::GcCycle(_)),
+                ) => t.go_event(&ev),
+                Ok(ev) => t.tracker.handle(ev, &mut emit),
                 Err(_) => telemetry.decode_error(),
             }
         }
+        let publish = |t: &Targets| {
+            telemetry.publish(Snapshot {
+                kernel: t.probes.stats(),
+                tracker: t.tracker.stats(),
+                sampler: t.tracker.sampler_stats(),
+                events_received: received,
+                processes: t.tracker.process_count() as u64,
+            })
+        };
         if last_housekeeping.elapsed() >= HOUSEKEEPING {
             last_housekeeping = Instant::now();
             // Exits we did not see (e.g. the ring was full): poll liveness.
-            for pid in tracker.pids() {
+            for pid in t.tracker.pids() {
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    detach(pid, 0, &mut probes, &mut tracker, &mut emit);
+                    t.detach(pid, 0, &mut emit);
                 }
             }
             for pid in discovery.due(Instant::now()) {
-                if tracker.resource(pid).is_none() {
-                    attach_logged(pid, follow, &mut probes, &mut tracker);
+                if t.tracker.resource(pid).is_none() {
+                    t.attach_logged(pid);
                 }
             }
-            probes.flush_logs();
-            tracker.housekeeping();
-            telemetry.publish(Snapshot {
-                kernel: probes.stats(),
-                tracker: tracker.stats(),
-                sampler: tracker.sampler_stats(),
-                events_received: received,
-                processes: tracker.process_count() as u64,
-            });
-            if tracker.process_count() == 0 && !discovering {
+            t.probes.flush_logs();
+            t.tracker.housekeeping();
+            let go_due = last_go_publish.elapsed() >= GO_PUBLISH;
+            if go_due {
+                last_go_publish = Instant::now();
+            }
+            t.go_housekeeping(go_due);
+            publish(&t);
+            if t.tracker.process_count() == 0 && !discovering {
                 return Ok(());
             }
         }
         if stop.load(Ordering::Relaxed) {
             // Final drain happened above; publish once more for the exit summary.
-            telemetry.publish(Snapshot {
-                kernel: probes.stats(),
-                tracker: tracker.stats(),
-                sampler: tracker.sampler_stats(),
-                events_received: received,
-                processes: tracker.process_count() as u64,
-            });
+            t.go_housekeeping(true);
+            publish(&t);
             return Ok(());
         }
         let mut pfd = libc::pollfd {

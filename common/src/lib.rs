@@ -45,6 +45,14 @@ pub enum EventKind {
     Exec = 8,
     /// A process bound a TCP/UDP port (discovery only; [`BindEvent`]).
     Bind = 9,
+    /// A goroutine was created ([`GoroutineEvent`]).
+    GoroutineCreate = 10,
+    /// A goroutine exited ([`GoroutineEvent`], only `goid` set).
+    GoroutineExit = 11,
+    /// The Go runtime stopped the world for a GC phase ([`GcEvent`]).
+    GcPause = 12,
+    /// A GC cycle completed its mark termination ([`GcEvent`], `start_ns` = `end_ns`).
+    GcCycle = 13,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -60,6 +68,10 @@ impl TryFrom<u32> for EventKind {
             7 => Self::ThreadExit,
             8 => Self::Exec,
             9 => Self::Bind,
+            10 => Self::GoroutineCreate,
+            11 => Self::GoroutineExit,
+            12 => Self::GcPause,
+            13 => Self::GcCycle,
             other => return Err(other),
         })
     }
@@ -204,6 +216,48 @@ pub struct BindEvent {
 }
 const _: () = assert!(size_of::<BindEvent>() == 32);
 
+/// [`EventKind::GoroutineCreate`] / [`EventKind::GoroutineExit`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoroutineEvent {
+    pub header: EventHeader,
+    pub goid: u64,
+    /// Goroutine that ran the `go` statement (0 when unknown).
+    pub parent_goid: u64,
+    /// PC of the `go` statement (g.gopc).
+    pub gopc: u64,
+    /// Entry of the goroutine's function (g.startpc).
+    pub startpc: u64,
+}
+const _: () = assert!(size_of::<GoroutineEvent>() == 56);
+
+/// [`EventKind::GcPause`] / [`EventKind::GcCycle`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GcEvent {
+    pub header: EventHeader,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+const _: () = assert!(size_of::<GcEvent>() == 40);
+
+/// Per-process facts the Go probes need, keyed by tgid: offsets into `runtime.g`
+/// for the binary's Go version (0 = field unknown, not read).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoProcInfo {
+    pub goid_off: u32,
+    pub parent_goid_off: u32,
+    pub gopc_off: u32,
+    pub startpc_off: u32,
+    /// Bit 0: `stopTheWorldWithSema` takes a `stwReason` (Go >= 1.21), so GC pauses can
+    /// be told from other stops.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<GoProcInfo>() == 24);
+pub const GO_FLAG_STW_REASON: u32 = 1;
+
 /// Counters the kernel side keeps in a per-CPU array, indexed by these ids.
 pub const STAT_RINGBUF_DROPS: u32 = 0;
 pub const STAT_EVENTS: u32 = 1;
@@ -232,4 +286,6 @@ pub fn sock_key(tgid: u32, fd: u32) -> u64 {
 mod user {
     // SAFETY: plain #[repr(C)] data without padding or invalid bit patterns.
     unsafe impl aya::Pod for super::TargetInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GoProcInfo {}
 }

@@ -89,4 +89,3 @@ pub fn output<T>(ev: &T) {
         count(STAT_EVENTS);
     }
 }
-

@@ -14,6 +14,7 @@
 #![no_main]
 
 mod common;
+mod go;
 mod net;
 mod sched;
 

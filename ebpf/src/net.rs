@@ -186,17 +186,16 @@ fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
         let family: u16 = unsafe { bpf_probe_read_user(s.ptr as *const u16) }.unwrap_or(0);
         ev.family = family;
         if family == AF_INET || family == AF_INET6 {
-            let port: u16 =
-                unsafe { bpf_probe_read_user((s.ptr + 2) as *const u16) }.unwrap_or(0);
+            let port: u16 = unsafe { bpf_probe_read_user((s.ptr + 2) as *const u16) }.unwrap_or(0);
             ev.peer_port = u16::from_be(port);
         }
         if family == AF_INET {
-            let a: [u8; 4] = unsafe { bpf_probe_read_user((s.ptr + 4) as *const [u8; 4]) }
-                .unwrap_or([0; 4]);
+            let a: [u8; 4] =
+                unsafe { bpf_probe_read_user((s.ptr + 4) as *const [u8; 4]) }.unwrap_or([0; 4]);
             ev.peer_addr[..4].copy_from_slice(&a);
         } else if family == AF_INET6 {
-            ev.peer_addr = unsafe { bpf_probe_read_user((s.ptr + 8) as *const [u8; 16]) }
-                .unwrap_or([0; 16]);
+            ev.peer_addr =
+                unsafe { bpf_probe_read_user((s.ptr + 8) as *const [u8; 16]) }.unwrap_or([0; 16]);
         } else if family != AF_UNIX {
             // Datagram "connects" of other families (netlink…) carry no HTTP.
             return Ok(());
@@ -277,7 +276,11 @@ fn copy_user(buf: *mut DataEventBuf, off: usize, len: usize, src: u64) -> Result
         let dst = (*buf).payload.as_mut_ptr().add(off);
         raw_probe_read_user(dst.cast(), len as u32, src as *const _)
     };
-    if rc < 0 { Err(rc) } else { Ok(()) }
+    if rc < 0 {
+        Err(rc)
+    } else {
+        Ok(())
+    }
 }
 
 #[inline(always)]
@@ -291,7 +294,11 @@ fn copy_tail(buf: *mut DataEventBuf, off: usize, len: usize, src: u64) -> Result
         let dst = (*buf).payload.as_mut_ptr().add(off);
         raw_probe_read_user(dst.cast(), len as u32, src as *const _)
     };
-    if rc < 0 { Err(rc) } else { Ok(()) }
+    if rc < 0 {
+        Err(rc)
+    } else {
+        Ok(())
+    }
 }
 
 fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result<(), i64> {
@@ -322,7 +329,11 @@ fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result
                 }
                 left -= used;
                 if left == 0 && total > head as u64 {
-                    let t = if used < MAX_TAIL as u64 { used } else { MAX_TAIL as u64 };
+                    let t = if used < MAX_TAIL as u64 {
+                        used
+                    } else {
+                        MAX_TAIL as u64
+                    };
                     copy_tail(buf, head, t as usize, base + used - t)?;
                     tail = t as usize;
                 }
@@ -330,7 +341,11 @@ fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result
             }
         }
         _ => {
-            let n = if total < MAX_HEAD as u64 { total } else { MAX_HEAD as u64 };
+            let n = if total < MAX_HEAD as u64 {
+                total
+            } else {
+                MAX_HEAD as u64
+            };
             copy_user(buf, 0, n as usize, s.ptr)?;
             head = n as usize;
             if total > MAX_HEAD as u64 {
@@ -414,4 +429,3 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     });
     0
 }
-

@@ -1,7 +1,9 @@
 //! Processes and threads of the targets: forks become targets too (when asked), and
 //! thread starts/exits keep the live thread count exact.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 use periscope_common::*;
 
 use crate::common::*;
@@ -70,7 +72,6 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     });
     0
 }
-
 
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {

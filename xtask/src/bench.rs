@@ -59,7 +59,11 @@ fn wrk(url: &str) -> Result<WrkResult> {
         }
     }
     match (rps, p99, requests) {
-        (Some(rps), Some(p99_ms), Some(requests)) => Ok(WrkResult { rps, p99_ms, requests }),
+        (Some(rps), Some(p99_ms), Some(requests)) => Ok(WrkResult {
+            rps,
+            p99_ms,
+            requests,
+        }),
         _ => bail!("could not parse wrk output:\n{text}"),
     }
 }
@@ -193,17 +197,30 @@ fn bench_server(name: &str, agent: &std::path::Path, pid: u32, url: &str, sink: 
     let reqs: u64 = traced.iter().map(|t| t.wrk.requests).sum();
     let spans: u64 = traced.iter().map(|t| t.spans).sum();
     println!("{name}:");
-    println!("  throughput  untraced {b_rps:>9.0} req/s   traced {t_rps:>9.0} req/s   ratio {:.3}", t_rps / b_rps);
-    println!("  p99         untraced {b_p99:>9.2} ms      traced {t_p99:>9.2} ms      ratio {:.3}", t_p99 / b_p99);
-    println!("  agent CPU   {cpu:.2} us/request   peak RSS {rss:.1} MiB   lost events {lost}   spans {spans} for {reqs} requests");
+    println!(
+        "  throughput  untraced {b_rps:>9.0} req/s   traced {t_rps:>9.0} req/s   ratio {:.3}",
+        t_rps / b_rps
+    );
+    println!(
+        "  p99         untraced {b_p99:>9.2} ms      traced {t_p99:>9.2} ms      ratio {:.3}",
+        t_p99 / b_p99
+    );
+    println!(
+        "  agent CPU   {cpu:.2} us/request   peak RSS {rss:.1} MiB   lost events {lost}   spans {spans} for {reqs} requests"
+    );
     Ok(())
 }
 
 pub fn bench() -> Result<()> {
     if !tools::is_root() {
-        bail!("the benchmark loads eBPF programs and must run as root: `sudo -E cargo xtask bench`");
+        bail!(
+            "the benchmark loads eBPF programs and must run as root: `sudo -E cargo xtask bench`"
+        );
     }
-    tools::apt_install(&["wrk", "nginx"], "load generator and a reference server for the benchmark")?;
+    tools::apt_install(
+        &["wrk", "nginx"],
+        "load generator and a reference server for the benchmark",
+    )?;
     let agent = build::build_all()?;
     let go = tools::go_toolchains(&["1.25"])?;
     let dir = tools::repo_root().join("target/bench");
@@ -211,10 +228,21 @@ pub fn bench() -> Result<()> {
     let server = dir.join("goserver");
     demo::build_goserver(&go[0].1, &server, "")?;
     let sink = start_sink()?;
-    println!("periscope bench: wrk -t2 -c64 -d{WRK_SECS}s, {ROUNDS} alternating rounds per mode, {} cores", thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "periscope bench: wrk -t2 -c64 -d{WRK_SECS}s, {ROUNDS} alternating rounds per mode, {} cores",
+        thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
 
     let (mut go_child, addr) = demo::start_goserver(&server)?;
-    let r = bench_server(&format!("Go net/http (Go {}) GET /", go[0].0), &agent, go_child.id(), &format!("http://{addr}/"), sink);
+    let r = bench_server(
+        &format!("Go net/http (Go {}) GET /", go[0].0),
+        &agent,
+        go_child.id(),
+        &format!("http://{addr}/"),
+        sink,
+    );
     let _ = go_child.kill();
     let _ = go_child.wait();
     r?;
@@ -242,7 +270,13 @@ pub fn bench() -> Result<()> {
         }
         thread::sleep(Duration::from_millis(100));
     }
-    let r = bench_server("nginx (1 worker) return 200", &agent, nginx.id(), &url, sink);
+    let r = bench_server(
+        "nginx (1 worker) return 200",
+        &agent,
+        nginx.id(),
+        &url,
+        sink,
+    );
     let _ = nginx.kill();
     let _ = nginx.wait();
     r

@@ -23,7 +23,15 @@ pub fn build_ebpf() -> Result<PathBuf> {
         }
         BpfToolchain::RustupNightly => {
             let mut c = Command::new("cargo");
-            c.args(["+nightly", "build", "--release", "--target", BPF_TARGET, "-Z", "build-std=core"]);
+            c.args([
+                "+nightly",
+                "build",
+                "--release",
+                "--target",
+                BPF_TARGET,
+                "-Z",
+                "build-std=core",
+            ]);
             c
         }
     };
@@ -59,7 +67,14 @@ pub fn build_all() -> Result<PathBuf> {
     tools::run(
         Command::new(env!("CARGO"))
             .current_dir(&root)
-            .args(["build", "--release", "-p", "periscope", "--bin", "periscope"])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "periscope",
+                "--bin",
+                "periscope",
+            ])
             .env("PERISCOPE_EBPF_OBJECT", &obj),
     )?;
     Ok(root.join("target/release/periscope"))

@@ -74,7 +74,11 @@ pub fn request(conn: &mut TcpStream, method: &str, path: &str, extra: &str) -> R
     let status = head.split_whitespace().nth(1).unwrap_or("0").parse()?;
     let len: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
         .unwrap_or(0);
     if method != "HEAD" {
         let mut body = vec![0u8; len];
@@ -94,10 +98,21 @@ pub fn demo() -> Result<()> {
     eprintln!("xtask: building the sample Go service with Go {}", go[0].0);
     build_goserver(&go[0].1, &server, "-s -w")?;
     let (mut child, addr) = start_goserver(&server)?;
-    eprintln!("xtask: sample Go service (pid {}) listening on {addr}", child.id());
+    eprintln!(
+        "xtask: sample Go service (pid {}) listening on {addr}",
+        child.id()
+    );
 
     let mut agent_proc = Command::new(&agent)
-        .args(["--pid", &child.id().to_string(), "--console", "--duration", "12", "--status-interval", "5"])
+        .args([
+            "--pid",
+            &child.id().to_string(),
+            "--console",
+            "--duration",
+            "12",
+            "--status-interval",
+            "5",
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .context("starting the agent")?;
@@ -127,7 +142,11 @@ pub fn demo() -> Result<()> {
                 ("GET", "/error", ""),
                 ("POST", "/echo", ""),
                 ("GET", "/slow?ms=20", ""),
-                ("GET", "/", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"),
+                (
+                    "GET",
+                    "/",
+                    "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n",
+                ),
             ];
             let mut i = 0;
             while !done.load(Ordering::Relaxed) {

@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod gooffsets;
 mod test;
 mod tools;
 
@@ -29,6 +30,9 @@ enum Cmd {
     Demo,
     /// Overhead of tracing under wrk, with/without the agent, side by side.
     Bench,
+    /// Regenerate agent/src/runtime/gobin/offsets.rs from the DWARF of every installed
+    /// Go toolchain (.tools/go/*, /usr/lib/go-1.*).
+    GoOffsets,
 }
 
 fn main() -> Result<()> {
@@ -40,6 +44,13 @@ fn main() -> Result<()> {
         Cmd::Test { filter } => test::test(filter)?,
         Cmd::Demo => demo::demo()?,
         Cmd::Bench => bench::bench()?,
+        Cmd::GoOffsets => {
+            let root = tools::repo_root();
+            tools::go_toolchains(test::GO_VERSIONS)?;
+            let src = gooffsets::generate(&gooffsets::default_toolchains(&root))?;
+            std::fs::write(root.join(gooffsets::OUTPUT), src)?;
+            eprintln!("xtask: wrote {}", gooffsets::OUTPUT);
+        }
     }
     Ok(())
 }

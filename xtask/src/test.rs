@@ -10,11 +10,21 @@ use anyhow::{Result, bail};
 use crate::{build, tools};
 
 /// Go versions the end-to-end suite builds its Go targets with.
-pub const GO_VERSIONS: &[&str] = &["1.21", "1.25"];
+pub const GO_VERSIONS: &[&str] = &["1.21", "1.23", "1.25", "1.27"];
 
 pub fn prerequisites() -> Result<(std::path::PathBuf, String)> {
     tools::apt_install(
-        &["nginx", "curl", "python3", "python3-venv", "gcc", "libc6-dev", "prometheus", "yamllint", "strace"],
+        &[
+            "nginx",
+            "curl",
+            "python3",
+            "python3-venv",
+            "gcc",
+            "libc6-dev",
+            "prometheus",
+            "yamllint",
+            "strace",
+        ],
         "real servers, clients and metrics consumers (promtool, Prometheus) the end-to-end tests use",
     )?;
     let go = tools::go_toolchains(GO_VERSIONS)?;

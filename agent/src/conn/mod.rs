@@ -283,6 +283,11 @@ impl Tracker {
             // Forks, exits, execs and binds change the target set; the caller handles them
             // because they touch kernel maps too.
             Event::Fork(_) | Event::Exit(_) | Event::Exec(_) | Event::Bind(_) => {}
+            // Go runtime events belong to the runtime stage (see runtime::go).
+            Event::GoroutineCreate(_)
+            | Event::GoroutineExit(_)
+            | Event::GcPause(_)
+            | Event::GcCycle(_) => {}
         }
     }
 

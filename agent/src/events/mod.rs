@@ -5,7 +5,8 @@
 //! from the record beyond the bytes actually present.
 
 use periscope_common::{
-    BindEvent, ConnCloseEvent, ConnOpenEvent, DataEvent, EventHeader, EventKind, ProcessEvent,
+    BindEvent, ConnCloseEvent, ConnOpenEvent, DataEvent, EventHeader, EventKind, GcEvent,
+    GoroutineEvent, ProcessEvent,
 };
 use thiserror::Error;
 
@@ -24,6 +25,10 @@ pub enum Event<'a> {
     ThreadExit(ProcessEvent),
     Exec(ProcessEvent),
     Bind(BindEvent),
+    GoroutineCreate(GoroutineEvent),
+    GoroutineExit(GoroutineEvent),
+    GcPause(GcEvent),
+    GcCycle(GcEvent),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -60,6 +65,10 @@ impl<'a> TryFrom<&'a [u8]> for Event<'a> {
             EventKind::ThreadExit => Event::ThreadExit(read(bytes)?),
             EventKind::Exec => Event::Exec(read(bytes)?),
             EventKind::Bind => Event::Bind(read(bytes)?),
+            EventKind::GoroutineCreate => Event::GoroutineCreate(read(bytes)?),
+            EventKind::GoroutineExit => Event::GoroutineExit(read(bytes)?),
+            EventKind::GcPause => Event::GcPause(read(bytes)?),
+            EventKind::GcCycle => Event::GcCycle(read(bytes)?),
             EventKind::Data => {
                 let ev: DataEvent = read(bytes)?;
                 let payload = &bytes[size_of::<DataEvent>()..];

@@ -17,7 +17,11 @@ use std::{
 
 pub use histogram::{DURATION_BUCKETS, Exemplar, Histogram, SIZE_BUCKETS};
 
-use crate::{resource::Resource, runtime::process::ProcessStats, span::SpanKind};
+use crate::{
+    resource::Resource,
+    runtime::{go::GoStats, process::ProcessStats},
+    span::SpanKind,
+};
 
 /// Series per service and instrument beyond which new attribute sets fold into the
 /// overflow series (`otel.metric.overflow="true"`, as the OTel SDK spec names it).
@@ -104,6 +108,8 @@ pub struct ServiceMetrics {
     pub exited_unix_ns: Option<u64>,
     /// Threads, CPU, memory, fds.
     pub process: ProcessStats,
+    /// Go runtime view, for Go programs.
+    pub go: Option<GoStats>,
 }
 
 #[derive(Default)]
@@ -144,6 +150,7 @@ impl Metrics {
                 series_overflow: 0,
                 exited_unix_ns: None,
                 process: ProcessStats::default(),
+                go: None,
             });
     }
 
@@ -160,6 +167,7 @@ impl Metrics {
                 series_overflow: 0,
                 exited_unix_ns: None,
                 process: ProcessStats::default(),
+                go: None,
             });
         if route_overflowed {
             svc.route_overflow += 1;
@@ -200,6 +208,12 @@ impl Metrics {
     pub fn update_process(&self, pid: u32, f: impl FnOnce(&mut ProcessStats)) {
         if let Some(s) = self.lock().services.get_mut(&pid) {
             f(&mut s.process);
+        }
+    }
+
+    pub fn set_go(&self, pid: u32, stats: GoStats) {
+        if let Some(s) = self.lock().services.get_mut(&pid) {
+            s.go = Some(stats);
         }
     }
 

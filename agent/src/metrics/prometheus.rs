@@ -237,6 +237,34 @@ impl Encoder {
         }
     }
 
+    /// A summary family: each entry is (labels, [(quantile, value)], sum, count).
+    #[allow(clippy::type_complexity)]
+    pub fn summary(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<&str>,
+        series: &[(Vec<Label>, Vec<(f64, f64)>, f64, u64)],
+    ) {
+        if series.is_empty() {
+            return;
+        }
+        self.header(name, "summary", help, unit);
+        for (labels, quantiles, sum, count) in series {
+            for (q, v) in quantiles {
+                self.out.push_str(name);
+                write_labels(&mut self.out, labels, Some(("quantile", &fmt_value(*q))));
+                let _ = writeln!(self.out, " {}", fmt_value(*v));
+            }
+            let _ = write!(self.out, "{name}_sum");
+            write_labels(&mut self.out, labels, None);
+            let _ = writeln!(self.out, " {}", fmt_value(*sum));
+            let _ = write!(self.out, "{name}_count");
+            write_labels(&mut self.out, labels, None);
+            let _ = writeln!(self.out, " {count}");
+        }
+    }
+
     /// `target_info`: one sample per process with its resource attributes as labels.
     pub fn target_info(&mut self, resources: &[&Resource]) {
         if resources.is_empty() {
@@ -385,6 +413,121 @@ pub fn encode_process(enc: &mut Encoder, services: &[ServiceMetrics]) {
         "Live OS threads of the process (kept by sched tracepoint events).",
         None,
         &fam(&|s| s.process.threads as f64),
+    );
+}
+
+/// Renders the Go runtime families: the client_golang names Go dashboards already
+/// query (go_goroutines, go_threads, go_gc_duration_seconds, go_info), plus goroutines by
+/// creation site and leak suspects under periscope_go_*.
+pub fn encode_go(enc: &mut Encoder, services: &[ServiceMetrics]) {
+    let go: Vec<(&ServiceMetrics, &crate::runtime::go::GoStats)> = services
+        .iter()
+        .filter(|s| s.exited_unix_ns.is_none())
+        .filter_map(|s| s.go.as_ref().map(|g| (s, g)))
+        .collect();
+    let fam = |f: &dyn Fn(&ServiceMetrics, &crate::runtime::go::GoStats) -> f64| -> Vec<Sample> {
+        go.iter()
+            .map(|(s, g)| Sample {
+                labels: service_labels(&s.resource),
+                value: f(s, g),
+            })
+            .collect()
+    };
+    enc.gauge(
+        "go_goroutines",
+        "Number of goroutines that currently exist.",
+        None,
+        &fam(&|_, g| g.goroutines as f64),
+    );
+    enc.gauge(
+        "go_threads",
+        "Number of OS threads of the Go process (live, from sched events).",
+        None,
+        &fam(&|s, _| s.process.threads as f64),
+    );
+    let info: Vec<Sample> = go
+        .iter()
+        .map(|(s, g)| {
+            let mut labels = service_labels(&s.resource);
+            labels.push((
+                "version".into(),
+                format!("go{}", g.version.trim_start_matches("go")),
+            ));
+            Sample { labels, value: 1.0 }
+        })
+        .collect();
+    enc.gauge(
+        "go_info",
+        "Information about the Go environment.",
+        None,
+        &info,
+    );
+    let gc: Vec<(Vec<Label>, Vec<(f64, f64)>, f64, u64)> = go
+        .iter()
+        .map(|(s, g)| {
+            let q = g.gc_pause_quantiles.unwrap_or([0.0; 5]);
+            (
+                service_labels(&s.resource),
+                vec![
+                    (0.0, q[0]),
+                    (0.25, q[1]),
+                    (0.5, q[2]),
+                    (0.75, q[3]),
+                    (1.0, q[4]),
+                ],
+                g.gc_pause_sum_s,
+                g.gc_cycles,
+            )
+        })
+        .collect();
+    enc.summary(
+        "go_gc_duration_seconds",
+        "A summary of the wall-time pause (stop-the-world) duration in garbage collection cycles.",
+        Some("seconds"),
+        &gc,
+    );
+    enc.counter(
+        "periscope_go_goroutines_created",
+        "Goroutines created since the agent attached.",
+        &fam(&|_, g| g.goroutines_created as f64),
+    );
+    let site_labels = |s: &ServiceMetrics, site: &crate::runtime::go::SiteSnapshot| {
+        let mut labels = service_labels(&s.resource);
+        labels.push(("site".into(), site.site.label()));
+        labels.push(("function".into(), site.site.function.clone()));
+        labels.push(("file".into(), site.site.file.clone()));
+        labels.push(("line".into(), site.site.line.to_string()));
+        labels
+    };
+    let by_site: Vec<Sample> = go
+        .iter()
+        .flat_map(|(s, g)| {
+            g.sites.iter().map(|site| Sample {
+                labels: site_labels(s, site),
+                value: site.live as f64,
+            })
+        })
+        .collect();
+    enc.gauge(
+        "periscope_go_goroutines_by_site",
+        "Live goroutines per creation site (the go statement), top sites per process.",
+        None,
+        &by_site,
+    );
+    let suspects: Vec<Sample> = go
+        .iter()
+        .flat_map(|(s, g)| {
+            g.sites.iter().filter(|x| x.suspected).map(|site| Sample {
+                labels: site_labels(s, site),
+                value: 1.0,
+            })
+        })
+        .collect();
+    enc.gauge(
+        "periscope_go_goroutine_leak_suspected",
+        "1 for each creation site whose live goroutines grew steadily over the leak window.",
+        None,
+        &suspects,
     );
 }
 

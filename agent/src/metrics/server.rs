@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use super::{
     Metrics,
-    prometheus::{Encoder, Format, Sample, encode_http, encode_process, service_labels},
+    prometheus::{Encoder, Format, Sample, encode_go, encode_http, encode_process, service_labels},
 };
 use crate::{export::ExportStats, telemetry::Telemetry};
 
@@ -68,6 +68,7 @@ pub fn render(src: &Sources, format: Format) -> String {
     let mut enc = Encoder::new(format);
     encode_http(&mut enc, &services);
     encode_process(&mut enc, &services);
+    encode_go(&mut enc, &services);
     let resources: Vec<_> = services.iter().map(|s| &*s.resource).collect();
     enc.target_info(&resources);
 

@@ -10,12 +10,19 @@ use std::{
     path::Path,
 };
 
+use std::collections::HashMap as StdHashMap;
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+    },
 };
-use periscope_common::{TargetInfo, sock_key};
+use periscope_common::{GoProcInfo, TargetInfo, sock_key};
+
+use crate::runtime::go::{GO_PROBES, GoPlan};
 use thiserror::Error;
 
 /// The kernel object built by `cargo xtask build` (see build.rs).
@@ -233,6 +240,8 @@ pub enum ProbeError {
     },
     #[error("eBPF program {0} is in the object but not in the probe table (a build bug)")]
     Undeclared(String),
+    #[error("PID {0}: cannot read its executable: {1}")]
+    GoTarget(u32, #[source] io::Error),
     #[error("eBPF map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("eBPF map {name}: {source}")]
@@ -264,7 +273,11 @@ pub struct KernelStats {
 
 /// Loaded and attached kernel programs plus the maps userspace maintains.
 pub struct Probes {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    go_procs: HashMap<MapData, u32, GoProcInfo>,
+    /// Uprobe links per Go executable (device, inode), shared by every traced process
+    /// running it, with the pids using them; detached when the last one goes.
+    go_links: StdHashMap<(u64, u64), (Vec<(&'static str, UProbeLinkId)>, Vec<u32>)>,
     targets: HashMap<MapData, u32, TargetInfo>,
     socks: HashMap<MapData, u64, u32>,
     stats: PerCpuArray<MapData, u64>,
@@ -355,12 +368,27 @@ impl Probes {
         let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?).map_err(map_err("SOCKS"))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
+        let go_procs =
+            HashMap::try_from(take(&mut ebpf, "GO_PROCS")?).map_err(map_err("GO_PROCS"))?;
+        // Go uprobes are loaded now and attached per Go process later.
+        for &(name, ..) in GO_PROBES {
+            let err = |source| ProbeError::Program {
+                name,
+                what: "Go runtime",
+                source,
+            };
+            let prog: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingMap(name))?
+                .try_into()
+                .map_err(err)?;
+            prog.load().map_err(err)?;
+        }
         // Every program in the object must be declared in PROBES: a program built but
         // never attached would fail silently.
-        if let Some((name, _)) = ebpf
-            .programs()
-            .find(|(name, _)| !PROBES.iter().any(|p| p.0 == *name))
-        {
+        if let Some((name, _)) = ebpf.programs().find(|(name, _)| {
+            !PROBES.iter().any(|p| p.0 == *name) && !GO_PROBES.iter().any(|p| p.0 == *name)
+        }) {
             return Err(ProbeError::Undeclared(name.to_string()));
         }
         for &(name, category, tracepoint, what) in PROBES {
@@ -381,7 +409,9 @@ impl Probes {
         }
         Ok((
             Self {
-                _ebpf: ebpf,
+                ebpf,
+                go_procs,
+                go_links: StdHashMap::new(),
                 targets,
                 socks,
                 stats,
@@ -440,6 +470,85 @@ impl Probes {
             stash_full: sum(periscope_common::STAT_STASH_FULL),
             read_errors: sum(periscope_common::STAT_READ_ERRORS),
             sockmap_full: sum(periscope_common::STAT_SOCKMAP_FULL),
+        }
+    }
+
+    /// Attaches the Go runtime uprobes for one process (entry and RET sites from
+    /// `plan`). Uprobes are per executable file: a perf event bound to a pid would only
+    /// see that one thread, and goroutines run on every thread. So each executable is
+    /// probed once for all processes, and the programs keep to traced processes by
+    /// looking up GO_PROCS. On failure nothing new stays attached.
+    pub fn attach_go(&mut self, pid: u32, plan: &GoPlan) -> Result<usize, ProbeError> {
+        use std::os::unix::fs::MetadataExt;
+        let target = format!("/proc/{pid}/exe");
+        let meta = fs::metadata(&target).map_err(|e| ProbeError::GoTarget(pid, e))?;
+        let key = (meta.dev(), meta.ino());
+        self.go_procs
+            .insert(pid, plan.info, 0)
+            .map_err(map_err("GO_PROCS"))?;
+        if let Some((links, pids)) = self.go_links.get_mut(&key) {
+            pids.push(pid);
+            return Ok(links.len());
+        }
+        let mut links = Vec::with_capacity(plan.attach.len());
+        for &(name, offset) in &plan.attach {
+            let attached = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingMap(name))
+                .and_then(|p| {
+                    let p: &mut UProbe = p.try_into().map_err(|source| ProbeError::Program {
+                        name,
+                        what: "Go runtime",
+                        source,
+                    })?;
+                    p.attach(
+                        UProbeAttachLocation::AbsoluteOffset(offset),
+                        &target,
+                        UProbeScope::AllProcesses,
+                    )
+                    .map_err(|source| ProbeError::Program {
+                        name,
+                        what: "Go runtime",
+                        source,
+                    })
+                });
+            match attached {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    self.go_links.insert(key, (links, vec![pid]));
+                    self.detach_go(pid);
+                    return Err(e);
+                }
+            }
+        }
+        let n = links.len();
+        self.go_links.insert(key, (links, vec![pid]));
+        Ok(n)
+    }
+
+    pub fn detach_go(&mut self, pid: u32) {
+        let _ = self.go_procs.remove(&pid);
+        let Some(key) = self
+            .go_links
+            .iter()
+            .find(|(_, (_, pids))| pids.contains(&pid))
+            .map(|(k, _)| *k)
+        else {
+            return;
+        };
+        let (_, pids) = self.go_links.get_mut(&key).expect("found above");
+        pids.retain(|&p| p != pid);
+        if !pids.is_empty() {
+            return;
+        }
+        let (links, _) = self.go_links.remove(&key).expect("found above");
+        for (name, link) in links {
+            if let Some(p) = self.ebpf.program_mut(name)
+                && let Ok(p) = <&mut UProbe>::try_from(p)
+            {
+                let _ = p.detach(link);
+            }
         }
     }
 

@@ -4,4 +4,6 @@
 //! `process` reads /proc for CPU, memory and fds and keeps the live thread count that
 //! sched tracepoint events maintain; `gobin` analyses Go executables.
 
+pub mod go;
+pub mod gobin;
 pub mod process;

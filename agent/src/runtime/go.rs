@@ -1,0 +1,534 @@
+//! Go runtime state of one traced process, rebuilt from kernel events: live goroutines
+//! and where they were created, GC cycles and stop-the-world pauses, and goroutine-leak
+//! suspects by creation site.
+//!
+//! Goroutines are tracked as a set of goids rather than a counter: the set is seeded by
+//! walking the runtime's `allgs` when the agent attaches, and creation/exit events are
+//! applied with set semantics (insert if absent, remove if present). Events already in
+//! flight when the seed was taken therefore count once, whichever order they land in.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs::File,
+    os::unix::fs::FileExt,
+    path::PathBuf,
+    sync::Arc,
+};
+
+use periscope_common::{GO_FLAG_STW_REASON, GoProcInfo};
+use thiserror::Error;
+
+use super::gobin::{GoBinError, GoBinary, GoOffsets};
+
+/// Go functions the kernel programs attach to: (program, Go function, at entry (true)
+/// or at each RET (false), required).
+pub const GO_PROBES: &[(&str, &str, bool, bool)] = &[
+    ("go_newproc1_ret", "runtime.newproc1", false, true),
+    ("go_goexit1", "runtime.goexit1", true, true),
+    ("go_stw_start", "runtime.stopTheWorldWithSema", true, false),
+    ("go_stw_end", "runtime.startTheWorldWithSema", false, false),
+    // At RET, not entry: a Go function whose stack check fails calls morestack and
+    // starts over from its entry, so an entry probe can fire twice for one call (seen
+    // on Go 1.25 for gcMarkTermination); a function returns once.
+    ("go_gc_done", "runtime.gcMarkTermination", false, false),
+];
+
+/// Most goroutines tracked individually per process; beyond it new goroutines are
+/// counted in `untracked` (their site and exit cannot be matched).
+const MAX_TRACKED_GOROUTINES: usize = 2_000_000;
+/// GC pauses kept for the quantiles (the runtime keeps 256 as well).
+const PAUSE_HISTORY: usize = 256;
+
+#[derive(Debug, Error)]
+pub enum GoError {
+    #[error(transparent)]
+    Bin(#[from] GoBinError),
+    #[error("{0} not found in the Go binary")]
+    MissingFunction(&'static str),
+}
+
+/// Where to attach for one Go process.
+pub struct GoPlan {
+    pub version: String,
+    pub info: GoProcInfo,
+    /// (program, file offset in the executable)
+    pub attach: Vec<(&'static str, u64)>,
+    pub offsets: GoOffsets,
+    pub bin: Arc<GoBinary>,
+}
+
+/// Analyses `/proc/PID/exe`. `Ok(None)` for a binary that is not Go.
+pub fn plan(pid: u32) -> Result<Option<GoPlan>, GoError> {
+    let path = PathBuf::from(format!("/proc/{pid}/exe"));
+    let bin = match GoBinary::open(&path) {
+        Ok(b) => b,
+        Err(GoBinError::NotGo) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let offsets = bin.offsets()?;
+    let version = bin
+        .go_version()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let stw_reason = bin
+        .go_version()
+        .is_some_and(|v| (v.major, v.minor) >= (1, 21));
+    let info = GoProcInfo {
+        goid_off: offsets.g_goid,
+        parent_goid_off: offsets.g_parent_goid.unwrap_or(0),
+        gopc_off: offsets.g_gopc,
+        startpc_off: offsets.g_startpc,
+        flags: if stw_reason { GO_FLAG_STW_REASON } else { 0 },
+        _pad: 0,
+    };
+    let mut attach = Vec::new();
+    for &(prog, func, at_entry, required) in GO_PROBES {
+        let Some(f) = bin.find_function(func) else {
+            if required {
+                return Err(GoError::MissingFunction(func));
+            }
+            continue;
+        };
+        if at_entry {
+            if let Some(off) = bin.file_offset(f.entry) {
+                attach.push((prog, off));
+            }
+        } else {
+            match bin.ret_offsets(&f) {
+                Ok(offs) => attach.extend(offs.into_iter().map(|o| (prog, o))),
+                Err(e) if !required => tracing::debug!("{func}: {e}"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(Some(GoPlan {
+        version,
+        info,
+        attach,
+        offsets,
+        bin: Arc::new(bin),
+    }))
+}
+
+/// One `go` statement.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Site {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+}
+
+impl Site {
+    /// `main.leak /src/app/main.go:42`
+    pub fn label(&self) -> String {
+        format!("{} {}:{}", self.function, self.file, self.line)
+    }
+}
+
+#[derive(Default)]
+struct SiteStats {
+    live: i64,
+    created: u64,
+    /// Live count at each leak-detection sample, oldest first.
+    samples: VecDeque<i64>,
+    suspected: bool,
+}
+
+/// What the metrics show for one site.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiteSnapshot {
+    pub site: Arc<Site>,
+    pub live: i64,
+    pub created: u64,
+    pub suspected: bool,
+}
+
+/// The exported view of a Go process.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GoStats {
+    pub version: String,
+    /// Live user goroutines (runtime.NumGoroutine's meaning: system goroutines excluded).
+    pub goroutines: i64,
+    pub goroutines_created: u64,
+    pub goroutines_exited: u64,
+    /// Goroutines beyond the tracking cap (not in `goroutines`).
+    pub untracked: u64,
+    /// Completed GC cycles seen (since attach, plus the count read at attach if known).
+    pub gc_cycles: u64,
+    /// Sum of GC stop-the-world pauses, seconds.
+    pub gc_pause_sum_s: f64,
+    /// min, 25%, 50%, 75%, max of recent GC pauses, seconds.
+    pub gc_pause_quantiles: Option<[f64; 5]>,
+    /// Top sites by live goroutines, plus every suspected one.
+    pub sites: Vec<SiteSnapshot>,
+}
+
+/// Leak detection settings.
+#[derive(Clone, Copy, Debug)]
+pub struct LeakConfig {
+    /// A site is judged over this window (sampled `SAMPLES` times).
+    pub window_ns: u64,
+    /// ... and suspected when its live count grew at least this much over it, almost
+    /// monotonically.
+    pub min_growth: i64,
+    /// How many sites the metrics show (plus suspected ones).
+    pub top_sites: usize,
+}
+
+impl Default for LeakConfig {
+    fn default() -> Self {
+        Self {
+            window_ns: 300_000_000_000,
+            min_growth: 100,
+            top_sites: 20,
+        }
+    }
+}
+
+/// Samples per window.
+const SAMPLES: usize = 10;
+
+/// A site leaks when, over a full window, its live count grew by `min_growth` or more
+/// and at least 80% of the steps between samples did not go down: a spike that drains,
+/// or a count that oscillates around a level, is not a leak.
+pub fn looks_like_leak(samples: &VecDeque<i64>, min_growth: i64) -> bool {
+    if samples.len() < SAMPLES + 1 {
+        return false;
+    }
+    let first = samples[0];
+    let last = samples[samples.len() - 1];
+    if last - first < min_growth {
+        return false;
+    }
+    let steps = samples.len() - 1;
+    let rising = samples
+        .iter()
+        .zip(samples.iter().skip(1))
+        .filter(|(a, b)| b >= a)
+        .count();
+    rising * 10 >= steps * 8
+}
+
+pub struct GoProcess {
+    pid: u32,
+    bin: Arc<GoBinary>,
+    /// Run-time minus link-time addresses (PIE executables).
+    bias: u64,
+    version: String,
+    /// goid -> creation pc, for every live goroutine.
+    live: HashMap<u64, u64>,
+    /// Live goroutines that are system goroutines (not in NumGoroutine).
+    system_live: i64,
+    untracked: u64,
+    created: u64,
+    exited: u64,
+    sites: HashMap<u64, SiteStats>,
+    site_names: HashMap<u64, Arc<Site>>,
+    /// startpc -> is a system goroutine.
+    system_start: HashMap<u64, bool>,
+    gc_cycles: u64,
+    gc_pause_sum_ns: u64,
+    pauses: VecDeque<u64>,
+    leak: LeakConfig,
+    last_sample_ns: u64,
+    /// Sites that became suspected since the last call to `take_new_suspects`.
+    new_suspects: Vec<(Arc<Site>, i64, i64)>,
+}
+
+/// Goroutine states (runtime2.go); `_Gscan` is a bit on top of them.
+const G_DEAD: u32 = 6;
+const G_SCAN: u32 = 0x1000;
+
+impl GoProcess {
+    pub fn new(pid: u32, plan: &GoPlan, leak: LeakConfig) -> Self {
+        Self {
+            pid,
+            bias: load_bias(pid, &plan.bin),
+            bin: plan.bin.clone(),
+            version: plan.version.clone(),
+            live: HashMap::new(),
+            system_live: 0,
+            untracked: 0,
+            created: 0,
+            exited: 0,
+            sites: HashMap::new(),
+            site_names: HashMap::new(),
+            system_start: HashMap::new(),
+            gc_cycles: 0,
+            gc_pause_sum_ns: 0,
+            pauses: VecDeque::new(),
+            leak,
+            last_sample_ns: 0,
+            new_suspects: Vec::new(),
+        }
+    }
+
+    fn is_system(&mut self, startpc: u64) -> bool {
+        let bin = &self.bin;
+        *self.system_start.entry(startpc).or_insert_with(|| {
+            // runtime.isSystemGoroutine: goroutines started in package runtime, except
+            // runtime.main and the async event handler.
+            bin.func_for_pc(startpc).is_some_and(|f| {
+                f.name.starts_with("runtime.")
+                    && f.name != "runtime.main"
+                    && f.name != "runtime.handleAsyncEvent"
+            })
+        })
+    }
+
+    fn add(&mut self, goid: u64, gopc: u64, startpc: u64) {
+        if self.live.contains_key(&goid) {
+            return;
+        }
+        if self.live.len() >= MAX_TRACKED_GOROUTINES {
+            self.untracked += 1;
+            return;
+        }
+        if self.is_system(startpc) {
+            self.system_live += 1;
+            // Mark system goroutines with pc 0 so their exit is undone the same way.
+            self.live.insert(goid, 0);
+            return;
+        }
+        self.live.insert(goid, gopc);
+        let s = self.sites.entry(gopc).or_default();
+        s.live += 1;
+        s.created += 1;
+    }
+
+    /// A creation event; pcs are run-time addresses.
+    pub fn on_create(&mut self, goid: u64, gopc: u64, startpc: u64) {
+        self.created += 1;
+        self.add(
+            goid,
+            gopc.wrapping_sub(self.bias),
+            startpc.wrapping_sub(self.bias),
+        );
+    }
+
+    pub fn on_exit(&mut self, goid: u64) {
+        self.exited += 1;
+        match self.live.remove(&goid) {
+            Some(0) => self.system_live -= 1,
+            Some(gopc) => {
+                if let Some(s) = self.sites.get_mut(&gopc) {
+                    s.live -= 1;
+                }
+            }
+            None => {}
+        }
+    }
+
+    pub fn on_gc_pause(&mut self, start_ns: u64, end_ns: u64) {
+        let d = end_ns.saturating_sub(start_ns);
+        self.gc_pause_sum_ns += d;
+        if self.pauses.len() == PAUSE_HISTORY {
+            self.pauses.pop_front();
+        }
+        self.pauses.push_back(d);
+    }
+
+    pub fn on_gc_cycle(&mut self) {
+        self.gc_cycles += 1;
+    }
+
+    /// Seeds the live set from the process's memory: `allgs` (a slice of *g) read
+    /// through /proc/PID/mem. Returns how many live goroutines were found, or None when
+    /// `allgs` cannot be located in this binary.
+    pub fn seed_from_memory(&mut self, offsets: &GoOffsets) -> Option<usize> {
+        let allgs = self.bin.symbol_address("runtime.allgs")?;
+        let mem = File::open(format!("/proc/{}/mem", self.pid)).ok()?;
+        let bias = self.bias;
+        let read_u64 = |addr: u64| -> Option<u64> {
+            let mut b = [0u8; 8];
+            mem.read_exact_at(&mut b, addr).ok()?;
+            Some(u64::from_le_bytes(b))
+        };
+        let ptr = read_u64(allgs + bias)?;
+        let len = read_u64(allgs + bias + 8)?.min(MAX_TRACKED_GOROUTINES as u64);
+        let mut gptrs = vec![0u8; (len * 8) as usize];
+        mem.read_exact_at(&mut gptrs, ptr).ok()?;
+        let mut found = 0;
+        for chunk in gptrs.chunks_exact(8) {
+            let g = u64::from_le_bytes(chunk.try_into().ok()?);
+            let mut st = [0u8; 4];
+            if g == 0
+                || mem
+                    .read_exact_at(&mut st, g + offsets.g_atomicstatus as u64)
+                    .is_err()
+            {
+                continue;
+            }
+            let status = u32::from_le_bytes(st) & !G_SCAN;
+            if status == G_DEAD {
+                continue;
+            }
+            let (Some(goid), Some(gopc), Some(startpc)) = (
+                read_u64(g + offsets.g_goid as u64),
+                read_u64(g + offsets.g_gopc as u64),
+                read_u64(g + offsets.g_startpc as u64),
+            ) else {
+                continue;
+            };
+            self.add(goid, gopc.wrapping_sub(bias), startpc.wrapping_sub(bias));
+            found += 1;
+        }
+        Some(found)
+    }
+
+    fn site(&mut self, gopc: u64) -> Arc<Site> {
+        let bin = &self.bin;
+        self.site_names
+            .entry(gopc)
+            .or_insert_with(|| {
+                let function = bin
+                    .func_for_pc(gopc)
+                    .map_or_else(|| format!("{gopc:#x}"), |f| f.name.to_string());
+                let (file, line) = bin.creation_site(gopc).unwrap_or_default();
+                Arc::new(Site {
+                    function,
+                    file,
+                    line,
+                })
+            })
+            .clone()
+    }
+
+    /// Takes a leak-detection sample when one is due (every window / SAMPLES).
+    pub fn sample(&mut self, now_ns: u64) {
+        let every = self.leak.window_ns / SAMPLES as u64;
+        if now_ns.saturating_sub(self.last_sample_ns) < every {
+            return;
+        }
+        self.last_sample_ns = now_ns;
+        let mut newly = Vec::new();
+        for (&gopc, s) in self.sites.iter_mut() {
+            if s.samples.len() == SAMPLES + 1 {
+                s.samples.pop_front();
+            }
+            s.samples.push_back(s.live);
+            let leak = looks_like_leak(&s.samples, self.leak.min_growth);
+            if leak && !s.suspected {
+                newly.push((gopc, s.samples[0], s.live));
+            }
+            s.suspected = leak;
+        }
+        // Sites with nothing live and nothing suspect are forgotten (bounded memory).
+        self.sites
+            .retain(|_, s| s.live > 0 || s.suspected || s.samples.iter().any(|&v| v > 0));
+        for (gopc, from, to) in newly {
+            let site = self.site(gopc);
+            self.new_suspects.push((site, from, to));
+        }
+    }
+
+    /// Sites that became suspected since the last call: (site, count at window start,
+    /// count now).
+    pub fn take_new_suspects(&mut self) -> Vec<(Arc<Site>, i64, i64)> {
+        std::mem::take(&mut self.new_suspects)
+    }
+
+    pub fn stats(&mut self) -> GoStats {
+        let mut ranked: Vec<(u64, i64, u64, bool)> = self
+            .sites
+            .iter()
+            .map(|(&pc, s)| (pc, s.live, s.created, s.suspected))
+            .collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let top = self.leak.top_sites;
+        let chosen: Vec<_> = ranked
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| *i < top || r.3)
+            .map(|(_, r)| *r)
+            .collect();
+        let sites = chosen
+            .into_iter()
+            .map(|(pc, live, created, suspected)| SiteSnapshot {
+                site: self.site(pc),
+                live,
+                created,
+                suspected,
+            })
+            .collect();
+        let quantiles = (!self.pauses.is_empty()).then(|| {
+            let mut v: Vec<u64> = self.pauses.iter().copied().collect();
+            v.sort_unstable();
+            let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1e9;
+            [q(0.0), q(0.25), q(0.5), q(0.75), q(1.0)]
+        });
+        GoStats {
+            version: self.version.clone(),
+            goroutines: self.live.len() as i64 - self.system_live,
+            goroutines_created: self.created,
+            goroutines_exited: self.exited,
+            untracked: self.untracked,
+            gc_cycles: self.gc_cycles,
+            gc_pause_sum_s: self.gc_pause_sum_ns as f64 / 1e9,
+            gc_pause_quantiles: quantiles,
+            sites,
+        }
+    }
+}
+
+/// Difference between run-time and link-time addresses of the executable (0 unless it
+/// is position independent), from /proc/PID/maps.
+pub fn load_bias(pid: u32, bin: &GoBinary) -> u64 {
+    if !bin.is_pie() {
+        return 0;
+    }
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return 0;
+    };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 6
+            && f[2] == "00000000"
+            && exe.as_deref().is_some_and(|e| e.to_string_lossy() == f[5])
+            && let Some(start) = f[0]
+                .split('-')
+                .next()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+        {
+            return start.saturating_sub(bin.va_for_file_offset(0).unwrap_or(0));
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(v: &[i64]) -> VecDeque<i64> {
+        v.iter().copied().collect()
+    }
+
+    #[test]
+    fn steady_growth_is_a_leak() {
+        let s = window(&[0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
+        assert!(looks_like_leak(&s, 50));
+        assert!(!looks_like_leak(&s, 150), "not enough growth");
+    }
+
+    #[test]
+    fn spike_and_drain_is_not() {
+        let s = window(&[0, 200, 200, 150, 100, 50, 0, 0, 0, 0, 0]);
+        assert!(!looks_like_leak(&s, 20));
+        let s = window(&[0, 200, 190, 180, 170, 160, 150, 140, 130, 120, 110]);
+        assert!(!looks_like_leak(&s, 20), "mostly falling");
+    }
+
+    #[test]
+    fn needs_a_full_window() {
+        let s = window(&[0, 100, 200]);
+        assert!(!looks_like_leak(&s, 20));
+    }
+
+    #[test]
+    fn noisy_growth_is_still_a_leak() {
+        let s = window(&[10, 30, 28, 50, 70, 90, 88, 110, 130, 150, 170]);
+        assert!(looks_like_leak(&s, 100));
+    }
+}

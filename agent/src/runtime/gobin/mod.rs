@@ -1,0 +1,655 @@
+//! Userspace analysis of a Go executable: everything the agent must know about a Go program
+//! before it can put uprobes on it, read from the file alone.
+//!
+//! - [`GoBinary::build_info`]: Go version and modules (`.go.buildinfo`), as `go version -m`.
+//! - Functions from the pclntab (works stripped): [`GoBinary::find_function`],
+//!   [`GoBinary::func_for_pc`], [`GoBinary::functions`], and source positions
+//!   [`GoBinary::file_line`] / [`GoBinary::creation_site`] (for `g.gopc`).
+//! - [`GoBinary::ret_offsets`]: file offsets of every RET of a function, for return-side
+//!   uprobes (uretprobes break Go; see `disasm.rs`).
+//! - [`GoBinary::offsets`]: field offsets of runtime structs (`g.goid`, `m.procid`, ...), from
+//!   DWARF when present, else from the checked-in per-version table (`offsets.rs`, generated
+//!   by `xtask/src/gooffsets.rs`).
+//!
+//! Addresses are link-time virtual addresses ("va") as in the ELF file. uprobes attach by file
+//! offset ([`GoBinary::file_offset`]); in a running process a va maps to `va + bias`, where
+//! the bias is 0 for non-PIE executables and, for PIE, the mapping start of the segment minus
+//! its page-aligned `p_vaddr` (see /proc/PID/maps).
+//!
+//! Memory: the file is memory-mapped and read in place. The only index built is the name
+//! hash table (16 bytes per function, built on first name lookup, which `open` does to verify
+//! runtime.text); DWARF is inflated one compilation unit at a time and only on request.
+//!
+//! Split by format: `elf` (segments, sections, symbols, relocations), `buildinfo`, `pclntab`,
+//! `text` (pclntab/moduledata location and runtime.text), `disasm` (RETs), `dwarf` (struct
+//! layouts), `offsets` (the generated table).
+
+mod buildinfo;
+mod disasm;
+mod dwarf;
+mod elf;
+mod offsets;
+mod pclntab;
+mod text;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use memmap2::Mmap;
+
+pub use buildinfo::{BuildInfo, GoVersion, Module};
+pub use disasm::FuncExits;
+pub use dwarf::StructLayout;
+pub use elf::Arch;
+pub use text::TextSource;
+
+use elf::ElfInfo;
+use pclntab::Pclntab;
+
+/// Why a binary cannot be analysed. Messages are one line, lowercase.
+#[derive(Debug, thiserror::Error)]
+pub enum GoBinError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not an ELF file")]
+    NotElf,
+    #[error("not a Go binary (no Go build info or pclntab)")]
+    NotGo,
+    #[error("unsupported binary: {0}")]
+    Unsupported(String),
+    #[error("malformed Go binary: {0}")]
+    Malformed(String),
+    #[error(
+        "cannot verify runtime.text: no candidate ({0}) puts a stack-check prologue at runtime.main, newproc1, gcStart or mallocgc"
+    )]
+    TextUnverified(String),
+    #[error("cannot decode {func} at {addr:#x}: invalid instruction")]
+    Decode { func: String, addr: u64 },
+    #[error("function {0} is outside the file's mapped text")]
+    NoCode(String),
+    #[error("dwarf: {0}")]
+    Dwarf(String),
+    #[error("no runtime struct offsets for Go {version}: {why}")]
+    NoOffsets { version: String, why: String },
+}
+
+/// A Go function from the pclntab. `entry` and `end` are virtual addresses; `end` is the next
+/// function's entry (so it includes alignment padding).
+///
+/// Names are as the pclntab stores them, which is not always unique: an assembly function
+/// called from Go has an ABIInternal wrapper of the same name, and a Go function called from
+/// assembly has an ABI0 wrapper of the same name. `.symtab` calls the ABI0 one of the pair
+/// `NAME.abi0`, and so does [`GoBinary::find_function`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Func<'a> {
+    pub name: &'a str,
+    pub entry: u64,
+    pub end: u64,
+    /// Implemented in assembly (`abi.FuncFlagAsm`).
+    pub is_asm: bool,
+    index: u32,
+}
+
+/// Offsets of the runtime struct fields the agent reads, in bytes from the struct start.
+/// Field names follow the Go source (src/runtime/runtime2.go, mstats.go, mgcpacer.go).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoOffsets {
+    /// `runtime.g.goid` (uint64).
+    pub g_goid: u32,
+    /// `runtime.g.m` (*m).
+    pub g_m: u32,
+    /// `runtime.g.atomicstatus` (uint32; `atomic.Uint32` since 1.20).
+    pub g_atomicstatus: u32,
+    /// `runtime.g.gopc`: pc of the `go` statement that created the goroutine.
+    pub g_gopc: u32,
+    /// `runtime.g.startpc`: pc of the goroutine function.
+    pub g_startpc: u32,
+    /// `runtime.g.parentGoid` (Go >= 1.21).
+    pub g_parent_goid: Option<u32>,
+    /// `runtime.m.procid`: the thread id.
+    pub m_procid: u32,
+    /// `runtime.m.curg`: the user goroutine running on this m.
+    pub m_curg: u32,
+    /// `runtime.mstats.numgc` (`runtime.memstats` is of this type).
+    pub mstats_numgc: u32,
+    /// `runtime.mstats.pause_ns` ([256]uint64 ring of GC pause durations).
+    pub mstats_pause_ns: u32,
+    /// `runtime.mstats.last_gc_unix`.
+    pub mstats_last_gc_unix: u32,
+    /// `runtime.gcControllerState.heapLive` (`runtime.gcController` is of this type).
+    pub gc_controller_heap_live: u32,
+}
+
+/// Where [`GoBinary::offsets_with_source`] found the offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetsSource {
+    /// The binary's own DWARF.
+    Dwarf,
+    /// The checked-in table row for this `(major, minor)` release.
+    Table { major: u32, minor: u32 },
+}
+
+/// `(field, struct, member, required)`: how each [`GoOffsets`] field is read from DWARF.
+const OFFSET_FIELDS: &[(&str, &str, &str, bool)] = &[
+    ("g_goid", "runtime.g", "goid", true),
+    ("g_m", "runtime.g", "m", true),
+    ("g_atomicstatus", "runtime.g", "atomicstatus", true),
+    ("g_gopc", "runtime.g", "gopc", true),
+    ("g_startpc", "runtime.g", "startpc", true),
+    ("g_parent_goid", "runtime.g", "parentGoid", false),
+    ("m_procid", "runtime.m", "procid", true),
+    ("m_curg", "runtime.m", "curg", true),
+    ("mstats_numgc", "runtime.mstats", "numgc", true),
+    ("mstats_pause_ns", "runtime.mstats", "pause_ns", true),
+    (
+        "mstats_last_gc_unix",
+        "runtime.mstats",
+        "last_gc_unix",
+        true,
+    ),
+    (
+        "gc_controller_heap_live",
+        "runtime.gcControllerState",
+        "heapLive",
+        true,
+    ),
+];
+
+impl GoOffsets {
+    /// The checked-in offsets for a Go release (by major.minor; struct layouts do not change
+    /// in patch releases).
+    pub fn for_version(v: &GoVersion) -> Option<GoOffsets> {
+        offsets::TABLE
+            .iter()
+            .find(|(mm, _, _)| *mm == (v.major, v.minor))
+            .map(|(_, _, o)| *o)
+    }
+
+    /// The Go releases the table covers, as `(major, minor)`.
+    pub fn table_versions() -> impl Iterator<Item = (u32, u32)> {
+        offsets::TABLE.iter().map(|(mm, _, _)| *mm)
+    }
+
+    fn from_layouts(l: &BTreeMap<String, StructLayout>) -> Option<GoOffsets> {
+        let get = |field: &str| -> Option<Option<u32>> {
+            let (_, s, m, required) = OFFSET_FIELDS.iter().find(|f| f.0 == field)?;
+            let v = l
+                .get(*s)
+                .and_then(|s| s.members.get(*m))
+                .and_then(|&v| u32::try_from(v).ok());
+            match (v, required) {
+                (None, true) => None,
+                (v, _) => Some(v),
+            }
+        };
+        Some(GoOffsets {
+            g_goid: get("g_goid")??,
+            g_m: get("g_m")??,
+            g_atomicstatus: get("g_atomicstatus")??,
+            g_gopc: get("g_gopc")??,
+            g_startpc: get("g_startpc")??,
+            g_parent_goid: get("g_parent_goid")?,
+            m_procid: get("m_procid")??,
+            m_curg: get("m_curg")??,
+            mstats_numgc: get("mstats_numgc")??,
+            mstats_pause_ns: get("mstats_pause_ns")??,
+            mstats_last_gc_unix: get("mstats_last_gc_unix")??,
+            gc_controller_heap_live: get("gc_controller_heap_live")??,
+        })
+    }
+}
+
+/// An opened Go executable. Cheap to keep around: a file mapping plus small indexes.
+pub struct GoBinary {
+    path: PathBuf,
+    map: Mmap,
+    elf: ElfInfo,
+    build_info: Option<BuildInfo>,
+    version: Option<GoVersion>,
+    pcln: Pclntab,
+    moduledata: Option<u64>,
+    text: u64,
+    text_source: TextSource,
+    /// `(fnv1a(name), function index)`, sorted; built on first name lookup.
+    names: OnceLock<Vec<(u64, u32)>>,
+}
+
+impl std::fmt::Debug for GoBinary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoBinary")
+            .field("path", &self.path)
+            .field("arch", &self.elf.arch)
+            .field("version", &self.version.as_ref().map(|v| v.raw.as_str()))
+            .field("functions", &self.pcln.nfunc)
+            .field("runtime_text", &format_args!("{:#x}", self.text))
+            .field("text_source", &self.text_source)
+            .finish()
+    }
+}
+
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &c| {
+        (h ^ u64::from(c)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+impl GoBinary {
+    /// Maps and analyses `path`. Fails with [`GoBinError::NotGo`] for other executables.
+    pub fn open(path: impl AsRef<Path>) -> Result<GoBinary, GoBinError> {
+        let path = path.as_ref().to_path_buf();
+        let io = |source| GoBinError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = File::open(&path).map_err(io)?;
+        if file.metadata().map_err(io)?.len() < 64 {
+            return Err(GoBinError::NotElf);
+        }
+        // SAFETY: the mapping is read-only and private. A file that is executing cannot be
+        // written (ETXTBSY) and deployments replace binaries by rename (a new inode), so the
+        // bytes do not change under us; truncation by a third party would raise SIGBUS, the
+        // same risk every ELF tool that maps its input takes.
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        Self::from_map(path, map)
+    }
+
+    fn from_map(path: PathBuf, map: Mmap) -> Result<GoBinary, GoBinError> {
+        let data: &[u8] = &map;
+        let elf = ElfInfo::parse(data)?;
+        let build_info = buildinfo::read(&elf, data);
+        let version = build_info
+            .as_ref()
+            .and_then(|b| GoVersion::parse(&b.go_version));
+        if let Some(v) = &version {
+            if !v.at_least(1, 18) {
+                return Err(GoBinError::Unsupported(format!(
+                    "{} (pclntab formats before Go 1.18 are not supported)",
+                    v.raw
+                )));
+            }
+        }
+        let go_hints = build_info.is_some()
+            || elf.sections.is_empty()
+            || elf.sections.iter().any(|s| {
+                matches!(
+                    s.name.as_str(),
+                    ".gopclntab" | ".data.rel.ro.gopclntab" | ".note.go.buildid" | ".go.module"
+                )
+            });
+        if !go_hints {
+            return Err(GoBinError::NotGo);
+        }
+        let pcln = match text::find_pclntab(&elf, data) {
+            Ok(t) => t,
+            Err(_) if build_info.is_none() => return Err(GoBinError::NotGo),
+            Err(why) => return Err(GoBinError::Malformed(format!("pclntab: {why}"))),
+        };
+        let moduledata = text::find_moduledata(&elf, data, &pcln);
+        let candidates = text::text_candidates(&elf, data, &pcln, moduledata);
+        let mut bin = GoBinary {
+            path,
+            elf,
+            build_info,
+            version,
+            pcln,
+            moduledata,
+            text: 0,
+            text_source: TextSource::TextSection,
+            names: OnceLock::new(),
+            map,
+        };
+        let witnesses: Vec<u32> = text::PROLOGUE_WITNESSES
+            .iter()
+            .filter_map(|n| bin.find_index(n))
+            .filter_map(|i| bin.pcln.functab(bin.tab(), i as usize).map(|e| e.0))
+            .collect();
+        let verified = candidates.iter().find(|(base, _)| {
+            witnesses.iter().any(|&off| {
+                bin.elf
+                    .read_va(bin.data(), base + u64::from(off), 12)
+                    .is_some_and(|code| text::has_stack_check(bin.elf.arch, code))
+            })
+        });
+        match verified {
+            Some(&(base, source)) => {
+                bin.text = base;
+                bin.text_source = source;
+                Ok(bin)
+            }
+            None => Err(GoBinError::TextUnverified(
+                candidates
+                    .iter()
+                    .map(|(v, s)| format!("{v:#x} from {s:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The pclntab bytes (header at index 0).
+    fn tab(&self) -> &[u8] {
+        &self.map[self.pcln.file_off..self.pcln.file_off + self.pcln.len]
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.elf.arch
+    }
+
+    /// Build info, if the binary carries it (all Go >= 1.13 binaries do).
+    pub fn build_info(&self) -> Option<&BuildInfo> {
+        self.build_info.as_ref()
+    }
+
+    pub fn go_version(&self) -> Option<&GoVersion> {
+        self.version.as_ref()
+    }
+
+    /// Path of the main module (`mod` line of the build info).
+    pub fn main_module(&self) -> Option<&str> {
+        self.build_info
+            .as_ref()?
+            .main
+            .as_ref()
+            .map(|m| m.path.as_str())
+    }
+
+    /// Position-independent executable (`ET_DYN`): load addresses differ from file vas.
+    pub fn is_pie(&self) -> bool {
+        self.elf.is_dyn
+    }
+
+    /// Whether the binary still has `.symtab` (not built with `-ldflags=-s`).
+    pub fn has_symtab(&self) -> bool {
+        self.elf.has_symtab()
+    }
+
+    /// `runtime.text`, the base of all pclntab function offsets.
+    pub fn runtime_text(&self) -> u64 {
+        self.text
+    }
+
+    pub fn text_source(&self) -> TextSource {
+        self.text_source
+    }
+
+    /// Address of the pclntab header.
+    pub fn pclntab_addr(&self) -> u64 {
+        self.pcln.va
+    }
+
+    /// Address of `runtime.firstmoduledata`, if found.
+    pub fn moduledata_addr(&self) -> Option<u64> {
+        self.moduledata
+    }
+
+    pub fn function_count(&self) -> usize {
+        self.pcln.nfunc as usize
+    }
+
+    fn func_at(&self, i: usize) -> Option<Func<'_>> {
+        let tab = self.tab();
+        let (start, end) = self.pcln.bounds(tab, i)?;
+        let rec = self.pcln.func(tab, i)?;
+        let name = self
+            .pcln
+            .name(tab, rec.name_off)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("");
+        Some(Func {
+            name,
+            entry: self.text + u64::from(start),
+            end: self.text + u64::from(end),
+            is_asm: rec.flag & pclntab::FUNC_FLAG_ASM != 0,
+            index: i as u32,
+        })
+    }
+
+    /// All functions in address order.
+    pub fn functions(&self) -> impl Iterator<Item = Func<'_>> + '_ {
+        (0..self.pcln.nfunc as usize).filter_map(move |i| self.func_at(i))
+    }
+
+    fn name_index(&self) -> &[(u64, u32)] {
+        self.names.get_or_init(|| {
+            let tab = self.tab();
+            let mut v: Vec<(u64, u32)> = (0..self.pcln.nfunc)
+                .filter_map(|i| {
+                    let rec = self.pcln.func(tab, i as usize)?;
+                    Some((fnv1a(self.pcln.name(tab, rec.name_off)?), i))
+                })
+                .collect();
+            v.sort_unstable();
+            v.shrink_to_fit();
+            v
+        })
+    }
+
+    /// Indexes and records of all functions named exactly `name`, in address order.
+    fn named(&self, name: &str) -> Vec<(u32, pclntab::FuncRec)> {
+        let idx = self.name_index();
+        let h = fnv1a(name.as_bytes());
+        let tab = self.tab();
+        let first = idx.partition_point(|e| e.0 < h);
+        idx[first..]
+            .iter()
+            .take_while(|e| e.0 == h)
+            .filter_map(|e| Some((e.1, self.pcln.func(tab, e.1 as usize)?)))
+            .filter(|(_, r)| self.pcln.name(tab, r.name_off) == Some(name.as_bytes()))
+            .collect()
+    }
+
+    /// Which of two same-named functions is the ABI0 one: the assembly body (whose Go-callable
+    /// twin is an ABIInternal wrapper), else the `<autogenerated>` ABI0 wrapper of a Go
+    /// function that assembly calls.
+    fn abi0_of(&self, all: &[(u32, pclntab::FuncRec)]) -> Option<usize> {
+        if all.len() < 2 {
+            return None;
+        }
+        let tab = self.tab();
+        let generated = |r: &pclntab::FuncRec| {
+            let entry = u64::from(r.entry_off);
+            self.pcln
+                .pcvalue(tab, r.pcfile, entry, entry)
+                .and_then(|f| self.pcln.file_name(tab, r.cu_offset, f))
+                == Some(&b"<autogenerated>"[..])
+        };
+        all.iter()
+            .position(|(_, r)| r.flag & pclntab::FUNC_FLAG_ASM != 0)
+            .or_else(|| all.iter().position(|(_, r)| generated(r)))
+    }
+
+    fn find_index(&self, name: &str) -> Option<u32> {
+        let all = self.named(name);
+        if all.is_empty() {
+            let base = name.strip_suffix(".abi0")?;
+            let all = self.named(base);
+            return self.abi0_of(&all).map(|i| all[i].0);
+        }
+        let abi0 = self.abi0_of(&all);
+        (0..all.len()).find(|&i| Some(i) != abi0).map(|i| all[i].0)
+    }
+
+    /// A function by its full Go name, e.g. `runtime.newproc1`, `main.main`,
+    /// `net/http.(*conn).serve`. Where the pclntab has an ABI0/ABIInternal pair of that name,
+    /// `NAME` is the ABIInternal one (what Go code calls) and `NAME.abi0` the other, as in
+    /// `.symtab`.
+    pub fn find_function(&self, name: &str) -> Option<Func<'_>> {
+        self.func_at(self.find_index(name)? as usize)
+    }
+
+    /// The function containing `pc` (a va).
+    pub fn func_for_pc(&self, pc: u64) -> Option<Func<'_>> {
+        let off = pc.checked_sub(self.text)?;
+        self.func_at(self.pcln.find(self.tab(), off)?)
+    }
+
+    /// Source file and line of the instruction at `pc` (innermost inlined position, as the
+    /// Go runtime reports it).
+    pub fn file_line(&self, pc: u64) -> Option<(String, u32)> {
+        let tab = self.tab();
+        let off = pc.checked_sub(self.text)?;
+        let i = self.pcln.find(tab, off)?;
+        let rec = self.pcln.func(tab, i)?;
+        let entry = u64::from(rec.entry_off);
+        let fileno = self.pcln.pcvalue(tab, rec.pcfile, entry, off)?;
+        let line = self.pcln.pcvalue(tab, rec.pcln, entry, off)?;
+        let file = self.pcln.file_name(tab, rec.cu_offset, fileno)?;
+        Some((
+            String::from_utf8_lossy(file).into_owned(),
+            u32::try_from(line).ok()?,
+        ))
+    }
+
+    /// Where a goroutine was created, from its `g.gopc` (or runtime.newproc1's `callerpc`):
+    /// that is a return address, so like the runtime's `printcreatedby` this looks up the
+    /// preceding instruction.
+    pub fn creation_site(&self, gopc: u64) -> Option<(String, u32)> {
+        let f = self.func_for_pc(gopc)?;
+        let q = if self.elf.arch == Arch::Arm64 { 4 } else { 1 };
+        self.file_line(if gopc > f.entry { gopc - q } else { gopc })
+    }
+
+    /// Machine code of a function (`entry..end`).
+    pub fn code(&self, f: &Func<'_>) -> Option<&[u8]> {
+        self.elf
+            .read_va(self.data(), f.entry, usize::try_from(f.end - f.entry).ok()?)
+    }
+
+    /// RETs and tail-call jumps of a function, as vas (amd64 only).
+    pub fn exits(&self, f: &Func<'_>) -> Result<FuncExits, GoBinError> {
+        if self.elf.arch != Arch::Amd64 {
+            return Err(GoBinError::Unsupported(format!(
+                "return sites on {:?} (only amd64 code is decoded)",
+                self.elf.arch
+            )));
+        }
+        let code = self
+            .code(f)
+            .ok_or_else(|| GoBinError::NoCode(f.name.into()))?;
+        disasm::exits_amd64(code, f.entry).map_err(|addr| GoBinError::Decode {
+            func: f.name.into(),
+            addr,
+        })
+    }
+
+    /// File offsets of every RET in `f`, for uprobes attached by offset. Tail-call jumps out
+    /// of the function are not included (see [`GoBinary::exits`]).
+    pub fn ret_offsets(&self, f: &Func<'_>) -> Result<Vec<u64>, GoBinError> {
+        self.exits(f)?
+            .rets
+            .iter()
+            .map(|&va| {
+                self.file_offset(va)
+                    .ok_or_else(|| GoBinError::NoCode(f.name.into()))
+            })
+            .collect()
+    }
+
+    /// Return addresses of the direct `CALL`s from `f` to `callee` (amd64): the pcs a callee
+    /// sees as its caller pc. E.g. the calls to `runtime.newproc` in a function are its `go`
+    /// statements, and `creation_site` of each gives the statement's line.
+    pub fn call_sites(&self, f: &Func<'_>, callee: &Func<'_>) -> Result<Vec<u64>, GoBinError> {
+        if self.elf.arch != Arch::Amd64 {
+            return Err(GoBinError::Unsupported(format!(
+                "call sites on {:?} (only amd64 code is decoded)",
+                self.elf.arch
+            )));
+        }
+        let code = self
+            .code(f)
+            .ok_or_else(|| GoBinError::NoCode(f.name.into()))?;
+        Ok(disasm::calls_to(code, f.entry, callee.entry))
+    }
+
+    /// File offset of a va (what uprobes attach by), if the va is file-backed.
+    pub fn file_offset(&self, va: u64) -> Option<u64> {
+        self.elf.va_to_offset(va)
+    }
+
+    /// The va stored at a file offset, if it is inside a loadable segment.
+    pub fn va_for_file_offset(&self, off: u64) -> Option<u64> {
+        self.elf.offset_to_va(off)
+    }
+
+    /// `len` file bytes at `va`.
+    pub fn bytes_at(&self, va: u64, len: usize) -> Option<&[u8]> {
+        self.elf.read_va(self.data(), va, len)
+    }
+
+    /// Value of a `.symtab` symbol (globals such as `runtime.memstats`); `None` if stripped.
+    pub fn symbol_address(&self, name: &str) -> Option<u64> {
+        self.elf.symbol(self.data(), name).map(|s| s.0)
+    }
+
+    /// Layouts of the named struct types from DWARF (`None`: no DWARF in the binary).
+    pub fn struct_layouts(
+        &self,
+        names: &[&str],
+    ) -> Result<Option<BTreeMap<String, StructLayout>>, GoBinError> {
+        dwarf::struct_layouts(&self.elf, self.data(), names)
+    }
+
+    /// Runtime struct offsets from this binary's DWARF; `Ok(None)` without DWARF.
+    pub fn offsets_from_dwarf(&self) -> Result<Option<GoOffsets>, GoBinError> {
+        let mut structs: Vec<&str> = OFFSET_FIELDS.iter().map(|f| f.1).collect();
+        structs.dedup();
+        let Some(layouts) = self.struct_layouts(&structs)? else {
+            return Ok(None);
+        };
+        GoOffsets::from_layouts(&layouts).map(Some).ok_or_else(|| {
+            let missing: Vec<String> = OFFSET_FIELDS
+                .iter()
+                .filter(|(_, s, m, req)| {
+                    *req && layouts.get(*s).and_then(|l| l.members.get(*m)).is_none()
+                })
+                .map(|(_, s, m, _)| format!("{s}.{m}"))
+                .collect();
+            GoBinError::Dwarf(format!("missing {}", missing.join(", ")))
+        })
+    }
+
+    /// Runtime struct offsets: DWARF first, else the table for this Go minor version.
+    pub fn offsets(&self) -> Result<GoOffsets, GoBinError> {
+        self.offsets_with_source().map(|(o, _)| o)
+    }
+
+    /// [`GoBinary::offsets`], and where they came from (for logs and `periscope doctor`).
+    pub fn offsets_with_source(&self) -> Result<(GoOffsets, OffsetsSource), GoBinError> {
+        let dwarf_why = match self.offsets_from_dwarf() {
+            Ok(Some(o)) => return Ok((o, OffsetsSource::Dwarf)),
+            Ok(None) => "no DWARF".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        let version = self.version.as_ref().ok_or_else(|| GoBinError::NoOffsets {
+            version: "(unknown)".into(),
+            why: format!("{dwarf_why} and no build info"),
+        })?;
+        let source = OffsetsSource::Table {
+            major: version.major,
+            minor: version.minor,
+        };
+        GoOffsets::for_version(version)
+            .map(|o| (o, source))
+            .ok_or_else(|| GoBinError::NoOffsets {
+                version: version.raw.clone(),
+                why: format!("{dwarf_why} and the table has no go1.{}", version.minor),
+            })
+    }
+}

