@@ -109,6 +109,11 @@ struct Cli {
     #[arg(long, value_name = "N")]
     max_routes: Option<usize>,
 
+    /// Do not attach the Go runtime uprobes (goroutines, GC): HTTP tracing and process
+    /// metrics only.
+    #[arg(long)]
+    no_go_runtime: bool,
+
     /// Goroutine-leak detection window: a creation site whose live goroutines grow
     /// steadily over it is reported [default: 300]
     #[arg(long, value_name = "SECS")]
@@ -287,6 +292,7 @@ fn merge_file(mut cli: Cli) -> Result<Cli> {
     }
     cli.duration = cli.duration.or(file.duration);
     cli.no_follow_forks |= file.no_follow_forks.unwrap_or(false);
+    cli.no_go_runtime |= file.no_go_runtime.unwrap_or(false);
     cli.status_interval = cli.status_interval.or(file.status_interval);
     cli.prometheus = cli.prometheus.or(file.prometheus);
     cli.max_routes = cli.max_routes.or(file.max_routes);
@@ -365,6 +371,7 @@ fn run(cli: Cli) -> Result<()> {
             top_sites: cli.top_sites.unwrap_or(20),
         },
         follow,
+        go_runtime: !cli.no_go_runtime,
         metrics: metrics.clone(),
     };
     let mut described = Vec::new();
@@ -513,6 +520,7 @@ struct Targets {
     go: HashMap<u32, GoProcess>,
     leak: LeakConfig,
     follow: bool,
+    go_runtime: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -529,7 +537,9 @@ impl Targets {
         for fd in probes::existing_tcp_sockets(pid).unwrap_or_default() {
             self.probes.add_socket(pid, fd, ROLE_UNKNOWN)?;
         }
-        self.attach_go(pid);
+        if self.go_runtime {
+            self.attach_go(pid);
+        }
         Ok(res.service_name.clone())
     }
 

@@ -39,9 +39,14 @@ fn parse_duration_ms(s: &str) -> Option<f64> {
     })
 }
 
-fn wrk(url: &str) -> Result<WrkResult> {
-    let out = Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{WRK_SECS}s"), "--latency", url])
+fn wrk(url: &str, script: Option<&std::path::Path>) -> Result<WrkResult> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c64", &format!("-d{WRK_SECS}s"), "--latency"]);
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    let out = cmd
+        .arg(url)
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -134,9 +139,17 @@ struct Traced {
     spans: u64,
 }
 
-fn traced_run(agent: &std::path::Path, pid: u32, url: &str, sink: u16) -> Result<Traced> {
+fn traced_run(
+    agent: &std::path::Path,
+    extra: &[&str],
+    pid: u32,
+    url: &str,
+    script: Option<&std::path::Path>,
+    sink: u16,
+) -> Result<Traced> {
     let mut proc = Command::new(agent)
         .args(["--pid", &pid.to_string(), "--status-interval", "0"])
+        .args(extra)
         .args(["--otlp-endpoint", &format!("http://127.0.0.1:{sink}")])
         .args(["--otlp-protocol", "http/protobuf"])
         .stdout(Stdio::null())
@@ -152,7 +165,7 @@ fn traced_run(agent: &std::path::Path, pid: u32, url: &str, sink: u16) -> Result
         }
     }
     let t0 = cpu_ticks(apid);
-    let w = wrk(url)?;
+    let w = wrk(url, script)?;
     // Let the agent drain and export what wrk caused before reading its CPU time.
     thread::sleep(Duration::from_millis(1500));
     let t1 = cpu_ticks(apid);
@@ -179,35 +192,66 @@ fn traced_run(agent: &std::path::Path, pid: u32, url: &str, sink: u16) -> Result
     })
 }
 
-fn bench_server(name: &str, agent: &std::path::Path, pid: u32, url: &str, sink: u16) -> Result<()> {
-    let mut base = Vec::new();
-    let mut traced = Vec::new();
+/// One way of running the server: untraced, or traced with these extra agent flags.
+struct Mode<'a> {
+    name: &'a str,
+    agent_args: Option<&'a [&'a str]>,
+}
+
+fn bench_server(
+    name: &str,
+    agent: &std::path::Path,
+    pid: u32,
+    url: &str,
+    script: Option<&std::path::Path>,
+    modes: &[Mode<'_>],
+    sink: u16,
+) -> Result<()> {
+    // Rounds alternate the modes so drift (thermal, page cache) hits them alike.
+    let mut runs: Vec<Vec<(WrkResult, Option<Traced>)>> =
+        modes.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
-        base.push(wrk(url)?);
-        traced.push(traced_run(agent, pid, url, sink)?);
+        for (i, m) in modes.iter().enumerate() {
+            runs[i].push(match m.agent_args {
+                None => (wrk(url, script)?, None),
+                Some(args) => {
+                    let t = traced_run(agent, args, pid, url, script, sink)?;
+                    let w = WrkResult {
+                        rps: t.wrk.rps,
+                        p99_ms: t.wrk.p99_ms,
+                        requests: t.wrk.requests,
+                    };
+                    (w, Some(t))
+                }
+            });
+        }
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let b_rps = mean(&base.iter().map(|w| w.rps).collect::<Vec<_>>());
-    let t_rps = mean(&traced.iter().map(|t| t.wrk.rps).collect::<Vec<_>>());
-    let b_p99 = mean(&base.iter().map(|w| w.p99_ms).collect::<Vec<_>>());
-    let t_p99 = mean(&traced.iter().map(|t| t.wrk.p99_ms).collect::<Vec<_>>());
-    let cpu = mean(&traced.iter().map(|t| t.cpu_us_per_req).collect::<Vec<_>>());
-    let rss = traced.iter().map(|t| t.rss_mib).fold(0.0, f64::max);
-    let lost: u64 = traced.iter().map(|t| t.lost).sum();
-    let reqs: u64 = traced.iter().map(|t| t.wrk.requests).sum();
-    let spans: u64 = traced.iter().map(|t| t.spans).sum();
+    let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let base_rps = mean(runs[0].iter().map(|r| r.0.rps).collect());
+    let base_p99 = mean(runs[0].iter().map(|r| r.0.p99_ms).collect());
     println!("{name}:");
-    println!(
-        "  throughput  untraced {b_rps:>9.0} req/s   traced {t_rps:>9.0} req/s   ratio {:.3}",
-        t_rps / b_rps
-    );
-    println!(
-        "  p99         untraced {b_p99:>9.2} ms      traced {t_p99:>9.2} ms      ratio {:.3}",
-        t_p99 / b_p99
-    );
-    println!(
-        "  agent CPU   {cpu:.2} us/request   peak RSS {rss:.1} MiB   lost events {lost}   spans {spans} for {reqs} requests"
-    );
+    for (m, r) in modes.iter().zip(&runs) {
+        let rps = mean(r.iter().map(|x| x.0.rps).collect());
+        let p99 = mean(r.iter().map(|x| x.0.p99_ms).collect());
+        print!(
+            "  {:<26} {rps:>9.0} req/s (x{:.3})   p99 {p99:>7.2} ms (x{:.3})",
+            m.name,
+            rps / base_rps,
+            p99 / base_p99
+        );
+        let traced: Vec<&Traced> = r.iter().filter_map(|x| x.1.as_ref()).collect();
+        if !traced.is_empty() {
+            let cpu = mean(traced.iter().map(|t| t.cpu_us_per_req).collect());
+            let rss = traced.iter().map(|t| t.rss_mib).fold(0.0, f64::max);
+            let lost: u64 = traced.iter().map(|t| t.lost).sum();
+            let reqs: u64 = r.iter().map(|x| x.0.requests).sum();
+            let spans: u64 = traced.iter().map(|t| t.spans).sum();
+            print!(
+                "   agent {cpu:.2} us/req, peak RSS {rss:.1} MiB, lost {lost}, {spans} spans / {reqs} requests"
+            );
+        }
+        println!();
+    }
     Ok(())
 }
 
@@ -235,16 +279,51 @@ pub fn bench() -> Result<()> {
             .unwrap_or(0)
     );
 
+    let go_modes = [
+        Mode {
+            name: "untraced",
+            agent_args: None,
+        },
+        Mode {
+            name: "traced, HTTP only",
+            agent_args: Some(&["--no-go-runtime"]),
+        },
+        Mode {
+            name: "traced, HTTP + Go runtime",
+            agent_args: Some(&[]),
+        },
+    ];
     let (mut go_child, addr) = demo::start_goserver(&server)?;
     let r = bench_server(
         &format!("Go net/http (Go {}) GET /", go[0].0),
         &agent,
         go_child.id(),
         &format!("http://{addr}/"),
+        None,
+        &go_modes,
         sink,
     );
     let _ = go_child.kill();
     let _ = go_child.wait();
+    r?;
+
+    // Goroutine churn: every request starts 100 goroutines that exit at once.
+    let truth = dir.join("gotruth");
+    demo::build_go_program(&go[0].1, "gotruth", &truth, "")?;
+    let script = dir.join("post.lua");
+    std::fs::write(&script, "wrk.method = \"POST\"\n")?;
+    let (mut truth_child, addr) = demo::start_goserver(&truth)?;
+    let r = bench_server(
+        "Go goroutine churn (POST /churn?n=100)",
+        &agent,
+        truth_child.id(),
+        &format!("http://{addr}/churn?n=100"),
+        Some(&script),
+        &go_modes,
+        sink,
+    );
+    let _ = truth_child.kill();
+    let _ = truth_child.wait();
     r?;
 
     let nginx_dir = dir.join("nginx");
@@ -270,13 +349,11 @@ pub fn bench() -> Result<()> {
         }
         thread::sleep(Duration::from_millis(100));
     }
-    let r = bench_server(
-        "nginx (1 worker) return 200",
-        &agent,
-        nginx.id(),
-        &url,
-        sink,
-    );
+    let modes = [
+        Mode { name: "untraced", agent_args: None },
+        Mode { name: "traced", agent_args: Some(&[]) },
+    ];
+    let r = bench_server("nginx (1 worker) return 200", &agent, nginx.id(), &url, None, &modes, sink);
     let _ = nginx.kill();
     let _ = nginx.wait();
     r

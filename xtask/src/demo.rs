@@ -19,10 +19,20 @@ use crate::{build, tools};
 
 /// Builds the sample Go service (tests/programs/goserver) with the given Go.
 pub fn build_goserver(go: &std::path::Path, out: &std::path::Path, ldflags: &str) -> Result<()> {
+    build_go_program(go, "goserver", out, ldflags)
+}
+
+/// Builds tests/programs/<program> with the given Go, offline, statically.
+pub fn build_go_program(
+    go: &std::path::Path,
+    program: &str,
+    out: &std::path::Path,
+    ldflags: &str,
+) -> Result<()> {
     let root = tools::repo_root();
     tools::run(
         Command::new(go)
-            .current_dir(root.join("tests/programs/goserver"))
+            .current_dir(root.join("tests/programs").join(program))
             .args(["build", "-o"])
             .arg(out)
             .arg(format!("-ldflags={ldflags}"))
