@@ -539,13 +539,18 @@ impl Targets {
         }
         if self.go_runtime {
             self.attach_go(pid);
+        } else if periscope::runtime::gobin::GoBinary::open(format!("/proc/{pid}/exe")).is_ok() {
+            self.tracker.disable_thread_context(pid);
         }
         Ok(res.service_name.clone())
     }
 
     fn attach_go(&mut self, pid: u32) {
         let plan = match go::plan(pid) {
-            Ok(Some(plan)) => plan,
+            Ok(Some(plan)) => {
+                self.tracker.disable_thread_context(pid);
+                plan
+            }
             Ok(None) => return,
             Err(e) => {
                 eprintln!("periscope: warning: PID {pid}: Go runtime metrics unavailable: {e}");

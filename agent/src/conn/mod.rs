@@ -52,7 +52,7 @@ struct Conn {
     /// Bytes the traced process wrote.
     egress: StreamParser,
     /// Requests parsed, in order, waiting for their response.
-    pending: VecDeque<Message>,
+    pending: VecDeque<Pending>,
 }
 
 impl Conn {
@@ -82,6 +82,8 @@ impl Conn {
 /// One traced process.
 struct Proc {
     resource: Arc<Resource>,
+    /// Client calls inherit the server span their thread is serving (off for Go).
+    thread_context: bool,
     routes: RouteTable,
     /// Local address of each listening fd, resolved once from procfs.
     listeners: HashMap<u32, Option<SocketAddr>>,
@@ -110,12 +112,47 @@ pub struct TrackerConfig {
     pub metrics: Arc<Metrics>,
 }
 
+/// A request waiting for its response. Its span identity is decided when the request
+/// is seen, so that calls the serving thread makes meanwhile can name it as parent.
+struct Pending {
+    msg: Message,
+    ids: Ids,
+    /// The parent is a span of this process (a client call made while serving), not
+    /// a remote caller's.
+    local_parent: bool,
+    /// Thread that read (server) or wrote (client) the request.
+    tid: u32,
+}
+
 /// A request paired with its response, ready to become metrics and maybe a span.
 struct Exchange {
     kind: SpanKind,
     req: Message,
     resp: Message,
     ends: Endpoints,
+    ids: Ids,
+    local_parent: bool,
+    tid: u32,
+}
+
+/// The server span a thread is working on: calls it makes are its children. This is
+/// the thread-per-request model (Python threaded servers, gunicorn sync, C servers,
+/// Java-style pools); Go processes are excluded because their goroutines hop threads.
+#[derive(Clone, Debug)]
+struct ActiveSpan {
+    trace_id: crate::span::TraceId,
+    span_id: crate::span::SpanId,
+    flags: u8,
+    trace_state: String,
+}
+
+/// What `on_message` needs besides the connection.
+struct MessageCtx<'a> {
+    pid: u32,
+    tid: u32,
+    thread_context: bool,
+    active: &'a mut HashMap<(u32, u32), ActiveSpan>,
+    stats: &'a mut TrackerStats,
 }
 
 pub struct Tracker {
@@ -130,6 +167,8 @@ pub struct Tracker {
     stats: TrackerStats,
     scratch: Vec<Message>,
     exchanges: Vec<Exchange>,
+    /// (pid, tid) -> the server span that thread serves now.
+    active: HashMap<(u32, u32), ActiveSpan>,
 }
 
 fn peer_addr(ev: &ConnOpenEvent) -> Option<SocketAddr> {
@@ -178,6 +217,15 @@ impl Tracker {
             stats: TrackerStats::default(),
             scratch: Vec::new(),
             exchanges: Vec::new(),
+            active: HashMap::new(),
+        }
+    }
+
+    /// Go programs run goroutines on any thread, so a thread says nothing about which
+    /// request a call belongs to there.
+    pub fn disable_thread_context(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.thread_context = false;
         }
     }
 
@@ -218,6 +266,7 @@ impl Tracker {
             .entry(pid)
             .or_insert_with(|| Proc {
                 resource: Arc::new(Resource::for_process(pid, cfg)),
+                thread_context: true,
                 routes: RouteTable::new(route_cfg),
                 listeners: HashMap::new(),
             })
@@ -263,6 +312,7 @@ impl Tracker {
             self.close(pid, fd, ts_ns, sink);
         }
         self.procs.remove(&pid);
+        self.active.retain(|(p, _), _| *p != pid);
         self.sampler.forget_service(pid);
         self.metrics
             .service_exited(pid, self.to_unix(crate::conn::monotonic_ns()));
@@ -368,8 +418,15 @@ impl Tracker {
         }
         let requests_are_ingress = conn.role != Role::Client;
         let is_request_stream = ingress == requests_are_ingress;
+        let mut ctx = MessageCtx {
+            pid,
+            tid: ev.header.tid(),
+            thread_context: self.procs.get(&pid).is_some_and(|p| p.thread_context),
+            active: &mut self.active,
+            stats: &mut self.stats,
+        };
         for msg in out.drain(..) {
-            if let Some(x) = on_message(conn, msg, is_request_stream, &mut self.stats) {
+            if let Some(x) = on_message(conn, msg, is_request_stream, &mut ctx) {
                 self.exchanges.push(x);
             }
         }
@@ -401,12 +458,22 @@ impl Tracker {
             SpanKind::Server => Some(proc.routes.route(target)),
             SpanKind::Client => None,
         };
-        let ids = Ids::for_request(x.kind, &x.req);
+        let ids = x.ids.clone();
+        if x.kind == SpanKind::Server
+            && self
+                .active
+                .get(&(pid, x.tid))
+                .is_some_and(|a| a.span_id == ids.span_id)
+        {
+            self.active.remove(&(pid, x.tid));
+        }
         let duration_ns = x.resp.end_ns.saturating_sub(x.req.start_ns);
         let error = is_error(x.kind, status);
         let decision = self.sampler.decide(&SampleInput {
             trace_id: ids.trace_id,
-            parent: ids.has_parent().then_some(ParentInfo {
+            // A local parent's decision is not made yet (it ends after its children);
+            // its children decide from the shared trace id like a root does.
+            parent: (ids.has_parent() && !x.local_parent).then_some(ParentInfo {
                 sampled: ids.flags & 1 != 0,
                 remote: true,
             }),
@@ -497,8 +564,15 @@ impl Tracker {
             .enumerate()
             .map(|(i, m)| (i < n_req, m))
             .collect();
+        let mut ctx = MessageCtx {
+            pid,
+            tid: 0,
+            thread_context: false,
+            active: &mut self.active,
+            stats: &mut self.stats,
+        };
         for (is_req, msg) in msgs {
-            if let Some(x) = on_message(&mut conn, msg, is_req, &mut self.stats) {
+            if let Some(x) = on_message(&mut conn, msg, is_req, &mut ctx) {
                 self.exchanges.push(x);
             }
         }
@@ -534,12 +608,13 @@ fn on_message(
     conn: &mut Conn,
     msg: Message,
     is_request_stream: bool,
-    stats: &mut TrackerStats,
+    ctx: &mut MessageCtx<'_>,
 ) -> Option<Exchange> {
     match (&msg.kind, is_request_stream) {
         (MessageKind::Request { .. }, true) => {
-            stats.requests += 1;
-            let resp_parser = if conn.role == Role::Client {
+            ctx.stats.requests += 1;
+            let client = conn.role == Role::Client;
+            let resp_parser = if client {
                 &mut conn.ingress
             } else {
                 &mut conn.egress
@@ -548,9 +623,44 @@ fn on_message(
             resp_parser.push_request_for(&msg);
             if conn.pending.len() >= MAX_PENDING {
                 conn.pending.pop_front();
-                stats.requests_without_response += 1;
+                ctx.stats.requests_without_response += 1;
             }
-            conn.pending.push_back(msg);
+            let key = (ctx.pid, ctx.tid);
+            let (ids, local_parent) = if client {
+                match ctx.active.get(&key).filter(|_| ctx.thread_context) {
+                    Some(a) => (
+                        Ids {
+                            trace_id: a.trace_id,
+                            span_id: crate::span::context::new_span_id(),
+                            parent_span_id: a.span_id,
+                            flags: a.flags,
+                            trace_state: a.trace_state.clone(),
+                        },
+                        true,
+                    ),
+                    None => (Ids::for_request(SpanKind::Client, &msg), false),
+                }
+            } else {
+                let ids = Ids::for_request(SpanKind::Server, &msg);
+                if ctx.thread_context {
+                    ctx.active.insert(
+                        key,
+                        ActiveSpan {
+                            trace_id: ids.trace_id,
+                            span_id: ids.span_id,
+                            flags: ids.flags,
+                            trace_state: ids.trace_state.clone(),
+                        },
+                    );
+                }
+                (ids, false)
+            };
+            conn.pending.push_back(Pending {
+                msg,
+                ids,
+                local_parent,
+                tid: ctx.tid,
+            });
             None
         }
         (MessageKind::Response { status, .. }, false) => {
@@ -563,8 +673,8 @@ fn on_message(
                 };
                 req_parser.enter_passthrough();
             }
-            let Some(req) = conn.pending.pop_front() else {
-                stats.responses_without_request += 1;
+            let Some(p) = conn.pending.pop_front() else {
+                ctx.stats.responses_without_request += 1;
                 return None;
             };
             let kind = if conn.role == Role::Client {
@@ -574,15 +684,18 @@ fn on_message(
             };
             Some(Exchange {
                 kind,
-                req,
+                req: p.msg,
                 resp: msg,
                 ends: conn.ends,
+                ids: p.ids,
+                local_parent: p.local_parent,
+                tid: p.tid,
             })
         }
         // A request on the response stream or vice versa: the stream is not what we
         // thought; the parsers resync on their own.
         _ => {
-            stats.parse_errors += 1;
+            ctx.stats.parse_errors += 1;
             None
         }
     }
