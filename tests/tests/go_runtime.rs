@@ -1000,18 +1000,32 @@ fidelity_tests! {
 // Late attach
 
 #[test]
-fn late_attach_to_3000_goroutines() {
+fn late_attach_to_3000_goroutines_plain() {
+    late_attach_to_3000_goroutines(GoFlavor::Plain);
+}
+
+/// Stripped: allgs is found from the code of runtime.allgadd, not from .symtab.
+#[test]
+fn late_attach_to_3000_goroutines_stripped() {
+    late_attach_to_3000_goroutines(GoFlavor::Stripped);
+}
+
+fn late_attach_to_3000_goroutines(flavor: GoFlavor) {
     harness::require_root();
     let _serial = harness::serial();
     let tc = go_toolchain("1.25");
-    let bin = build_go_program(PROGRAM, &tc, GoFlavor::Plain);
+    let bin = build_go_program(PROGRAM, &tc, flavor);
     let mut target = Target::start(&bin, 3000);
     // Some GC history before the agent comes.
     target.call("POST", "/gc?n=2");
     let before = target.truth();
     assert_eq!(before.site("preload"), 3000, "preloaded: {before}");
     assert!(before.idle() > 3000, "{before}");
-    let mut rig = Rig::attach(target, "late attach, Go 1.25 plain", &[]);
+    let mut rig = Rig::attach(
+        target,
+        &format!("late attach, Go 1.25 {}", flavor.name()),
+        &[],
+    );
 
     rig.wait_for(
         "go_goroutines after attaching to 3000+ goroutines",

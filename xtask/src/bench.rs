@@ -45,10 +45,7 @@ fn wrk(url: &str, script: Option<&std::path::Path>) -> Result<WrkResult> {
     if let Some(s) = script {
         cmd.arg("-s").arg(s);
     }
-    let out = cmd
-        .arg(url)
-        .output()
-        .context("running wrk")?;
+    let out = cmd.arg(url).output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut rps = None;
     let mut p99 = None;
@@ -177,8 +174,8 @@ fn traced_run(
     proc.wait()?;
     let field = |name: &str| -> u64 {
         rest.split_whitespace()
-            .filter_map(|t| t.strip_prefix(name))
-            .last()
+            .rev()
+            .find_map(|t| t.strip_prefix(name))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
@@ -350,10 +347,24 @@ pub fn bench() -> Result<()> {
         thread::sleep(Duration::from_millis(100));
     }
     let modes = [
-        Mode { name: "untraced", agent_args: None },
-        Mode { name: "traced", agent_args: Some(&[]) },
+        Mode {
+            name: "untraced",
+            agent_args: None,
+        },
+        Mode {
+            name: "traced",
+            agent_args: Some(&[]),
+        },
     ];
-    let r = bench_server("nginx (1 worker) return 200", &agent, nginx.id(), &url, None, &modes, sink);
+    let r = bench_server(
+        "nginx (1 worker) return 200",
+        &agent,
+        nginx.id(),
+        &url,
+        None,
+        &modes,
+        sink,
+    );
     let _ = nginx.kill();
     let _ = nginx.wait();
     r

@@ -42,6 +42,9 @@ impl Format {
 /// A label: name (usually static) and value.
 pub type Label = (Cow<'static, str>, String);
 
+/// One summary series: labels, (quantile, value) pairs, sum, count.
+pub type SummarySeries = (Vec<Label>, Vec<(f64, f64)>, f64, u64);
+
 /// One counter or gauge sample.
 pub struct Sample {
     pub labels: Vec<Label>,
@@ -237,14 +240,13 @@ impl Encoder {
         }
     }
 
-    /// A summary family: each entry is (labels, [(quantile, value)], sum, count).
-    #[allow(clippy::type_complexity)]
+    /// A summary family.
     pub fn summary(
         &mut self,
         name: &str,
         help: &str,
         unit: Option<&str>,
-        series: &[(Vec<Label>, Vec<(f64, f64)>, f64, u64)],
+        series: &[SummarySeries],
     ) {
         if series.is_empty() {
             return;
@@ -462,7 +464,7 @@ pub fn encode_go(enc: &mut Encoder, services: &[ServiceMetrics]) {
         None,
         &info,
     );
-    let gc: Vec<(Vec<Label>, Vec<(f64, f64)>, f64, u64)> = go
+    let gc: Vec<SummarySeries> = go
         .iter()
         .map(|(s, g)| {
             let q = g.gc_pause_quantiles.unwrap_or([0.0; 5]);

@@ -271,13 +271,16 @@ pub struct KernelStats {
     pub sockmap_full: u64,
 }
 
+/// The uprobe links on one Go executable, and the traced pids running it.
+type GoLinks = (Vec<(&'static str, UProbeLinkId)>, Vec<u32>);
+
 /// Loaded and attached kernel programs plus the maps userspace maintains.
 pub struct Probes {
     ebpf: Ebpf,
     go_procs: HashMap<MapData, u32, GoProcInfo>,
     /// Uprobe links per Go executable (device, inode), shared by every traced process
     /// running it, with the pids using them; detached when the last one goes.
-    go_links: StdHashMap<(u64, u64), (Vec<(&'static str, UProbeLinkId)>, Vec<u32>)>,
+    go_links: StdHashMap<(u64, u64), GoLinks>,
     targets: HashMap<MapData, u32, TargetInfo>,
     socks: HashMap<MapData, u64, u32>,
     stats: PerCpuArray<MapData, u64>,

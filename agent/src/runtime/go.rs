@@ -336,7 +336,7 @@ impl GoProcess {
     /// through /proc/PID/mem. Returns how many live goroutines were found, or None when
     /// `allgs` cannot be located in this binary.
     pub fn seed_from_memory(&mut self, offsets: &GoOffsets) -> Option<usize> {
-        let allgs = self.bin.symbol_address("runtime.allgs")?;
+        let allgs = self.bin.allgs_address()?;
         let mem = File::open(format!("/proc/{}/mem", self.pid)).ok()?;
         let bias = self.bias;
         let read_u64 = |addr: u64| -> Option<u64> {

@@ -28,6 +28,8 @@ pub(super) struct Segment {
     pub vaddr: u64,
     pub offset: u64,
     pub filesz: u64,
+    /// Size in memory (`p_memsz`): includes the zero-filled tail (.bss, .noptrbss).
+    pub memsz: u64,
     pub flags: u32,
 }
 
@@ -102,6 +104,7 @@ impl ElfInfo {
                 vaddr: p.p_vaddr(LE),
                 offset: p.p_offset(LE),
                 filesz: p.p_filesz(LE),
+                memsz: p.p_memsz(LE),
                 flags: p.p_flags(LE).0,
             })
             .collect();
@@ -149,6 +152,27 @@ impl ElfInfo {
         self.segments
             .iter()
             .find(|s| va >= s.vaddr && va - s.vaddr < s.filesz)
+    }
+
+    /// Whether `va..va+len` lies in writable, non-executable data of the image (.data, .bss,
+    /// .noptrdata, .noptrbss...): from the section headers when there are any, else from the
+    /// writable loadable segments (memory size, so zero-filled .bss counts).
+    pub fn is_writable_data(&self, va: u64, len: u64) -> bool {
+        let Some(end) = va.checked_add(len) else {
+            return false;
+        };
+        let inside = |start: u64, size: u64| va >= start && end <= start.saturating_add(size);
+        if !self.sections.is_empty() {
+            let want = elf::SHF_ALLOC.0 | elf::SHF_WRITE.0;
+            return self.sections.iter().any(|s| {
+                s.flags & want == want
+                    && s.flags & elf::SHF_EXECINSTR.0 == 0
+                    && inside(s.addr, s.size)
+            });
+        }
+        self.segments
+            .iter()
+            .any(|s| s.is_write() && !s.is_exec() && inside(s.vaddr, s.memsz))
     }
 
     pub fn va_to_offset(&self, va: u64) -> Option<u64> {

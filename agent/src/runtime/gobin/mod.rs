@@ -598,6 +598,36 @@ impl GoBinary {
         self.elf.symbol(self.data(), name).map(|s| s.0)
     }
 
+    /// Link-time va of the `runtime.allgs` slice header (`[]*g`: ptr, len, cap; add the load
+    /// bias for PIE): from `.symtab` when present, else from the machine code of
+    /// `runtime.allgadd` (see [`GoBinary::allgs_address_from_code`]), so stripped binaries
+    /// work too. `None` when neither finds it (e.g. stripped arm64 binaries).
+    pub fn allgs_address(&self) -> Option<u64> {
+        self.symbol_address("runtime.allgs")
+            .or_else(|| self.allgs_address_from_code())
+    }
+
+    /// `runtime.allgs` found without symbols (amd64 only). `runtime.allgadd` does
+    /// `allgs = append(allgs, gp)`, which compiles to RIP-relative 8-byte loads of
+    /// `allgs`, `allgs+8`, `allgs+16` and stores back to them (checked in Go 1.21–1.27).
+    /// The answer is the unique address `A` such that `A` is stored to, `A`, `A+8` and
+    /// `A+16` are all accessed, and `A..A+24` lies in writable data (.data/.bss/...);
+    /// `None` if there is no such address or more than one.
+    pub fn allgs_address_from_code(&self) -> Option<u64> {
+        if self.elf.arch != Arch::Amd64 {
+            return None;
+        }
+        let f = self.find_function("runtime.allgadd")?;
+        let refs = disasm::rip_refs_amd64(self.code(&f)?, f.entry).ok()?;
+        let mut found = disasm::appended_slice_headers(&refs)
+            .into_iter()
+            .filter(|&a| self.elf.is_writable_data(a, 24));
+        match (found.next(), found.next()) {
+            (Some(a), None) => Some(a),
+            _ => None,
+        }
+    }
+
     /// Layouts of the named struct types from DWARF (`None`: no DWARF in the binary).
     pub fn struct_layouts(
         &self,

@@ -376,6 +376,96 @@ fn entries_match_go_tool_nm() {
     }
 }
 
+/// The data section holding `va` (name, offset in it).
+fn data_section_offset(g: &GoBinary, va: u64) -> Option<(String, u64)> {
+    g.elf
+        .sections
+        .iter()
+        .find(|s| s.flags & object::elf::SHF_WRITE.0 != 0 && va >= s.addr && va - s.addr < s.size)
+        .map(|s| (s.name.clone(), va - s.addr))
+}
+
+/// `runtime.allgs` found from `runtime.allgadd`'s code. Builds with .symtab: exactly the
+/// symbol. Stripped (`-ldflags=-s -w`) builds: their data sections sit a few bytes away from
+/// the unstripped twin's (the build info records the longer `-ldflags`, .rodata grows and
+/// everything after it shifts), so the check is the same section and offset in it.
+#[test]
+fn allgs_from_code_matches_symtab() {
+    let mut checked = Vec::new();
+    for b in amd64() {
+        let g = open(b);
+        let src = b.flavor.symbols_from();
+        let twin_bin = binaries()
+            .iter()
+            .find(|x| x.version == b.version && x.flavor == src)
+            .unwrap();
+        let twin = open(twin_bin);
+        let sym = twin
+            .symbol_address("runtime.allgs")
+            .unwrap_or_else(|| panic!("no runtime.allgs symbol in {:?}", twin_bin.path));
+        let want = if b.flavor.stripped() {
+            let (name, off) = data_section_offset(&twin, sym).expect("allgs in a data section");
+            let sec = g.elf.section(&name).expect("same sections when stripped");
+            sec.addr + off
+        } else {
+            sym
+        };
+        // The code path on its own, with or without .symtab in the binary.
+        assert_eq!(
+            g.allgs_address_from_code(),
+            Some(want),
+            "allgs from runtime.allgadd in {:?} (expected {want:#x})",
+            b.path
+        );
+        // The public API, which prefers .symtab when there is one.
+        assert_eq!(g.allgs_address(), Some(want), "{:?}", b.path);
+        assert_eq!(g.has_symtab(), !b.flavor.stripped());
+        checked.push(format!("{}-{:?}", b.version, b.flavor));
+    }
+    eprintln!("allgs verified in {checked:?}");
+}
+
+/// Stripped after linking (`objcopy --strip-all`, as some packagers do): the addresses do
+/// not move, so the symbol-free answer must equal the unstripped build's symbol exactly.
+#[test]
+fn allgs_in_objcopy_stripped_binaries() {
+    if Command::new("objcopy").arg("--version").output().is_err() {
+        eprintln!("objcopy not found, skipping");
+        return;
+    }
+    let dir = test_dir();
+    for b in amd64().filter(|b| !b.flavor.stripped()) {
+        let out = dir.join(format!("{}-{:?}-objcopy", b.version, b.flavor));
+        let res = Command::new("objcopy")
+            .arg("--strip-all")
+            .arg(&b.path)
+            .arg(&out)
+            .output()
+            .expect("run objcopy");
+        assert!(res.status.success(), "objcopy {:?} failed", b.path);
+        let g = GoBinary::open(&out).unwrap_or_else(|e| panic!("open {out:?}: {e}"));
+        assert!(!g.has_symtab(), "{out:?}");
+        let want = open(b).symbol_address("runtime.allgs");
+        assert!(want.is_some());
+        assert_eq!(g.allgs_address(), want, "{out:?}");
+    }
+}
+
+#[test]
+fn allgs_on_arm64_needs_symtab() {
+    for b in binaries().iter().filter(|b| b.flavor == Flavor::Arm64) {
+        let g = open(b);
+        assert_eq!(g.allgs_address_from_code(), None, "{:?}", b.path);
+        assert_eq!(
+            g.allgs_address(),
+            g.symbol_address("runtime.allgs"),
+            "{:?}",
+            b.path
+        );
+        assert!(g.allgs_address().is_some());
+    }
+}
+
 #[test]
 fn file_line_of_function_entries() {
     for b in binaries() {
@@ -648,6 +738,14 @@ fn without_section_headers() {
         // No sections, so no DWARF: the table must serve.
         assert_eq!(g.offsets_from_dwarf().unwrap(), None);
         assert_eq!(g.offsets().unwrap(), orig.offsets().unwrap());
+        // No sections and no .symtab: allgs from code, checked against writable segments.
+        assert_eq!(
+            g.allgs_address(),
+            orig.allgs_address_from_code(),
+            "{:?}",
+            b.path
+        );
+        assert!(g.allgs_address().is_some());
     }
 }
 
