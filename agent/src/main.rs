@@ -350,6 +350,12 @@ fn run(cli: Cli) -> Result<()> {
         .transpose()?;
     let metrics = Arc::new(Metrics::default());
 
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("periscope-export")
+        .enable_all()
+        .build()
+        .context("starting the export runtime")?;
     let discovering = discovery.selector().discovers();
     let (probes, ring) = Probes::load(1 << 20, discovering)?;
     let follow = !cli.no_follow_forks;
@@ -361,6 +367,8 @@ fn run(cli: Cli) -> Result<()> {
         sampler,
         metrics: metrics.clone(),
     });
+    let logs_export = export::logs::LogsExportConfig::from_flags_and_env(&flags)?
+        .map(|cfg| export::logs::start(cfg, rt.handle()));
     let mut t = Targets {
         probes,
         tracker,
@@ -372,6 +380,7 @@ fn run(cli: Cli) -> Result<()> {
         },
         follow,
         go_runtime: !cli.no_go_runtime,
+        logs: logs_export.as_ref().map(|(sink, _)| sink.clone()),
         metrics: metrics.clone(),
     };
     let mut described = Vec::new();
@@ -390,12 +399,6 @@ fn run(cli: Cli) -> Result<()> {
         _ => "",
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("periscope-export")
-        .enable_all()
-        .build()
-        .context("starting the export runtime")?;
     let (sink, export) = export::start(export_cfg, rt.handle());
     let stats = export.stats();
     let telemetry = Arc::new(Telemetry::default());
@@ -468,13 +471,18 @@ fn run(cli: Cli) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("event thread panicked"))?;
     rt.block_on(async {
-        let spans = export.shutdown(Duration::from_secs(5));
-        match metrics_export {
-            Some(m) => {
-                tokio::join!(spans, m.shutdown(Duration::from_secs(5)));
+        let deadline = Duration::from_secs(5);
+        let metrics = async {
+            if let Some(m) = metrics_export {
+                m.shutdown(deadline).await;
             }
-            None => spans.await,
-        }
+        };
+        let logs = async {
+            if let Some((_, l)) = logs_export {
+                l.shutdown(deadline).await;
+            }
+        };
+        tokio::join!(export.shutdown(deadline), metrics, logs);
     });
     let snap = telemetry.snapshot();
     eprintln!(
@@ -521,6 +529,8 @@ struct Targets {
     leak: LeakConfig,
     follow: bool,
     go_runtime: bool,
+    /// OTLP log records (goroutine-leak warnings), when an OTLP endpoint is set.
+    logs: Option<export::logs::LogSink>,
     metrics: Arc<Metrics>,
 }
 
@@ -633,13 +643,26 @@ impl Targets {
                     .resource(pid)
                     .map(|r| r.service_name.clone())
                     .unwrap_or_default();
+                let window_s = self.leak.window_ns / 1_000_000_000;
                 eprintln!(
-                    "periscope: warning: goroutine leak suspected in {service} (PID {pid}): {to} live goroutines created at {} ({}:{}), up from {from} over {}s",
-                    site.function,
-                    site.file,
-                    site.line,
-                    self.leak.window_ns / 1_000_000_000
+                    "periscope: warning: goroutine leak suspected in {service} (PID {pid}): {to} live goroutines created at {} ({}:{}), up from {from} over {window_s}s",
+                    site.function, site.file, site.line,
                 );
+                if let (Some(sink), Some(resource)) = (&self.logs, self.tracker.resource(pid)) {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64);
+                    sink.send(export::logs::leak_record(
+                        resource,
+                        &site.function,
+                        &site.file,
+                        site.line,
+                        from,
+                        to,
+                        window_s,
+                        now,
+                    ));
+                }
             }
             if publish {
                 self.metrics.set_go(pid, g.stats());

@@ -24,6 +24,7 @@ use periscope::metrics::{
     DURATION_BUCKETS, Exemplar, HttpKind, HttpRecord, HttpSeries, Metrics, SIZE_BUCKETS,
 };
 use periscope::resource::{Resource, ResourceConfig, SDK_VERSION};
+use periscope::runtime::go::{GoStats, Site, SiteSnapshot};
 use periscope_e2e::receiver::{Protocol, Receiver, render};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -629,4 +630,205 @@ fn large_registries_are_split_into_bounded_requests() {
     }
     assert_eq!(routes.len(), series as usize, "every series exactly once");
     rt.block_on(h.shutdown(Duration::from_secs(5)));
+}
+
+/// (temporality, monotonic, points) of a sum metric with any number of points.
+fn sum_points<'a>(rm: &'a ResourceMetrics, name: &str) -> (i32, bool, &'a [NumberDataPoint]) {
+    match metric(rm, name).map(|m| &m.data) {
+        Some(Some(metric::Data::Sum(s))) => {
+            (s.aggregation_temporality, s.is_monotonic, &s.data_points)
+        }
+        other => panic!("{name} is not a sum: {other:?}"),
+    }
+}
+
+fn gauge<'a>(rm: &'a ResourceMetrics, name: &str) -> &'a [NumberDataPoint] {
+    match metric(rm, name).map(|m| &m.data) {
+        Some(Some(metric::Data::Gauge(g))) => &g.data_points,
+        other => panic!("{name} is not a gauge: {other:?}"),
+    }
+}
+
+fn double(p: &NumberDataPoint) -> f64 {
+    match p.value {
+        Some(number_data_point::Value::AsDouble(v)) => v,
+        other => panic!("not a double: {other:?}"),
+    }
+}
+
+fn point_attr(p: &NumberDataPoint, key: &str) -> Option<Any> {
+    p.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.clone()?.value)
+}
+
+/// (code.function.name, code.file.path, code.line.number, value) of a by-site point.
+type SitePoint = (Option<Any>, Option<Any>, Option<Any>, i64);
+
+fn unit(rm: &ResourceMetrics, name: &str) -> String {
+    metric(rm, name).unwrap().unit.clone()
+}
+
+fn runtime_registry(start: u64) -> Arc<Metrics> {
+    let m = Arc::new(Metrics::default());
+    m.add_service(&resource(4242), start);
+    m.update_process(4242, |p| {
+        p.threads = 9;
+        p.cpu_user_s = 2.5;
+        p.cpu_system_s = 0.5;
+        p.rss_bytes = 64 << 20;
+        p.virtual_bytes = 2 << 30;
+        p.open_fds = 33;
+        p.start_time_s = 1_700_000_000.0;
+    });
+    let site = |function: &str, line: u32, live: i64, suspected: bool| SiteSnapshot {
+        site: Arc::new(Site {
+            function: function.into(),
+            file: "/src/app/main.go".into(),
+            line,
+        }),
+        live,
+        created: live as u64,
+        suspected,
+    };
+    m.set_go(
+        4242,
+        GoStats {
+            version: "1.22.1".into(),
+            goroutines: 530,
+            gc_cycles: 12,
+            gc_pause_sum_s: 0.024,
+            gc_pause_quantiles: Some([0.0001, 0.0002, 0.0003, 0.0004, 0.002]),
+            sites: vec![
+                site("main.leak", 42, 523, true),
+                site("main.serve", 17, 5, false),
+            ],
+            ..Default::default()
+        },
+    );
+    m
+}
+
+#[test]
+fn process_and_go_metrics_arrive_with_semconv_names_units_and_types() {
+    for (protocol, env) in [
+        (Protocol::Grpc, &[][..]),
+        (
+            Protocol::HttpProtobuf,
+            &[(OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE, "delta")][..],
+        ),
+    ] {
+        let receiver = Receiver::start();
+        let rt = runtime();
+        let start = now_ns();
+        let m = runtime_registry(start);
+        let h = metrics_export::start(config(&receiver, protocol, env), m.clone(), rt.handle());
+        assert!(flush(&rt, &h) > 0);
+        rt.block_on(h.shutdown(Duration::from_secs(5)));
+        let got = receiver.wait_for_metrics(1, WAIT);
+        let rm = &got[0];
+        let delta = !env.is_empty();
+        let want_temporality = if delta { DELTA } else { CUMULATIVE };
+
+        for (name, want) in [
+            ("process.thread.count", "{thread}"),
+            ("process.cpu.time", "s"),
+            ("process.memory.usage", "By"),
+            ("process.memory.virtual", "By"),
+            ("process.unix.file_descriptor.count", "{file_descriptor}"),
+            ("go.goroutine.count", "{goroutine}"),
+            ("periscope.go.gc.cycles", "{gc_cycle}"),
+            ("periscope.go.gc.pause.duration", "s"),
+            ("periscope.go.goroutine.by_site", "{goroutine}"),
+            ("periscope.go.goroutine.leak_suspected", "{site}"),
+        ] {
+            assert_eq!(unit(rm, name), want, "{protocol:?} {name}");
+        }
+        let one = |name: &str| {
+            let points = gauge(rm, name);
+            assert_eq!(points.len(), 1, "{name}");
+            int(&points[0])
+        };
+        assert_eq!(one("process.thread.count"), 9);
+        assert_eq!(one("process.memory.usage"), 64 << 20);
+        assert_eq!(one("process.memory.virtual"), 2 << 30);
+        assert_eq!(one("process.unix.file_descriptor.count"), 33);
+        assert_eq!(one("go.goroutine.count"), 530);
+
+        let (temporality, monotonic, cpu) = sum_points(rm, "process.cpu.time");
+        assert_eq!((temporality, monotonic), (want_temporality, true));
+        let mode = |m: &str| {
+            cpu.iter()
+                .find(|p| point_attr(p, "cpu.mode") == Some(s(m)))
+                .map(|p| (double(p), p.start_time_unix_nano))
+        };
+        let proc_start = 1_700_000_000 * 1_000_000_000;
+        assert_eq!(mode("user"), Some((2.5, proc_start)), "{protocol:?}");
+        assert_eq!(mode("system"), Some((0.5, proc_start)), "{protocol:?}");
+
+        let (temporality, monotonic, gc) = sum(rm, "periscope.go.gc.cycles");
+        assert_eq!((temporality, monotonic), (want_temporality, true));
+        assert_eq!((int(gc), gc.start_time_unix_nano), (12, start));
+
+        let Some(Some(metric::Data::Summary(pause))) =
+            metric(rm, "periscope.go.gc.pause.duration").map(|m| &m.data)
+        else {
+            panic!("not a summary");
+        };
+        let p = &pause.data_points[0];
+        assert_eq!((p.count, p.sum), (12, 0.024));
+        let q: Vec<(f64, f64)> = p
+            .quantile_values
+            .iter()
+            .map(|v| (v.quantile, v.value))
+            .collect();
+        assert_eq!(
+            q,
+            [
+                (0.0, 0.0001),
+                (0.25, 0.0002),
+                (0.5, 0.0003),
+                (0.75, 0.0004),
+                (1.0, 0.002)
+            ]
+        );
+
+        let sites = gauge(rm, "periscope.go.goroutine.by_site");
+        let by_fn: Vec<SitePoint> = sites
+            .iter()
+            .map(|p| {
+                (
+                    point_attr(p, "code.function.name"),
+                    point_attr(p, "code.file.path"),
+                    point_attr(p, "code.line.number"),
+                    int(p),
+                )
+            })
+            .collect();
+        assert_eq!(
+            by_fn,
+            [
+                (
+                    Some(s("main.leak")),
+                    Some(s("/src/app/main.go")),
+                    Some(Any::IntValue(42)),
+                    523
+                ),
+                (
+                    Some(s("main.serve")),
+                    Some(s("/src/app/main.go")),
+                    Some(Any::IntValue(17)),
+                    5
+                ),
+            ]
+        );
+        let leaks = gauge(rm, "periscope.go.goroutine.leak_suspected");
+        assert_eq!(leaks.len(), 1);
+        assert_eq!(
+            point_attr(&leaks[0], "code.function.name"),
+            Some(s("main.leak"))
+        );
+        assert_eq!(int(&leaks[0]), 1);
+    }
 }

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod console;
+pub mod logs;
 pub mod metrics;
 pub mod otlp;
 

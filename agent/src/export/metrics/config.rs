@@ -177,77 +177,9 @@ impl MetricsExportConfig {
             }
         }
 
-        let metrics_env = env(OTEL_EXPORTER_OTLP_METRICS_ENDPOINT);
-        let base_env = env(OTEL_EXPORTER_OTLP_ENDPOINT);
-        if flags.otlp_endpoint.is_none() && metrics_env.is_none() && base_env.is_none() {
+        let Some(otlp) = resolve_otlp(&METRICS_SIGNAL, flags, &env)? else {
             return Ok(None);
-        }
-
-        let protocol = first_set([
-            (otlp_flag::OTLP_PROTOCOL, flags.otlp_protocol.clone()),
-            (
-                OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
-                env(OTEL_EXPORTER_OTLP_METRICS_PROTOCOL),
-            ),
-            (
-                OTEL_EXPORTER_OTLP_PROTOCOL,
-                env(OTEL_EXPORTER_OTLP_PROTOCOL),
-            ),
-        ]);
-        let protocol: Protocol = match protocol {
-            Some((source, value)) => value
-                .parse()
-                .map_err(|reason: String| invalid(source, &value, reason))?,
-            None => Protocol::default(),
         };
-
-        let (source, url) = match (&flags.otlp_endpoint, metrics_env, base_env) {
-            (Some(url), _, _) => (otlp_flag::OTLP_ENDPOINT, base_to_metrics(url, protocol)),
-            (None, Some(url), _) => (OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, url),
-            (None, None, Some(base)) => {
-                let url = match protocol {
-                    Protocol::HttpProtobuf => append_metrics_path(&base),
-                    Protocol::Grpc => base,
-                };
-                (OTEL_EXPORTER_OTLP_ENDPOINT, url)
-            }
-            (None, None, None) => unreachable!("checked above"),
-        };
-        let mut otlp = OtlpConfig::new(&url, protocol).map_err(|e| from_source(e, source))?;
-
-        // Headers: generic env, then metrics env, then the flag; later wins per key.
-        let sources = [
-            (OTEL_EXPORTER_OTLP_HEADERS, env(OTEL_EXPORTER_OTLP_HEADERS)),
-            (
-                OTEL_EXPORTER_OTLP_METRICS_HEADERS,
-                env(OTEL_EXPORTER_OTLP_METRICS_HEADERS),
-            ),
-            (otlp_flag::OTLP_HEADERS, flags.otlp_headers.clone()),
-        ];
-        for (source, value) in sources {
-            let Some(value) = value else { continue };
-            let list = parse_key_value_list(&value);
-            if let Some(bad) = list.malformed.first() {
-                return Err(invalid(
-                    source,
-                    bad,
-                    "expected key=value (values percent-encoded)",
-                ));
-            }
-            otlp = otlp
-                .with_headers(list.pairs)
-                .map_err(|e| from_source(e, source))?;
-        }
-
-        let timeout = match flags.otlp_timeout {
-            Some(t) => t,
-            None => match env_ms(&env, OTEL_EXPORTER_OTLP_METRICS_TIMEOUT)? {
-                Some(ms) => Duration::from_millis(ms),
-                None => env_ms(&env, OTEL_EXPORTER_OTLP_TIMEOUT)?
-                    .map_or(otlp.timeout(), Duration::from_millis),
-            },
-        };
-        let otlp = otlp.with_timeout(timeout)?;
 
         let interval = match flags.export_interval {
             Some(t) if t.is_zero() => {
@@ -281,6 +213,104 @@ impl MetricsExportConfig {
     }
 }
 
+/// The env vars and URL path of one OTLP signal, for [`resolve_otlp`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Signal {
+    /// `OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`: used as-is.
+    pub endpoint: &'static str,
+    pub protocol: &'static str,
+    pub headers: &'static str,
+    pub timeout: &'static str,
+    /// Appended to a base URL for http/protobuf, e.g. `/v1/metrics`.
+    pub path: &'static str,
+}
+
+const METRICS_SIGNAL: Signal = Signal {
+    endpoint: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+    protocol: OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
+    headers: OTEL_EXPORTER_OTLP_METRICS_HEADERS,
+    timeout: OTEL_EXPORTER_OTLP_METRICS_TIMEOUT,
+    path: "/v1/metrics",
+};
+
+/// The transport settings of one signal: flag > signal env var > generic env var >
+/// default, per setting. `None` when no endpoint is given anywhere. `env` must already map
+/// empty values to `None`. Shared with the logs exporter so that all signals agree.
+pub(crate) fn resolve_otlp(
+    signal: &Signal,
+    flags: &MetricsExportFlags,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<OtlpConfig>, ConfigError> {
+    let signal_env = env(signal.endpoint);
+    let base_env = env(OTEL_EXPORTER_OTLP_ENDPOINT);
+    if flags.otlp_endpoint.is_none() && signal_env.is_none() && base_env.is_none() {
+        return Ok(None);
+    }
+
+    let protocol = first_set([
+        (otlp_flag::OTLP_PROTOCOL, flags.otlp_protocol.clone()),
+        (signal.protocol, env(signal.protocol)),
+        (
+            OTEL_EXPORTER_OTLP_PROTOCOL,
+            env(OTEL_EXPORTER_OTLP_PROTOCOL),
+        ),
+    ]);
+    let protocol: Protocol = match protocol {
+        Some((source, value)) => value
+            .parse()
+            .map_err(|reason: String| invalid(source, &value, reason))?,
+        None => Protocol::default(),
+    };
+
+    let (source, url) = match (&flags.otlp_endpoint, signal_env, base_env) {
+        (Some(url), _, _) => (
+            otlp_flag::OTLP_ENDPOINT,
+            base_to_signal(url, protocol, signal.path),
+        ),
+        (None, Some(url), _) => (signal.endpoint, url),
+        (None, None, Some(base)) => {
+            let url = match protocol {
+                Protocol::HttpProtobuf => append_path(&base, signal.path),
+                Protocol::Grpc => base,
+            };
+            (OTEL_EXPORTER_OTLP_ENDPOINT, url)
+        }
+        (None, None, None) => unreachable!("checked above"),
+    };
+    let mut otlp = OtlpConfig::new(&url, protocol).map_err(|e| from_source(e, source))?;
+
+    // Headers: generic env, then signal env, then the flag; later wins per key.
+    let sources = [
+        (OTEL_EXPORTER_OTLP_HEADERS, env(OTEL_EXPORTER_OTLP_HEADERS)),
+        (signal.headers, env(signal.headers)),
+        (otlp_flag::OTLP_HEADERS, flags.otlp_headers.clone()),
+    ];
+    for (source, value) in sources {
+        let Some(value) = value else { continue };
+        let list = parse_key_value_list(&value);
+        if let Some(bad) = list.malformed.first() {
+            return Err(invalid(
+                source,
+                bad,
+                "expected key=value (values percent-encoded)",
+            ));
+        }
+        otlp = otlp
+            .with_headers(list.pairs)
+            .map_err(|e| from_source(e, source))?;
+    }
+
+    let timeout = match flags.otlp_timeout {
+        Some(t) => t,
+        None => match env_ms(&env, signal.timeout)? {
+            Some(ms) => Duration::from_millis(ms),
+            None => env_ms(&env, OTEL_EXPORTER_OTLP_TIMEOUT)?
+                .map_or(otlp.timeout(), Duration::from_millis),
+        },
+    };
+    Ok(Some(otlp.with_timeout(timeout)?))
+}
+
 fn invalid(setting: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting,
@@ -309,25 +339,25 @@ fn first_set<const N: usize>(
         .find_map(|(source, value)| value.map(|v| (source, v)))
 }
 
-/// The flag is a base URL shared with traces: for http/protobuf the metrics path goes on
-/// the end, replacing a signal path the user may have written for traces.
-fn base_to_metrics(url: &str, protocol: Protocol) -> String {
+/// The flag is a base URL shared with traces: for http/protobuf the signal's path goes on
+/// the end, replacing a signal path the user may have written for another signal.
+fn base_to_signal(url: &str, protocol: Protocol, path: &str) -> String {
     match protocol {
         Protocol::Grpc => url.to_owned(),
         Protocol::HttpProtobuf => {
             let trimmed = url.trim().trim_end_matches('/');
-            let base = trimmed
-                .strip_suffix("/v1/traces")
-                .or_else(|| trimmed.strip_suffix("/v1/metrics"))
+            let base = ["/v1/traces", "/v1/metrics", "/v1/logs"]
+                .into_iter()
+                .find_map(|p| trimmed.strip_suffix(p))
                 .unwrap_or(trimmed);
-            append_metrics_path(base)
+            append_path(base, path)
         }
     }
 }
 
-/// `base` + `/v1/metrics`, with exactly one slash between them (the spec's rule).
-fn append_metrics_path(base: &str) -> String {
-    format!("{}/v1/metrics", base.trim().trim_end_matches('/'))
+/// `base` + `path`, with exactly one slash between them (the spec's rule).
+fn append_path(base: &str, path: &str) -> String {
+    format!("{}{path}", base.trim().trim_end_matches('/'))
 }
 
 /// A positive number of milliseconds, `None` when unset.

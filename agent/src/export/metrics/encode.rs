@@ -26,13 +26,16 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     self as proto, AggregationTemporality, HistogramDataPoint, Metric, NumberDataPoint,
-    ResourceMetrics, ScopeMetrics, exemplar, metric, number_data_point,
+    ResourceMetrics, ScopeMetrics, SummaryDataPoint, exemplar, metric, number_data_point,
+    summary_data_point::ValueAtQuantile,
 };
 
 use super::config::TemporalityPreference;
 use crate::export::otlp::{SCOPE_NAME, SCOPE_VERSION, resource_to_proto};
 use crate::metrics::{Exemplar, Histogram, HttpKind, HttpSeries, HttpStats, ServiceMetrics};
 use crate::resource::Resource;
+use crate::runtime::go::{GoStats, Site};
+use crate::runtime::process::ProcessStats;
 
 pub const HTTP_SERVER_REQUEST_DURATION: &str = "http.server.request.duration";
 pub const HTTP_SERVER_REQUEST_BODY_SIZE: &str = "http.server.request.body.size";
@@ -45,85 +48,190 @@ pub const ROUTE_OVERFLOW: &str = "periscope.route.overflow";
 /// Requests folded into the overflow series by the per-service series cap.
 pub const SERIES_OVERFLOW: &str = "periscope.metric.series.overflow";
 
+// Process metrics: semconv names
+// (<https://opentelemetry.io/docs/specs/semconv/system/process-metrics/>). Semconv makes the
+// four counts UpDownCounters; they are exported as gauges (what they are read as: a sample of
+// /proc or of the live-thread count, not a sum of increments).
+pub const PROCESS_THREAD_COUNT: &str = "process.thread.count";
+/// Monotonic sum with `cpu.mode` = `user` | `system`.
+pub const PROCESS_CPU_TIME: &str = "process.cpu.time";
+pub const PROCESS_MEMORY_USAGE: &str = "process.memory.usage";
+pub const PROCESS_MEMORY_VIRTUAL: &str = "process.memory.virtual";
+pub const PROCESS_FILE_DESCRIPTOR_COUNT: &str = "process.unix.file_descriptor.count";
+// Go runtime metrics. `go.goroutine.count` is semconv's
+// (<https://opentelemetry.io/docs/specs/semconv/runtime/go-metrics/>); semconv has no GC
+// cycle count, pause distribution or per-site view, so those are ours.
+pub const GO_GOROUTINE_COUNT: &str = "go.goroutine.count";
+pub const GO_GC_CYCLES: &str = "periscope.go.gc.cycles";
+/// A Summary: quantiles 0, .25, .5, .75, 1 of recent pauses; sum of every pause seen; count
+/// = GC cycles (as Prometheus' `go_gc_duration_seconds`).
+pub const GO_GC_PAUSE_DURATION: &str = "periscope.go.gc.pause.duration";
+/// Attributes `code.function.name`, `code.file.path`, `code.line.number`.
+pub const GO_GOROUTINE_BY_SITE: &str = "periscope.go.goroutine.by_site";
+/// Value 1, same attributes as [`GO_GOROUTINE_BY_SITE`], one point per suspected site.
+pub const GO_GOROUTINE_LEAK_SUSPECTED: &str = "periscope.go.goroutine.leak_suspected";
+
 /// Most data points in one request. A histogram point with bounds, counts, attributes and a
 /// few exemplars encodes to roughly 0.3–1 KiB, so this keeps requests near 1 MiB at worst.
 pub const MAX_POINTS_PER_REQUEST: usize = 2000;
 
-/// One metric of the export: name, unit, description, and whether it is a histogram
-/// (else a monotonic sum). Index = position in [`FAMILIES`], which is the export order.
+/// The OTLP data type of a family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Histogram,
+    /// A monotonic sum (counter); delta or cumulative per `counters_delta`.
+    Sum,
+    Gauge,
+    /// Always cumulative: OTLP summaries have no temporality.
+    Summary,
+}
+
+/// One metric of the export: name, unit, description and data type. Index = position in
+/// [`FAMILIES`], which is the export order.
 struct Family {
     name: &'static str,
     unit: &'static str,
     description: &'static str,
-    histogram: bool,
+    kind: Kind,
 }
 
 const fn fam(
     name: &'static str,
     unit: &'static str,
     description: &'static str,
-    histogram: bool,
+    kind: Kind,
 ) -> Family {
     Family {
         name,
         unit,
         description,
-        histogram,
+        kind,
     }
 }
 
-const FAMILIES: [Family; 8] = [
+const FAMILIES: [Family; 18] = [
     fam(
         HTTP_SERVER_REQUEST_DURATION,
         "s",
         "Duration of HTTP server requests.",
-        true,
+        Kind::Histogram,
     ),
     fam(
         HTTP_SERVER_REQUEST_BODY_SIZE,
         "By",
         "Size of HTTP server request bodies.",
-        true,
+        Kind::Histogram,
     ),
     fam(
         HTTP_SERVER_RESPONSE_BODY_SIZE,
         "By",
         "Size of HTTP server response bodies.",
-        true,
+        Kind::Histogram,
     ),
     fam(
         HTTP_CLIENT_REQUEST_DURATION,
         "s",
         "Duration of HTTP client requests.",
-        true,
+        Kind::Histogram,
     ),
     fam(
         HTTP_CLIENT_REQUEST_BODY_SIZE,
         "By",
         "Size of HTTP client request bodies.",
-        true,
+        Kind::Histogram,
     ),
     fam(
         HTTP_CLIENT_RESPONSE_BODY_SIZE,
         "By",
         "Size of HTTP client response bodies.",
-        true,
+        Kind::Histogram,
     ),
     fam(
         ROUTE_OVERFLOW,
         "{request}",
         "Requests whose route fell into the route table's overflow bucket.",
-        false,
+        Kind::Sum,
     ),
     fam(
         SERIES_OVERFLOW,
         "{request}",
         "Requests folded into the overflow series because the per-service series cap was reached.",
-        false,
+        Kind::Sum,
+    ),
+    fam(
+        PROCESS_THREAD_COUNT,
+        "{thread}",
+        "Live OS threads of the process.",
+        Kind::Gauge,
+    ),
+    fam(
+        PROCESS_CPU_TIME,
+        "s",
+        "CPU time used by the process, by cpu.mode.",
+        Kind::Sum,
+    ),
+    fam(
+        PROCESS_MEMORY_USAGE,
+        "By",
+        "Resident memory of the process.",
+        Kind::Gauge,
+    ),
+    fam(
+        PROCESS_MEMORY_VIRTUAL,
+        "By",
+        "Virtual memory size of the process.",
+        Kind::Gauge,
+    ),
+    fam(
+        PROCESS_FILE_DESCRIPTOR_COUNT,
+        "{file_descriptor}",
+        "Open file descriptors of the process.",
+        Kind::Gauge,
+    ),
+    fam(
+        GO_GOROUTINE_COUNT,
+        "{goroutine}",
+        "Live user goroutines.",
+        Kind::Gauge,
+    ),
+    fam(
+        GO_GC_CYCLES,
+        "{gc_cycle}",
+        "Completed Go GC cycles.",
+        Kind::Sum,
+    ),
+    fam(
+        GO_GC_PAUSE_DURATION,
+        "s",
+        "Go GC stop-the-world pauses: quantiles of recent pauses, sum of all, count of GC cycles.",
+        Kind::Summary,
+    ),
+    fam(
+        GO_GOROUTINE_BY_SITE,
+        "{goroutine}",
+        "Live goroutines by creation site (the top sites, plus every suspected leak).",
+        Kind::Gauge,
+    ),
+    fam(
+        GO_GOROUTINE_LEAK_SUSPECTED,
+        "{site}",
+        "1 for each goroutine creation site suspected of leaking.",
+        Kind::Gauge,
     ),
 ];
 const ROUTE_OVERFLOW_FAMILY: usize = 6;
 const SERIES_OVERFLOW_FAMILY: usize = 7;
+const THREAD_COUNT_FAMILY: usize = 8;
+const CPU_TIME_FAMILY: usize = 9;
+const MEMORY_USAGE_FAMILY: usize = 10;
+const MEMORY_VIRTUAL_FAMILY: usize = 11;
+const FD_COUNT_FAMILY: usize = 12;
+const GOROUTINE_COUNT_FAMILY: usize = 13;
+const GC_CYCLES_FAMILY: usize = 14;
+const GC_PAUSE_FAMILY: usize = 15;
+const BY_SITE_FAMILY: usize = 16;
+const LEAK_SUSPECTED_FAMILY: usize = 17;
+const _: () = assert!(LEAK_SUSPECTED_FAMILY + 1 == FAMILIES.len());
 
 /// The three histograms of a series with the index of their family.
 fn histograms(kind: HttpKind, stats: &HttpStats) -> [(usize, &Histogram); 3] {
@@ -157,6 +265,17 @@ struct ServiceState {
     http: HashMap<HttpSeries, Mark<HttpStats>>,
     /// (route overflow, series overflow).
     counters: Mark<(u64, u64)>,
+    /// CPU time and GC cycles.
+    runtime: Mark<RuntimeCounters>,
+}
+
+/// The cumulative sums of the process and Go views (read from /proc and the Go runtime
+/// probes, i.e. observed like an asynchronous counter: delta only under `delta`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct RuntimeCounters {
+    cpu_user_s: f64,
+    cpu_system_s: f64,
+    gc_cycles: u64,
 }
 
 /// What delivering a request moves forward.
@@ -165,6 +284,7 @@ enum Commit {
     /// Boxed: the stats are ~360 bytes, the counters 16.
     Series(HttpSeries, Box<HttpStats>),
     Counters(u64, u64),
+    Runtime(RuntimeCounters),
 }
 
 /// One request ready to send, and the marks it moves forward once delivered.
@@ -239,6 +359,10 @@ impl Collector {
                     collected_unix_ns: svc.start_unix_ns,
                     http: HashMap::new(),
                     counters: Mark {
+                        at_unix_ns: svc.start_unix_ns,
+                        value: None,
+                    },
+                    runtime: Mark {
                         at_unix_ns: svc.start_unix_ns,
                         value: None,
                     },
@@ -333,6 +457,78 @@ impl Collector {
                 }
             }
 
+            // Process and Go views: only for live processes (an exited one's last sample is
+            // stale), and only once something was sampled.
+            let process_known = svc.process != ProcessStats::default();
+            if svc.exited_unix_ns.is_none() && (process_known || svc.go.is_some()) {
+                let now = RuntimeCounters {
+                    cpu_user_s: svc.process.cpu_user_s,
+                    cpu_system_s: svc.process.cpu_system_s,
+                    gc_cycles: svc.go.as_ref().map_or(0, |g| g.gc_cycles),
+                };
+                // /proc's CPU times count from the process start, not from our attach.
+                let cpu_start = match svc.process.start_time_s {
+                    t if t > 0.0 => (t * 1e9) as u64,
+                    _ => svc.start_unix_ns,
+                };
+                let mut sums = RuntimeSums {
+                    cpu_user: Some((now.cpu_user_s, cpu_start)),
+                    cpu_system: Some((now.cpu_system_s, cpu_start)),
+                    gc_cycles: Some((now.gc_cycles, svc.start_unix_ns)),
+                };
+                let mut commit = None;
+                if let Some(st) = state.as_mut().filter(|_| counter_delta) {
+                    let before = st.runtime.value.unwrap_or_default();
+                    let at = st.runtime.at_unix_ns;
+                    // A first window (no value yet) covers everything since the start.
+                    let first = st.runtime.value.is_none();
+                    let fsub = |now: f64, before: f64| {
+                        if now >= before { now - before } else { now }
+                    };
+                    let window = |start: u64| if first { start } else { at };
+                    sums = RuntimeSums {
+                        cpu_user: Some((
+                            fsub(now.cpu_user_s, before.cpu_user_s),
+                            window(cpu_start),
+                        ))
+                        .filter(|&(d, _)| d > 0.0),
+                        cpu_system: Some((
+                            fsub(now.cpu_system_s, before.cpu_system_s),
+                            window(cpu_start),
+                        ))
+                        .filter(|&(d, _)| d > 0.0),
+                        gc_cycles: Some((
+                            now.gc_cycles
+                                .checked_sub(before.gc_cycles)
+                                .unwrap_or(now.gc_cycles),
+                            window(svc.start_unix_ns),
+                        ))
+                        .filter(|&(d, _)| d > 0),
+                    };
+                    if sums.is_empty() {
+                        st.runtime = Mark {
+                            at_unix_ns: now_unix_ns,
+                            value: Some(now),
+                        };
+                    } else {
+                        commit = Some(Commit::Runtime(now));
+                    }
+                }
+                if !process_known {
+                    sums.cpu_user = None;
+                    sums.cpu_system = None;
+                }
+                let points = runtime_points(
+                    &svc.process,
+                    svc.go.as_ref(),
+                    svc.start_unix_ns,
+                    process_known,
+                    &sums,
+                    now_unix_ns,
+                );
+                packer.add(&svc.resource, unit(points, commit));
+            }
+
             if let Some(mut st) = state {
                 st.http = new_marks;
                 st.collected_unix_ns = now_unix_ns;
@@ -370,6 +566,12 @@ impl Collector {
                         value: Some((route, overflow)),
                     };
                 }
+                Commit::Runtime(counters) => {
+                    st.runtime = Mark {
+                        at_unix_ns: batch.collected_unix_ns,
+                        value: Some(counters),
+                    };
+                }
             }
         }
     }
@@ -381,6 +583,120 @@ enum Point {
     Hist(HistogramDataPoint),
     /// Value and delta window start.
     Sum(u64, Option<u64>),
+    /// A gauge or sum point, complete but for its time.
+    Num(NumberDataPoint),
+    Summary(SummaryDataPoint),
+}
+
+/// Each sum of the runtime view: (value, window start), `None` when left out (nothing new
+/// under delta, or not known).
+struct RuntimeSums {
+    cpu_user: Option<(f64, u64)>,
+    cpu_system: Option<(f64, u64)>,
+    gc_cycles: Option<(u64, u64)>,
+}
+
+impl RuntimeSums {
+    fn is_empty(&self) -> bool {
+        self.cpu_user.is_none() && self.cpu_system.is_none() && self.gc_cycles.is_none()
+    }
+}
+
+fn number(attributes: Vec<KeyValue>, start: u64, value: number_data_point::Value) -> Point {
+    Point::Num(NumberDataPoint {
+        attributes,
+        start_time_unix_nano: start,
+        time_unix_nano: 0,
+        exemplars: Vec::new(),
+        flags: 0,
+        value: Some(value),
+    })
+}
+
+fn int_value(v: impl TryInto<i64>) -> number_data_point::Value {
+    number_data_point::Value::AsInt(v.try_into().unwrap_or(i64::MAX))
+}
+
+fn site_attributes(site: &Site) -> Vec<KeyValue> {
+    vec![
+        str_kv("code.function.name", &site.function),
+        str_kv("code.file.path", &site.file),
+        int_kv("code.line.number", i64::from(site.line)),
+    ]
+}
+
+/// The process and Go points of one service. Gauges carry no start time (optional in OTLP).
+fn runtime_points(
+    p: &ProcessStats,
+    go: Option<&GoStats>,
+    start_unix_ns: u64,
+    process_known: bool,
+    sums: &RuntimeSums,
+    now_unix_ns: u64,
+) -> Vec<(usize, Point)> {
+    let mut out = Vec::new();
+    if process_known {
+        out.push((
+            THREAD_COUNT_FAMILY,
+            number(Vec::new(), 0, int_value(p.threads)),
+        ));
+    }
+    for (mode, sum) in [("user", sums.cpu_user), ("system", sums.cpu_system)] {
+        if let Some((v, start)) = sum {
+            let attrs = vec![str_kv("cpu.mode", mode)];
+            let value = number_data_point::Value::AsDouble(v);
+            out.push((CPU_TIME_FAMILY, number(attrs, start, value)));
+        }
+    }
+    if process_known {
+        for (f, v) in [
+            (MEMORY_USAGE_FAMILY, p.rss_bytes),
+            (MEMORY_VIRTUAL_FAMILY, p.virtual_bytes),
+            (FD_COUNT_FAMILY, p.open_fds),
+        ] {
+            out.push((f, number(Vec::new(), 0, int_value(v))));
+        }
+    }
+    let Some(g) = go else {
+        return out;
+    };
+    out.push((
+        GOROUTINE_COUNT_FAMILY,
+        number(Vec::new(), 0, int_value(g.goroutines)),
+    ));
+    if let Some((v, start)) = sums.gc_cycles {
+        out.push((GC_CYCLES_FAMILY, number(Vec::new(), start, int_value(v))));
+    }
+    // Quantiles only when pauses were seen: zeros would claim pauses of 0 s.
+    let quantile_values = g
+        .gc_pause_quantiles
+        .map(|q| {
+            [0.0, 0.25, 0.5, 0.75, 1.0]
+                .into_iter()
+                .zip(q)
+                .map(|(quantile, value)| ValueAtQuantile { quantile, value })
+                .collect()
+        })
+        .unwrap_or_default();
+    let summary = SummaryDataPoint {
+        attributes: Vec::new(),
+        start_time_unix_nano: start_unix_ns,
+        time_unix_nano: now_unix_ns,
+        count: g.gc_cycles,
+        sum: g.gc_pause_sum_s,
+        quantile_values,
+        flags: 0,
+    };
+    out.push((GC_PAUSE_FAMILY, Point::Summary(summary)));
+    for s in &g.sites {
+        let attrs = site_attributes(&s.site);
+        out.push((BY_SITE_FAMILY, number(attrs, 0, int_value(s.live))));
+    }
+    for s in g.sites.iter().filter(|s| s.suspected) {
+        let attrs = site_attributes(&s.site);
+        out.push((LEAK_SUSPECTED_FAMILY, number(attrs, 0, int_value(1))));
+    }
+    out
 }
 
 /// What travels in one request, all or nothing: a series' histograms, or a process'
@@ -480,46 +796,65 @@ impl Packer {
             .zip(&FAMILIES)
             .filter(|(points, _)| !points.is_empty())
             .map(|(points, family)| {
-                let data = if family.histogram {
-                    let data_points = points
-                        .into_iter()
-                        .filter_map(|p| match p {
-                            Point::Hist(mut h) => {
-                                if !self.hist_delta {
-                                    h.start_time_unix_nano = start;
+                let data = match family.kind {
+                    Kind::Histogram => {
+                        let data_points = points
+                            .into_iter()
+                            .filter_map(|p| match p {
+                                Point::Hist(mut h) => {
+                                    if !self.hist_delta {
+                                        h.start_time_unix_nano = start;
+                                    }
+                                    h.time_unix_nano = now;
+                                    Some(h)
                                 }
-                                h.time_unix_nano = now;
-                                Some(h)
-                            }
-                            Point::Sum(..) => None,
+                                _ => None,
+                            })
+                            .collect();
+                        metric::Data::Histogram(proto::Histogram {
+                            data_points,
+                            aggregation_temporality: temporality(self.hist_delta),
                         })
-                        .collect();
-                    metric::Data::Histogram(proto::Histogram {
-                        data_points,
-                        aggregation_temporality: temporality(self.hist_delta),
-                    })
-                } else {
-                    let data_points = points
-                        .into_iter()
-                        .filter_map(|p| match p {
-                            Point::Sum(v, window) => Some(NumberDataPoint {
-                                attributes: Vec::new(),
-                                start_time_unix_nano: window.unwrap_or(start),
-                                time_unix_nano: now,
-                                exemplars: Vec::new(),
-                                flags: 0,
-                                value: Some(number_data_point::Value::AsInt(
-                                    i64::try_from(v).unwrap_or(i64::MAX),
-                                )),
-                            }),
-                            Point::Hist(_) => None,
-                        })
-                        .collect();
-                    metric::Data::Sum(proto::Sum {
-                        data_points,
-                        aggregation_temporality: temporality(self.counter_delta),
-                        is_monotonic: true,
-                    })
+                    }
+                    Kind::Sum | Kind::Gauge => {
+                        let data_points = points
+                            .into_iter()
+                            .filter_map(|p| match p {
+                                Point::Sum(v, window) => Some(NumberDataPoint {
+                                    attributes: Vec::new(),
+                                    start_time_unix_nano: window.unwrap_or(start),
+                                    time_unix_nano: now,
+                                    exemplars: Vec::new(),
+                                    flags: 0,
+                                    value: Some(int_value(v)),
+                                }),
+                                Point::Num(mut n) => {
+                                    n.time_unix_nano = now;
+                                    Some(n)
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        if family.kind == Kind::Gauge {
+                            metric::Data::Gauge(proto::Gauge { data_points })
+                        } else {
+                            metric::Data::Sum(proto::Sum {
+                                data_points,
+                                aggregation_temporality: temporality(self.counter_delta),
+                                is_monotonic: true,
+                            })
+                        }
+                    }
+                    Kind::Summary => {
+                        let data_points = points
+                            .into_iter()
+                            .filter_map(|p| match p {
+                                Point::Summary(s) => Some(s),
+                                _ => None,
+                            })
+                            .collect();
+                        metric::Data::Summary(proto::Summary { data_points })
+                    }
                 };
                 Metric {
                     name: family.name.to_owned(),
@@ -674,6 +1009,7 @@ mod tests {
     use super::*;
     use crate::metrics::{DURATION_BUCKETS, HttpRecord, Metrics, SIZE_BUCKETS};
     use crate::resource::{Resource, SDK_VERSION};
+    use crate::runtime::go::SiteSnapshot;
 
     const T0: u64 = 1_700_000_000_000_000_000;
     const SEC: u64 = 1_000_000_000;
@@ -1332,5 +1668,301 @@ mod tests {
         assert_eq!(d.count, 1);
         assert_eq!(d.min, 1.0);
         assert!(delta(&h, Some(&h)).is_none());
+    }
+
+    fn gauge(m: &Metric) -> &proto::Gauge {
+        match &m.data {
+            Some(metric::Data::Gauge(g)) => g,
+            other => panic!("{} is not a gauge: {other:?}", m.name),
+        }
+    }
+
+    fn double(p: &NumberDataPoint) -> f64 {
+        match p.value {
+            Some(number_data_point::Value::AsDouble(v)) => v,
+            other => panic!("not a double: {other:?}"),
+        }
+    }
+
+    fn has(rm: &ResourceMetrics, name: &str) -> bool {
+        rm.scope_metrics[0].metrics.iter().any(|m| m.name == name)
+    }
+
+    fn cpu(rm: &ResourceMetrics, mode: &str) -> Option<(f64, u64)> {
+        rm.scope_metrics[0]
+            .metrics
+            .iter()
+            .filter(|m| m.name == PROCESS_CPU_TIME)
+            .flat_map(|m| &sum(m).data_points)
+            .find(|p| attr(&p.attributes, "cpu.mode") == s(mode))
+            .map(|p| (double(p), p.start_time_unix_nano))
+    }
+
+    /// Process start (Unix s) of the process stats below: 10 s before T0.
+    const PROC_START_S: f64 = 1_699_999_990.0;
+
+    fn process(user: f64, system: f64) -> ProcessStats {
+        ProcessStats {
+            threads: 7,
+            cpu_user_s: user,
+            cpu_system_s: system,
+            rss_bytes: 50 << 20,
+            virtual_bytes: 1 << 30,
+            open_fds: 12,
+            start_time_s: PROC_START_S,
+            ..Default::default()
+        }
+    }
+
+    fn site(function: &str, line: u32, live: i64, suspected: bool) -> SiteSnapshot {
+        SiteSnapshot {
+            site: Arc::new(Site {
+                function: function.into(),
+                file: "/src/app/main.go".into(),
+                line,
+            }),
+            live,
+            created: live as u64,
+            suspected,
+        }
+    }
+
+    fn go(gc_cycles: u64) -> GoStats {
+        GoStats {
+            version: "1.22.1".into(),
+            goroutines: 530,
+            gc_cycles,
+            gc_pause_sum_s: 0.012,
+            gc_pause_quantiles: Some([0.0001, 0.0002, 0.0003, 0.0004, 0.002]),
+            sites: vec![
+                site("main.leak", 42, 523, true),
+                site("main.serve", 17, 5, false),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn process_and_go_views_convert_with_semconv_names_units_and_types() {
+        let m = Metrics::default();
+        let r = resource(1, "a");
+        m.add_service(&r, T0);
+        m.update_process(1, |p| *p = process(1.5, 0.25));
+        m.set_go(1, go(9));
+        let b =
+            one(Collector::new(TemporalityPreference::Cumulative).collect(m.snapshot(), T0 + SEC));
+        let rm = &b.request.resource_metrics[0];
+        let unit = |name: &str| metric(rm, name).unit.clone();
+        for (name, want) in [
+            (PROCESS_THREAD_COUNT, "{thread}"),
+            (PROCESS_CPU_TIME, "s"),
+            (PROCESS_MEMORY_USAGE, "By"),
+            (PROCESS_MEMORY_VIRTUAL, "By"),
+            (PROCESS_FILE_DESCRIPTOR_COUNT, "{file_descriptor}"),
+            (GO_GOROUTINE_COUNT, "{goroutine}"),
+            (GO_GC_CYCLES, "{gc_cycle}"),
+            (GO_GC_PAUSE_DURATION, "s"),
+            (GO_GOROUTINE_BY_SITE, "{goroutine}"),
+            (GO_GOROUTINE_LEAK_SUSPECTED, "{site}"),
+        ] {
+            assert_eq!(unit(name), want, "{name}");
+        }
+        let g = |name: &str| {
+            let points = &gauge(metric(rm, name)).data_points;
+            assert_eq!(points.len(), 1, "{name}");
+            assert_eq!(points[0].time_unix_nano, T0 + SEC);
+            int(&points[0])
+        };
+        assert_eq!(g(PROCESS_THREAD_COUNT), 7);
+        assert_eq!(g(PROCESS_MEMORY_USAGE), 50 << 20);
+        assert_eq!(g(PROCESS_MEMORY_VIRTUAL), 1 << 30);
+        assert_eq!(g(PROCESS_FILE_DESCRIPTOR_COUNT), 12);
+        assert_eq!(g(GO_GOROUTINE_COUNT), 530);
+
+        let cpu_time = sum(metric(rm, PROCESS_CPU_TIME));
+        assert!(cpu_time.is_monotonic);
+        assert_eq!(
+            cpu_time.aggregation_temporality,
+            AggregationTemporality::Cumulative as i32
+        );
+        let proc_start = (PROC_START_S * 1e9) as u64;
+        assert_eq!(
+            cpu(rm, "user"),
+            Some((1.5, proc_start)),
+            "from the process start"
+        );
+        assert_eq!(cpu(rm, "system"), Some((0.25, proc_start)));
+
+        let gc = sum(metric(rm, GO_GC_CYCLES));
+        assert!(gc.is_monotonic);
+        assert_eq!(int(&gc.data_points[0]), 9);
+        assert_eq!(gc.data_points[0].start_time_unix_nano, T0);
+
+        let Some(metric::Data::Summary(pause)) = &metric(rm, GO_GC_PAUSE_DURATION).data else {
+            panic!("not a summary");
+        };
+        let p = &pause.data_points[0];
+        assert_eq!((p.count, p.sum), (9, 0.012));
+        assert_eq!((p.start_time_unix_nano, p.time_unix_nano), (T0, T0 + SEC));
+        let q: Vec<(f64, f64)> = p
+            .quantile_values
+            .iter()
+            .map(|v| (v.quantile, v.value))
+            .collect();
+        assert_eq!(
+            q,
+            [
+                (0.0, 0.0001),
+                (0.25, 0.0002),
+                (0.5, 0.0003),
+                (0.75, 0.0004),
+                (1.0, 0.002)
+            ]
+        );
+
+        let sites = &gauge(metric(rm, GO_GOROUTINE_BY_SITE)).data_points;
+        assert_eq!(sites.len(), 2);
+        assert_eq!(
+            attr(&sites[0].attributes, "code.function.name"),
+            s("main.leak")
+        );
+        assert_eq!(
+            attr(&sites[0].attributes, "code.file.path"),
+            s("/src/app/main.go")
+        );
+        assert_eq!(attr(&sites[0].attributes, "code.line.number"), i(42));
+        assert_eq!(int(&sites[0]), 523);
+        assert_eq!(int(&sites[1]), 5);
+        let leaks = &gauge(metric(rm, GO_GOROUTINE_LEAK_SUSPECTED)).data_points;
+        assert_eq!(leaks.len(), 1, "only suspected sites");
+        assert_eq!(
+            attr(&leaks[0].attributes, "code.function.name"),
+            s("main.leak")
+        );
+        assert_eq!(int(&leaks[0]), 1);
+
+        // 6 process points (CPU twice), 3 Go + 2 sites + 1 leak, 2 overflow counters.
+        assert_eq!(b.data_points, 6 + 6 + 2);
+        // And it survives the wire.
+        let bytes = b.request.encode_to_vec();
+        assert_eq!(
+            ExportMetricsServiceRequest::decode(&bytes[..]).unwrap(),
+            b.request
+        );
+    }
+
+    #[test]
+    fn runtime_views_only_when_sampled_and_alive() {
+        let m = Metrics::default();
+        let (a, b) = (resource(1, "a"), resource(2, "b"));
+        m.add_service(&a, T0);
+        m.add_service(&b, T0);
+        // a: Go without a /proc sample yet; b: process only, then exited.
+        m.set_go(
+            1,
+            GoStats {
+                gc_pause_quantiles: None,
+                ..go(0)
+            },
+        );
+        m.update_process(2, |p| *p = process(1.0, 1.0));
+        let batch =
+            one(Collector::new(TemporalityPreference::Cumulative).collect(m.snapshot(), T0 + SEC));
+        let rms = &batch.request.resource_metrics;
+        assert!(!has(&rms[0], PROCESS_THREAD_COUNT) && !has(&rms[0], PROCESS_CPU_TIME));
+        assert!(has(&rms[0], GO_GOROUTINE_COUNT));
+        let Some(metric::Data::Summary(pause)) = &metric(&rms[0], GO_GC_PAUSE_DURATION).data else {
+            panic!("not a summary");
+        };
+        assert!(
+            pause.data_points[0].quantile_values.is_empty(),
+            "no pauses seen: no quantiles"
+        );
+        assert!(has(&rms[1], PROCESS_THREAD_COUNT) && !has(&rms[1], GO_GOROUTINE_COUNT));
+
+        m.service_exited(2, T0 + SEC);
+        let batch =
+            one(Collector::new(TemporalityPreference::Cumulative)
+                .collect(m.snapshot(), T0 + 2 * SEC));
+        let rm = &batch.request.resource_metrics[1];
+        assert!(
+            !has(rm, PROCESS_THREAD_COUNT) && !has(rm, PROCESS_CPU_TIME),
+            "stale once exited"
+        );
+    }
+
+    #[test]
+    fn runtime_sums_follow_the_temporality_preference() {
+        let m = Metrics::default();
+        let r = resource(1, "a");
+        m.add_service(&r, T0);
+        m.update_process(1, |p| *p = process(1.5, 0.25));
+        m.set_go(1, go(9));
+        let proc_start = (PROC_START_S * 1e9) as u64;
+
+        // lowmemory: observed counters stay cumulative.
+        let mut low = Collector::new(TemporalityPreference::LowMemory);
+        let first = one(low.collect(m.snapshot(), T0 + SEC));
+        low.commit(first);
+        let second = one(low.collect(m.snapshot(), T0 + 2 * SEC));
+        let rm = &second.request.resource_metrics[0];
+        for name in [PROCESS_CPU_TIME, GO_GC_CYCLES] {
+            assert_eq!(
+                sum(metric(rm, name)).aggregation_temporality,
+                AggregationTemporality::Cumulative as i32,
+                "{name}"
+            );
+        }
+        assert_eq!(cpu(rm, "user"), Some((1.5, proc_start)));
+
+        // delta: the first window is everything since the start.
+        let mut c = Collector::new(TemporalityPreference::Delta);
+        let first = one(c.collect(m.snapshot(), T0 + SEC));
+        let rm = &first.request.resource_metrics[0];
+        let gc = sum(metric(rm, GO_GC_CYCLES));
+        assert_eq!(
+            gc.aggregation_temporality,
+            AggregationTemporality::Delta as i32
+        );
+        assert_eq!(
+            (
+                int(&gc.data_points[0]),
+                gc.data_points[0].start_time_unix_nano
+            ),
+            (9, T0)
+        );
+        assert_eq!(cpu(rm, "user"), Some((1.5, proc_start)));
+        c.commit(first);
+
+        // Only user CPU moved: system and GC are left out; gauges are always sent.
+        m.update_process(1, |p| p.cpu_user_s = 2.0);
+        let second = one(c.collect(m.snapshot(), T0 + 2 * SEC));
+        let rm = &second.request.resource_metrics[0];
+        assert_eq!(cpu(rm, "user"), Some((0.5, T0 + SEC)));
+        assert_eq!(cpu(rm, "system"), None);
+        assert!(!has(rm, GO_GC_CYCLES));
+        assert_eq!(
+            int(&gauge(metric(rm, GO_GOROUTINE_COUNT)).data_points[0]),
+            530
+        );
+
+        // Not delivered: the next window still starts at the last delivery.
+        drop(second);
+        m.set_go(1, go(12));
+        let third = one(c.collect(m.snapshot(), T0 + 3 * SEC));
+        let rm = &third.request.resource_metrics[0];
+        assert_eq!(cpu(rm, "user"), Some((0.5, T0 + SEC)));
+        let gc = &sum(metric(rm, GO_GC_CYCLES)).data_points[0];
+        assert_eq!((int(gc), gc.start_time_unix_nano), (3, T0 + SEC));
+        c.commit(third);
+
+        // Nothing moved: no sums, and their windows restart now.
+        let idle = one(c.collect(m.snapshot(), T0 + 4 * SEC));
+        let rm = &idle.request.resource_metrics[0];
+        assert!(!has(rm, PROCESS_CPU_TIME) && !has(rm, GO_GC_CYCLES));
+        m.set_go(1, go(13));
+        let next = one(c.collect(m.snapshot(), T0 + 5 * SEC));
+        let gc = &sum(metric(&next.request.resource_metrics[0], GO_GC_CYCLES)).data_points[0];
+        assert_eq!((int(gc), gc.start_time_unix_nano), (1, T0 + 4 * SEC));
     }
 }

@@ -1,6 +1,7 @@
 //! The two OTLP metrics transports: gRPC (tonic's `MetricsServiceClient`) and HTTP/protobuf
 //! (`POST …/v1/metrics` via reqwest). One attempt per call, failures classified by the
-//! trace exporter's [`ExportError`] so both signals retry and report alike.
+//! trace exporter's [`ExportError`] so both signals retry and report alike. The client
+//! builders and the HTTP POST are `pub(crate)`: the logs exporter (`export::logs`) uses them.
 //!
 //! This mirrors `export::otlp::Transport`, which is typed to the trace service; the
 //! private helpers it uses (`USER_AGENT`, `grpc_message`, `root_cause`) have minimal local
@@ -46,52 +47,20 @@ impl MetricsTransport {
     /// reconnects on its own); must run inside a tokio runtime.
     pub fn new(cfg: &OtlpConfig) -> Result<MetricsTransport, ExportError> {
         let endpoint = cfg.endpoint().to_owned();
-        let client_err = |reason: String| ExportError::Client {
-            endpoint: endpoint.clone(),
-            reason,
-        };
-        match cfg.protocol() {
+        Ok(match cfg.protocol() {
             Protocol::Grpc => {
-                let channel = Endpoint::from_shared(endpoint.clone())
-                    .and_then(|e| e.user_agent(USER_AGENT))
-                    .map_err(|e| client_err(e.to_string()))?
-                    .timeout(cfg.timeout())
-                    .connect_timeout(cfg.timeout())
-                    .connect_lazy();
-                let mut metadata = MetadataMap::new();
-                for (k, v) in cfg.headers() {
-                    let key = AsciiMetadataKey::from_bytes(k.as_bytes()).map_err(|_| {
-                        client_err(format!("header `{k}` is not valid gRPC metadata"))
-                    })?;
-                    let value = AsciiMetadataValue::try_from(v.as_str())
-                        .map_err(|_| client_err(format!("header `{k}` has an invalid value")))?;
-                    metadata.insert(key, value);
-                }
-                Ok(MetricsTransport::Grpc {
+                let (channel, metadata) = grpc_channel(cfg)?;
+                MetricsTransport::Grpc {
                     endpoint,
                     client: MetricsServiceClient::new(channel),
                     metadata,
-                })
-            }
-            Protocol::HttpProtobuf => {
-                let mut headers = reqwest::header::HeaderMap::new();
-                for (k, v) in cfg.headers() {
-                    let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                        .map_err(|e| client_err(e.to_string()))?;
-                    let value = reqwest::header::HeaderValue::from_str(v)
-                        .map_err(|e| client_err(e.to_string()))?;
-                    headers.insert(name, value);
                 }
-                let client = reqwest::Client::builder()
-                    .user_agent(USER_AGENT)
-                    .default_headers(headers)
-                    .timeout(cfg.timeout())
-                    .connect_timeout(cfg.timeout())
-                    .build()
-                    .map_err(|e| client_err(root_cause(&e)))?;
-                Ok(MetricsTransport::Http { endpoint, client })
             }
-        }
+            Protocol::HttpProtobuf => MetricsTransport::Http {
+                endpoint,
+                client: http_client(cfg)?,
+            },
+        })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -145,6 +114,75 @@ async fn export_http(
     timeout: Duration,
     endpoint: &str,
 ) -> Result<u64, ExportError> {
+    let body = post_protobuf(client, req.encode_to_vec(), timeout, endpoint).await?;
+    // A body we cannot decode (empty, or JSON from a lenient server) still means success.
+    let resp = ExportMetricsServiceResponse::decode(body).unwrap_or_default();
+    Ok(rejected(&resp))
+}
+
+fn rejected(resp: &ExportMetricsServiceResponse) -> u64 {
+    resp.partial_success
+        .as_ref()
+        .map_or(0, |p| u64::try_from(p.rejected_data_points).unwrap_or(0))
+}
+
+/// A lazily connecting gRPC channel for `cfg` and the metadata (headers) to send on every
+/// call. Must run inside a tokio runtime. Shared by the metrics and logs transports.
+pub(crate) fn grpc_channel(cfg: &OtlpConfig) -> Result<(Channel, MetadataMap), ExportError> {
+    let endpoint = cfg.endpoint().to_owned();
+    let client_err = |reason: String| ExportError::Client {
+        endpoint: endpoint.clone(),
+        reason,
+    };
+    let channel = Endpoint::from_shared(endpoint.clone())
+        .and_then(|e| e.user_agent(USER_AGENT))
+        .map_err(|e| client_err(e.to_string()))?
+        .timeout(cfg.timeout())
+        .connect_timeout(cfg.timeout())
+        .connect_lazy();
+    let mut metadata = MetadataMap::new();
+    for (k, v) in cfg.headers() {
+        let key = AsciiMetadataKey::from_bytes(k.as_bytes())
+            .map_err(|_| client_err(format!("header `{k}` is not valid gRPC metadata")))?;
+        let value = AsciiMetadataValue::try_from(v.as_str())
+            .map_err(|_| client_err(format!("header `{k}` has an invalid value")))?;
+        metadata.insert(key, value);
+    }
+    Ok((channel, metadata))
+}
+
+/// An HTTP client sending `cfg`'s headers on every request. Shared by the metrics and logs
+/// transports.
+pub(crate) fn http_client(cfg: &OtlpConfig) -> Result<reqwest::Client, ExportError> {
+    let client_err = |reason: String| ExportError::Client {
+        endpoint: cfg.endpoint().to_owned(),
+        reason,
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (k, v) in cfg.headers() {
+        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| client_err(e.to_string()))?;
+        let value =
+            reqwest::header::HeaderValue::from_str(v).map_err(|e| client_err(e.to_string()))?;
+        headers.insert(name, value);
+    }
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .default_headers(headers)
+        .timeout(cfg.timeout())
+        .connect_timeout(cfg.timeout())
+        .build()
+        .map_err(|e| client_err(root_cause(&e)))
+}
+
+/// `POST`s one protobuf-encoded request; returns the response body of a 2xx (which may
+/// be empty or undecodable: still a success). Shared by the metrics and logs transports.
+pub(crate) async fn post_protobuf(
+    client: &reqwest::Client,
+    body: Vec<u8>,
+    timeout: Duration,
+    endpoint: &str,
+) -> Result<bytes::Bytes, ExportError> {
     let http_err = |e: reqwest::Error| {
         if e.is_timeout() {
             ExportError::Timeout {
@@ -161,7 +199,7 @@ async fn export_http(
     let resp = client
         .post(endpoint)
         .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
-        .body(req.encode_to_vec())
+        .body(body)
         .timeout(timeout)
         .send()
         .await
@@ -180,22 +218,13 @@ async fn export_http(
             retry_after,
         });
     }
-    // A body we cannot decode (empty, or JSON from a lenient server) still means success.
-    let body = resp.bytes().await.unwrap_or_default();
-    let resp = ExportMetricsServiceResponse::decode(body).unwrap_or_default();
-    Ok(rejected(&resp))
-}
-
-fn rejected(resp: &ExportMetricsServiceResponse) -> u64 {
-    resp.partial_success
-        .as_ref()
-        .map_or(0, |p| u64::try_from(p.rejected_data_points).unwrap_or(0))
+    Ok(resp.bytes().await.unwrap_or_default())
 }
 
 // Minimal local twins of private helpers of `export::otlp` (see the module docs).
 
 /// tonic puts the transport error (refused, reset) in the status' source, not its message.
-fn grpc_message(status: &tonic::Status) -> String {
+pub(crate) fn grpc_message(status: &tonic::Status) -> String {
     match std::error::Error::source(status) {
         Some(src) if status.message().is_empty() => root_cause(src),
         _ => status.message().to_owned(),
