@@ -769,7 +769,10 @@ fn mid_stream_parser_skips_to_the_next_message() {
     let mut out = Vec::new();
     // The tail of a body we joined in the middle of, then a whole request.
     p.feed(&Chunk::full(1, b"rest of a body\r\n"), &mut out);
-    p.feed(&Chunk::full(2, b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"), &mut out);
+    p.feed(
+        &Chunk::full(2, b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"),
+        &mut out,
+    );
     assert_eq!(out.len(), 1);
     assert!(!p.is_passthrough());
     assert_eq!(out[0].start_ns, 2);
