@@ -5,7 +5,7 @@
 //! What the agent serves on its Prometheus endpoint must match what the program says:
 //!
 //! - `go_goroutines` == the program's goroutine count (runtime.NumGoroutine() with no
-//!   request in flight) ± 1; `go_threads` == `process_thread_count` == entries of
+//!   request in flight) ± 1; `go_threads` == `process_threads` == entries of
 //!   /proc/PID/task; `go_gc_duration_seconds_count` grows by exactly the GC cycles
 //!   forced; pause quantiles are plausible. For Go 1.21, 1.23, 1.25, 1.27, plain and
 //!   stripped, and cgo (externally linked) builds.
@@ -700,7 +700,7 @@ impl Rig {
     }
 
     /// go_goroutines agrees with the runtime (± 1) and go_threads and
-    /// process_thread_count with /proc/PID/task.
+    /// process_threads with /proc/PID/task.
     fn wait_steady(&mut self, when: &str) {
         let pid = self.target.pid();
         self.wait_for(
@@ -719,13 +719,13 @@ impl Rig {
                 }
                 let threads = t.threads();
                 let go_threads = s.one("go_threads")?;
-                let proc_threads = s.one("process_thread_count")?;
+                let proc_threads = s.one("process_threads")?;
                 if go_threads != threads as f64 || proc_threads != threads as f64 {
                     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
                         .map(|d| d.count())
                         .unwrap_or(0);
                     return wrong(format!(
-                        "go_threads is {go_threads} and process_thread_count {proc_threads}; the \
+                        "go_threads is {go_threads} and process_threads {proc_threads}; the \
                          process has {threads} threads (/proc/self/task; {tasks} in /proc/{pid}/task now)"
                     ));
                 }

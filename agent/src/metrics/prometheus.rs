@@ -367,7 +367,7 @@ pub fn encode_http(enc: &mut Encoder, services: &[ServiceMetrics]) {
 }
 
 /// Renders process gauges for every service (client_golang's process collector names,
-/// so existing dashboards work, plus `process_thread_count` from OTel's process.thread.count).
+/// so existing dashboards work, plus `process_threads` from OTel's process.thread.count).
 pub fn encode_process(enc: &mut Encoder, services: &[ServiceMetrics]) {
     let live: Vec<&ServiceMetrics> = services
         .iter()
@@ -411,7 +411,7 @@ pub fn encode_process(enc: &mut Encoder, services: &[ServiceMetrics]) {
         &fam(&|s| s.process.start_time_s),
     );
     enc.gauge(
-        "process_thread_count",
+        "process_threads",
         "Live OS threads of the process (kept by sched tracepoint events).",
         None,
         &fam(&|s| s.process.threads as f64),
