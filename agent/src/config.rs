@@ -39,6 +39,7 @@ pub struct FileConfig {
     pub duration: Option<f64>,
     pub no_follow_forks: Option<bool>,
     pub no_go_runtime: Option<bool>,
+    pub go_goroutine_events: Option<bool>,
     pub status_interval: Option<u64>,
     pub prometheus: Option<String>,
     #[serde(default)]

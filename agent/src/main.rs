@@ -114,6 +114,12 @@ struct Cli {
     #[arg(long)]
     no_go_runtime: bool,
 
+    /// Report every goroutine creation and exit from uprobes (exact, with the parent
+    /// goroutine) instead of sampling the runtime's goroutine list twice a second.
+    /// Costs a uprobe trap per goroutine: expensive for goroutine-heavy programs.
+    #[arg(long)]
+    go_goroutine_events: bool,
+
     /// Goroutine-leak detection window: a creation site whose live goroutines grow
     /// steadily over it is reported [default: 300]
     #[arg(long, value_name = "SECS")]
@@ -293,6 +299,7 @@ fn merge_file(mut cli: Cli) -> Result<Cli> {
     cli.duration = cli.duration.or(file.duration);
     cli.no_follow_forks |= file.no_follow_forks.unwrap_or(false);
     cli.no_go_runtime |= file.no_go_runtime.unwrap_or(false);
+    cli.go_goroutine_events |= file.go_goroutine_events.unwrap_or(false);
     cli.status_interval = cli.status_interval.or(file.status_interval);
     cli.prometheus = cli.prometheus.or(file.prometheus);
     cli.max_routes = cli.max_routes.or(file.max_routes);
@@ -380,6 +387,7 @@ fn run(cli: Cli) -> Result<()> {
         },
         follow,
         go_runtime: !cli.no_go_runtime,
+        go_events: cli.go_goroutine_events,
         logs: logs_export.as_ref().map(|(sink, _)| sink.clone()),
         metrics: metrics.clone(),
     };
@@ -529,6 +537,8 @@ struct Targets {
     leak: LeakConfig,
     follow: bool,
     go_runtime: bool,
+    /// Per-goroutine probes instead of sampling allgs.
+    go_events: bool,
     /// OTLP log records (goroutine-leak warnings), when an OTLP endpoint is set.
     logs: Option<export::logs::LogSink>,
     metrics: Arc<Metrics>,
@@ -556,7 +566,7 @@ impl Targets {
     }
 
     fn attach_go(&mut self, pid: u32) {
-        let plan = match go::plan(pid) {
+        let plan = match go::plan(pid, self.go_events) {
             Ok(Some(plan)) => {
                 self.tracker.disable_thread_context(pid);
                 plan
@@ -570,6 +580,7 @@ impl Targets {
         match self.probes.attach_go(pid, &plan) {
             Ok(n) => {
                 let mut proc = GoProcess::new(pid, &plan, self.leak);
+                proc.sample_allgs = !self.go_events;
                 let seeded = proc.seed_from_memory(&plan.offsets);
                 tracing::info!(
                     "PID {pid}: Go {} runtime probes attached at {n} sites; {}",
@@ -636,6 +647,7 @@ impl Targets {
     fn go_housekeeping(&mut self, publish: bool) {
         let now = periscope::conn::monotonic_ns();
         for (&pid, g) in self.go.iter_mut() {
+            g.rescan_if_due(now);
             g.sample(now);
             for (site, from, to) in g.take_new_suspects() {
                 let service = self

@@ -912,14 +912,30 @@ fn toolchain(version: &str) -> Option<GoToolchain> {
 // Fidelity: goroutines, threads, GC, sites, for every version and link mode
 
 fn fidelity(version: &str, flavor: GoFlavor) {
+    fidelity_with(version, flavor, &[]);
+}
+
+/// The per-goroutine uprobe mode (`--go-goroutine-events`) must agree with the runtime
+/// just like the default sampling mode.
+#[test]
+fn fidelity_go1_25_plain_goroutine_events() {
+    fidelity_with("1.25", GoFlavor::Plain, &["--go-goroutine-events"]);
+}
+
+#[test]
+fn fidelity_go1_21_stripped_goroutine_events() {
+    fidelity_with("1.21", GoFlavor::Stripped, &["--go-goroutine-events"]);
+}
+
+fn fidelity_with(version: &str, flavor: GoFlavor, extra: &[&str]) {
     harness::require_root();
     let Some(tc) = toolchain(version) else {
         return;
     };
     let _serial = harness::serial();
     let bin = build_go_program(PROGRAM, &tc, flavor);
-    let label = format!("Go {version} {}", flavor.name());
-    let mut rig = Rig::start(&bin, &label, 0, &[]);
+    let label = format!("Go {version} {} {extra:?}", flavor.name());
+    let mut rig = Rig::start(&bin, &label, 0, extra);
 
     rig.wait_steady("after attach");
 
@@ -1187,7 +1203,14 @@ fn target_survives_load_with_every_go_probe_attached() {
         &bin,
         "load, Go 1.25 plain",
         0,
-        &["--leak-window", "10", "--leak-min-growth", "20"],
+        // Every Go probe, the per-goroutine ones included.
+        &[
+            "--leak-window",
+            "10",
+            "--leak-min-growth",
+            "20",
+            "--go-goroutine-events",
+        ],
     );
     rig.wait_steady("before the load");
     let addr = rig.target.addr;

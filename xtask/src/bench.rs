@@ -286,8 +286,12 @@ pub fn bench() -> Result<()> {
             agent_args: Some(&["--no-go-runtime"]),
         },
         Mode {
-            name: "traced, HTTP + Go runtime",
+            name: "traced, + Go runtime",
             agent_args: Some(&[]),
+        },
+        Mode {
+            name: "traced, + goroutine events",
+            agent_args: Some(&["--go-goroutine-events"]),
         },
     ];
     let (mut go_child, addr) = demo::start_goserver(&server)?;

@@ -36,6 +36,8 @@ pub const GO_PROBES: &[(&str, &str, bool, bool)] = &[
 /// Most goroutines tracked individually per process; beyond it new goroutines are
 /// counted in `untracked` (their site and exit cannot be matched).
 const MAX_TRACKED_GOROUTINES: usize = 2_000_000;
+/// How often sampling mode walks allgs.
+pub const RESCAN_NS: u64 = 500_000_000;
 /// GC pauses kept for the quantiles (the runtime keeps 256 as well).
 const PAUSE_HISTORY: usize = 256;
 
@@ -58,7 +60,11 @@ pub struct GoPlan {
 }
 
 /// Analyses `/proc/PID/exe`. `Ok(None)` for a binary that is not Go.
-pub fn plan(pid: u32) -> Result<Option<GoPlan>, GoError> {
+/// `goroutine_events`: attach the per-goroutine probes (newproc1, goexit1). Without
+/// them goroutines are counted by sampling `allgs` (see [`GoProcess::rescan`]), which
+/// costs the target nothing; with them every creation and exit is an event (exact
+/// lineage, but a uprobe trap per goroutine: see the benchmark).
+pub fn plan(pid: u32, goroutine_events: bool) -> Result<Option<GoPlan>, GoError> {
     let path = PathBuf::from(format!("/proc/{pid}/exe"));
     let bin = match GoBinary::open(&path) {
         Ok(b) => b,
@@ -83,6 +89,10 @@ pub fn plan(pid: u32) -> Result<Option<GoPlan>, GoError> {
     };
     let mut attach = Vec::new();
     for &(prog, func, at_entry, required) in GO_PROBES {
+        let per_goroutine = prog == "go_newproc1_ret" || prog == "go_goexit1";
+        if per_goroutine && !goroutine_events {
+            continue;
+        }
         let Some(f) = bin.find_function(func) else {
             if required {
                 return Err(GoError::MissingFunction(func));
@@ -211,6 +221,10 @@ pub fn looks_like_leak(samples: &VecDeque<i64>, min_growth: i64) -> bool {
 
 pub struct GoProcess {
     pid: u32,
+    /// Count goroutines by walking allgs every [`RESCAN_NS`] (no per-goroutine probes).
+    pub sample_allgs: bool,
+    offsets: GoOffsets,
+    last_rescan_ns: u64,
     bin: Arc<GoBinary>,
     /// Run-time minus link-time addresses (PIE executables).
     bias: u64,
@@ -243,6 +257,9 @@ impl GoProcess {
     pub fn new(pid: u32, plan: &GoPlan, leak: LeakConfig) -> Self {
         Self {
             pid,
+            sample_allgs: false,
+            offsets: plan.offsets,
+            last_rescan_ns: 0,
             bias: load_bias(pid, &plan.bin),
             bin: plan.bin.clone(),
             version: plan.version.clone(),
@@ -276,7 +293,9 @@ impl GoProcess {
         })
     }
 
-    fn add(&mut self, goid: u64, gopc: u64, startpc: u64) {
+    /// Adds a live goroutine; `created` when it comes from a creation event (a walk of
+    /// allgs sees goroutines, not creations).
+    fn add(&mut self, goid: u64, gopc: u64, startpc: u64, created: bool) {
         if self.live.contains_key(&goid) {
             return;
         }
@@ -293,7 +312,9 @@ impl GoProcess {
         self.live.insert(goid, gopc);
         let s = self.sites.entry(gopc).or_default();
         s.live += 1;
-        s.created += 1;
+        if created {
+            s.created += 1;
+        }
     }
 
     /// A creation event; pcs are run-time addresses.
@@ -303,6 +324,7 @@ impl GoProcess {
             goid,
             gopc.wrapping_sub(self.bias),
             startpc.wrapping_sub(self.bias),
+            true,
         );
     }
 
@@ -348,32 +370,67 @@ impl GoProcess {
         let len = read_u64(allgs + bias + 8)?.min(MAX_TRACKED_GOROUTINES as u64);
         let mut gptrs = vec![0u8; (len * 8) as usize];
         mem.read_exact_at(&mut gptrs, ptr).ok()?;
+        // One read per g covering every field we need.
+        let fields = [
+            offsets.g_atomicstatus,
+            offsets.g_goid,
+            offsets.g_gopc,
+            offsets.g_startpc,
+        ];
+        let span = fields.iter().copied().max().unwrap_or(0) as usize + 8;
+        let mut g_bytes = vec![0u8; span];
+        let at = |b: &[u8], off: u32| -> u64 {
+            let o = off as usize;
+            u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]))
+        };
         let mut found = 0;
         for chunk in gptrs.chunks_exact(8) {
             let g = u64::from_le_bytes(chunk.try_into().ok()?);
-            let mut st = [0u8; 4];
-            if g == 0
-                || mem
-                    .read_exact_at(&mut st, g + offsets.g_atomicstatus as u64)
-                    .is_err()
-            {
+            if g == 0 || mem.read_exact_at(&mut g_bytes, g).is_err() {
                 continue;
             }
-            let status = u32::from_le_bytes(st) & !G_SCAN;
+            let status = (at(&g_bytes, offsets.g_atomicstatus) as u32) & !G_SCAN;
             if status == G_DEAD {
                 continue;
             }
-            let (Some(goid), Some(gopc), Some(startpc)) = (
-                read_u64(g + offsets.g_goid as u64),
-                read_u64(g + offsets.g_gopc as u64),
-                read_u64(g + offsets.g_startpc as u64),
-            ) else {
-                continue;
-            };
-            self.add(goid, gopc.wrapping_sub(bias), startpc.wrapping_sub(bias));
+            let goid = at(&g_bytes, offsets.g_goid);
+            let gopc = at(&g_bytes, offsets.g_gopc).wrapping_sub(bias);
+            let startpc = at(&g_bytes, offsets.g_startpc).wrapping_sub(bias);
+            self.add(goid, gopc, startpc, false);
             found += 1;
         }
         Some(found)
+    }
+
+    /// In sampling mode, rescans allgs once per [`RESCAN_NS`].
+    pub fn rescan_if_due(&mut self, now_ns: u64) {
+        if self.sample_allgs && now_ns.saturating_sub(self.last_rescan_ns) >= RESCAN_NS {
+            self.last_rescan_ns = now_ns;
+            let offsets = self.offsets;
+            self.rescan(&offsets);
+        }
+    }
+
+    /// Sampling mode (no per-goroutine probes): replaces the live set by a fresh walk of
+    /// `allgs`. Returns false when allgs cannot be read (the set is then left as it was).
+    pub fn rescan(&mut self, offsets: &GoOffsets) -> bool {
+        let (live, system_live) = (std::mem::take(&mut self.live), self.system_live);
+        let site_live: Vec<(u64, i64)> = self.sites.iter().map(|(&k, s)| (k, s.live)).collect();
+        self.system_live = 0;
+        for s in self.sites.values_mut() {
+            s.live = 0;
+        }
+        if self.seed_from_memory(offsets).is_some() {
+            return true;
+        }
+        self.live = live;
+        self.system_live = system_live;
+        for (k, v) in site_live {
+            if let Some(s) = self.sites.get_mut(&k) {
+                s.live = v;
+            }
+        }
+        false
     }
 
     fn site(&mut self, gopc: u64) -> Arc<Site> {
