@@ -35,8 +35,8 @@ use crate::export::config::{
     OtlpConfig, Protocol,
 };
 use crate::export::metrics::config::{MetricsExportFlags, Signal, resolve_otlp};
-use crate::export::metrics::transport::{grpc_channel, grpc_message, http_client, post_protobuf};
 use crate::export::otlp::{ExportError, SCOPE_NAME, SCOPE_VERSION, resource_to_proto};
+use crate::export::otlp::{grpc_channel, grpc_message, http_client, post_protobuf};
 use crate::resource::Resource;
 use crate::span::Value;
 

@@ -219,54 +219,20 @@ impl Transport {
     /// reconnects on its own); must run inside a tokio runtime.
     pub fn new(cfg: &OtlpConfig) -> Result<Transport, ExportError> {
         let endpoint = cfg.endpoint().to_owned();
-        let client_err = |reason: String| ExportError::Client {
-            endpoint: endpoint.clone(),
-            reason,
-        };
-        match cfg.protocol() {
+        Ok(match cfg.protocol() {
             Protocol::Grpc => {
-                let channel = Endpoint::from_shared(endpoint.clone())
-                    .and_then(|e| e.user_agent(USER_AGENT))
-                    .map_err(|e| client_err(e.to_string()))?
-                    .timeout(cfg.timeout())
-                    .connect_timeout(cfg.timeout())
-                    .connect_lazy();
-                let mut metadata = MetadataMap::new();
-                for (k, v) in cfg.headers() {
-                    // Config validation accepted these as HTTP headers; binary (`-bin`)
-                    // metadata keys are the only ones that can still fail here.
-                    let key = AsciiMetadataKey::from_bytes(k.as_bytes()).map_err(|_| {
-                        client_err(format!("header `{k}` is not valid gRPC metadata"))
-                    })?;
-                    let value = AsciiMetadataValue::try_from(v.as_str())
-                        .map_err(|_| client_err(format!("header `{k}` has an invalid value")))?;
-                    metadata.insert(key, value);
-                }
-                Ok(Transport::Grpc {
+                let (channel, metadata) = grpc_channel(cfg)?;
+                Transport::Grpc {
                     endpoint,
                     client: TraceServiceClient::new(channel),
                     metadata,
-                })
-            }
-            Protocol::HttpProtobuf => {
-                let mut headers = reqwest::header::HeaderMap::new();
-                for (k, v) in cfg.headers() {
-                    let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                        .map_err(|e| client_err(e.to_string()))?;
-                    let value = reqwest::header::HeaderValue::from_str(v)
-                        .map_err(|e| client_err(e.to_string()))?;
-                    headers.insert(name, value);
                 }
-                let client = reqwest::Client::builder()
-                    .user_agent(USER_AGENT)
-                    .default_headers(headers)
-                    .timeout(cfg.timeout())
-                    .connect_timeout(cfg.timeout())
-                    .build()
-                    .map_err(|e| client_err(error_chain(&e)))?;
-                Ok(Transport::Http { endpoint, client })
             }
-        }
+            Protocol::HttpProtobuf => Transport::Http {
+                endpoint,
+                client: http_client(cfg)?,
+            },
+        })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -320,7 +286,7 @@ async fn export_grpc(
 }
 
 /// tonic puts the transport error (refused, reset) in the status' source, not its message.
-fn grpc_message(status: &tonic::Status) -> String {
+pub(crate) fn grpc_message(status: &tonic::Status) -> String {
     let message = status.message().to_owned();
     match std::error::Error::source(status) {
         Some(src) if message.is_empty() => error_chain(src),
@@ -337,6 +303,69 @@ async fn export_http(
     timeout: Duration,
     endpoint: &str,
 ) -> Result<ExportOutcome, ExportError> {
+    let body = post_protobuf(client, req.encode_to_vec(), timeout, endpoint).await?;
+    // A body we cannot decode (empty, or JSON from a lenient server) still means success.
+    let resp = ExportTraceServiceResponse::decode(body).unwrap_or_default();
+    Ok(outcome(&resp))
+}
+
+/// A lazily connecting gRPC channel for `cfg` and the metadata (headers) to send on every
+/// call. Must run inside a tokio runtime. Shared by the trace, metrics and logs transports.
+pub(crate) fn grpc_channel(cfg: &OtlpConfig) -> Result<(Channel, MetadataMap), ExportError> {
+    let endpoint = cfg.endpoint().to_owned();
+    let client_err = |reason: String| ExportError::Client {
+        endpoint: endpoint.clone(),
+        reason,
+    };
+    let channel = Endpoint::from_shared(endpoint.clone())
+        .and_then(|e| e.user_agent(USER_AGENT))
+        .map_err(|e| client_err(e.to_string()))?
+        .timeout(cfg.timeout())
+        .connect_timeout(cfg.timeout())
+        .connect_lazy();
+    let mut metadata = MetadataMap::new();
+    for (k, v) in cfg.headers() {
+        let key = AsciiMetadataKey::from_bytes(k.as_bytes())
+            .map_err(|_| client_err(format!("header `{k}` is not valid gRPC metadata")))?;
+        let value = AsciiMetadataValue::try_from(v.as_str())
+            .map_err(|_| client_err(format!("header `{k}` has an invalid value")))?;
+        metadata.insert(key, value);
+    }
+    Ok((channel, metadata))
+}
+
+/// An HTTP client sending `cfg`'s headers on every request. Shared by the trace, metrics and
+/// logs transports.
+pub(crate) fn http_client(cfg: &OtlpConfig) -> Result<reqwest::Client, ExportError> {
+    let client_err = |reason: String| ExportError::Client {
+        endpoint: cfg.endpoint().to_owned(),
+        reason,
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (k, v) in cfg.headers() {
+        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| client_err(e.to_string()))?;
+        let value =
+            reqwest::header::HeaderValue::from_str(v).map_err(|e| client_err(e.to_string()))?;
+        headers.insert(name, value);
+    }
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .default_headers(headers)
+        .timeout(cfg.timeout())
+        .connect_timeout(cfg.timeout())
+        .build()
+        .map_err(|e| client_err(error_chain(&e)))
+}
+
+/// `POST`s one protobuf-encoded request; returns the response body of a 2xx (which may
+/// be empty or undecodable: still a success). Shared by the trace, metrics and logs transports.
+pub(crate) async fn post_protobuf(
+    client: &reqwest::Client,
+    body: Vec<u8>,
+    timeout: Duration,
+    endpoint: &str,
+) -> Result<bytes::Bytes, ExportError> {
     let http_err = |e: reqwest::Error| {
         if e.is_timeout() {
             ExportError::Timeout {
@@ -353,7 +382,7 @@ async fn export_http(
     let resp = client
         .post(endpoint)
         .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
-        .body(req.encode_to_vec())
+        .body(body)
         .timeout(timeout)
         .send()
         .await
@@ -372,10 +401,7 @@ async fn export_http(
             retry_after,
         });
     }
-    // A body we cannot decode (empty, or JSON from a lenient server) still means success.
-    let body = resp.bytes().await.unwrap_or_default();
-    let resp = ExportTraceServiceResponse::decode(body).unwrap_or_default();
-    Ok(outcome(&resp))
+    Ok(resp.bytes().await.unwrap_or_default())
 }
 
 fn outcome(resp: &ExportTraceServiceResponse) -> ExportOutcome {
