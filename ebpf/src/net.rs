@@ -264,29 +264,17 @@ const TAIL_MASK: usize = 2 * MAX_TAIL - 1;
 const OUT_MASK: usize = SCRATCH_PAYLOAD - 1;
 
 /// Copies `len` user bytes from `src` to `payload[off..]`. The masks are what the
-/// verifier needs to bound the write; callers keep `off < MAX_HEAD`, `len <= MAX_HEAD`.
+/// verifier needs to bound the write: callers keep `off < MAX_HEAD` and `len` within
+/// `LEN_MASK` (HEAD_MASK for the head, TAIL_MASK for the tail).
 #[inline(always)]
-fn copy_user(buf: *mut DataEventBuf, off: usize, len: usize, src: u64) -> Result<(), i64> {
+fn copy_user<const LEN_MASK: usize>(
+    buf: *mut DataEventBuf,
+    off: usize,
+    len: usize,
+    src: u64,
+) -> Result<(), i64> {
     let off = off & HEAD_MASK;
-    let len = len & HEAD_MASK;
-    if len == 0 {
-        return Ok(());
-    }
-    let rc = unsafe {
-        let dst = (*buf).payload.as_mut_ptr().add(off);
-        raw_probe_read_user(dst.cast(), len as u32, src as *const _)
-    };
-    if rc < 0 {
-        Err(rc)
-    } else {
-        Ok(())
-    }
-}
-
-#[inline(always)]
-fn copy_tail(buf: *mut DataEventBuf, off: usize, len: usize, src: u64) -> Result<(), i64> {
-    let off = off & HEAD_MASK;
-    let len = len & TAIL_MASK;
+    let len = len & LEN_MASK;
     if len == 0 {
         return Ok(());
     }
@@ -324,7 +312,7 @@ fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result
                 if head < MAX_HEAD {
                     let room = (MAX_HEAD - head) as u64;
                     let n = if used < room { used } else { room };
-                    copy_user(buf, head, n as usize, base)?;
+                    copy_user::<HEAD_MASK>(buf, head, n as usize, base)?;
                     head += n as usize;
                 }
                 left -= used;
@@ -334,7 +322,7 @@ fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result
                     } else {
                         MAX_TAIL as u64
                     };
-                    copy_tail(buf, head, t as usize, base + used - t)?;
+                    copy_user::<TAIL_MASK>(buf, head, t as usize, base + used - t)?;
                     tail = t as usize;
                 }
                 i += 1;
@@ -346,7 +334,7 @@ fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result
             } else {
                 MAX_HEAD as u64
             };
-            copy_user(buf, 0, n as usize, s.ptr)?;
+            copy_user::<HEAD_MASK>(buf, 0, n as usize, s.ptr)?;
             head = n as usize;
             if total > MAX_HEAD as u64 {
                 let t = if total - MAX_HEAD as u64 > MAX_TAIL as u64 {
@@ -354,7 +342,7 @@ fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result
                 } else {
                     total - MAX_HEAD as u64
                 };
-                copy_tail(buf, head, t as usize, s.ptr + total - t)?;
+                copy_user::<TAIL_MASK>(buf, head, t as usize, s.ptr + total - t)?;
                 tail = t as usize;
             }
         }

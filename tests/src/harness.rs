@@ -899,38 +899,22 @@ impl Agent {
 
     /// Waits (up to [`AGENT_STOP_TIMEOUT`]) for an agent that ends by itself
     /// (`--duration`, every target exited); panics, after SIGKILL, if it does not.
-    pub fn wait_exit(mut self) -> AgentExit {
-        let mut child = self.child.take().expect("agent running");
-        let deadline = Instant::now() + AGENT_STOP_TIMEOUT;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "periscope did not exit by itself within {AGENT_STOP_TIMEOUT:?}\nstderr:\n{}",
-                        tail(&self.output.stderr(), 8000)
-                    );
-                }
-            }
-        };
-        thread::sleep(Duration::from_millis(100));
-        AgentExit {
-            status,
-            stdout: self.output.stdout(),
-            stderr: self.output.stderr(),
-        }
+    pub fn wait_exit(self) -> AgentExit {
+        self.finish(false)
     }
 
     /// Sends SIGINT and waits (up to [`AGENT_STOP_TIMEOUT`]) for the agent to
     /// flush and exit; panics, after SIGKILL, if it does not.
-    pub fn stop(mut self) -> AgentExit {
+    pub fn stop(self) -> AgentExit {
+        self.finish(true)
+    }
+
+    fn finish(mut self, interrupt: bool) -> AgentExit {
         let mut child = self.child.take().expect("agent running");
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: kill(2) on our own child, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGINT) };
+        if interrupt {
+            // SAFETY: kill(2) on our own child, which has not been reaped yet.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        }
         let deadline = Instant::now() + AGENT_STOP_TIMEOUT;
         let status = loop {
             match child.try_wait() {
@@ -940,7 +924,12 @@ impl Agent {
                     let _ = child.kill();
                     let _ = child.wait();
                     panic!(
-                        "periscope did not exit within {AGENT_STOP_TIMEOUT:?} after SIGINT\nstderr:\n{}",
+                        "periscope did not exit within {AGENT_STOP_TIMEOUT:?}{}\nstderr:\n{}",
+                        if interrupt {
+                            " after SIGINT"
+                        } else {
+                            " by itself"
+                        },
                         tail(&self.output.stderr(), 8000)
                     );
                 }
