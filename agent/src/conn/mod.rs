@@ -34,6 +34,8 @@ use crate::{
 /// Requests waiting for a response on one connection (pipelining depth) before the
 /// oldest is given up: bounds memory on a connection whose responses we cannot see.
 const MAX_PENDING: usize = 64;
+/// How often process gauges are sampled from /proc.
+const PROC_SAMPLE_NS: u64 = 1_000_000_000;
 /// Connections tracked at once; beyond it new connections are not followed (counted).
 const MAX_CONNS: usize = 65_536;
 
@@ -169,6 +171,7 @@ pub struct Tracker {
     exchanges: Vec<Exchange>,
     /// (pid, tid) -> the server span that thread serves now.
     active: HashMap<(u32, u32), ActiveSpan>,
+    last_proc_sample_ns: u64,
 }
 
 fn peer_addr(ev: &ConnOpenEvent) -> Option<SocketAddr> {
@@ -218,6 +221,7 @@ impl Tracker {
             scratch: Vec::new(),
             exchanges: Vec::new(),
             active: HashMap::new(),
+            last_proc_sample_ns: 0,
         }
     }
 
@@ -229,9 +233,15 @@ impl Tracker {
         }
     }
 
-    /// Periodic upkeep: sample /proc for process gauges, forget the metrics of processes
-    /// that exited long ago.
+    /// Periodic upkeep: sample /proc for process gauges (at most once per
+    /// [`PROC_SAMPLE_NS`]: with every process of a node traced, /proc reads add up),
+    /// forget the metrics of processes that exited long ago.
     pub fn housekeeping(&mut self) {
+        let now = monotonic_ns();
+        if now.saturating_sub(self.last_proc_sample_ns) < PROC_SAMPLE_NS {
+            return;
+        }
+        self.last_proc_sample_ns = now;
         for &pid in self.procs.keys() {
             self.metrics.update_process(pid, |p| {
                 process::sample(pid, p);
