@@ -44,6 +44,8 @@ pub struct FileConfig {
     pub prometheus: Option<String>,
     #[serde(default)]
     pub route: Vec<String>,
+    #[serde(default)]
+    pub resource_attribute: Vec<String>,
     pub max_routes: Option<usize>,
     pub leak_window: Option<f64>,
     pub leak_min_growth: Option<i64>,

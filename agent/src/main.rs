@@ -134,6 +134,11 @@ struct Cli {
     #[arg(long, value_name = "N")]
     top_sites: Option<usize>,
 
+    /// Resource attribute for every traced process, e.g. deployment.environment.name=prod
+    /// (repeatable; overrides OTEL_RESOURCE_ATTRIBUTES; service.name=X sets the name).
+    #[arg(long = "resource-attribute", value_name = "KEY=VALUE")]
+    resource_attributes: Vec<String>,
+
     /// Configuration file (TOML; every flag has a key of the same name). Flags and
     /// OTEL_* variables override it.
     #[arg(long, value_name = "FILE", env = "PERISCOPE_CONFIG")]
@@ -262,6 +267,9 @@ fn merge_file(mut cli: Cli) -> Result<Cli> {
     if cli.routes.is_empty() {
         cli.routes = file.route;
     }
+    if cli.resource_attributes.is_empty() {
+        cli.resource_attributes = file.resource_attribute;
+    }
     cli.otlp_endpoint = layered(
         cli.otlp_endpoint,
         &[
@@ -350,6 +358,12 @@ fn run(cli: Cli) -> Result<()> {
         ..RouteConfig::default()
     };
     let sampler = Sampler::new(SamplerConfig::from_env(|k| std::env::var(k).ok())?);
+    let mut resource = ResourceConfig::from_env();
+    resource
+        .apply_flags(&cli.resource_attributes)
+        .map_err(|item| {
+            anyhow::anyhow!("invalid --resource-attribute {item:?}: expected KEY=VALUE")
+        })?;
     let prometheus_addr = cli
         .prometheus
         .as_deref()
@@ -369,7 +383,7 @@ fn run(cli: Cli) -> Result<()> {
     let found: Vec<u32> = discovery.initial(Instant::now()).into_iter().collect();
     let targets = expand_targets(&found, follow);
     let tracker = Tracker::new(TrackerConfig {
-        resource: ResourceConfig::from_env(),
+        resource,
         routes,
         sampler,
         metrics: metrics.clone(),

@@ -220,6 +220,24 @@ impl Resource {
     }
 }
 
+impl ResourceConfig {
+    /// Applies `KEY=VALUE` resource attributes given as flags, over the environment's
+    /// (`service.name` sets the service name). Returns the first malformed item.
+    pub fn apply_flags(&mut self, items: &[String]) -> Result<(), String> {
+        for item in items {
+            let Some((k, v)) = item.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+                return Err(item.clone());
+            };
+            let (k, v) = (k.trim().to_string(), v.trim().to_string());
+            if k == "service.name" {
+                self.service_name = Some(v.clone());
+            }
+            upsert(&mut self.attributes, k, v);
+        }
+        Ok(())
+    }
+}
+
 fn upsert(attrs: &mut Vec<(String, String)>, k: String, v: String) {
     match attrs.iter_mut().find(|(key, _)| *key == k) {
         Some(slot) => slot.1 = v,

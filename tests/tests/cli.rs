@@ -148,6 +148,8 @@ fn target_exit_flushes_and_exits_zero() {
         server.pid().to_string(),
         "--console".into(),
         "json".into(),
+        "--resource-attribute".into(),
+        "deployment.environment.name=staging".into(),
     ]);
     let batch = Batch {
         mode: ConnMode::KeepAlive,
@@ -168,6 +170,14 @@ fn target_exit_flushes_and_exits_zero() {
             .filter(|l| l.contains("\"kind\":\"SERVER\""))
             .count(),
         5
+    );
+    // Resource attributes given as flags reach every span's resource.
+    assert!(
+        exit.stdout
+            .lines()
+            .all(|l| l.contains("\"deployment.environment.name\":\"staging\"")),
+        "{}",
+        exit.stdout
     );
 }
 
