@@ -141,7 +141,17 @@ impl Resource {
         } else {
             None
         };
-        Resource::from_parts(pid, exe.as_deref(), comm.as_deref(), cfg)
+        let mut r = Resource::from_parts(pid, exe.as_deref(), comm.as_deref(), cfg);
+        // Container and pod identity from the cgroup path (Kubernetes, Docker, Podman),
+        // unless OTEL_RESOURCE_ATTRIBUTES or a flag already said otherwise.
+        if let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+            for (k, v) in container_attributes(&cgroup) {
+                if !r.attributes.iter().any(|(key, _)| key == k) {
+                    r.attributes.push((k.to_string(), v));
+                }
+            }
+        }
+        r
     }
 
     /// The pure core of [`Resource::for_process`]. Attribute order: service.name, the
@@ -357,5 +367,88 @@ mod tests {
         assert_eq!(r.service_name, name);
         assert_eq!(r.get("process.pid"), Some(pid.to_string().as_str()));
         assert!(!host_name().is_empty());
+    }
+}
+
+/// `container.id` and `k8s.pod.uid` from the text of /proc/PID/cgroup. Container
+/// runtimes name the process's cgroup after the container (64 hex digits, wrapped as
+/// `docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`, or bare), and the
+/// kubelet puts it under a `pod<uid>` directory (dashes become underscores in systemd
+/// slice names).
+pub fn container_attributes(cgroup: &str) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    // The unified (v2) line `0::/path` first, then any v1 line.
+    let mut paths: Vec<&str> = cgroup
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .collect();
+    paths.sort_by_key(|p| !p.contains("kubepods") && !p.contains("docker"));
+    for path in paths {
+        let segments: Vec<&str> = path.split('/').collect();
+        let container = segments.iter().rev().find_map(|seg| {
+            let core = seg.trim_end_matches(".scope");
+            let id = core.rsplit(['-', ':']).next().unwrap_or(core);
+            (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+        });
+        let pod = segments.iter().find_map(|seg| {
+            let seg = seg.trim_end_matches(".slice");
+            let at = seg.rfind("pod")?;
+            let uid = seg[at + 3..].replace('_', "-");
+            (uid.len() == 36 && uid.bytes().filter(|&b| b == b'-').count() == 4).then_some(uid)
+        });
+        if let Some(c) = container {
+            out.push(("container.id", c));
+            if let Some(p) = pod {
+                out.push(("k8s.pod.uid", p));
+            }
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod cgroup_tests {
+    use super::container_attributes;
+
+    const ID: &str = "3f2a1b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708";
+
+    #[test]
+    fn kubernetes_systemd_cgroup_v2() {
+        let text = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0a1b2c3d_4e5f_6789_abcd_ef0123456789.slice/cri-containerd-{ID}.scope\n"
+        );
+        assert_eq!(
+            container_attributes(&text),
+            vec![
+                ("container.id", ID.to_string()),
+                (
+                    "k8s.pod.uid",
+                    "0a1b2c3d-4e5f-6789-abcd-ef0123456789".to_string()
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn kubernetes_cgroupfs_v1_and_docker() {
+        let v1 = format!(
+            "12:memory:/kubepods/besteffort/pod0a1b2c3d-4e5f-6789-abcd-ef0123456789/{ID}\n11:cpu:/kubepods/besteffort/pod0a1b2c3d-4e5f-6789-abcd-ef0123456789/{ID}\n"
+        );
+        let attrs = container_attributes(&v1);
+        assert_eq!(attrs[0], ("container.id", ID.to_string()));
+        assert_eq!(attrs[1].1, "0a1b2c3d-4e5f-6789-abcd-ef0123456789");
+        let docker = format!("0::/system.slice/docker-{ID}.scope\n");
+        assert_eq!(
+            container_attributes(&docker),
+            vec![("container.id", ID.to_string())]
+        );
+    }
+
+    #[test]
+    fn plain_host_processes_have_none() {
+        assert!(container_attributes("0::/user.slice/user-0.slice/session-1.scope\n").is_empty());
+        assert!(container_attributes("0::/\n").is_empty());
+        assert!(container_attributes("").is_empty());
     }
 }
