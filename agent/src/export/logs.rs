@@ -36,7 +36,7 @@ use crate::export::config::{
 };
 use crate::export::metrics::config::{MetricsExportFlags, Signal, resolve_otlp};
 use crate::export::otlp::{ExportError, SCOPE_NAME, SCOPE_VERSION, resource_to_proto};
-use crate::export::otlp::{grpc_channel, grpc_message, http_client, post_protobuf};
+use crate::export::otlp::{grpc_channel, grpc_error, grpc_request, http_client, post_protobuf};
 use crate::resource::Resource;
 use crate::span::Value;
 
@@ -465,16 +465,12 @@ impl LogsTransport {
                 LogsTransport::Grpc {
                     client, metadata, ..
                 } => {
-                    let mut request = tonic::Request::new(req.clone());
-                    *request.metadata_mut() = metadata.clone();
-                    request.set_timeout(timeout);
-                    match client.export(request).await {
+                    match client
+                        .export(grpc_request(req.clone(), metadata, timeout))
+                        .await
+                    {
                         Ok(resp) => Ok(rejected(resp.get_ref())),
-                        Err(status) => Err(ExportError::Grpc {
-                            endpoint: endpoint.clone(),
-                            code: status.code(),
-                            message: grpc_message(&status),
-                        }),
+                        Err(status) => Err(grpc_error(&endpoint, &status)),
                     }
                 }
                 LogsTransport::Http { client, .. } => {

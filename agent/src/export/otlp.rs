@@ -272,16 +272,34 @@ async fn export_grpc(
     timeout: Duration,
     endpoint: &str,
 ) -> Result<ExportOutcome, ExportError> {
-    let mut request = tonic::Request::new(req.clone());
+    match client
+        .export(grpc_request(req.clone(), metadata, timeout))
+        .await
+    {
+        Ok(resp) => Ok(outcome(resp.get_ref())),
+        Err(status) => Err(grpc_error(endpoint, &status)),
+    }
+}
+
+/// One export call's request: the configured headers as metadata, and the timeout
+/// announced to the server. Shared by the trace, metrics and logs transports.
+pub(crate) fn grpc_request<T>(
+    msg: T,
+    metadata: &MetadataMap,
+    timeout: Duration,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(msg);
     *request.metadata_mut() = metadata.clone();
     request.set_timeout(timeout);
-    match client.export(request).await {
-        Ok(resp) => Ok(outcome(resp.get_ref())),
-        Err(status) => Err(ExportError::Grpc {
-            endpoint: endpoint.to_owned(),
-            code: status.code(),
-            message: grpc_message(&status),
-        }),
+    request
+}
+
+/// A failed gRPC export call as an [`ExportError`] (retry classification by code).
+pub(crate) fn grpc_error(endpoint: &str, status: &tonic::Status) -> ExportError {
+    ExportError::Grpc {
+        endpoint: endpoint.to_owned(),
+        code: status.code(),
+        message: grpc_message(status),
     }
 }
 

@@ -16,7 +16,9 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 
 use crate::export::config::{OtlpConfig, Protocol};
-use crate::export::otlp::{ExportError, grpc_channel, grpc_message, http_client, post_protobuf};
+use crate::export::otlp::{
+    ExportError, grpc_channel, grpc_error, grpc_request, http_client, post_protobuf,
+};
 
 /// One OTLP metrics connection (gRPC) or client (HTTP). Cheap to clone.
 #[derive(Clone, Debug)]
@@ -78,16 +80,12 @@ impl MetricsTransport {
                 MetricsTransport::Grpc {
                     client, metadata, ..
                 } => {
-                    let mut request = tonic::Request::new(req.clone());
-                    *request.metadata_mut() = metadata.clone();
-                    request.set_timeout(timeout);
-                    match client.export(request).await {
+                    match client
+                        .export(grpc_request(req.clone(), metadata, timeout))
+                        .await
+                    {
                         Ok(resp) => Ok(rejected(resp.get_ref())),
-                        Err(status) => Err(ExportError::Grpc {
-                            endpoint: endpoint.clone(),
-                            code: status.code(),
-                            message: grpc_message(&status),
-                        }),
+                        Err(status) => Err(grpc_error(&endpoint, &status)),
                     }
                 }
                 MetricsTransport::Http { client, .. } => {
