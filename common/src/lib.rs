@@ -53,6 +53,15 @@ pub enum EventKind {
     GcPause = 12,
     /// A GC cycle completed its mark termination ([`GcEvent`], `start_ns` = `end_ns`).
     GcCycle = 13,
+    /// A TCP connect of a traced process failed ([`ConnOpenEvent`] with `error` set;
+    /// `header.pid_tgid` is the thread that called connect).
+    ConnFail = 14,
+    /// A Go net/http server goroutine started serving a connection ([`GoConnEvent`]:
+    /// `net/http.(*conn).serve` entry).
+    GoHttpServe = 15,
+    /// A Go goroutine is about to send a request on a client connection
+    /// ([`GoConnEvent`]: `net/http.(*persistConn).roundTrip` entry).
+    GoHttpRoundTrip = 16,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -72,6 +81,9 @@ impl TryFrom<u32> for EventKind {
             11 => Self::GoroutineExit,
             12 => Self::GcPause,
             13 => Self::GcCycle,
+            14 => Self::ConnFail,
+            15 => Self::GoHttpServe,
+            16 => Self::GoHttpRoundTrip,
             other => return Err(other),
         })
     }
@@ -129,8 +141,18 @@ pub struct ConnOpenEvent {
     pub peer_port: u16,
     /// Peer address: IPv4 in the first 4 bytes, IPv6 in all 16.
     pub peer_addr: [u8; 16],
+    /// Local address of a TCP client socket, taken when the kernel moves it to SYN_SENT
+    /// (`sock:inet_sock_set_state`, in the connecting thread). Family 0 = unknown
+    /// (server sockets: the agent knows their listener's address).
+    pub local_family: u16,
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// For [`EventKind::ConnFail`]: the errno (positive), 0 when the socket closed
+    /// while connecting without an error report (the caller gave up: a timeout).
+    pub error: i32,
+    pub local_addr: [u8; 16],
 }
-const _: () = assert!(size_of::<ConnOpenEvent>() == 56);
+const _: () = assert!(size_of::<ConnOpenEvent>() == 80);
 
 /// Direction of a [`DataEvent`], seen from the traced process.
 pub const DIR_INGRESS: u32 = 0;
@@ -241,6 +263,22 @@ pub struct GcEvent {
 }
 const _: () = assert!(size_of::<GcEvent>() == 40);
 
+/// [`EventKind::GoHttpServe`] / [`EventKind::GoHttpRoundTrip`]: which goroutine
+/// uses which socket fd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoConnEvent {
+    pub header: EventHeader,
+    /// The current goroutine (R14's g.goid).
+    pub goid: u64,
+    /// g.parentGoid of the current goroutine (0 when unknown: Go < 1.21).
+    pub parent_goid: u64,
+    /// The socket's fd (`poll.FD.Sysfd`), or `u32::MAX` when it could not be read.
+    pub fd: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<GoConnEvent>() == 48);
+
 /// Per-process facts the Go probes need, keyed by tgid: offsets into `runtime.g`
 /// for the binary's Go version (0 = field unknown, not read).
 #[repr(C)]
@@ -253,9 +291,18 @@ pub struct GoProcInfo {
     /// Bit 0: `stopTheWorldWithSema` takes a `stwReason` (Go >= 1.21), so GC pauses can
     /// be told from other stops.
     pub flags: u32,
+    /// `net/http.conn.rwc` (net.Conn interface; its data word is at +8). 0 = the
+    /// net/http probes are not attached for this process.
+    pub http_conn_rwc_off: u32,
+    /// `net/http.persistConn.conn` (net.Conn interface).
+    pub persist_conn_conn_off: u32,
+    /// `net.netFD.pfd` (internal/poll.FD) inside the netFD a `*net.TCPConn` points to.
+    pub netfd_pfd_off: u32,
+    /// `internal/poll.FD.Sysfd`.
+    pub poll_fd_sysfd_off: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<GoProcInfo>() == 24);
+const _: () = assert!(size_of::<GoProcInfo>() == 40);
 pub const GO_FLAG_STW_REASON: u32 = 1;
 
 /// Counters the kernel side keeps in a per-CPU array, indexed by these ids.

@@ -181,6 +181,10 @@ fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
         family: 0,
         peer_port: 0,
         peer_addr: [0; 16],
+        local_family: 0,
+        local_port: 0,
+        error: 0,
+        local_addr: [0; 16],
     };
     if s.ptr != 0 {
         let family: u16 = unsafe { bpf_probe_read_user(s.ptr as *const u16) }.unwrap_or(0);

@@ -348,6 +348,8 @@ impl Tracker {
             | Event::GoroutineExit(_)
             | Event::GcPause(_)
             | Event::GcCycle(_) => {}
+            // Handled below once connection failures and Go goroutine context land.
+            Event::ConnFail(_) | Event::GoHttpServe(_) | Event::GoHttpRoundTrip(_) => {}
         }
     }
 

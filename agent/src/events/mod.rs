@@ -6,7 +6,7 @@
 
 use periscope_common::{
     BindEvent, ConnCloseEvent, ConnOpenEvent, DataEvent, EventHeader, EventKind, GcEvent,
-    GoroutineEvent, ProcessEvent,
+    GoConnEvent, GoroutineEvent, ProcessEvent,
 };
 use thiserror::Error;
 
@@ -29,6 +29,9 @@ pub enum Event<'a> {
     GoroutineExit(GoroutineEvent),
     GcPause(GcEvent),
     GcCycle(GcEvent),
+    ConnFail(ConnOpenEvent),
+    GoHttpServe(GoConnEvent),
+    GoHttpRoundTrip(GoConnEvent),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -69,6 +72,9 @@ impl<'a> TryFrom<&'a [u8]> for Event<'a> {
             EventKind::GoroutineExit => Event::GoroutineExit(read(bytes)?),
             EventKind::GcPause => Event::GcPause(read(bytes)?),
             EventKind::GcCycle => Event::GcCycle(read(bytes)?),
+            EventKind::ConnFail => Event::ConnFail(read(bytes)?),
+            EventKind::GoHttpServe => Event::GoHttpServe(read(bytes)?),
+            EventKind::GoHttpRoundTrip => Event::GoHttpRoundTrip(read(bytes)?),
             EventKind::Data => {
                 let ev: DataEvent = read(bytes)?;
                 let payload = &bytes[size_of::<DataEvent>()..];

@@ -85,6 +85,10 @@ pub fn plan(pid: u32, goroutine_events: bool) -> Result<Option<GoPlan>, GoError>
         gopc_off: offsets.g_gopc,
         startpc_off: offsets.g_startpc,
         flags: if stw_reason { GO_FLAG_STW_REASON } else { 0 },
+        http_conn_rwc_off: 0,
+        persist_conn_conn_off: 0,
+        netfd_pfd_off: 0,
+        poll_fd_sysfd_off: 0,
         _pad: 0,
     };
     let mut attach = Vec::new();
