@@ -50,6 +50,13 @@ pub struct FileConfig {
     pub leak_window: Option<f64>,
     pub leak_min_growth: Option<i64>,
     pub top_sites: Option<usize>,
+    /// "auto", "on" or "off".
+    pub kube_metadata: Option<String>,
+    pub kube_api_url: Option<String>,
+    pub kube_ca_file: Option<PathBuf>,
+    pub kube_token_file: Option<PathBuf>,
+    pub kube_node_name: Option<String>,
+    pub kube_well_known_labels: Option<bool>,
 }
 
 impl FileConfig {
@@ -101,6 +108,12 @@ mod tests {
             prometheus = "0.0.0.0:9464"
             route = ["/api/users/{id}"]
             max-routes = 100
+            kube-metadata = "on"
+            kube-api-url = "https://10.96.0.1:443"
+            kube-ca-file = "/etc/kube/ca.crt"
+            kube-token-file = "/etc/kube/token"
+            kube-node-name = "node-1"
+            kube-well-known-labels = true
             "#,
             Path::new("t.toml"),
         )
@@ -110,6 +123,13 @@ mod tests {
         assert_eq!(c.otlp_protocol.as_deref(), Some("grpc"));
         assert_eq!(c.max_routes, Some(100));
         assert_eq!(c.no_follow_forks, Some(true));
+        assert_eq!(c.kube_metadata.as_deref(), Some("on"));
+        assert_eq!(
+            c.kube_ca_file.as_deref(),
+            Some(Path::new("/etc/kube/ca.crt"))
+        );
+        assert_eq!(c.kube_node_name.as_deref(), Some("node-1"));
+        assert_eq!(c.kube_well_known_labels, Some(true));
     }
 
     #[test]

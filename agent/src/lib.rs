@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod events;
 pub mod export;
 pub mod http;
+pub mod kube;
 pub mod metrics;
 pub mod probes;
 pub mod resource;

@@ -139,6 +139,36 @@ struct Cli {
     #[arg(long = "resource-attribute", value_name = "KEY=VALUE")]
     resource_attributes: Vec<String>,
 
+    /// Pod metadata from the Kubernetes API (k8s.pod.name, k8s.namespace.name,
+    /// k8s.container.name, workload names, service.name): auto = on when running in a pod
+    /// (KUBERNETES_SERVICE_HOST is set) or --kube-api-url is given [default: auto]
+    #[arg(long, value_name = "MODE", value_enum)]
+    kube_metadata: Option<periscope::kube::Mode>,
+
+    /// Kubernetes API server [default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT]
+    #[arg(long, value_name = "URL")]
+    kube_api_url: Option<String>,
+
+    /// CA bundle (PEM) the API server's certificate must chain to
+    /// [default: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt]
+    #[arg(long, value_name = "FILE")]
+    kube_ca_file: Option<std::path::PathBuf>,
+
+    /// Bearer token file, read again on every refresh (projected tokens rotate)
+    /// [default: /var/run/secrets/kubernetes.io/serviceaccount/token]
+    #[arg(long, value_name = "FILE")]
+    kube_token_file: Option<std::path::PathBuf>,
+
+    /// This node's name: pods are listed by spec.nodeName [env: NODE_NAME]
+    #[arg(long, value_name = "NAME")]
+    kube_node_name: Option<String>,
+
+    /// Also take service.name from the pod labels app.kubernetes.io/instance and
+    /// app.kubernetes.io/name (and service.version from app.kubernetes.io/version), as the
+    /// OpenTelemetry Kubernetes conventions allow when opted in.
+    #[arg(long)]
+    kube_well_known_labels: bool,
+
     /// Configuration file (TOML; every flag has a key of the same name). Flags and
     /// OTEL_* variables override it.
     #[arg(long, value_name = "FILE", env = "PERISCOPE_CONFIG")]
@@ -315,6 +345,21 @@ fn merge_file(mut cli: Cli) -> Result<Cli> {
     cli.leak_window = cli.leak_window.or(file.leak_window);
     cli.leak_min_growth = cli.leak_min_growth.or(file.leak_min_growth);
     cli.top_sites = cli.top_sites.or(file.top_sites);
+    if cli.kube_metadata.is_none()
+        && let Some(mode) = file.kube_metadata.as_deref()
+    {
+        cli.kube_metadata = Some(
+            mode.parse()
+                .map_err(|e| anyhow::anyhow!("config file: kube-metadata: {e}"))?,
+        );
+    }
+    // KUBERNETES_SERVICE_HOST is a default (where the API is when in a pod), not a
+    // setting: a file's kube-api-url wins over it. NODE_NAME is a setting.
+    cli.kube_api_url = cli.kube_api_url.or(file.kube_api_url);
+    cli.kube_ca_file = cli.kube_ca_file.or(file.kube_ca_file);
+    cli.kube_token_file = cli.kube_token_file.or(file.kube_token_file);
+    cli.kube_node_name = layered(cli.kube_node_name, &["NODE_NAME"], file.kube_node_name);
+    cli.kube_well_known_labels |= file.kube_well_known_labels.unwrap_or(false);
     Ok(cli)
 }
 
@@ -377,6 +422,18 @@ fn run(cli: Cli) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the export runtime")?;
+    // Pod metadata: the first list runs while the probes load.
+    let kube = periscope::kube::start(
+        &periscope::kube::KubeFlags {
+            mode: cli.kube_metadata,
+            api_url: cli.kube_api_url.clone(),
+            ca_file: cli.kube_ca_file.clone(),
+            token_file: cli.kube_token_file.clone(),
+            node_name: cli.kube_node_name.clone(),
+            well_known_labels: cli.kube_well_known_labels,
+        },
+        rt.handle(),
+    )?;
     let discovering = discovery.selector().discovers();
     let (probes, ring) = Probes::load(1 << 20, discovering)?;
     let follow = !cli.no_follow_forks;
@@ -405,6 +462,11 @@ fn run(cli: Cli) -> Result<()> {
         logs: logs_export.as_ref().map(|(sink, _)| sink.clone()),
         metrics: metrics.clone(),
     };
+    if let Some(kube) = &kube {
+        // Bounded: a slow or down API server delays startup by at most this, and the
+        // processes attached meanwhile get their pod attributes when they arrive.
+        kube.wait_first_attempt(periscope::kube::STARTUP_WAIT);
+    }
     let mut described = Vec::new();
     for &pid in &targets {
         let name = t.attach(pid)?;
@@ -697,6 +759,59 @@ impl Targets {
     }
 }
 
+/// Applies one ring record: target-set changes here (they touch kernel maps), Go
+/// runtime events to the runtime stage, the rest to the connection tracker.
+fn apply(
+    record: &[u8],
+    t: &mut Targets,
+    discovery: &mut Discovery,
+    telemetry: &Telemetry,
+    emit: &mut dyn FnMut(periscope::span::Span),
+) {
+    let event = Event::try_from(record);
+    if let Ok(ev) = &event
+        && tracing::enabled!(tracing::Level::TRACE)
+    {
+        tracing::trace!("event {ev:?}");
+    }
+    match event {
+        Ok(Event::Fork(ev)) => {
+            // The kernel already traces the child; give it a resource.
+            t.tracker.add_process(ev.pid);
+        }
+        Ok(Event::Exit(ev)) => t.detach(ev.pid, ev.header.ts_ns, emit),
+        Ok(Event::Exec(ev)) => {
+            if t.tracker.resource(ev.pid).is_some() {
+                // A target runs another program now: new resource, or let go.
+                t.detach(ev.pid, ev.header.ts_ns, emit);
+                if discovery.still_matches(ev.pid) {
+                    t.attach_logged(ev.pid);
+                }
+            } else {
+                discovery.on_exec(ev.pid, Instant::now());
+            }
+        }
+        Ok(Event::Bind(ev)) => {
+            let pid = ev.header.tgid();
+            if t.tracker.resource(pid).is_none() && discovery.on_bind(pid, ev.port) {
+                t.attach_logged(pid);
+            }
+        }
+        Ok(ev @ Event::GoroutineCreate(e)) => {
+            // Counts and sites (runtime stage); creation lineage for trace context.
+            t.tracker.goroutine_created(&e);
+            t.go_event(&ev);
+        }
+        Ok(ev @ Event::GoroutineExit(e)) => {
+            t.tracker.goroutine_exited(&e);
+            t.go_event(&ev);
+        }
+        Ok(ev @ (Event::GcPause(_) | Event::GcCycle(_))) => t.go_event(&ev),
+        Ok(ev) => t.tracker.handle(ev, emit),
+        Err(_) => telemetry.decode_error(),
+    }
+}
+
 fn event_loop(
     mut t: Targets,
     mut ring: RingBuf<MapData>,
@@ -711,42 +826,18 @@ fn event_loop(
     let mut last_go_publish = Instant::now();
     let mut emit = |span| sink.send(span);
     let fd = ring.as_raw_fd();
+    // Records are applied in time order, not ring order (see events::reorder).
+    let mut reorder = periscope::events::reorder::Reorder::new();
     loop {
         while let Some(item) = ring.next() {
             received += 1;
-            match Event::try_from(&*item) {
-                Ok(Event::Fork(ev)) => {
-                    // The kernel already traces the child; give it a resource.
-                    t.tracker.add_process(ev.pid);
-                }
-                Ok(Event::Exit(ev)) => t.detach(ev.pid, ev.header.ts_ns, &mut emit),
-                Ok(Event::Exec(ev)) => {
-                    if t.tracker.resource(ev.pid).is_some() {
-                        // A target runs another program now: new resource, or let go.
-                        t.detach(ev.pid, ev.header.ts_ns, &mut emit);
-                        if discovery.still_matches(ev.pid) {
-                            t.attach_logged(ev.pid);
-                        }
-                    } else {
-                        discovery.on_exec(ev.pid, Instant::now());
-                    }
-                }
-                Ok(Event::Bind(ev)) => {
-                    let pid = ev.header.tgid();
-                    if t.tracker.resource(pid).is_none() && discovery.on_bind(pid, ev.port) {
-                        t.attach_logged(pid);
-                    }
-                }
-                Ok(
-                    ev @ (Event::GoroutineCreate(_)
-                    | Event::GoroutineExit(_)
-                    | Event::GcPause(_)
-                    | Event::GcCycle(_)),
-                ) => t.go_event(&ev),
-                Ok(ev) => t.tracker.handle(ev, &mut emit),
-                Err(_) => telemetry.decode_error(),
-            }
+            reorder.push(&item);
         }
+        let stopping = stop.load(Ordering::Relaxed);
+        let now = periscope::conn::monotonic_ns();
+        reorder.release(now, stopping, |record| {
+            apply(record, &mut t, &mut discovery, telemetry, &mut emit)
+        });
         let publish = |t: &Targets| {
             telemetry.publish(Snapshot {
                 kernel: t.probes.stats(),
@@ -758,9 +849,19 @@ fn event_loop(
         };
         if last_housekeeping.elapsed() >= HOUSEKEEPING {
             last_housekeeping = Instant::now();
-            // Exits we did not see (e.g. the ring was full): poll liveness.
-            for pid in t.tracker.pids() {
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // Exits we did not see (e.g. the ring was full): poll liveness. What is
+            // held for reordering is applied first: it may be the process's last words.
+            let dead: Vec<u32> = t
+                .tracker
+                .pids()
+                .into_iter()
+                .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+                .collect();
+            if !dead.is_empty() {
+                reorder.release(now, true, |record| {
+                    apply(record, &mut t, &mut discovery, telemetry, &mut emit)
+                });
+                for pid in dead {
                     t.detach(pid, 0, &mut emit);
                 }
             }
@@ -771,6 +872,7 @@ fn event_loop(
             }
             t.probes.flush_logs();
             t.tracker.housekeeping();
+            t.tracker.refresh_resources();
             let go_due = last_go_publish.elapsed() >= GO_PUBLISH;
             if go_due {
                 last_go_publish = Instant::now();
@@ -781,7 +883,7 @@ fn event_loop(
                 return Ok(());
             }
         }
-        if stop.load(Ordering::Relaxed) {
+        if stopping {
             // Final drain happened above; publish once more for the exit summary.
             t.go_housekeeping(true);
             publish(&t);

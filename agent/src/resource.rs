@@ -1,17 +1,18 @@
-//! Resource attributes of one traced process: service.name, process.*, host.name and
-//! whatever OTEL_RESOURCE_ATTRIBUTES adds.
+//! Resource attributes of one traced process: service.name, process.*, host.name, its
+//! container and Kubernetes pod, and whatever OTEL_RESOURCE_ATTRIBUTES adds.
 //!
 //! Split in two on purpose: [`ResourceConfig`] is read from the agent's environment once at
 //! startup (the user's intent, the same for every process), and [`Resource::for_process`]
-//! combines it with what `/proc` says about one process. Both halves have a pure core
-//! ([`ResourceConfig::from_values`], [`Resource::from_parts`]) so they are tested without
-//! touching the real environment or `/proc`.
+//! combines it with what `/proc` (and the pod metadata cache, [`crate::kube`]) says about
+//! one process ([`Detected`]). Both halves have a pure core
+//! ([`ResourceConfig::from_values`], [`Resource::from_detected`]) so they are tested without
+//! touching the real environment, `/proc` or a cluster.
 
 use std::path::{Path, PathBuf};
 
 use percent_encoding::percent_decode_str;
 
-use crate::span::Value;
+use crate::{kube::PodView, span::Value};
 
 /// `OTEL_SERVICE_NAME`: the service.name of every traced process (wins over
 /// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`).
@@ -141,27 +142,40 @@ impl Resource {
         } else {
             None
         };
-        let mut r = Resource::from_parts(pid, exe.as_deref(), comm.as_deref(), cfg);
         // Container and pod identity from the cgroup path (Kubernetes, Docker, Podman),
-        // unless OTEL_RESOURCE_ATTRIBUTES or a flag already said otherwise.
-        if let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
-            for (k, v) in container_attributes(&cgroup) {
-                if !r.attributes.iter().any(|(key, _)| key == k) {
-                    r.attributes.push((k.to_string(), v));
-                }
-            }
-        }
-        r
+        // names from the pod metadata cache when it runs (it never waits here: a pod it
+        // does not know yet is filled in later, see `crate::kube`).
+        let ids = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|cgroup| container_attributes(&cgroup))
+            .unwrap_or_default();
+        let id = |key: &str| ids.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
+        let pod = crate::kube::installed()
+            .and_then(|m| m.lookup(pid, id("k8s.pod.uid"), id("container.id"), process_age(pid)));
+        let detected = Detected::new(&ids, pod.as_ref());
+        Resource::from_detected(pid, exe.as_deref(), comm.as_deref(), cfg, &detected)
     }
 
-    /// The pure core of [`Resource::for_process`]. Attribute order: service.name, the
-    /// detected attributes, then `OTEL_RESOURCE_ATTRIBUTES` pairs — which replace a detected
-    /// attribute of the same key (the user knows better, e.g. `host.name` in a container).
+    /// [`Resource::from_detected`] with nothing detected besides the executable.
     pub fn from_parts(
         pid: u32,
         exe: Option<&Path>,
         comm: Option<&str>,
         cfg: &ResourceConfig,
+    ) -> Resource {
+        Resource::from_detected(pid, exe, comm, cfg, &Detected::default())
+    }
+
+    /// The pure core of [`Resource::for_process`]. Attribute order: service.name, the
+    /// process and host attributes, the container and pod ones, then
+    /// `OTEL_RESOURCE_ATTRIBUTES` pairs — which replace a detected attribute of the same key
+    /// (the user knows better, e.g. `host.name` in a container). service.name: the user's,
+    /// else the pod's, else the executable name.
+    pub fn from_detected(
+        pid: u32,
+        exe: Option<&Path>,
+        comm: Option<&str>,
+        cfg: &ResourceConfig,
+        detected: &Detected,
     ) -> Resource {
         // A replaced or deleted binary reads as "/usr/bin/app (deleted)".
         let exe: Option<PathBuf> = exe.map(|p| {
@@ -177,6 +191,7 @@ impl Resource {
         let service_name = cfg
             .service_name
             .clone()
+            .or_else(|| detected.service_name.clone().filter(|n| !n.is_empty()))
             .or_else(|| exe_name.clone())
             .unwrap_or_else(|| format!("unknown_service:pid{pid}"));
 
@@ -195,6 +210,11 @@ impl Resource {
         }
         if !cfg.host_name.is_empty() {
             attributes.push(("host.name".to_owned(), cfg.host_name.clone()));
+        }
+        for (k, v) in &detected.attributes {
+            if !attributes.iter().any(|(key, _)| key == k) {
+                attributes.push((k.clone(), v.clone()));
+            }
         }
         for (k, v) in &cfg.attributes {
             // service.name was settled above (OTEL_SERVICE_NAME wins over it).
@@ -230,6 +250,41 @@ impl Resource {
     }
 }
 
+/// What the node says about a process besides its executable: its container (from the
+/// cgroup path) and, with Kubernetes metadata on, its pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Detected {
+    /// `container.id`, `k8s.pod.uid`, then the pod's attributes (see
+    /// [`crate::kube::PodMeta::attributes`]).
+    pub attributes: Vec<(String, String)>,
+    /// service.name the pod implies, used when the user set none.
+    pub service_name: Option<String>,
+}
+
+impl Detected {
+    /// From the ids of [`container_attributes`] and the pod they lead to.
+    pub fn new(ids: &[(&str, String)], pod: Option<&PodView>) -> Detected {
+        let mut d = Detected {
+            attributes: ids
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            service_name: None,
+        };
+        if let Some(v) = pod {
+            let container = v.container.as_deref();
+            for (k, val) in v.pod.attributes(container, v.well_known_labels) {
+                if !d.attributes.iter().any(|(key, _)| *key == k) {
+                    d.attributes.push((k, val));
+                }
+            }
+            d.service_name =
+                Some(v.pod.service_name(container, v.well_known_labels)).filter(|n| !n.is_empty());
+        }
+        d
+    }
+}
+
 impl ResourceConfig {
     /// Applies `KEY=VALUE` resource attributes given as flags, over the environment's
     /// (`service.name` sets the service name). Returns the first malformed item.
@@ -253,6 +308,20 @@ fn upsert(attrs: &mut Vec<(String, String)>, k: String, v: String) {
         Some(slot) => slot.1 = v,
         None => attrs.push((k, v)),
     }
+}
+
+/// How long ago process `pid` started: /proc/uptime minus its /proc/PID/stat start time
+/// (in USER_HZ ticks, 100 on every Linux ABI the agent runs on).
+fn process_age(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, _, start_ticks, _, _) = crate::runtime::process::parse_stat(&stat)?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    std::time::Duration::try_from_secs_f64(uptime - start_ticks as f64 / 100.0).ok()
 }
 
 /// The node's host name: the kernel's UTS name as the agent sees it (what gethostname(2)
@@ -358,6 +427,103 @@ mod tests {
         );
     }
 
+    fn pod_view(annotations: &[(&str, &str)], container: Option<&str>) -> PodView {
+        use crate::kube::pod::Workload;
+        PodView {
+            pod: std::sync::Arc::new(crate::kube::PodMeta {
+                uid: "0a1b2c3d-4e5f-6789-abcd-ef0123456789".into(),
+                name: "checkout-7d9f8b6c5d-x2x9z".into(),
+                namespace: "shop".into(),
+                node_name: "node-1".into(),
+                workload: Workload {
+                    deployment: Some("checkout".into()),
+                    replicaset: Some("checkout-7d9f8b6c5d".into()),
+                    ..Workload::default()
+                },
+                annotations: annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                label_name: Some("checkout-svc".into()),
+                ..crate::kube::PodMeta::default()
+            }),
+            container: container.map(str::to_owned),
+            well_known_labels: false,
+        }
+    }
+
+    #[test]
+    fn kubernetes_service_name_precedence() {
+        let exe = Path::new("/usr/bin/python3.11");
+        let ids = vec![
+            ("container.id", "3f2a".repeat(16)),
+            ("k8s.pod.uid", "0a1b2c3d-4e5f-6789-abcd-ef0123456789".into()),
+        ];
+        let name = |c: &ResourceConfig, d: &Detected| {
+            Resource::from_detected(7, Some(exe), None, c, d).service_name
+        };
+        let plain = pod_view(&[], Some("app"));
+        let annotated = pod_view(&[("service.name", "payments")], Some("app"));
+        // The user's service.name (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, flag) wins.
+        let d = Detected::new(&ids, Some(&annotated));
+        assert_eq!(name(&cfg(Some("mine"), None), &d), "mine");
+        assert_eq!(name(&cfg(None, Some("service.name=attr")), &d), "attr");
+        // Then the pod annotation, then the workload (labels are opt-in).
+        assert_eq!(name(&cfg(None, None), &d), "payments");
+        let d = Detected::new(&ids, Some(&plain));
+        assert_eq!(name(&cfg(None, None), &d), "checkout");
+        let mut labelled = plain.clone();
+        labelled.well_known_labels = true;
+        let d = Detected::new(&ids, Some(&labelled));
+        assert_eq!(name(&cfg(None, None), &d), "checkout-svc");
+        // No pod metadata (off, or not known yet): the executable.
+        let d = Detected::new(&ids, None);
+        assert_eq!(name(&cfg(None, None), &d), "python3.11");
+    }
+
+    #[test]
+    fn kubernetes_attributes_and_user_overrides() {
+        let ids = vec![
+            ("container.id", "3f2a".repeat(16)),
+            ("k8s.pod.uid", "0a1b2c3d-4e5f-6789-abcd-ef0123456789".into()),
+        ];
+        let view = pod_view(&[("deployment.environment.name", "prod")], Some("app"));
+        let d = Detected::new(&ids, Some(&view));
+        let c = cfg(None, Some("service.namespace=team-a,k8s.node.name=node-1"));
+        let r = Resource::from_detected(9, Some(Path::new("/app/server")), None, &c, &d);
+        let keys: Vec<&str> = r.attributes.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "service.name",
+                "telemetry.sdk.name",
+                "telemetry.sdk.version",
+                "process.pid",
+                "process.executable.name",
+                "process.executable.path",
+                "host.name",
+                "container.id",
+                "k8s.pod.uid",
+                "k8s.namespace.name",
+                "k8s.pod.name",
+                "k8s.container.name",
+                "k8s.node.name",
+                "k8s.deployment.name",
+                "k8s.replicaset.name",
+                "service.namespace",
+                "deployment.environment.name",
+            ]
+        );
+        assert_eq!(r.get("k8s.container.name"), Some("app"));
+        // OTEL_RESOURCE_ATTRIBUTES replaces a detected value.
+        assert_eq!(r.get("service.namespace"), Some("team-a"));
+        assert_eq!(r.get("k8s.pod.uid"), Some(ids[1].1.as_str()));
+        // Unknown container: no k8s.container.name, the rest is there.
+        let d = Detected::new(&ids, Some(&pod_view(&[], None)));
+        assert!(!d.attributes.iter().any(|(k, _)| k == "k8s.container.name"));
+        assert!(d.attributes.iter().any(|(k, _)| k == "k8s.pod.name"));
+    }
+
     #[test]
     fn for_process_reads_our_own_proc_entry() {
         let pid = std::process::id();
@@ -367,6 +533,9 @@ mod tests {
         assert_eq!(r.service_name, name);
         assert_eq!(r.get("process.pid"), Some(pid.to_string().as_str()));
         assert!(!host_name().is_empty());
+        let age = process_age(pid).unwrap();
+        assert!(age < std::time::Duration::from_secs(24 * 3600), "{age:?}");
+        assert_eq!(process_age(u32::MAX), None);
     }
 }
 

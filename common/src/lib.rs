@@ -62,6 +62,10 @@ pub enum EventKind {
     /// A Go goroutine is about to send a request on a client connection
     /// ([`GoConnEvent`]: `net/http.(*persistConn).roundTrip` entry).
     GoHttpRoundTrip = 16,
+    /// A non-blocking TCP connect of a traced process completed after connect(2)
+    /// returned: the local address is known now ([`ConnOpenEvent`], `header.pid_tgid`
+    /// is the thread that called connect, `header.ts_ns` when it was established).
+    ConnEstablished = 17,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -84,6 +88,7 @@ impl TryFrom<u32> for EventKind {
             14 => Self::ConnFail,
             15 => Self::GoHttpServe,
             16 => Self::GoHttpRoundTrip,
+            17 => Self::ConnEstablished,
             other => return Err(other),
         })
     }
@@ -141,9 +146,10 @@ pub struct ConnOpenEvent {
     pub peer_port: u16,
     /// Peer address: IPv4 in the first 4 bytes, IPv6 in all 16.
     pub peer_addr: [u8; 16],
-    /// Local address of a TCP client socket, taken when the kernel moves it to SYN_SENT
-    /// (`sock:inet_sock_set_state`, in the connecting thread). Family 0 = unknown
-    /// (server sockets: the agent knows their listener's address).
+    /// Local address of a TCP client socket, taken when the kernel moves it to
+    /// ESTABLISHED (`sock:inet_sock_set_state`). Family 0 = unknown (server sockets:
+    /// the agent knows their listener's address; non-blocking connects: a
+    /// [`EventKind::ConnEstablished`] event follows).
     pub local_family: u16,
     /// Local port, host byte order.
     pub local_port: u16,
@@ -151,8 +157,11 @@ pub struct ConnOpenEvent {
     /// while connecting without an error report (the caller gave up: a timeout).
     pub error: i32,
     pub local_addr: [u8; 16],
+    /// For [`EventKind::ConnFail`]: when the connect began (`header.ts_ns` is when it
+    /// failed). 0 otherwise.
+    pub start_ns: u64,
 }
-const _: () = assert!(size_of::<ConnOpenEvent>() == 80);
+const _: () = assert!(size_of::<ConnOpenEvent>() == 88);
 
 /// Direction of a [`DataEvent`], seen from the traced process.
 pub const DIR_INGRESS: u32 = 0;

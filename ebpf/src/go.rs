@@ -1,4 +1,5 @@
-//! Go runtime uprobes: goroutine creation and exit, GC stop-the-world pauses and cycles.
+//! Go runtime uprobes: goroutine creation and exit, GC stop-the-world pauses and cycles,
+//! and which goroutine serves or sends on which net/http connection.
 //!
 //! Attached per traced Go process (uprobes filtered by pid) at function entries and at
 //! each RET instruction found by decoding the function — never uretprobes, which
@@ -8,7 +9,8 @@
 //! Sources: runtime/proc.go `newproc1` (returns the new g, whose goid, parentGoid,
 //! gopc and startpc are set by then), `goexit1` (runs on the exiting goroutine),
 //! `stopTheWorldWithSema(reason stwReason)` / `startTheWorldWithSema`, and
-//! mgc.go `gcMarkTermination`.
+//! mgc.go `gcMarkTermination`; net/http/server.go `(*conn).serve` and transport.go
+//! `(*persistConn).roundTrip`.
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -28,6 +30,24 @@ pub static GO_PROCS: HashMap<u32, GoProcInfo> = HashMap::with_max_entries(4096, 
 /// Start of a stop-the-world that is part of a GC, per process.
 #[map]
 static STW_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// The `net.Conn` implementations the net/http probes look through, per traced process:
+/// key `[tgid, run-time address of the type's Close method]`, value a `CONN_*` kind.
+/// Filled by userspace with GO_PROCS (agent/src/runtime/go.rs `CONN_TYPES`).
+#[map]
+static GO_CONN_TYPES: HashMap<[u64; 2], u32> = HashMap::with_max_entries(16_384, 0);
+
+/// `*net.TCPConn`, `*net.UnixConn`: the data word points at `net.conn{fd *netFD}`.
+const CONN_NETFD: u32 = 1;
+/// `*crypto/tls.Conn`: the data word points at `tls.Conn`, whose first field is the
+/// underlying `net.Conn` (crypto/tls/conn.go; offset 0 is checked per Go release by the
+/// agent's gobin tests).
+const CONN_TLS: u32 = 2;
+
+/// Offset of `fun[0]` in an itab: `inter`, `_type`, `hash uint32` + padding, then the
+/// method table (runtime/runtime2.go `itab` up to Go 1.21, internal/abi `ITab` since).
+/// Methods are sorted by name, so `fun[0]` of a `net.Conn` itab is the type's `Close`.
+const ITAB_FUN0: u64 = 24;
 
 /// stwReason values of the GC's own stops (runtime/proc.go, Go >= 1.21).
 const STW_GC_MARK_TERM: u64 = 1;
@@ -145,5 +165,102 @@ pub fn go_gc_done(_ctx: ProbeContext) -> u32 {
         start_ns: now,
         end_ns: now,
     });
+    0
+}
+
+/// Reads a u64 of the traced process; 0 is treated as a failed read (a nil pointer).
+#[inline(always)]
+fn read_ptr(addr: u64) -> Result<u64, i64> {
+    match unsafe { bpf_probe_read_user(addr as *const u64) } {
+        Ok(0) => Err(0),
+        Ok(v) => Ok(v),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The kind (`CONN_*`) and data word of the `net.Conn` interface value stored at
+/// `iface`, when the dynamic type is one the agent registered for this process.
+#[inline(always)]
+fn conn_kind(tgid: u32, iface: u64) -> Result<(u32, u64), i64> {
+    let itab = read_ptr(iface)?;
+    let data = read_ptr(iface + 8)?;
+    let close = read_ptr(itab + ITAB_FUN0)?;
+    let kind = unsafe { GO_CONN_TYPES.get(&[tgid as u64, close]) }.ok_or(0i64)?;
+    Ok((*kind, data))
+}
+
+/// The socket fd behind the `net.Conn` interface value at `iface`: through one
+/// `*tls.Conn`, then `*net.TCPConn` (or `UnixConn`) -> `*netFD` -> `pfd.Sysfd`.
+/// Other implementations (user wrappers) are not followed: their layout is unknown.
+#[inline(always)]
+fn conn_fd(tgid: u32, info: &GoProcInfo, iface: u64) -> Result<u32, i64> {
+    let (mut kind, mut data) = conn_kind(tgid, iface)?;
+    if kind == CONN_TLS {
+        (kind, data) = conn_kind(tgid, data)?;
+    }
+    if kind != CONN_NETFD {
+        return Err(0);
+    }
+    let netfd = read_ptr(data)?;
+    let at = netfd + info.netfd_pfd_off as u64 + info.poll_fd_sysfd_off as u64;
+    // Sysfd is an int; -1 once the fd is closed.
+    let fd = unsafe { bpf_probe_read_user(at as *const i64) }?;
+    if !(0..=i32::MAX as i64).contains(&fd) {
+        return Err(0);
+    }
+    Ok(fd as u32)
+}
+
+/// One [`GoConnEvent`] for the current goroutine (R14) and the connection of the
+/// receiver (RAX): a `*net/http.conn` when `server`, else a `*net/http.persistConn`.
+#[inline(always)]
+fn try_go_conn(ctx: &ProbeContext, kind: EventKind, server: bool) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let info = unsafe { GO_PROCS.get(&tgid).copied() }.ok_or(0i64)?;
+    let conn_off = if server {
+        info.http_conn_rwc_off
+    } else {
+        info.persist_conn_conn_off
+    };
+    if conn_off == 0 {
+        return Err(0);
+    }
+    let r = regs(ctx);
+    let (recv, g) = (r.rax, r.r14);
+    if recv == 0 || g == 0 {
+        return Err(0);
+    }
+    let fd = conn_fd(tgid, &info, recv + conn_off as u64)?;
+    let goid = read_ptr(g + info.goid_off as u64)?;
+    output(&GoConnEvent {
+        header: header(kind, pid_tgid),
+        goid,
+        parent_goid: field(g, info.parent_goid_off),
+        fd,
+        _pad: 0,
+    });
+    Ok(())
+}
+
+/// Entry of `net/http.(*conn).serve(c, ctx)`: RAX is c, the goroutine is the one that
+/// serves this connection for its whole life (one per connection).
+///
+/// An entry probe can fire twice for one call: a function whose stack check fails calls
+/// morestack and restarts from its entry. The event then repeats with the same goroutine
+/// and fd, which the consumer takes as the same fact.
+#[uprobe]
+pub fn go_http_serve(ctx: ProbeContext) -> u32 {
+    let _ = try_go_conn(&ctx, EventKind::GoHttpServe, true);
+    0
+}
+
+/// Entry of `net/http.(*persistConn).roundTrip(pc, req)`: RAX is pc, the goroutine is
+/// the caller of `Transport.RoundTrip` (the request is written and its response read by
+/// pc's writeLoop/readLoop goroutines, but this one waits for them). May fire twice
+/// for one call, as `go_http_serve`.
+#[uprobe]
+pub fn go_http_roundtrip(ctx: ProbeContext) -> u32 {
+    let _ = try_go_conn(&ctx, EventKind::GoHttpRoundTrip, false);
     0
 }

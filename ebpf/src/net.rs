@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as raw_probe_read_user,
     },
     macros::{map, tracepoint},
@@ -21,7 +21,7 @@ static SOCKS: HashMap<u64, u32> = HashMap::with_max_entries(262_144, 0);
 
 /// Arguments of an in-flight syscall, keyed by pid_tgid (one syscall per thread at a time).
 #[map]
-static ARGS: HashMap<u64, Stash> = HashMap::with_max_entries(65_536, 0);
+pub(crate) static ARGS: HashMap<u64, Stash> = HashMap::with_max_entries(65_536, 0);
 
 #[map]
 static SCRATCH: PerCpuArray<DataEventBuf> = PerCpuArray::with_max_entries(1, 0);
@@ -30,19 +30,51 @@ const EINPROGRESS: i64 = -115;
 /// What `sys_enter_*` remembers for the matching `sys_exit_*`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Stash {
-    /// One of the `SYS_*` ids (or ACCEPT/CONNECT below).
-    syscall: u32,
-    fd: u32,
+pub(crate) struct Stash {
+    /// One of the `SYS_*` ids (or ACCEPT/CONNECT/BIND/CLOSE below).
+    pub syscall: u32,
+    pub fd: u32,
     /// Buffer, iovec array, or sockaddr pointer.
-    ptr: u64,
+    pub ptr: u64,
     /// Number of iovec entries (vectored calls).
-    iovcnt: u64,
+    pub iovcnt: u64,
+    /// When the syscall was entered. Bytes written are stamped with it: the peer may
+    /// read them before this thread returns from write, and a request must not look
+    /// as if it started after the server read it.
+    pub enter_ns: u64,
+    /// connect: the local address, filled in by `sock:inet_sock_set_state` when the
+    /// socket is ESTABLISHED while this connect still runs. Family 0 = not yet.
+    pub local_family: u16,
+    pub local_port: u16,
+    /// connect: non-zero once the socket reached SYN_SENT (tcp.rs then reports how
+    /// the attempt ends).
+    pub syn_sent: u32,
+    pub local_addr: [u8; 16],
+}
+
+impl Stash {
+    #[inline(always)]
+    fn new(syscall: u32, fd: u32, ptr: u64, iovcnt: u64) -> Self {
+        Stash {
+            syscall,
+            fd,
+            ptr,
+            iovcnt,
+            enter_ns: unsafe { bpf_ktime_get_ns() },
+            local_family: 0,
+            local_port: 0,
+            syn_sent: 0,
+            local_addr: [0; 16],
+        }
+    }
 }
 
 const STASH_ACCEPT: u32 = 100;
-const STASH_CONNECT: u32 = 101;
+pub(crate) const STASH_CONNECT: u32 = 101;
 const STASH_BIND: u32 = 102;
+/// close(2) of a tracked socket is in progress on this thread: a TCP socket that goes
+/// from SYN_SENT to CLOSE now was given up by its owner (a connect timeout).
+pub(crate) const STASH_CLOSE: u32 = 103;
 
 #[inline(always)]
 fn is_sock(tgid: u32, fd: u32) -> bool {
@@ -75,12 +107,7 @@ fn enter_sockaddr_call(ctx: &TracePointContext, syscall: u32) -> u32 {
     }
     stash(
         pid_tgid,
-        Stash {
-            syscall,
-            fd: arg(ctx, 0) as u32,
-            ptr: arg(ctx, 1),
-            iovcnt: 0,
-        },
+        Stash::new(syscall, arg(ctx, 0) as u32, arg(ctx, 1), 0),
     );
     0
 }
@@ -108,12 +135,7 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
     }
     stash(
         bpf_get_current_pid_tgid(),
-        Stash {
-            syscall: STASH_BIND,
-            fd: arg(&ctx, 0) as u32,
-            ptr: arg(&ctx, 1),
-            iovcnt: 0,
-        },
+        Stash::new(STASH_BIND, arg(&ctx, 0) as u32, arg(&ctx, 1), 0),
     );
     0
 }
@@ -171,8 +193,15 @@ fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
         // Non-blocking connects return EINPROGRESS and finish later; the socket is
         // still the one the request will be written to.
         STASH_CONNECT if rv == 0 || rv == EINPROGRESS => (s.fd, ROLE_CLIENT, NO_FD),
+        // A connect that failed before the socket ever reached SYN_SENT (no route,
+        // no local address, a firewall's EPERM): report it here. Failures after
+        // SYN_SENT (refused, timed out) are reported by the TCP state tracepoints.
+        STASH_CONNECT if s.syn_sent == 0 && crate::tcp::is_connect_failure(-rv) => {
+            (s.fd, ROLE_CLIENT, NO_FD)
+        }
         _ => return Ok(()),
     };
+    let failed = s.syscall == STASH_CONNECT && rv < 0 && rv != EINPROGRESS;
     let mut ev = ConnOpenEvent {
         header: header(EventKind::ConnOpen, pid_tgid),
         fd,
@@ -181,10 +210,11 @@ fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
         family: 0,
         peer_port: 0,
         peer_addr: [0; 16],
-        local_family: 0,
-        local_port: 0,
+        local_family: s.local_family,
+        local_port: s.local_port,
         error: 0,
-        local_addr: [0; 16],
+        local_addr: s.local_addr,
+        start_ns: 0,
     };
     if s.ptr != 0 {
         let family: u16 = unsafe { bpf_probe_read_user(s.ptr as *const u16) }.unwrap_or(0);
@@ -204,6 +234,16 @@ fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
             // Datagram "connects" of other families (netlink…) carry no HTTP.
             return Ok(());
         }
+    }
+    if failed {
+        if ev.family != AF_INET && ev.family != AF_INET6 {
+            return Ok(());
+        }
+        ev.header.kind = EventKind::ConnFail as u32;
+        ev.error = -rv as i32;
+        ev.start_ns = s.enter_ns;
+        output(&ev);
+        return Ok(());
     }
     if SOCKS.insert(&sock_key(tgid, fd), &role, 0).is_err() {
         count(STAT_SOCKMAP_FULL);
@@ -235,15 +275,7 @@ fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
         }
         _ => (arg(ctx, 1), 0),
     };
-    stash(
-        pid_tgid,
-        Stash {
-            syscall,
-            fd,
-            ptr,
-            iovcnt,
-        },
-    );
+    stash(pid_tgid, Stash::new(syscall, fd, ptr, iovcnt));
     0
 }
 
@@ -351,9 +383,13 @@ fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result
             }
         }
     }
+    let mut hdr = header(EventKind::Data, pid_tgid);
+    if direction == DIR_EGRESS {
+        hdr.ts_ns = s.enter_ns;
+    }
     unsafe {
         (*buf).event = DataEvent {
-            header: header(EventKind::Data, pid_tgid),
+            header: hdr,
             fd: s.fd,
             direction,
             total_len: total,
@@ -419,5 +455,18 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         fd,
         _pad: 0,
     });
+    // Lets the TCP state tracepoint tell "the owner closed a socket still connecting"
+    // from a close the kernel decided (see tcp.rs).
+    stash(pid_tgid, Stash::new(STASH_CLOSE, fd, 0, 0));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_close(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let _ = take_stash(pid_tgid);
     0
 }

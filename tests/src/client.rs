@@ -283,6 +283,42 @@ pub fn send(addr: SocketAddr, req: &Request) -> Exchange {
     run_batch(addr, &batch).remove(0)
 }
 
+/// Sends `req` on a fresh connection (`Connection: close`) and returns the
+/// status and the whole (de-chunked) body: for reading small documents such
+/// as a Prometheus `/metrics` page. Panics on any I/O or protocol error.
+pub fn fetch(addr: SocketAddr, req: &Request) -> (u16, Vec<u8>) {
+    let attempt = || -> io::Result<(u16, Vec<u8>)> {
+        let mut conn = Conn::open(addr)?;
+        conn.reader.get_mut().write_all(&req.encode(&addr, true))?;
+        let mut body = Vec::new();
+        let resp = read_response_into(&mut conn.reader, req.method == "HEAD", &mut body)?;
+        Ok((resp.status, body))
+    };
+    attempt().unwrap_or_else(|e| panic!("{} {} to {addr} failed: {e}", req.method, req.target))
+}
+
+/// Deals `requests` round-robin over `connections` batches (request `i` to
+/// batch `i % connections`); batch `c` uses `mode(c)`. Empty batches are left
+/// out.
+pub fn spread(
+    requests: Vec<Request>,
+    connections: usize,
+    mode: impl Fn(usize) -> ConnMode,
+) -> Vec<Batch> {
+    assert!(connections > 0, "spread over no connection");
+    let mut batches: Vec<Batch> = (0..connections)
+        .map(|c| Batch {
+            mode: mode(c),
+            requests: Vec::new(),
+        })
+        .collect();
+    for (i, req) in requests.into_iter().enumerate() {
+        batches[i % connections].requests.push(req);
+    }
+    batches.retain(|b| !b.requests.is_empty());
+    batches
+}
+
 fn send_one(
     addr: SocketAddr,
     conn: &mut Option<Conn>,
@@ -350,6 +386,15 @@ fn read_line(r: &mut impl BufRead) -> io::Result<String> {
 /// Reads a response: status line, headers, and the body framed by
 /// `Transfer-Encoding: chunked`, `Content-Length` or the connection's end.
 fn read_response(r: &mut impl BufRead, head_request: bool) -> io::Result<Response> {
+    read_response_into(r, head_request, &mut io::sink())
+}
+
+/// [`read_response`], writing the (de-chunked) body to `body`.
+fn read_response_into(
+    r: &mut impl BufRead,
+    head_request: bool,
+    body: &mut impl Write,
+) -> io::Result<Response> {
     loop {
         let status_line = read_line(r)?;
         let mut parts = status_line.splitn(3, ' ');
@@ -400,9 +445,9 @@ fn read_response(r: &mut impl BufRead, head_request: bool) -> io::Result<Respons
         let body_len = if head_request || status == 204 || status == 304 {
             0
         } else if chunked {
-            read_chunked(r)?
+            read_chunked(r, body)?
         } else if let Some(len) = content_length {
-            io::copy(&mut r.by_ref().take(len as u64), &mut io::sink()).and_then(|n| {
+            io::copy(&mut r.by_ref().take(len as u64), body).and_then(|n| {
                 if n as usize == len {
                     Ok(len)
                 } else {
@@ -414,7 +459,7 @@ fn read_response(r: &mut impl BufRead, head_request: bool) -> io::Result<Respons
             })?
         } else {
             keep_alive = false;
-            io::copy(r, &mut io::sink())? as usize
+            io::copy(r, body)? as usize
         };
         return Ok(Response {
             status,
@@ -425,7 +470,7 @@ fn read_response(r: &mut impl BufRead, head_request: bool) -> io::Result<Respons
     }
 }
 
-fn read_chunked(r: &mut impl BufRead) -> io::Result<usize> {
+fn read_chunked(r: &mut impl BufRead, body: &mut impl Write) -> io::Result<usize> {
     let mut total = 0;
     loop {
         let line = read_line(r)?;
@@ -439,6 +484,7 @@ fn read_chunked(r: &mut impl BufRead) -> io::Result<usize> {
         }
         let mut chunk = vec![0; size];
         r.read_exact(&mut chunk)?;
+        body.write_all(&chunk)?;
         total += size;
         if !read_line(r)?.is_empty() {
             return Err(invalid("chunk not followed by CRLF".to_string()));
@@ -679,6 +725,51 @@ mod tests {
 
         assert!(parse("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort", false).is_err());
         assert!(parse("garbage\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn collects_bodies_whatever_the_framing() {
+        let body = |raw: &str| {
+            let mut out = Vec::new();
+            read_response_into(&mut Cursor::new(raw.as_bytes().to_vec()), false, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            body(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+            ),
+            "abcde"
+        );
+        assert_eq!(
+            body("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxyzNEXT"),
+            "xyz"
+        );
+        assert_eq!(body("HTTP/1.0 200 OK\r\n\r\nto the end"), "to the end");
+    }
+
+    #[test]
+    fn spreads_requests_round_robin() {
+        let reqs: Vec<Request> = (0..5).map(|i| Request::get(&format!("/{i}"))).collect();
+        let b = spread(reqs, 3, |c| {
+            if c == 0 {
+                ConnMode::KeepAlive
+            } else {
+                ConnMode::Fresh
+            }
+        });
+        let targets: Vec<Vec<&str>> = b
+            .iter()
+            .map(|b| b.requests.iter().map(|r| r.target.as_str()).collect())
+            .collect();
+        assert_eq!(targets, [vec!["/0", "/3"], vec!["/1", "/4"], vec!["/2"]]);
+        assert_eq!(
+            b.iter().map(|b| b.mode).collect::<Vec<_>>(),
+            [ConnMode::KeepAlive, ConnMode::Fresh, ConnMode::Fresh]
+        );
+        assert_eq!(
+            spread(vec![Request::get("/")], 4, |_| ConnMode::Fresh).len(),
+            1
+        );
     }
 
     #[test]

@@ -544,6 +544,69 @@ pub fn start_go_server(bin: &Path) -> Server {
     }
 }
 
+/// A test program that announced the address it listens on with a
+/// `listening on HOST:PORT` line on stdout (tests/programs/goproxy,
+/// pybackend, pyproxy).
+pub struct Program {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+impl Program {
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+/// Spawns `cmd`, waits for its `listening on HOST:PORT` line and for that
+/// address to accept connections.
+pub fn start_announced(name: &str, cmd: Command) -> Program {
+    let mut process = Process::spawn(name, cmd);
+    let line =
+        process.wait_for_stdout_line(SERVER_READY_TIMEOUT, |l| l.starts_with("listening on "));
+    let addr: SocketAddr = line["listening on ".len()..]
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{name} printed {line:?}: {e}"));
+    process.wait_for_port(addr, SERVER_READY_TIMEOUT);
+    Program { process, addr }
+}
+
+/// Starts tests/programs/goproxy (built by [`build_go_program`]) on a
+/// kernel-chosen loopback port, proxying to `backend`.
+pub fn start_goproxy(bin: &Path, backend: SocketAddr) -> Program {
+    let mut cmd = Command::new(bin);
+    cmd.arg("0").env("BACKEND", backend.to_string());
+    start_announced("goproxy", cmd)
+}
+
+/// Starts tests/programs/pybackend/pybackend.py calling `backend` (a
+/// goserver); `keepalive` gives each serving thread one persistent backend
+/// connection (`KEEPALIVE=1`).
+pub fn start_pybackend(backend: SocketAddr, keepalive: bool) -> Program {
+    let mut cmd = Command::new(python3());
+    cmd.arg("-u")
+        .arg(program_dir("pybackend").join("pybackend.py"))
+        .arg("0")
+        .env("BACKEND", backend.to_string())
+        .env("KEEPALIVE", if keepalive { "1" } else { "0" });
+    start_announced("pybackend", cmd)
+}
+
+/// Starts tests/programs/pyproxy/pyproxy.py calling `backend`.
+pub fn start_pyproxy(backend: SocketAddr) -> Program {
+    let mut cmd = Command::new(python3());
+    cmd.arg("-u")
+        .arg(program_dir("pyproxy").join("pyproxy.py"))
+        .arg("0")
+        .env("BACKEND", backend.to_string());
+    start_announced("pyproxy", cmd)
+}
+
 /// Direct children of `pid` (from `/proc/*/stat`).
 pub fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();

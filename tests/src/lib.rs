@@ -1,3 +1,4 @@
 pub mod client;
 pub mod harness;
+pub mod kubeapi;
 pub mod receiver;

@@ -1,6 +1,7 @@
-//! Generates `agent/src/runtime/gobin/offsets.rs`: the offsets of the Go runtime struct
-//! fields the agent reads (`g.goid`, `m.procid`, ...), per Go minor release, for binaries
-//! that have no DWARF (stripped with `-ldflags=-s -w`, as most production builds are).
+//! Generates `agent/src/runtime/gobin/offsets.rs`: the offsets of the Go struct fields the
+//! agent reads (`g.goid`, `m.procid`, `net/http.conn.rwc`, ...; the list is
+//! agent/src/runtime/gobin/fields.rs), per Go minor release, for binaries that have no
+//! DWARF (stripped with `-ldflags=-s -w`, as most production builds are).
 //!
 //! For each toolchain it builds a tiny program (stdlib only, offline, CGO_ENABLED=0), reads
 //! the struct layouts from that binary's DWARF with `object` + `gimli`, and prints the table
@@ -32,37 +33,20 @@ use object::{Object, ObjectSection};
 /// Where the generated source goes, relative to the workspace root.
 pub const OUTPUT: &str = "agent/src/runtime/gobin/offsets.rs";
 
-/// `(GoOffsets field, struct, member, required)`; must match `OFFSET_FIELDS` in
-/// agent/src/runtime/gobin/mod.rs (a mismatch fails to compile or fails the agent's tests).
-const FIELDS: &[(&str, &str, &str, bool)] = &[
-    ("g_goid", "runtime.g", "goid", true),
-    ("g_m", "runtime.g", "m", true),
-    ("g_atomicstatus", "runtime.g", "atomicstatus", true),
-    ("g_gopc", "runtime.g", "gopc", true),
-    ("g_startpc", "runtime.g", "startpc", true),
-    ("g_parent_goid", "runtime.g", "parentGoid", false),
-    ("m_procid", "runtime.m", "procid", true),
-    ("m_curg", "runtime.m", "curg", true),
-    ("mstats_numgc", "runtime.mstats", "numgc", true),
-    ("mstats_pause_ns", "runtime.mstats", "pause_ns", true),
-    (
-        "mstats_last_gc_unix",
-        "runtime.mstats",
-        "last_gc_unix",
-        true,
-    ),
-    (
-        "gc_controller_heap_live",
-        "runtime.gcControllerState",
-        "heapLive",
-        true,
-    ),
-];
+/// The fields the agent reads: one list, shared with the agent's own DWARF reader.
+#[path = "../../agent/src/runtime/gobin/fields.rs"]
+mod fields;
+use fields::OFFSET_FIELDS as FIELDS;
 
+/// Links what the table covers: the runtime, and net/http's server and client (so that
+/// `net/http.conn`, `net/http.persistConn`, `net.netFD` and `internal/poll.FD` are in the
+/// DWARF). Only built, never run.
 const PROGRAM: &str = r#"package main
 
 import (
 	"fmt"
+	"net"
+	"net/http"
 	"runtime"
 )
 
@@ -71,6 +55,15 @@ func main() {
 	runtime.ReadMemStats(&m)
 	go func() {}()
 	fmt.Println(m.NumGC)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return
+	}
+	go (&http.Server{}).Serve(ln)
+	req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+	if resp, err := (&http.Transport{}).RoundTrip(req); err == nil {
+		resp.Body.Close()
+	}
 }
 "#;
 

@@ -6,6 +6,8 @@
 //! be applied in ring order, and no locking keeps the per-event cost small.
 
 pub mod procnet;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -14,7 +16,8 @@ use std::{
 };
 
 use periscope_common::{
-    AF_INET, AF_INET6, ConnOpenEvent, DIR_INGRESS, DataEvent, NO_FD, ROLE_CLIENT, ROLE_SERVER,
+    AF_INET, AF_INET6, ConnOpenEvent, DIR_INGRESS, DataEvent, GoConnEvent, GoroutineEvent, NO_FD,
+    ROLE_CLIENT, ROLE_SERVER,
 };
 
 use crate::{
@@ -38,6 +41,12 @@ const MAX_PENDING: usize = 64;
 const PROC_SAMPLE_NS: u64 = 1_000_000_000;
 /// Connections tracked at once; beyond it new connections are not followed (counted).
 const MAX_CONNS: usize = 65_536;
+/// Goroutine parent links kept for context lineage (`--go-goroutine-events` only).
+const MAX_GO_PARENTS: usize = 1_000_000;
+/// How many creators up a goroutine's context is looked for.
+const MAX_LINEAGE_DEPTH: usize = 8;
+/// Context keys (see [`ActiveSpan`]): a thread id, or a goroutine id with this bit.
+const GOROUTINE_KEY: u64 = 1 << 63;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
@@ -55,6 +64,17 @@ struct Conn {
     egress: StreamParser,
     /// Requests parsed, in order, waiting for their response.
     pending: VecDeque<Pending>,
+    /// Requests seen on this connection so far: the k-th request the client wrote is
+    /// the k-th one the server read, which pairs the two ends of one connection.
+    requests_seen: u64,
+    /// Go server: the goroutine running `net/http.(*conn).serve` for this socket.
+    go_server_goid: Option<u64>,
+    /// Go client: the goroutine (and its creator) that handed the next request to
+    /// this connection (`net/http.(*persistConn).roundTrip`).
+    go_caller: Option<(u64, u64)>,
+    /// Whether this end was opened while traced (accept/connect seen): only then do
+    /// request counts start at the connection's first request.
+    from_start: bool,
 }
 
 impl Conn {
@@ -77,6 +97,10 @@ impl Conn {
             ingress: parser(ingress),
             egress: parser(egress),
             pending: VecDeque::new(),
+            requests_seen: 0,
+            go_server_goid: None,
+            go_caller: None,
+            from_start: role != Role::Unknown,
         }
     }
 }
@@ -103,6 +127,10 @@ pub struct TrackerStats {
     pub conns_opened: u64,
     pub conns_over_limit: u64,
     pub decode_errors: u64,
+    /// Server spans made children of the traced client span that sent the request.
+    pub joined: u64,
+    /// CLIENT spans for connects that failed.
+    pub connect_failures: u64,
 }
 
 /// What the tracker needs besides events: where metrics go, how routes and sampling
@@ -119,11 +147,16 @@ pub struct TrackerConfig {
 struct Pending {
     msg: Message,
     ids: Ids,
-    /// The parent is a span of this process (a client call made while serving), not
-    /// a remote caller's.
+    /// The parent's sampling decision is not made yet: a span of this process (a
+    /// client call made while serving) or of a traced client on this node.
     local_parent: bool,
-    /// Thread that read (server) or wrote (client) the request.
-    tid: u32,
+    /// Context key (thread or goroutine) a server request is active under.
+    ctx_key: u64,
+    /// Index of the request on its connection (see `Conn::requests_seen`).
+    seq: u64,
+    /// Server request joined to a traced client: the client's service, for the
+    /// service graph.
+    client_service: Option<Arc<str>>,
 }
 
 /// A request paired with its response, ready to become metrics and maybe a span.
@@ -134,7 +167,8 @@ struct Exchange {
     ends: Endpoints,
     ids: Ids,
     local_parent: bool,
-    tid: u32,
+    ctx_key: u64,
+    client_service: Option<Arc<str>>,
 }
 
 /// The server span a thread is working on: calls it makes are its children. This is
@@ -153,8 +187,26 @@ struct MessageCtx<'a> {
     pid: u32,
     tid: u32,
     thread_context: bool,
-    active: &'a mut HashMap<(u32, u32), ActiveSpan>,
+    active: &'a mut HashMap<(u32, u64), ActiveSpan>,
     stats: &'a mut TrackerStats,
+    /// Every other connection, to find the client end of a server connection.
+    peers: Option<Peers<'a>>,
+    go_parents: &'a HashMap<(u32, u64), u64>,
+}
+
+/// The connections and the index that find the traced client end of a connection.
+struct Peers<'a> {
+    conns: &'a HashMap<(u32, u32), Conn>,
+    clients: &'a HashMap<(IpAddr, u16), Vec<ClientEnd>>,
+    procs: &'a HashMap<u32, Proc>,
+}
+
+/// A traced client socket, indexed by its local address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ClientEnd {
+    server_port: u16,
+    pid: u32,
+    fd: u32,
 }
 
 pub struct Tracker {
@@ -169,9 +221,13 @@ pub struct Tracker {
     stats: TrackerStats,
     scratch: Vec<Message>,
     exchanges: Vec<Exchange>,
-    /// (pid, tid) -> the server span that thread serves now.
-    active: HashMap<(u32, u32), ActiveSpan>,
+    /// (pid, context key) -> the server span that thread or goroutine serves now.
+    active: HashMap<(u32, u64), ActiveSpan>,
     last_proc_sample_ns: u64,
+    /// Client sockets of traced processes by local (address, port).
+    clients: HashMap<(IpAddr, u16), Vec<ClientEnd>>,
+    /// (pid, goid) -> the goroutine that created it (from goroutine events).
+    go_parents: HashMap<(u32, u64), u64>,
 }
 
 fn peer_addr(ev: &ConnOpenEvent) -> Option<SocketAddr> {
@@ -189,6 +245,24 @@ fn peer_addr(ev: &ConnOpenEvent) -> Option<SocketAddr> {
         _ => return None,
     };
     Some(SocketAddr::new(ip, ev.peer_port))
+}
+
+/// Local address of a client socket (from the TCP state tracepoint), if known.
+fn local_addr(ev: &ConnOpenEvent) -> Option<SocketAddr> {
+    let ip = match ev.local_family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(
+            ev.local_addr[0],
+            ev.local_addr[1],
+            ev.local_addr[2],
+            ev.local_addr[3],
+        )),
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(ev.local_addr);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, ev.local_port))
 }
 
 /// Offset between CLOCK_REALTIME and CLOCK_MONOTONIC (what bpf_ktime_get_ns reads).
@@ -222,6 +296,8 @@ impl Tracker {
             exchanges: Vec::new(),
             active: HashMap::new(),
             last_proc_sample_ns: 0,
+            clients: HashMap::new(),
+            go_parents: HashMap::new(),
         }
     }
 
@@ -323,6 +399,7 @@ impl Tracker {
         }
         self.procs.remove(&pid);
         self.active.retain(|(p, _), _| *p != pid);
+        self.go_parents.retain(|(p, _), _| *p != pid);
         self.sampler.forget_service(pid);
         self.metrics
             .service_exited(pid, self.to_unix(crate::conn::monotonic_ns()));
@@ -348,8 +425,10 @@ impl Tracker {
             | Event::GoroutineExit(_)
             | Event::GcPause(_)
             | Event::GcCycle(_) => {}
-            // Handled below once connection failures and Go goroutine context land.
-            Event::ConnFail(_) | Event::GoHttpServe(_) | Event::GoHttpRoundTrip(_) => {}
+            Event::ConnFail(ev) => self.connect_failed(&ev, sink),
+            Event::GoHttpServe(ev) => self.go_serve(&ev),
+            Event::GoHttpRoundTrip(ev) => self.go_round_trip(&ev),
+            Event::ConnEstablished(ev) => self.established(&ev),
         }
     }
 
@@ -361,7 +440,7 @@ impl Tracker {
             _ => Role::Unknown,
         };
         let mut ends = Endpoints {
-            local: None,
+            local: local_addr(ev),
             peer: peer_addr(ev),
         };
         if role == Role::Server && ev.listen_fd != NO_FD {
@@ -373,7 +452,157 @@ impl Tracker {
         }
         self.stats.conns_opened += 1;
         // A reused fd number means the old connection is gone even if we missed its close.
-        self.conns.insert((pid, ev.fd), Conn::new(role, ends));
+        if let Some(old) = self.conns.insert((pid, ev.fd), Conn::new(role, ends)) {
+            self.unindex_client(pid, ev.fd, &old);
+        }
+        if role == Role::Client
+            && let (Some(local), Some(peer)) = (ends.local, ends.peer)
+        {
+            let v = self.clients.entry((local.ip(), local.port())).or_default();
+            v.retain(|c| (c.pid, c.fd) != (pid, ev.fd));
+            v.push(ClientEnd {
+                server_port: peer.port(),
+                pid,
+                fd: ev.fd,
+            });
+        }
+    }
+
+    /// A non-blocking connect completed: its local address is known now.
+    fn established(&mut self, ev: &ConnOpenEvent) {
+        let pid = ev.header.tgid();
+        let (Some(local), Some(conn)) = (local_addr(ev), self.conns.get_mut(&(pid, ev.fd))) else {
+            return;
+        };
+        if conn.role != Role::Client || conn.ends.local.is_some() {
+            return;
+        }
+        conn.ends.local = Some(local);
+        let Some(peer) = conn.ends.peer else {
+            return;
+        };
+        let v = self.clients.entry((local.ip(), local.port())).or_default();
+        v.retain(|c| (c.pid, c.fd) != (pid, ev.fd));
+        v.push(ClientEnd {
+            server_port: peer.port(),
+            pid,
+            fd: ev.fd,
+        });
+    }
+
+    fn unindex_client(&mut self, pid: u32, fd: u32, conn: &Conn) {
+        if conn.role != Role::Client {
+            return;
+        }
+        let Some(local) = conn.ends.local else {
+            return;
+        };
+        let key = (local.ip(), local.port());
+        if let Some(v) = self.clients.get_mut(&key) {
+            v.retain(|c| (c.pid, c.fd) != (pid, fd));
+            if v.is_empty() {
+                self.clients.remove(&key);
+            }
+        }
+    }
+
+    fn go_serve(&mut self, ev: &GoConnEvent) {
+        if let Some(c) = self.conns.get_mut(&(ev.header.tgid(), ev.fd)) {
+            c.go_server_goid = Some(ev.goid);
+        }
+    }
+
+    fn go_round_trip(&mut self, ev: &GoConnEvent) {
+        if let Some(c) = self.conns.get_mut(&(ev.header.tgid(), ev.fd)) {
+            c.go_caller = Some((ev.goid, ev.parent_goid));
+        }
+    }
+
+    /// Goroutine creations (with `--go-goroutine-events`): who created whom, so that a
+    /// call made by a grandchild of a handler goroutine still finds the handler.
+    pub fn goroutine_created(&mut self, ev: &GoroutineEvent) {
+        if ev.parent_goid == 0 || self.go_parents.len() >= MAX_GO_PARENTS {
+            return;
+        }
+        self.go_parents
+            .insert((ev.header.tgid(), ev.goid), ev.parent_goid);
+    }
+
+    pub fn goroutine_exited(&mut self, ev: &GoroutineEvent) {
+        self.go_parents.remove(&(ev.header.tgid(), ev.goid));
+    }
+
+    /// A CLIENT span for a connect that failed: no request was ever sent, so it is
+    /// named `connect` and carries the peer and the error.
+    fn connect_failed(&mut self, ev: &ConnOpenEvent, sink: &mut dyn FnMut(Span)) {
+        let pid = ev.header.tgid();
+        let Some((resource, thread_context)) = self
+            .procs
+            .get(&pid)
+            .map(|p| (p.resource.clone(), p.thread_context))
+        else {
+            return;
+        };
+        let Some(peer) = peer_addr(ev) else {
+            return;
+        };
+        self.stats.connect_failures += 1;
+        // The attempt's socket is gone; forget what we knew of it.
+        if let Some(old) = self.conns.remove(&(pid, ev.fd))
+            && old.pending.is_empty()
+            && old.role == Role::Client
+        {
+            self.unindex_client(pid, ev.fd, &old);
+        }
+        let parent = thread_context
+            .then(|| self.active.get(&(pid, ev.header.tid() as u64)))
+            .flatten();
+        let ids = match parent {
+            Some(a) => Ids {
+                trace_id: a.trace_id,
+                span_id: crate::span::context::new_span_id(),
+                parent_span_id: a.span_id,
+                flags: a.flags,
+                trace_state: a.trace_state.clone(),
+            },
+            None => Ids {
+                trace_id: crate::span::context::new_trace_id(),
+                span_id: crate::span::context::new_span_id(),
+                parent_span_id: [0; 8],
+                flags: 0,
+                trace_state: String::new(),
+            },
+        };
+        let end = ev.header.ts_ns;
+        let start = if ev.start_ns != 0 && ev.start_ns <= end {
+            ev.start_ns
+        } else {
+            end
+        };
+        let decision = self.sampler.decide(&SampleInput {
+            trace_id: ids.trace_id,
+            parent: None,
+            explicit_randomness: None,
+            is_error: true,
+            duration_ns: end - start,
+            service_key: pid,
+            now_ns: end,
+        });
+        if !decision.sampled {
+            return;
+        }
+        let mut ids = ids;
+        ids.flags |= 1;
+        let span = crate::span::build::connect_failure(
+            peer,
+            local_addr(ev),
+            ev.error,
+            ids,
+            &resource,
+            self.to_unix(start),
+            self.to_unix(end),
+        );
+        sink(span);
     }
 
     fn listener_addr(&mut self, pid: u32, listen_fd: u32) -> Option<SocketAddr> {
@@ -404,11 +633,13 @@ impl Tracker {
                 .unwrap_or_default();
             self.conns.insert(key, Conn::new(Role::Unknown, ends));
         }
-        let Some(conn) = self.conns.get_mut(&key) else {
+        // Out of the map while its messages are handled, so that the other
+        // connections can be searched for this one's client end.
+        let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
         if conn.role == Role::Unknown {
-            classify(conn, ev.direction, head);
+            classify(&mut conn, ev.direction, head);
         }
         let chunk = Chunk {
             ts_ns: ev.header.ts_ns,
@@ -436,12 +667,19 @@ impl Tracker {
             thread_context: self.procs.get(&pid).is_some_and(|p| p.thread_context),
             active: &mut self.active,
             stats: &mut self.stats,
+            peers: Some(Peers {
+                conns: &self.conns,
+                clients: &self.clients,
+                procs: &self.procs,
+            }),
+            go_parents: &self.go_parents,
         };
         for msg in out.drain(..) {
-            if let Some(x) = on_message(conn, msg, is_request_stream, &mut ctx) {
+            if let Some(x) = on_message(&mut conn, msg, is_request_stream, &mut ctx) {
                 self.exchanges.push(x);
             }
         }
+        self.conns.insert(key, conn);
         self.scratch = out;
         self.finish_exchanges(pid, sink);
     }
@@ -474,13 +712,21 @@ impl Tracker {
         if x.kind == SpanKind::Server
             && self
                 .active
-                .get(&(pid, x.tid))
+                .get(&(pid, x.ctx_key))
                 .is_some_and(|a| a.span_id == ids.span_id)
         {
-            self.active.remove(&(pid, x.tid));
+            self.active.remove(&(pid, x.ctx_key));
         }
         let duration_ns = x.resp.end_ns.saturating_sub(x.req.start_ns);
         let error = is_error(x.kind, status);
+        if let Some(client) = &x.client_service {
+            self.metrics.record_edge(
+                client,
+                &proc.resource.service_name,
+                error,
+                duration_ns as f64 / 1e9,
+            );
+        }
         let decision = self.sampler.decide(&SampleInput {
             trace_id: ids.trace_id,
             // A local parent's decision is not made yet (it ends after its children);
@@ -560,6 +806,7 @@ impl Tracker {
         let Some(mut conn) = self.conns.remove(&(pid, fd)) else {
             return;
         };
+        self.unindex_client(pid, fd, &conn);
         let requests_are_ingress = conn.role != Role::Client;
         let mut out = Vec::new();
         // Close-delimited responses end here.
@@ -582,6 +829,8 @@ impl Tracker {
             thread_context: false,
             active: &mut self.active,
             stats: &mut self.stats,
+            peers: None,
+            go_parents: &self.go_parents,
         };
         for (is_req, msg) in msgs {
             if let Some(x) = on_message(&mut conn, msg, is_req, &mut ctx) {
@@ -592,6 +841,17 @@ impl Tracker {
         self.stats.parse_errors +=
             conn.ingress.stats().parse_errors + conn.egress.stats().parse_errors;
         self.finish_exchanges(pid, sink);
+    }
+
+    /// Rebuilds the resource of processes whose Kubernetes pod metadata arrived after they
+    /// were attached (see `crate::kube`): their spans from now on carry it. One atomic
+    /// load when nothing arrived, so it can run on every housekeeping tick.
+    pub fn refresh_resources(&mut self) {
+        for pid in crate::kube::take_resolved() {
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.resource = Arc::new(Resource::for_process(pid, &self.resource_cfg));
+            }
+        }
     }
 }
 
@@ -637,9 +897,13 @@ fn on_message(
                 conn.pending.pop_front();
                 ctx.stats.requests_without_response += 1;
             }
-            let key = (ctx.pid, ctx.tid);
+            let seq = conn.requests_seen;
+            conn.requests_seen += 1;
+            let mut client_service = None;
+            let mut ctx_key = None;
             let (ids, local_parent) = if client {
-                match ctx.active.get(&key).filter(|_| ctx.thread_context) {
+                let caller = conn.go_caller.take();
+                match caller_context(ctx, caller) {
                     Some(a) => (
                         Ids {
                             trace_id: a.trace_id,
@@ -653,10 +917,34 @@ fn on_message(
                     None => (Ids::for_request(SpanKind::Client, &msg), false),
                 }
             } else {
-                let ids = Ids::for_request(SpanKind::Server, &msg);
-                if ctx.thread_context {
+                let joined = (conn.from_start)
+                    .then(|| find_client_end(ctx.peers.as_ref()?, &conn.ends, seq, &msg))
+                    .flatten();
+                let (ids, local) = match joined {
+                    Some((parent, service)) => {
+                        ctx.stats.joined += 1;
+                        client_service = Some(service);
+                        (
+                            Ids {
+                                trace_id: parent.trace_id,
+                                span_id: crate::span::context::new_span_id(),
+                                parent_span_id: parent.span_id,
+                                flags: parent.flags,
+                                trace_state: parent.trace_state.clone(),
+                            },
+                            true,
+                        )
+                    }
+                    None => (Ids::for_request(SpanKind::Server, &msg), false),
+                };
+                ctx_key = if ctx.thread_context {
+                    Some(ctx.tid as u64)
+                } else {
+                    conn.go_server_goid.map(|g| GOROUTINE_KEY | g)
+                };
+                if let Some(k) = ctx_key {
                     ctx.active.insert(
-                        key,
+                        (ctx.pid, k),
                         ActiveSpan {
                             trace_id: ids.trace_id,
                             span_id: ids.span_id,
@@ -665,13 +953,15 @@ fn on_message(
                         },
                     );
                 }
-                (ids, false)
+                (ids, local)
             };
             conn.pending.push_back(Pending {
                 msg,
                 ids,
                 local_parent,
-                tid: ctx.tid,
+                ctx_key: ctx_key.unwrap_or(u64::MAX),
+                seq,
+                client_service,
             });
             None
         }
@@ -701,7 +991,8 @@ fn on_message(
                 ends: conn.ends,
                 ids: p.ids,
                 local_parent: p.local_parent,
-                tid: p.tid,
+                ctx_key: p.ctx_key,
+                client_service: p.client_service,
             })
         }
         // A request on the response stream or vice versa: the stream is not what we
@@ -711,6 +1002,92 @@ fn on_message(
             None
         }
     }
+}
+
+/// The server span a client request is made under: the serving thread's (thread-per-
+/// request processes), or the goroutine's that called the Go client — or of the
+/// goroutine that created it, up the creation lineage.
+fn caller_context<'a>(
+    ctx: &'a MessageCtx<'_>,
+    go_caller: Option<(u64, u64)>,
+) -> Option<&'a ActiveSpan> {
+    if ctx.thread_context {
+        return ctx.active.get(&(ctx.pid, ctx.tid as u64));
+    }
+    let (goid, parent) = go_caller?;
+    let lookup = |g: u64| ctx.active.get(&(ctx.pid, GOROUTINE_KEY | g));
+    if let Some(a) = lookup(goid) {
+        return Some(a);
+    }
+    // g.parentGoid from the probe (Go >= 1.21), then recorded creations further up.
+    let mut g = if parent != 0 {
+        parent
+    } else {
+        *ctx.go_parents.get(&(ctx.pid, goid))?
+    };
+    for _ in 0..MAX_LINEAGE_DEPTH {
+        if let Some(a) = lookup(g) {
+            return Some(a);
+        }
+        g = *ctx.go_parents.get(&(ctx.pid, g))?;
+    }
+    None
+}
+
+/// The traced client span that sent the request a server connection just read: the
+/// client socket whose local address is this connection's peer, and on it the request
+/// with the same index — and the same request line, which the two ends must agree on
+/// because they are the same bytes. Falls back to the same request line alone when
+/// the counts disagree (a request one end could not parse).
+fn find_client_end(
+    peers: &Peers<'_>,
+    ends: &Endpoints,
+    seq: u64,
+    msg: &Message,
+) -> Option<(ActiveSpan, Arc<str>)> {
+    let peer = ends.peer?;
+    let candidates = peers.clients.get(&(peer.ip(), peer.port()))?;
+    let server_port = ends.local.map(|l| l.port());
+    let same_line = |m: &Message| match (&m.kind, &msg.kind) {
+        (
+            MessageKind::Request { method, target },
+            MessageKind::Request {
+                method: m2,
+                target: t2,
+            },
+        ) => method == m2 && target == t2,
+        _ => false,
+    };
+    for c in candidates {
+        if server_port.is_some_and(|p| p != c.server_port) {
+            continue;
+        }
+        let Some(conn) = peers.conns.get(&(c.pid, c.fd)) else {
+            continue;
+        };
+        if !conn.from_start || conn.role != Role::Client {
+            continue;
+        }
+        let p = conn
+            .pending
+            .iter()
+            .find(|p| p.seq == seq && same_line(&p.msg))
+            .or_else(|| conn.pending.iter().find(|p| same_line(&p.msg)))?;
+        let service = peers.procs.get(&c.pid).map_or_else(
+            || Arc::from(""),
+            |p| Arc::from(p.resource.service_name.as_str()),
+        );
+        return Some((
+            ActiveSpan {
+                trace_id: p.ids.trace_id,
+                span_id: p.ids.span_id,
+                flags: p.ids.flags,
+                trace_state: p.ids.trace_state.clone(),
+            },
+            service,
+        ));
+    }
+    None
 }
 
 /// CLOCK_MONOTONIC now, in the kernel's bpf_ktime_get_ns units.

@@ -4,6 +4,8 @@
 //! `periscope_common`). Decoding checks sizes before reading and never trusts lengths
 //! from the record beyond the bytes actually present.
 
+pub mod reorder;
+
 use periscope_common::{
     BindEvent, ConnCloseEvent, ConnOpenEvent, DataEvent, EventHeader, EventKind, GcEvent,
     GoConnEvent, GoroutineEvent, ProcessEvent,
@@ -32,6 +34,7 @@ pub enum Event<'a> {
     ConnFail(ConnOpenEvent),
     GoHttpServe(GoConnEvent),
     GoHttpRoundTrip(GoConnEvent),
+    ConnEstablished(ConnOpenEvent),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -75,6 +78,7 @@ impl<'a> TryFrom<&'a [u8]> for Event<'a> {
             EventKind::ConnFail => Event::ConnFail(read(bytes)?),
             EventKind::GoHttpServe => Event::GoHttpServe(read(bytes)?),
             EventKind::GoHttpRoundTrip => Event::GoHttpRoundTrip(read(bytes)?),
+            EventKind::ConnEstablished => Event::ConnEstablished(read(bytes)?),
             EventKind::Data => {
                 let ev: DataEvent = read(bytes)?;
                 let payload = &bytes[size_of::<DataEvent>()..];

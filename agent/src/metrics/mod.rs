@@ -115,6 +115,30 @@ pub struct ServiceMetrics {
 #[derive(Default)]
 struct Registry {
     services: BTreeMap<u32, ServiceMetrics>,
+    edges: BTreeMap<(Arc<str>, Arc<str>), EdgeStats>,
+    edge_overflow: u64,
+}
+
+/// Most client -> server edges of the service graph; calls on further edges are
+/// counted in `edge_overflow` only.
+pub const MAX_EDGES: usize = 10_000;
+
+/// Calls from one traced service to another on this node (the service graph), seen
+/// from both ends: counted when the server span is joined to its client span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EdgeStats {
+    pub requests: u64,
+    pub failed: u64,
+    /// Server-side durations, seconds.
+    pub server_seconds: Histogram,
+}
+
+/// One edge of the service graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Edge {
+    pub client: Arc<str>,
+    pub server: Arc<str>,
+    pub stats: EdgeStats,
 }
 
 /// The shared registry.
@@ -229,6 +253,42 @@ impl Metrics {
             s.exited_unix_ns
                 .is_none_or(|t| now_unix_ns.saturating_sub(t) < EXITED_RETENTION_NS)
         });
+    }
+
+    /// One call from service `client` to service `server`, both traced on this node.
+    pub fn record_edge(&self, client: &str, server: &str, failed: bool, server_seconds: f64) {
+        let mut reg = self.lock();
+        let key: (Arc<str>, Arc<str>) = (Arc::from(client), Arc::from(server));
+        if reg.edges.len() >= MAX_EDGES && !reg.edges.contains_key(&key) {
+            reg.edge_overflow += 1;
+            return;
+        }
+        let e = reg.edges.entry(key).or_insert_with(|| EdgeStats {
+            requests: 0,
+            failed: 0,
+            server_seconds: Histogram::new(DURATION_BUCKETS),
+        });
+        e.requests += 1;
+        if failed {
+            e.failed += 1;
+        }
+        e.server_seconds.record(server_seconds, None);
+    }
+
+    /// The service graph's edges, and the calls not counted for the edge cap.
+    pub fn edges(&self) -> (Vec<Edge>, u64) {
+        let reg = self.lock();
+        (
+            reg.edges
+                .iter()
+                .map(|((c, s), st)| Edge {
+                    client: c.clone(),
+                    server: s.clone(),
+                    stats: st.clone(),
+                })
+                .collect(),
+            reg.edge_overflow,
+        )
     }
 
     /// A consistent copy of every service's metrics, ordered by pid.

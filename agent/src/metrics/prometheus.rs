@@ -296,6 +296,63 @@ impl Encoder {
     }
 }
 
+/// The node-local service graph, under the names Grafana Tempo's service-graph
+/// processor uses (so its service-graph views work on these series): calls, failed
+/// calls and server-side latency per client -> server edge.
+pub fn encode_edges(enc: &mut Encoder, edges: &[super::Edge], overflow: u64) {
+    let labels = |e: &super::Edge| -> Vec<Label> {
+        vec![
+            ("client".into(), e.client.to_string()),
+            ("server".into(), e.server.to_string()),
+            ("connection_type".into(), String::new()),
+        ]
+    };
+    let total: Vec<Sample> = edges
+        .iter()
+        .map(|e| Sample {
+            labels: labels(e),
+            value: e.stats.requests as f64,
+        })
+        .collect();
+    enc.counter(
+        "traces_service_graph_request",
+        "Requests between two traced services on this node.",
+        &total,
+    );
+    let failed: Vec<Sample> = edges
+        .iter()
+        .map(|e| Sample {
+            labels: labels(e),
+            value: e.stats.failed as f64,
+        })
+        .collect();
+    enc.counter(
+        "traces_service_graph_request_failed",
+        "Failed requests (server span in error) between two traced services on this node.",
+        &failed,
+    );
+    let hist: Vec<(Vec<Label>, &Histogram)> = edges
+        .iter()
+        .map(|e| (labels(e), &e.stats.server_seconds))
+        .collect();
+    enc.histogram(
+        "traces_service_graph_request_server_seconds",
+        "Server-side duration of requests between two traced services on this node.",
+        Some("seconds"),
+        &hist,
+    );
+    if overflow > 0 {
+        enc.counter(
+            "periscope_service_graph_edge_overflow",
+            "Calls not counted in the service graph because it reached its edge cap.",
+            &[Sample {
+                labels: Vec::new(),
+                value: overflow as f64,
+            }],
+        );
+    }
+}
+
 /// Renders the HTTP RED families of every service.
 pub fn encode_http(enc: &mut Encoder, services: &[ServiceMetrics]) {
     type Fam<'a> = Vec<(Vec<Label>, &'a Histogram)>;

@@ -69,6 +69,8 @@ pub fn render(src: &Sources, format: Format) -> String {
     encode_http(&mut enc, &services);
     encode_process(&mut enc, &services);
     encode_go(&mut enc, &services);
+    let (edges, edge_overflow) = src.metrics.edges();
+    super::prometheus::encode_edges(&mut enc, &edges, edge_overflow);
     let resources: Vec<_> = services.iter().map(|s| &*s.resource).collect();
     enc.target_info(&resources);
 

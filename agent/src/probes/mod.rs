@@ -184,6 +184,25 @@ pub const PROBES: &[(&str, &str, &str, &str)] = &[
         "connection end",
     ),
     (
+        "sys_exit_close",
+        "syscalls",
+        "sys_exit_close",
+        "connection end",
+    ),
+    // sock tracepoints exist since Linux 4.16.
+    (
+        "sock_inet_sock_set_state",
+        "sock",
+        "inet_sock_set_state",
+        "client local addresses, connect failures",
+    ),
+    (
+        "sock_inet_sk_error_report",
+        "sock",
+        "inet_sk_error_report",
+        "connect failures",
+    ),
+    (
         "sys_enter_bind",
         "syscalls",
         "sys_enter_bind",
@@ -278,6 +297,9 @@ type GoLinks = (Vec<(&'static str, UProbeLinkId)>, Vec<u32>);
 pub struct Probes {
     ebpf: Ebpf,
     go_procs: HashMap<MapData, u32, GoProcInfo>,
+    /// `[tgid, run-time address of a Close method] -> CONN_*`: the `net.Conn` types the
+    /// net/http probes look through (see `runtime::go::CONN_TYPES`).
+    go_conn_types: HashMap<MapData, [u64; 2], u32>,
     /// Uprobe links per Go executable (device, inode), shared by every traced process
     /// running it, with the pids using them; detached when the last one goes.
     go_links: StdHashMap<(u64, u64), GoLinks>,
@@ -373,6 +395,8 @@ impl Probes {
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
         let go_procs =
             HashMap::try_from(take(&mut ebpf, "GO_PROCS")?).map_err(map_err("GO_PROCS"))?;
+        let go_conn_types = HashMap::try_from(take(&mut ebpf, "GO_CONN_TYPES")?)
+            .map_err(map_err("GO_CONN_TYPES"))?;
         // Go uprobes are loaded now and attached per Go process later.
         for &(name, ..) in GO_PROBES {
             let err = |source| ProbeError::Program {
@@ -414,6 +438,7 @@ impl Probes {
             Self {
                 ebpf,
                 go_procs,
+                go_conn_types,
                 go_links: StdHashMap::new(),
                 targets,
                 socks,
@@ -486,9 +511,17 @@ impl Probes {
         let target = format!("/proc/{pid}/exe");
         let meta = fs::metadata(&target).map_err(|e| ProbeError::GoTarget(pid, e))?;
         let key = (meta.dev(), meta.ino());
-        self.go_procs
-            .insert(pid, plan.info, 0)
-            .map_err(map_err("GO_PROCS"))?;
+        // Per process, not per executable: PIE code addresses differ between processes.
+        for &(close, kind) in &plan.conn_types {
+            if let Err(e) = self.go_conn_types.insert([u64::from(pid), close], kind, 0) {
+                self.remove_go_conn_types(pid);
+                return Err(map_err("GO_CONN_TYPES")(e));
+            }
+        }
+        if let Err(e) = self.go_procs.insert(pid, plan.info, 0) {
+            self.remove_go_conn_types(pid);
+            return Err(map_err("GO_PROCS")(e));
+        }
         if let Some((links, pids)) = self.go_links.get_mut(&key) {
             pids.push(pid);
             return Ok(links.len());
@@ -530,8 +563,21 @@ impl Probes {
         Ok(n)
     }
 
+    fn remove_go_conn_types(&mut self, pid: u32) {
+        let keys: Vec<[u64; 2]> = self
+            .go_conn_types
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k[0] == u64::from(pid))
+            .collect();
+        for k in keys {
+            let _ = self.go_conn_types.remove(&k);
+        }
+    }
+
     pub fn detach_go(&mut self, pid: u32) {
         let _ = self.go_procs.remove(&pid);
+        self.remove_go_conn_types(pid);
         let Some(key) = self
             .go_links
             .iter()

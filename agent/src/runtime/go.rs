@@ -20,17 +20,93 @@ use thiserror::Error;
 
 use super::gobin::{GoBinError, GoBinary, GoOffsets};
 
+/// When a Go probe is attached, beyond its function being in the binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoProbeGate {
+    Always,
+    /// Per-goroutine probes: only with `--go-goroutine-events`.
+    GoroutineEvents,
+    /// net/http connection probes: only when the offsets of `net/http.conn.rwc`,
+    /// `net/http.persistConn.conn`, `net.netFD.pfd` and `internal/poll.FD.Sysfd` are
+    /// known and the binary has a `net.Conn` type the kernel can look through
+    /// ([`CONN_TYPES`]). One event per connection or request, not per goroutine.
+    HttpConn,
+}
+
 /// Go functions the kernel programs attach to: (program, Go function, at entry (true)
-/// or at each RET (false), required).
-pub const GO_PROBES: &[(&str, &str, bool, bool)] = &[
-    ("go_newproc1_ret", "runtime.newproc1", false, true),
-    ("go_goexit1", "runtime.goexit1", true, true),
-    ("go_stw_start", "runtime.stopTheWorldWithSema", true, false),
-    ("go_stw_end", "runtime.startTheWorldWithSema", false, false),
+/// or at each RET (false), required, gate).
+pub const GO_PROBES: &[(&str, &str, bool, bool, GoProbeGate)] = &[
+    (
+        "go_newproc1_ret",
+        "runtime.newproc1",
+        false,
+        true,
+        GoProbeGate::GoroutineEvents,
+    ),
+    (
+        "go_goexit1",
+        "runtime.goexit1",
+        true,
+        true,
+        GoProbeGate::GoroutineEvents,
+    ),
+    (
+        "go_stw_start",
+        "runtime.stopTheWorldWithSema",
+        true,
+        false,
+        GoProbeGate::Always,
+    ),
+    (
+        "go_stw_end",
+        "runtime.startTheWorldWithSema",
+        false,
+        false,
+        GoProbeGate::Always,
+    ),
     // At RET, not entry: a Go function whose stack check fails calls morestack and
     // starts over from its entry, so an entry probe can fire twice for one call (seen
     // on Go 1.25 for gcMarkTermination); a function returns once.
-    ("go_gc_done", "runtime.gcMarkTermination", false, false),
+    (
+        "go_gc_done",
+        "runtime.gcMarkTermination",
+        false,
+        false,
+        GoProbeGate::Always,
+    ),
+    // At entry, where the receiver is in RAX (at a RET it is gone). The morestack
+    // restart can repeat the event; it then says the same thing twice (same goroutine,
+    // same fd), which the consumer takes as one fact.
+    (
+        "go_http_serve",
+        "net/http.(*conn).serve",
+        true,
+        false,
+        GoProbeGate::HttpConn,
+    ),
+    (
+        "go_http_roundtrip",
+        "net/http.(*persistConn).roundTrip",
+        true,
+        false,
+        GoProbeGate::HttpConn,
+    ),
+];
+
+/// What a `net.Conn` interface value of a given dynamic type holds, for the net/http
+/// probes (values of `CONN_*` in ebpf/src/go.rs).
+pub const CONN_NETFD: u32 = 1;
+pub const CONN_TLS: u32 = 2;
+
+/// The `net.Conn` implementations the kernel looks through, each known by its `Close`
+/// method: the first entry of a `net.Conn` itab's method table (methods are sorted by
+/// name), which is found in stripped binaries too. `*net.TCPConn` and `*net.UnixConn`
+/// point at `net.conn{fd *netFD}`; `*crypto/tls.Conn` starts with the `net.Conn` it
+/// wraps (src/crypto/tls/conn.go). Any other type (a user's wrapper) is skipped.
+pub const CONN_TYPES: &[(&str, u32)] = &[
+    ("net.(*TCPConn).Close", CONN_NETFD),
+    ("net.(*UnixConn).Close", CONN_NETFD),
+    ("crypto/tls.(*Conn).Close", CONN_TLS),
 ];
 
 /// Most goroutines tracked individually per process; beyond it new goroutines are
@@ -55,6 +131,9 @@ pub struct GoPlan {
     pub info: GoProcInfo,
     /// (program, file offset in the executable)
     pub attach: Vec<(&'static str, u64)>,
+    /// (run-time address of a `Close` method, `CONN_*`) for the net/http probes, from
+    /// [`CONN_TYPES`]; empty when they are not attached.
+    pub conn_types: Vec<(u64, u32)>,
     pub offsets: GoOffsets,
     pub bin: Arc<GoBinary>,
 }
@@ -79,7 +158,7 @@ pub fn plan(pid: u32, goroutine_events: bool) -> Result<Option<GoPlan>, GoError>
     let stw_reason = bin
         .go_version()
         .is_some_and(|v| (v.major, v.minor) >= (1, 21));
-    let info = GoProcInfo {
+    let mut info = GoProcInfo {
         goid_off: offsets.g_goid,
         parent_goid_off: offsets.g_parent_goid.unwrap_or(0),
         gopc_off: offsets.g_gopc,
@@ -91,10 +170,15 @@ pub fn plan(pid: u32, goroutine_events: bool) -> Result<Option<GoPlan>, GoError>
         poll_fd_sysfd_off: 0,
         _pad: 0,
     };
+    let conn_types = http_conn_types(pid, &bin, &offsets, &mut info);
     let mut attach = Vec::new();
-    for &(prog, func, at_entry, required) in GO_PROBES {
-        let per_goroutine = prog == "go_newproc1_ret" || prog == "go_goexit1";
-        if per_goroutine && !goroutine_events {
+    for &(prog, func, at_entry, required, gate) in GO_PROBES {
+        let wanted = match gate {
+            GoProbeGate::Always => true,
+            GoProbeGate::GoroutineEvents => goroutine_events,
+            GoProbeGate::HttpConn => !conn_types.is_empty(),
+        };
+        if !wanted {
             continue;
         }
         let Some(f) = bin.find_function(func) else {
@@ -119,9 +203,43 @@ pub fn plan(pid: u32, goroutine_events: bool) -> Result<Option<GoPlan>, GoError>
         version,
         info,
         attach,
+        conn_types,
         offsets,
         bin: Arc::new(bin),
     }))
+}
+
+/// Fills the net/http offsets of `info` and returns the `net.Conn` types for the kernel
+/// (run-time addresses), when all four offsets are known and at least one type of
+/// [`CONN_TYPES`] is in the binary; otherwise leaves `info` without them (the net/http
+/// probes are then not attached) and returns nothing.
+fn http_conn_types(
+    pid: u32,
+    bin: &GoBinary,
+    offsets: &GoOffsets,
+    info: &mut GoProcInfo,
+) -> Vec<(u64, u32)> {
+    let (Some(rwc), Some(conn), Some(pfd), Some(sysfd)) = (
+        offsets.http_conn_rwc,
+        offsets.persist_conn_conn,
+        offsets.netfd_pfd,
+        offsets.poll_fd_sysfd,
+    ) else {
+        return Vec::new();
+    };
+    let bias = load_bias(pid, bin);
+    let types: Vec<(u64, u32)> = CONN_TYPES
+        .iter()
+        .filter_map(|&(close, kind)| Some((bin.find_function(close)?.entry + bias, kind)))
+        .collect();
+    if !types.iter().any(|&(_, kind)| kind == CONN_NETFD) {
+        return Vec::new();
+    }
+    info.http_conn_rwc_off = rwc;
+    info.persist_conn_conn_off = conn;
+    info.netfd_pfd_off = pfd;
+    info.poll_fd_sysfd_off = sysfd;
+    types
 }
 
 /// One `go` statement.

@@ -126,6 +126,59 @@ pub fn is_error(kind: SpanKind, status: u16) -> bool {
     }
 }
 
+/// `error.type` of a failed connect, from its errno (0: the caller closed the socket
+/// while it was still connecting, which is how clients time out).
+pub fn connect_error_type(errno: i32) -> &'static str {
+    match errno {
+        0 | 110 => "timeout",
+        111 => "connection_refused",
+        104 => "connection_reset",
+        113 => "host_unreachable",
+        101 => "network_unreachable",
+        99 => "address_not_available",
+        1 | 13 => "permission_denied",
+        _ => "connect_error",
+    }
+}
+
+/// The CLIENT span of a connect that failed: no request was sent, so there is no
+/// method or URL; it is named `connect` and says where to and why.
+pub fn connect_failure(
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    errno: i32,
+    ids: Ids,
+    resource: &Arc<Resource>,
+    start_unix_ns: u64,
+    end_unix_ns: u64,
+) -> Span {
+    let mut attributes: Vec<(&'static str, Value)> = vec![
+        ("error.type", Value::Str(connect_error_type(errno).into())),
+        ("server.address", Value::Str(peer.ip().to_string())),
+        ("server.port", Value::Int(peer.port() as i64)),
+        ("network.peer.address", Value::Str(peer.ip().to_string())),
+        ("network.peer.port", Value::Int(peer.port() as i64)),
+        ("network.transport", Value::Str("tcp".into())),
+    ];
+    if let Some(l) = local {
+        attributes.push(("network.local.port", Value::Int(l.port() as i64)));
+    }
+    Span {
+        trace_id: ids.trace_id,
+        span_id: ids.span_id,
+        parent_span_id: ids.parent_span_id,
+        trace_state: ids.trace_state,
+        flags: ids.flags,
+        kind: SpanKind::Client,
+        name: "connect".into(),
+        start_unix_ns,
+        end_unix_ns,
+        status: SpanStatus::Error,
+        attributes,
+        resource: resource.clone(),
+    }
+}
+
 /// Builds the span of one exchange. `route` is the low-cardinality `http.route` when
 /// known; `mono_to_unix` converts kernel timestamps.
 #[allow(clippy::too_many_arguments)]

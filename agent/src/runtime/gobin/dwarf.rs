@@ -4,9 +4,12 @@
 //! large program's `.debug_info` inflates to tens of megabytes. To stay within the agent's
 //! memory budget the section is inflated as a stream, one compilation unit at a time, and
 //! only the units that can hold the wanted types are kept long enough to parse: Go's linker
-//! emits the runtime's types into the `runtime` compilation unit (checked for 1.19–1.27), so
-//! a first pass parses that unit alone; if a wanted type is still missing, a second pass
-//! parses every unit (peak memory then is the largest unit).
+//! emits every Go type, whatever its package (`runtime.g`, `net/http.conn`, ...), into the
+//! `runtime` compilation unit (checked for 1.19–1.27, internal and external linking), so a
+//! pass parses that unit alone and stops there; a type not in it is not in the program.
+//! Only when no unit is recognisably `runtime` does a second pass parse every unit (peak
+//! memory then is the largest unit). Programs that do not link a wanted package (net/http)
+//! therefore cost no more than those that do.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -107,16 +110,46 @@ pub(super) fn struct_layouts(
         wanted,
     };
     let mut found = BTreeMap::new();
-    for only_runtime_cu in [true, false] {
+    for scope in [Scope::RuntimeUnit, Scope::AllUnits] {
         let Some(mut info) = open_section(elf, data, ".debug_info")? else {
             break;
         };
-        ctx.pass(&mut *info, only_runtime_cu, &mut found)?;
-        if found.len() == wanted.len() {
+        let runtime_seen = ctx.pass(&mut *info, scope, &mut found)?;
+        if runtime_seen || found.len() == wanted.len() {
             break;
         }
     }
     Ok(Some(found))
+}
+
+/// Which compilation units a pass parses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The unit named `runtime` alone; the pass ends after it.
+    RuntimeUnit,
+    /// Every unit (a fallback for binaries whose runtime unit cannot be told apart).
+    AllUnits,
+}
+
+/// [`struct_layouts`] parsing every unit, for tests of the fallback.
+#[cfg(test)]
+pub(super) fn struct_layouts_all_units(
+    elf: &ElfInfo,
+    data: &[u8],
+    wanted: &[&str],
+) -> Result<BTreeMap<String, StructLayout>, GoBinError> {
+    let abbrev_bytes = read_small_section(elf, data, ".debug_abbrev")?;
+    let str_bytes = read_small_section(elf, data, ".debug_str")?;
+    let ctx = Ctx {
+        abbrev: DebugAbbrev::new(&abbrev_bytes, LittleEndian),
+        strs: DebugStr::new(&str_bytes, LittleEndian),
+        wanted,
+    };
+    let mut found = BTreeMap::new();
+    if let Some(mut info) = open_section(elf, data, ".debug_info")? {
+        ctx.pass(&mut *info, Scope::AllUnits, &mut found)?;
+    }
+    Ok(found)
 }
 
 struct Ctx<'a> {
@@ -126,18 +159,20 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// One sequential pass over `.debug_info`.
+    /// One sequential pass over `.debug_info`. Returns whether the `runtime` unit was
+    /// among the units parsed.
     fn pass(
         &self,
         info: &mut dyn Read,
-        only_runtime_cu: bool,
+        scope: Scope,
         found: &mut BTreeMap<String, StructLayout>,
-    ) -> Result<(), GoBinError> {
+    ) -> Result<bool, GoBinError> {
         let mut unit = Vec::new();
+        let mut runtime_seen = false;
         loop {
             let mut len = [0u8; 4];
             match read_full(info, &mut len).map_err(dwarf_err)? {
-                0 => return Ok(()),
+                0 => return Ok(runtime_seen),
                 4 => {}
                 _ => return Err(dwarf_err("truncated .debug_info")),
             }
@@ -157,9 +192,9 @@ impl Ctx<'_> {
                 return Err(dwarf_err("truncated .debug_info"));
             }
             let rest = (body_len - head_len) as u64;
-            let keep =
-                !only_runtime_cu || self.unit_name(&unit).as_deref() == Some(&b"runtime"[..]);
-            if !keep {
+            let is_runtime = self.unit_name(&unit).as_deref() == Some(&b"runtime"[..]);
+            runtime_seen |= is_runtime;
+            if scope == Scope::RuntimeUnit && !is_runtime {
                 io::copy(&mut info.take(rest), &mut io::sink()).map_err(dwarf_err)?;
                 continue;
             }
@@ -169,8 +204,8 @@ impl Ctx<'_> {
                 return Err(dwarf_err("truncated .debug_info"));
             }
             self.scan_unit(&unit, found)?;
-            if found.len() == self.wanted.len() {
-                return Ok(());
+            if found.len() == self.wanted.len() || scope == Scope::RuntimeUnit {
+                return Ok(runtime_seen);
             }
         }
     }

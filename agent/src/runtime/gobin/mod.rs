@@ -28,6 +28,7 @@ mod buildinfo;
 mod disasm;
 mod dwarf;
 mod elf;
+mod fields;
 mod offsets;
 mod pclntab;
 mod text;
@@ -49,6 +50,7 @@ pub use elf::Arch;
 pub use text::TextSource;
 
 use elf::ElfInfo;
+use fields::OFFSET_FIELDS;
 use pclntab::Pclntab;
 
 /// Why a binary cannot be analysed. Messages are one line, lowercase.
@@ -99,8 +101,10 @@ pub struct Func<'a> {
     index: u32,
 }
 
-/// Offsets of the runtime struct fields the agent reads, in bytes from the struct start.
-/// Field names follow the Go source (src/runtime/runtime2.go, mstats.go, mgcpacer.go).
+/// Offsets of the Go struct fields the agent reads, in bytes from the struct start.
+/// Field names follow the Go source (src/runtime/runtime2.go, mstats.go, mgcpacer.go;
+/// src/net/http/server.go, transport.go; src/net/fd_posix.go; src/internal/poll/fd_unix.go).
+/// How each is read from DWARF: `fields.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GoOffsets {
     /// `runtime.g.goid` (uint64).
@@ -127,6 +131,15 @@ pub struct GoOffsets {
     pub mstats_last_gc_unix: u32,
     /// `runtime.gcControllerState.heapLive` (`runtime.gcController` is of this type).
     pub gc_controller_heap_live: u32,
+    /// `net/http.conn.rwc`: the server connection's `net.Conn` (an interface: itab, data).
+    /// This and the three below are `None` in programs that do not link net/http.
+    pub http_conn_rwc: Option<u32>,
+    /// `net/http.persistConn.conn`: a client connection's `net.Conn`.
+    pub persist_conn_conn: Option<u32>,
+    /// `net.netFD.pfd` (an `internal/poll.FD`), in the netFD a `*net.TCPConn` points to.
+    pub netfd_pfd: Option<u32>,
+    /// `internal/poll.FD.Sysfd` (int): the socket's file descriptor.
+    pub poll_fd_sysfd: Option<u32>,
 }
 
 /// Where [`GoBinary::offsets_with_source`] found the offsets.
@@ -137,32 +150,6 @@ pub enum OffsetsSource {
     /// The checked-in table row for this `(major, minor)` release.
     Table { major: u32, minor: u32 },
 }
-
-/// `(field, struct, member, required)`: how each [`GoOffsets`] field is read from DWARF.
-const OFFSET_FIELDS: &[(&str, &str, &str, bool)] = &[
-    ("g_goid", "runtime.g", "goid", true),
-    ("g_m", "runtime.g", "m", true),
-    ("g_atomicstatus", "runtime.g", "atomicstatus", true),
-    ("g_gopc", "runtime.g", "gopc", true),
-    ("g_startpc", "runtime.g", "startpc", true),
-    ("g_parent_goid", "runtime.g", "parentGoid", false),
-    ("m_procid", "runtime.m", "procid", true),
-    ("m_curg", "runtime.m", "curg", true),
-    ("mstats_numgc", "runtime.mstats", "numgc", true),
-    ("mstats_pause_ns", "runtime.mstats", "pause_ns", true),
-    (
-        "mstats_last_gc_unix",
-        "runtime.mstats",
-        "last_gc_unix",
-        true,
-    ),
-    (
-        "gc_controller_heap_live",
-        "runtime.gcControllerState",
-        "heapLive",
-        true,
-    ),
-];
 
 impl GoOffsets {
     /// The checked-in offsets for a Go release (by major.minor; struct layouts do not change
@@ -204,6 +191,10 @@ impl GoOffsets {
             mstats_pause_ns: get("mstats_pause_ns")??,
             mstats_last_gc_unix: get("mstats_last_gc_unix")??,
             gc_controller_heap_live: get("gc_controller_heap_live")??,
+            http_conn_rwc: get("http_conn_rwc")?,
+            persist_conn_conn: get("persist_conn_conn")?,
+            netfd_pfd: get("netfd_pfd")?,
+            poll_fd_sysfd: get("poll_fd_sysfd")?,
         })
     }
 }

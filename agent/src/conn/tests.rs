@@ -1,0 +1,332 @@
+//! Tracker tests over synthetic kernel events (the kernel boundary is faked here; the
+//! e2e suites in tests/ drive the real one).
+
+use std::{net::Ipv4Addr, sync::Arc};
+
+use periscope_common::{
+    AF_INET, ConnOpenEvent, DIR_EGRESS, DIR_INGRESS, DataEvent, EventHeader, EventKind,
+    GoConnEvent, NO_FD, ROLE_CLIENT, ROLE_SERVER,
+};
+
+use super::*;
+use crate::{
+    metrics::Metrics,
+    resource::ResourceConfig,
+    route::RouteConfig,
+    sampling::{Sampler, SamplerConfig},
+    span::{Span, SpanKind, SpanStatus, Value},
+};
+
+fn tracker() -> (Tracker, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::default());
+    let (resource, _) = ResourceConfig::from_values(Some("svc"), None, "host".into());
+    let t = Tracker::new(TrackerConfig {
+        resource,
+        routes: RouteConfig::default(),
+        sampler: Sampler::new(SamplerConfig::default()),
+        metrics: metrics.clone(),
+    });
+    (t, metrics)
+}
+
+fn hdr(kind: EventKind, pid: u32, tid: u32, ts: u64) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        _pad: 0,
+        ts_ns: ts,
+        pid_tgid: ((pid as u64) << 32) | tid as u64,
+    }
+}
+
+fn localhost() -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&Ipv4Addr::LOCALHOST.octets());
+    a
+}
+
+/// A client socket of `pid` from 127.0.0.1:`local` to 127.0.0.1:`server`.
+fn connect(pid: u32, fd: u32, local: u16, server: u16, ts: u64) -> ConnOpenEvent {
+    ConnOpenEvent {
+        header: hdr(EventKind::ConnOpen, pid, pid, ts),
+        fd,
+        role: ROLE_CLIENT,
+        listen_fd: NO_FD,
+        family: AF_INET,
+        peer_port: server,
+        peer_addr: localhost(),
+        local_family: AF_INET,
+        local_port: local,
+        error: 0,
+        local_addr: localhost(),
+        start_ns: 0,
+    }
+}
+
+/// A server socket of `pid` accepted from 127.0.0.1:`peer`.
+fn accept(pid: u32, fd: u32, peer: u16, ts: u64) -> ConnOpenEvent {
+    ConnOpenEvent {
+        header: hdr(EventKind::ConnOpen, pid, pid, ts),
+        fd,
+        role: ROLE_SERVER,
+        listen_fd: NO_FD,
+        family: AF_INET,
+        peer_port: peer,
+        peer_addr: localhost(),
+        local_family: 0,
+        local_port: 0,
+        error: 0,
+        local_addr: [0; 16],
+        start_ns: 0,
+    }
+}
+
+struct Run {
+    t: Tracker,
+    spans: Vec<Span>,
+}
+
+impl Run {
+    fn new() -> Self {
+        Run {
+            t: tracker().0,
+            spans: Vec::new(),
+        }
+    }
+
+    fn open(&mut self, ev: ConnOpenEvent) {
+        let spans = &mut self.spans;
+        self.t.handle(Event::ConnOpen(ev), &mut |s| spans.push(s));
+    }
+
+    fn data(&mut self, pid: u32, tid: u32, fd: u32, dir: u32, ts: u64, bytes: &[u8]) {
+        let ev = DataEvent {
+            header: hdr(EventKind::Data, pid, tid, ts),
+            fd,
+            direction: dir,
+            total_len: bytes.len() as u64,
+            head_len: bytes.len() as u32,
+            tail_len: 0,
+            syscall: 1,
+            _pad: 0,
+        };
+        let spans = &mut self.spans;
+        self.t.handle(
+            Event::Data {
+                ev,
+                head: bytes,
+                tail: &[],
+            },
+            &mut |s| spans.push(s),
+        );
+    }
+
+    fn go(&mut self, kind: EventKind, pid: u32, fd: u32, goid: u64, parent: u64) {
+        let ev = GoConnEvent {
+            header: hdr(kind, pid, pid, 0),
+            goid,
+            parent_goid: parent,
+            fd,
+            _pad: 0,
+        };
+        let spans = &mut self.spans;
+        let e = match kind {
+            EventKind::GoHttpServe => Event::GoHttpServe(ev),
+            _ => Event::GoHttpRoundTrip(ev),
+        };
+        self.t.handle(e, &mut |s| spans.push(s));
+    }
+
+    fn find(&self, kind: SpanKind, path: &str) -> &Span {
+        self.spans
+            .iter()
+            .find(|s| {
+                s.kind == kind
+                    && match (s.attr("url.path"), s.attr("url.full")) {
+                        (Some(Value::Str(p)), _) => p == path,
+                        (_, Some(Value::Str(u))) => u.ends_with(path),
+                        _ => false,
+                    }
+            })
+            .unwrap_or_else(|| panic!("no {kind:?} span for {path} in {:#?}", self.spans))
+    }
+}
+
+fn req(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: backend\r\n\r\n").into_bytes()
+}
+
+const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+#[test]
+fn server_span_is_child_of_the_traced_client_that_sent_it() {
+    let mut r = Run::new();
+    let (a, b) = (std::process::id(), 1);
+    r.t.add_process(a);
+    r.t.add_process(b);
+    r.open(connect(a, 5, 40_000, 8080, 1));
+    r.open(accept(b, 7, 40_000, 2));
+    // Keep-alive: three requests on one connection, each paired with its own.
+    for (i, path) in ["/one", "/two", "/three"].iter().enumerate() {
+        let ts = 10 + i as u64 * 10;
+        r.data(a, a, 5, DIR_EGRESS, ts, &req(path));
+        r.data(b, b, 7, DIR_INGRESS, ts + 1, &req(path));
+        r.data(b, b, 7, DIR_EGRESS, ts + 2, RESP);
+        r.data(a, a, 5, DIR_INGRESS, ts + 3, RESP);
+    }
+    assert_eq!(r.spans.len(), 6);
+    for path in ["/one", "/two", "/three"] {
+        let c = r.find(SpanKind::Client, path).clone();
+        let s = r.find(SpanKind::Server, path);
+        assert_eq!(s.trace_id, c.trace_id, "{path}");
+        assert_eq!(s.parent_span_id, c.span_id, "{path}");
+    }
+    assert_eq!(r.t.stats().joined, 3);
+}
+
+#[test]
+fn no_join_without_a_traced_client_end_or_with_a_different_request() {
+    let mut r = Run::new();
+    let (a, b) = (std::process::id(), 1);
+    r.t.add_process(a);
+    r.t.add_process(b);
+    // Client on local port 40001; the server's peer is port 40002: another socket.
+    r.open(connect(a, 5, 40_001, 8080, 1));
+    r.open(accept(b, 7, 40_002, 2));
+    r.data(a, a, 5, DIR_EGRESS, 10, &req("/x"));
+    r.data(b, b, 7, DIR_INGRESS, 11, &req("/x"));
+    r.data(b, b, 7, DIR_EGRESS, 12, RESP);
+    r.data(a, a, 5, DIR_INGRESS, 13, RESP);
+    let s = r.find(SpanKind::Server, "/x");
+    assert_eq!(s.parent_span_id, [0; 8]);
+    // Same socket pair, but the bytes disagree: never join on the count alone.
+    r.open(connect(a, 6, 40_003, 8080, 20));
+    r.open(accept(b, 8, 40_003, 21));
+    r.data(a, a, 6, DIR_EGRESS, 30, &req("/y"));
+    r.data(b, b, 8, DIR_INGRESS, 31, &req("/z"));
+    r.data(b, b, 8, DIR_EGRESS, 32, RESP);
+    r.data(a, a, 6, DIR_INGRESS, 33, RESP);
+    assert_eq!(r.find(SpanKind::Server, "/z").parent_span_id, [0; 8]);
+    assert_eq!(r.t.stats().joined, 0);
+}
+
+#[test]
+fn go_client_calls_are_children_of_the_goroutine_serving_the_request() {
+    let mut r = Run::new();
+    let p = std::process::id();
+    r.t.add_process(p);
+    r.t.disable_thread_context(p);
+    r.open(accept(p, 7, 50_000, 1));
+    r.go(EventKind::GoHttpServe, p, 7, 42, 1);
+    r.data(p, 100, 7, DIR_INGRESS, 10, &req("/front"));
+    // The handler (goroutine 42) calls out; bytes move on other threads.
+    r.open(connect(p, 9, 50_001, 9090, 11));
+    r.go(EventKind::GoHttpRoundTrip, p, 9, 42, 1);
+    r.data(p, 101, 9, DIR_EGRESS, 12, &req("/direct"));
+    r.data(p, 102, 9, DIR_INGRESS, 13, RESP);
+    // A goroutine the handler spawned (parentGoid 42) calls out on the same socket.
+    r.go(EventKind::GoHttpRoundTrip, p, 9, 77, 42);
+    r.data(p, 103, 9, DIR_EGRESS, 14, &req("/spawned"));
+    r.data(p, 102, 9, DIR_INGRESS, 15, RESP);
+    // A goroutine unrelated to any request: a root.
+    r.go(EventKind::GoHttpRoundTrip, p, 9, 500, 3);
+    r.data(p, 103, 9, DIR_EGRESS, 16, &req("/background"));
+    r.data(p, 102, 9, DIR_INGRESS, 17, RESP);
+    r.data(p, 100, 7, DIR_EGRESS, 18, RESP);
+    let server = r.find(SpanKind::Server, "/front").clone();
+    for path in ["/direct", "/spawned"] {
+        let c = r.find(SpanKind::Client, path);
+        assert_eq!(c.parent_span_id, server.span_id, "{path}");
+        assert_eq!(c.trace_id, server.trace_id, "{path}");
+    }
+    let bg = r.find(SpanKind::Client, "/background");
+    assert_eq!(bg.parent_span_id, [0; 8]);
+    assert_ne!(bg.trace_id, server.trace_id);
+}
+
+#[test]
+fn a_finished_request_is_no_longer_a_goroutines_context() {
+    let mut r = Run::new();
+    let p = std::process::id();
+    r.t.add_process(p);
+    r.t.disable_thread_context(p);
+    r.open(accept(p, 7, 50_000, 1));
+    r.go(EventKind::GoHttpServe, p, 7, 42, 1);
+    r.data(p, 100, 7, DIR_INGRESS, 10, &req("/front"));
+    r.data(p, 100, 7, DIR_EGRESS, 11, RESP);
+    r.open(connect(p, 9, 50_001, 9090, 12));
+    r.go(EventKind::GoHttpRoundTrip, p, 9, 42, 1);
+    r.data(p, 101, 9, DIR_EGRESS, 13, &req("/late"));
+    r.data(p, 102, 9, DIR_INGRESS, 14, RESP);
+    assert_eq!(r.find(SpanKind::Client, "/late").parent_span_id, [0; 8]);
+}
+
+#[test]
+fn failed_connect_is_an_error_client_span_under_the_serving_thread() {
+    let mut r = Run::new();
+    let p = std::process::id();
+    r.t.add_process(p);
+    r.open(accept(p, 7, 50_000, 1));
+    r.data(p, 300, 7, DIR_INGRESS, 10, &req("/call"));
+    let mut fail = connect(p, 9, 50_001, 9, 20);
+    fail.header = hdr(EventKind::ConnFail, p, 300, 25);
+    fail.error = 111;
+    fail.start_ns = 20;
+    let spans = &mut r.spans;
+    r.t.handle(Event::ConnFail(fail), &mut |s| spans.push(s));
+    r.data(
+        p,
+        300,
+        7,
+        DIR_EGRESS,
+        30,
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+    );
+    let server = r.find(SpanKind::Server, "/call").clone();
+    let c = r
+        .spans
+        .iter()
+        .find(|s| s.name == "connect")
+        .expect("connect span");
+    assert_eq!(c.kind, SpanKind::Client);
+    assert_eq!(c.status, SpanStatus::Error);
+    assert_eq!(
+        c.attr("error.type"),
+        Some(&Value::Str("connection_refused".into()))
+    );
+    assert_eq!(c.attr("server.port"), Some(&Value::Int(9)));
+    assert_eq!(c.parent_span_id, server.span_id);
+    assert_eq!(c.end_unix_ns - c.start_unix_ns, 5);
+    assert_eq!(r.t.stats().connect_failures, 1);
+}
+
+#[test]
+fn joined_calls_feed_the_service_graph() {
+    let (t, metrics) = tracker();
+    let mut r = Run {
+        t,
+        spans: Vec::new(),
+    };
+    let (a, b) = (std::process::id(), 1);
+    r.t.add_process(a);
+    r.t.add_process(b);
+    r.open(connect(a, 5, 40_000, 8080, 1));
+    r.open(accept(b, 7, 40_000, 2));
+    for i in 0..4u64 {
+        let ts = 10 + i * 10;
+        r.data(a, a, 5, DIR_EGRESS, ts, &req("/e"));
+        r.data(b, b, 7, DIR_INGRESS, ts + 1, &req("/e"));
+        let resp: &[u8] = if i == 0 {
+            b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"
+        } else {
+            RESP
+        };
+        r.data(b, b, 7, DIR_EGRESS, ts + 2, resp);
+        r.data(a, a, 5, DIR_INGRESS, ts + 3, resp);
+    }
+    let (edges, overflow) = metrics.edges();
+    assert_eq!(overflow, 0);
+    assert_eq!(edges.len(), 1);
+    assert_eq!(edges[0].stats.requests, 4);
+    assert_eq!(edges[0].stats.failed, 1);
+    assert_eq!(edges[0].stats.server_seconds.count, 4);
+}

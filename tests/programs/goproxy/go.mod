@@ -1,0 +1,3 @@
+module periscope.test/goproxy
+
+go 1.21
