@@ -578,7 +578,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn status_line(s: &Snapshot, outputs: &[Arc<export::ExportStats>]) -> String {
     let mut line = format!(
-        "periscope: status processes={} events={} lost={} parse_errors={} non_http={} unmatched={} spans={}",
+        "periscope: status processes={} events={} lost={} parse_errors={} non_http={} unmatched={} spans={} joined={} connect_failures={}",
         s.processes,
         s.events_received,
         s.kernel.ringbuf_drops,
@@ -586,6 +586,8 @@ fn status_line(s: &Snapshot, outputs: &[Arc<export::ExportStats>]) -> String {
         s.tracker.non_http_streams,
         s.tracker.requests_without_response + s.tracker.responses_without_request,
         s.tracker.spans,
+        s.tracker.joined,
+        s.tracker.connect_failures,
     );
     for o in outputs {
         line.push_str(&format!(
@@ -838,13 +840,14 @@ fn event_loop(
         reorder.release(now, stopping, |record| {
             apply(record, &mut t, &mut discovery, telemetry, &mut emit)
         });
-        let publish = |t: &Targets| {
+        let publish = |t: &Targets, events_late: u64| {
             telemetry.publish(Snapshot {
                 kernel: t.probes.stats(),
                 tracker: t.tracker.stats(),
                 sampler: t.tracker.sampler_stats(),
                 events_received: received,
                 processes: t.tracker.process_count() as u64,
+                events_late,
             })
         };
         if last_housekeeping.elapsed() >= HOUSEKEEPING {
@@ -878,7 +881,7 @@ fn event_loop(
                 last_go_publish = Instant::now();
             }
             t.go_housekeeping(go_due);
-            publish(&t);
+            publish(&t, reorder.late);
             if t.tracker.process_count() == 0 && !discovering {
                 return Ok(());
             }
@@ -886,7 +889,7 @@ fn event_loop(
         if stopping {
             // Final drain happened above; publish once more for the exit summary.
             t.go_housekeeping(true);
-            publish(&t);
+            publish(&t, reorder.late);
             return Ok(());
         }
         let mut pfd = libc::pollfd {

@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub events_received: u64,
     /// Traced processes alive.
     pub processes: u64,
+    /// Records applied after a newer one had been (held longer than the reorder window
+    /// allows, or pushed out early because the reorder buffer was full).
+    pub events_late: u64,
 }
 
 impl Telemetry {

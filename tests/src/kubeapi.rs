@@ -406,6 +406,11 @@ impl PodCgroup {
         format!("/{}", self.leaf.strip_prefix(&self.root).unwrap().display())
     }
 
+    /// The `cgroup.procs` file: a process that writes its pid there moves itself in.
+    pub fn procs_file(&self) -> PathBuf {
+        self.leaf.join("cgroup.procs")
+    }
+
     /// Moves `pid` (all its threads) into the cgroup.
     pub fn add(&self, pid: u32) {
         let from = cgroup2_path(pid);

@@ -31,6 +31,7 @@ use std::{
     net::SocketAddr,
     panic::{self, AssertUnwindSafe},
     path::PathBuf,
+    sync::Mutex,
     thread,
     time::{Duration, Instant},
 };
@@ -184,16 +185,30 @@ fn mixed(c: usize) -> ConnMode {
 /// Runs each `(label, case)`, all of them even when one panics, then panics with every
 /// failure: one run says what fails in each configuration.
 fn run_all(cases: Vec<(String, Box<dyn FnOnce()>)>) {
+    // The panics are caught and reported below, once: keep only where they happened.
+    static WHERE: Mutex<Option<String>> = Mutex::new(None);
     let mut failed = Vec::new();
     for (label, case) in cases {
         eprintln!("--- {label}");
-        if let Err(e) = panic::catch_unwind(AssertUnwindSafe(case)) {
+        let hook = panic::take_hook();
+        panic::set_hook(Box::new(|info| {
+            *WHERE.lock().unwrap_or_else(|e| e.into_inner()) =
+                info.location().map(ToString::to_string);
+        }));
+        let result = panic::catch_unwind(AssertUnwindSafe(case));
+        panic::set_hook(hook);
+        if let Err(e) = result {
             let msg = e
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "(non-string panic)".into());
-            failed.push(format!("===== {label} FAILED =====\n{msg}"));
+            let at = WHERE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_default();
+            failed.push(format!("===== {label} FAILED (at {at}) =====\n{msg}"));
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
@@ -442,8 +457,10 @@ struct Checker<'a> {
     by_request: BTreeMap<String, Vec<&'a ReceivedSpan>>,
     /// Span ids some expected node matched.
     claimed: BTreeSet<String>,
-    /// Problem → one example per request that has it.
-    problems: BTreeMap<String, Vec<String>>,
+    /// Problem → (request id, details) of each request that has it.
+    problems: BTreeMap<String, Vec<(String, String)>>,
+    /// Request id → its spans, dumped.
+    dumps: BTreeMap<String, String>,
     bad_requests: BTreeSet<String>,
     global: Vec<String>,
     /// The worst nesting violation: ns, and where.
@@ -466,6 +483,7 @@ impl<'a> Checker<'a> {
             by_request: BTreeMap::new(),
             claimed: BTreeSet::new(),
             problems: BTreeMap::new(),
+            dumps: BTreeMap::new(),
             bad_requests: BTreeSet::new(),
             global: Vec::new(),
             worst_nesting: None,
@@ -633,11 +651,17 @@ impl<'a> Checker<'a> {
                 dump_from(&elsewhere, self.roles, t0)
             );
         }
+        self.dumps.insert(e.id.clone(), text);
+        // One entry per request and kind of problem (a fan-out can miss several children).
+        let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (what, detail) in problems {
+            grouped.entry(what).or_default().push(detail);
+        }
+        for (what, details) in grouped {
             self.problems
                 .entry(what)
                 .or_default()
-                .push(format!("request {}: {detail}\n{text}", e.id));
+                .push((e.id.clone(), details.join("; ")));
         }
     }
 
@@ -803,23 +827,23 @@ impl<'a> Checker<'a> {
                 *ns as f64 / 1000.0
             );
         }
-        let mut kinds: Vec<(&String, &Vec<String>)> = self.problems.iter().collect();
+        let mut kinds: Vec<(&String, &Vec<(String, String)>)> = self.problems.iter().collect();
         kinds.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
         for (problem, examples) in &kinds {
             let _ = writeln!(msg, "- {} requests: {problem}", examples.len());
         }
+        // Two examples of each; a request's spans are printed the first time it is shown.
+        let mut shown = BTreeSet::new();
         for (problem, examples) in kinds {
-            let _ = writeln!(
-                msg,
-                "\n=== {problem} ({} requests), e.g.:\n{}",
-                examples.len(),
-                examples
-                    .iter()
-                    .take(2)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
+            let _ = writeln!(msg, "\n=== {problem} ({} requests), e.g.:", examples.len());
+            for (id, details) in examples.iter().take(2) {
+                let _ = writeln!(msg, "request {id}: {details}");
+                if shown.insert(id) {
+                    msg.push_str(&self.dumps[id]);
+                } else {
+                    msg.push_str("  (its spans are shown above)\n");
+                }
+            }
         }
         panic!("{msg}");
     }
@@ -1254,7 +1278,8 @@ fn sample_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
             .then(|| value.parse::<f64>().ok())
             .flatten()
         })
-        .sum()
+        // Not .sum(): an empty f64 sum is -0.0.
+        .fold(0.0, |a, b| a + b)
 }
 
 fn scrape(addr: SocketAddr) -> String {
@@ -1323,10 +1348,13 @@ fn service_graph() {
     thread::sleep(SETTLE); // a late double count would show now
     let text = scrape(prom);
     let got = counts(&text);
-    let graph: Vec<&str> = text
+    let mut graph: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("traces_service_graph"))
         .collect();
+    if graph.is_empty() {
+        graph.push("(none)");
+    }
     for ((c, s), (t, f)) in edges.iter().zip(&got) {
         assert!(
             *t == total && *f == failing as f64,

@@ -12,12 +12,14 @@
 //! PERISCOPE_BIN=$PWD/target/release/periscope cargo test -p periscope-e2e --test kube -- --test-threads=1
 //! ```
 
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use periscope_e2e::client::{self, Request};
-use periscope_e2e::harness::{self, Agent, Server, free_port};
+use periscope_e2e::harness::{self, Agent, Process, Server, TempDir, free_port};
 use periscope_e2e::kubeapi::{FakeKubeApi, KubeCredentials, PodCgroup, unique_pod_ids};
-use periscope_e2e::receiver::{Protocol, ReceivedSpan, Receiver};
+use periscope_e2e::receiver::{Protocol, ReceivedSpan, Receiver, find};
 use serde_json::{Value, json};
 
 const NODE: &str = "e2e-node-1";
@@ -97,9 +99,19 @@ fn start_pod_server() -> PodServer {
 }
 
 fn agent_args(pid: u32, recv: &Receiver, api_url: &str, creds: &KubeCredentials) -> Vec<String> {
+    agent_args_for("--pid", pid.into(), recv, api_url, creds)
+}
+
+fn agent_args_for(
+    selector: &str,
+    value: u64,
+    recv: &Receiver,
+    api_url: &str,
+    creds: &KubeCredentials,
+) -> Vec<String> {
     [
-        "--pid",
-        &pid.to_string(),
+        selector,
+        &value.to_string(),
         "--otlp-endpoint",
         &recv.endpoint(Protocol::HttpProtobuf),
         "--kube-metadata",
@@ -121,7 +133,11 @@ fn agent_args(pid: u32, recv: &Receiver, api_url: &str, creds: &KubeCredentials)
 }
 
 fn get(server: &Server, path: &str) {
-    let x = client::send(server.addr, &Request::get(path).expect(200));
+    get_at(server.addr, path);
+}
+
+fn get_at(addr: SocketAddr, path: &str) {
+    let x = client::send(addr, &Request::get(path).expect(200));
     assert_eq!(x.status, 200);
 }
 
@@ -333,4 +349,85 @@ fn api_down_costs_one_warning_and_metadata_fills_in_when_it_returns() {
         exit.stderr
     );
     assert_eq!(api.unauthorized(), 0);
+}
+
+#[test]
+fn a_pod_started_after_the_agent_is_named_from_its_first_span_and_metric() {
+    harness::require_root();
+    let _serial = harness::serial();
+    let (uid, container_id) = unique_pod_ids();
+    let cgroup = PodCgroup::create(&uid, &container_id);
+    let creds = KubeCredentials::new();
+    let api = FakeKubeApi::start(&creds, 0);
+    let recv = Receiver::start();
+    let port = free_port();
+    // Discovery by port: the server is traced from the moment it binds.
+    let agent = Agent::start_with_env(
+        agent_args_for("--port", port.into(), &recv, &api.url(), &creds),
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "500")],
+    );
+    assert!(api.lists() >= 1, "the agent listed the (empty) node at startup");
+    // The pod is created after that list; its container starts right after.
+    let pod_name = "orders-5c9d8f7b6-k2j4q";
+    api.set_pods(vec![pod(
+        pod_name,
+        "shop",
+        &uid,
+        NODE,
+        Some(("ReplicaSet", "orders-5c9d8f7b6")),
+        json!({"pod-template-hash": "5c9d8f7b6"}),
+        json!({}),
+        &[("web", container_id.as_str())],
+    )]);
+    let root = TempDir::new("kube-pod-root");
+    std::fs::write(root.path().join("hello.txt"), "hello\n").unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec {} -u -m http.server --bind 127.0.0.1 --directory {} {port}",
+            cgroup.procs_file().display(),
+            harness::python3().display(),
+            root.path().display()
+        ));
+    let mut server = Process::spawn("python-in-pod", cmd);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    server.wait_for_port(addr, harness::SERVER_READY_TIMEOUT);
+    let pid = server.pid().to_string();
+
+    get_at(addr, "/hello.txt");
+    let spans = recv.wait_for_spans(1, SPAN_TIMEOUT);
+    let first = spans.first().expect("a span");
+    assert_eq!(first.resource_attr("process.pid"), Some(pid.as_str()));
+    for (k, v) in [
+        ("service.name", "orders"),
+        ("k8s.pod.name", pod_name),
+        ("k8s.deployment.name", "orders"),
+        ("k8s.container.name", "web"),
+        ("container.id", container_id.as_str()),
+    ] {
+        assert_eq!(first.resource_attr(k), Some(v), "{k} of {}", describe(first));
+    }
+    // Metrics keep the resource the process got when it was attached: the same one.
+    let deadline = Instant::now() + SPAN_TIMEOUT;
+    let ours = loop {
+        let ours: Vec<_> = recv
+            .metrics()
+            .into_iter()
+            .filter_map(|rm| rm.resource)
+            .filter(|r| find(&r.attributes, "process.pid").as_deref() == Some(pid.as_str()))
+            .collect();
+        if !ours.is_empty() || Instant::now() > deadline {
+            break ours;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!ours.is_empty(), "no metrics for PID {pid}");
+    for r in &ours {
+        assert_eq!(find(&r.attributes, "service.name").as_deref(), Some("orders"));
+        assert_eq!(find(&r.attributes, "k8s.pod.name").as_deref(), Some(pod_name));
+    }
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert!(warnings(&exit.stderr).is_empty(), "{}", exit.stderr);
+    drop(server);
 }

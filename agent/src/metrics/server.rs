@@ -142,6 +142,21 @@ pub fn render(src: &Sources, format: Format) -> String {
         &one(snap.tracker.requests_without_response + snap.tracker.responses_without_request),
     );
     enc.counter(
+        "periscope_spans_joined",
+        "Server spans made children of the traced client span (another process on this node) that sent the request.",
+        &one(snap.tracker.joined),
+    );
+    enc.counter(
+        "periscope_connect_failures",
+        "Failed TCP connects of traced processes (each is an ERROR client span named connect).",
+        &one(snap.tracker.connect_failures),
+    );
+    enc.counter(
+        "periscope_events_late",
+        "Kernel events applied out of time order (held past the reorder window or pushed out by its memory cap).",
+        &one(snap.events_late),
+    );
+    enc.counter(
         "periscope_requests_completed",
         "Request/response exchanges completed (every one is in the RED metrics).",
         &one(snap.tracker.spans),
