@@ -175,7 +175,7 @@ fn assert_statuses(sent: &[Exchange], what: &str) {
 
 /// Half of the connections keep-alive, half a fresh connection per request.
 fn mixed(c: usize) -> ConnMode {
-    if c % 2 == 0 {
+    if c.is_multiple_of(2) {
         ConnMode::KeepAlive
     } else {
         ConnMode::Fresh
@@ -693,8 +693,8 @@ impl<'a> Checker<'a> {
                     Some(c)
                 }
                 None => {
-                    // Say where it went, and keep checking below it: the links further
-                    // down are worth knowing about too.
+                    // Say where it went, and keep checking it and below it as if it
+                    // were in place: the rest is worth knowing about too.
                     let found = self.find(w);
                     let (where_, next) = match found.as_slice() {
                         [] => ("it was not exported".to_string(), None),
@@ -714,6 +714,10 @@ impl<'a> Checker<'a> {
                             span.span_id_hex()
                         ),
                     ));
+                    // Would it nest in time where it belongs?
+                    if let Some(f) = next {
+                        self.nesting(want, span, w, f, problems);
+                    }
                     next
                 }
             };
@@ -1355,14 +1359,24 @@ fn service_graph() {
     if graph.is_empty() {
         graph.push("(none)");
     }
-    for ((c, s), (t, f)) in edges.iter().zip(&got) {
-        assert!(
-            *t == total && *f == failing as f64,
-            "edge {c} → {s}: request_total {t}, request_failed_total {f}; want {total} and \
-             {failing}\nservice graph series:\n{}",
-            graph.join("\n")
-        );
-    }
+    let wrong: Vec<String> = edges
+        .iter()
+        .zip(&got)
+        .filter(|(_, (t, f))| *t != total || *f != failing as f64)
+        .map(|((c, s), (t, f))| {
+            format!(
+                "edge {c} → {s}: request_total {t}, request_failed_total {f}; \
+                 want {total} and {failing}"
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "service graph after {ok} good and {failing} failing requests through \
+         goproxy → pybackend → goserver:\n{}\nservice graph series:\n{}",
+        wrong.join("\n"),
+        graph.join("\n")
+    );
     let exit = agent.stop();
     assert!(exit.status.success(), "agent: {}", exit.stderr);
 }

@@ -231,10 +231,8 @@ fn spans_carry_pod_metadata_from_the_kubernetes_api() {
         }
         // Not a StatefulSet; the labels are opt-in; the process keeps its own attributes.
         assert_eq!(s.resource_attr("k8s.statefulset.name"), None);
-        assert!(
-            s.resource_attr("process.pid").is_some()
-                || s.resource_attr("process.executable.name").is_some()
-        );
+        let pid = target.server.pid().to_string();
+        assert_eq!(s.resource_attr("process.pid"), Some(pid.as_str()));
     }
     // The agent asked for its node's pods, with its token, and nothing went wrong.
     assert!(api.lists() >= 1);
@@ -366,7 +364,10 @@ fn a_pod_started_after_the_agent_is_named_from_its_first_span_and_metric() {
         agent_args_for("--port", port.into(), &recv, &api.url(), &creds),
         &[("OTEL_METRIC_EXPORT_INTERVAL", "500")],
     );
-    assert!(api.lists() >= 1, "the agent listed the (empty) node at startup");
+    assert!(
+        api.lists() >= 1,
+        "the agent listed the (empty) node at startup"
+    );
     // The pod is created after that list; its container starts right after.
     let pod_name = "orders-5c9d8f7b6-k2j4q";
     api.set_pods(vec![pod(
@@ -382,18 +383,25 @@ fn a_pod_started_after_the_agent_is_named_from_its_first_span_and_metric() {
     let root = TempDir::new("kube-pod-root");
     std::fs::write(root.path().join("hello.txt"), "hello\n").unwrap();
     let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "echo $$ > {} && exec {} -u -m http.server --bind 127.0.0.1 --directory {} {port}",
-            cgroup.procs_file().display(),
-            harness::python3().display(),
-            root.path().display()
-        ));
+    cmd.arg("-c").arg(format!(
+        "echo $$ > {} && exec {} -u -m http.server --bind 127.0.0.1 --directory {} {port}",
+        cgroup.procs_file().display(),
+        harness::python3().display(),
+        root.path().display()
+    ));
     let mut server = Process::spawn("python-in-pod", cmd);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     server.wait_for_port(addr, harness::SERVER_READY_TIMEOUT);
     let pid = server.pid().to_string();
 
+    // Requests from the moment the agent traces it (one that was accepted before the
+    // agent attached and finished before it looked at the open sockets is not seen).
+    let traced = format!("tracing PID {pid} ");
+    let deadline = Instant::now() + SPAN_TIMEOUT;
+    while !agent.output().stderr().contains(&traced) {
+        assert!(Instant::now() < deadline, "{}", agent.output().stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     get_at(addr, "/hello.txt");
     let spans = recv.wait_for_spans(1, SPAN_TIMEOUT);
     let first = spans.first().expect("a span");
@@ -405,7 +413,12 @@ fn a_pod_started_after_the_agent_is_named_from_its_first_span_and_metric() {
         ("k8s.container.name", "web"),
         ("container.id", container_id.as_str()),
     ] {
-        assert_eq!(first.resource_attr(k), Some(v), "{k} of {}", describe(first));
+        assert_eq!(
+            first.resource_attr(k),
+            Some(v),
+            "{k} of {}",
+            describe(first)
+        );
     }
     // Metrics keep the resource the process got when it was attached: the same one.
     let deadline = Instant::now() + SPAN_TIMEOUT;
@@ -423,8 +436,14 @@ fn a_pod_started_after_the_agent_is_named_from_its_first_span_and_metric() {
     };
     assert!(!ours.is_empty(), "no metrics for PID {pid}");
     for r in &ours {
-        assert_eq!(find(&r.attributes, "service.name").as_deref(), Some("orders"));
-        assert_eq!(find(&r.attributes, "k8s.pod.name").as_deref(), Some(pod_name));
+        assert_eq!(
+            find(&r.attributes, "service.name").as_deref(),
+            Some("orders")
+        );
+        assert_eq!(
+            find(&r.attributes, "k8s.pod.name").as_deref(),
+            Some(pod_name)
+        );
     }
     let exit = agent.stop();
     assert!(exit.status.success(), "{}", exit.stderr);

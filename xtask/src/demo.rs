@@ -1,5 +1,6 @@
-//! `cargo xtask demo`: build everything, start a sample Go HTTP service with some
-//! traffic, attach the agent, and show its spans on the console (no backend needed).
+//! `cargo xtask demo`: build everything, start two sample Go HTTP services (a frontend
+//! that calls a backend) with some traffic, attach the agent, and show their spans —
+//! one trace across both processes — and a few of its metrics (no backend needed).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -103,21 +104,35 @@ pub fn demo() -> Result<()> {
     }
     let agent = build::build_all()?;
     let go = tools::go_toolchains(&["1.25"])?;
-    let server = tools::repo_root().join("target/demo/goserver");
-    std::fs::create_dir_all(server.parent().unwrap())?;
+    let dir = tools::repo_root().join("target/demo");
+    std::fs::create_dir_all(&dir)?;
     eprintln!("xtask: building the sample Go service with Go {}", go[0].0);
-    build_goserver(&go[0].1, &server, "-s -w")?;
-    let (mut child, addr) = start_goserver(&server)?;
+    // One program, two executables: the service name comes from the executable.
+    let frontend_bin = dir.join("frontend");
+    let backend_bin = dir.join("backend");
+    build_goserver(&go[0].1, &frontend_bin, "-s -w")?;
+    std::fs::copy(&frontend_bin, &backend_bin)?;
+    let (mut backend, backend_addr) = start_goserver(&backend_bin)?;
+    let (mut child, addr) = start_goserver(&frontend_bin)?;
     eprintln!(
-        "xtask: sample Go service (pid {}) listening on {addr}",
-        child.id()
+        "xtask: sample Go services: frontend (pid {}) on {addr}, backend (pid {}) on {backend_addr}",
+        child.id(),
+        backend.id()
     );
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?
+    };
 
     let mut agent_proc = Command::new(&agent)
         .args([
             "--pid",
             &child.id().to_string(),
+            "--pid",
+            &backend.id().to_string(),
             "--console",
+            "--prometheus",
+            &metrics_addr.to_string(),
             "--duration",
             "12",
             "--status-interval",
@@ -144,8 +159,10 @@ pub fn demo() -> Result<()> {
     let done = Arc::new(AtomicBool::new(false));
     let traffic = {
         let done = done.clone();
+        let to_backend = format!("/proxy?url=http://{backend_addr}/users/7");
         thread::spawn(move || -> Result<()> {
             let paths = [
+                ("GET", to_backend.as_str(), ""),
                 ("GET", "/", ""),
                 ("GET", "/users/42?token=secret", ""),
                 ("GET", "/missing", ""),
@@ -171,14 +188,47 @@ pub fn demo() -> Result<()> {
             Ok(())
         })
     };
+    // Shortly before the agent's 12 s are up, show some of what it serves to Prometheus.
+    thread::sleep(Duration::from_secs(10));
+    match scrape(&metrics_addr.to_string()) {
+        Ok(text) => {
+            eprintln!("xtask: a few series from http://{metrics_addr}/metrics:");
+            for line in text.lines().filter(|l| {
+                !l.starts_with('#')
+                    && (l.starts_with("http_server_request_duration_seconds_count")
+                        || l.starts_with("http_client_request_duration_seconds_count")
+                        || l.starts_with("go_goroutines")
+                        || l.starts_with("go_threads")
+                        || l.starts_with("traces_service_graph_request_total"))
+            }) {
+                eprintln!("  {line}");
+            }
+        }
+        Err(e) => eprintln!("xtask: could not scrape the agent's metrics: {e:#}"),
+    }
     let status = agent_proc.wait()?;
     done.store(true, Ordering::Relaxed);
     let _ = traffic.join();
-    let _ = child.kill();
-    let _ = child.wait();
+    for c in [&mut child, &mut backend] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     if !status.success() {
         bail!("the agent exited with {status}");
     }
-    eprintln!("xtask: demo done — above: one SERVER span per request, then the agent's summary");
+    eprintln!(
+        "xtask: demo done — above: one SERVER span per request (the /proxy ones with a CLIENT child in the frontend and a SERVER grandchild in the backend, one trace), metrics, then the agent's summary"
+    );
     Ok(())
+}
+
+/// GET /metrics over plain HTTP/1.0.
+fn scrape(addr: &str) -> Result<String> {
+    let mut conn = TcpStream::connect(addr)?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: demo\r\n\r\n")?;
+    let mut out = String::new();
+    conn.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map_or(out.clone(), |(_, b)| b.to_string()))
 }

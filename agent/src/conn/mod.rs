@@ -751,7 +751,12 @@ impl Tracker {
             status,
             error_type: error.then(|| Arc::from(status.to_string())),
             server_address: match x.kind {
-                SpanKind::Client => x.req.host.as_deref().map(Arc::from),
+                // server.address is the host alone; the port has its own label.
+                SpanKind::Client => x
+                    .req
+                    .host
+                    .as_deref()
+                    .map(|h| Arc::from(crate::span::build::split_host(h).0)),
                 SpanKind::Server => None,
             },
             server_port: match x.kind {

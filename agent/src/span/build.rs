@@ -54,7 +54,7 @@ pub fn split_target(target: &str) -> (&str, Option<&str>) {
 }
 
 /// `host[:port]` of a Host header (IPv6 literals in brackets).
-fn split_host(host: &str) -> (&str, Option<u16>) {
+pub fn split_host(host: &str) -> (&str, Option<u16>) {
     if let Some(rest) = host.strip_prefix('[') {
         if let Some((h, tail)) = rest.split_once(']') {
             return (h, tail.strip_prefix(':').and_then(|p| p.parse().ok()));

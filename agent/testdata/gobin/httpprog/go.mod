@@ -1,0 +1,3 @@
+module example.com/periscope/gobinhttp
+
+go 1.19
