@@ -25,16 +25,20 @@ use serde_json::{Value, json};
 const NODE: &str = "e2e-node-1";
 const SPAN_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Sets `metadata.<field>` (labels, annotations) of a [`pod`].
+fn with(mut pod: Value, field: &str, value: Value) -> Value {
+    pod["metadata"][field] = value;
+    pod
+}
+
 /// A pod object as the API server returns it (the fields the agent reads, plus some it
-/// must skip).
+/// must skip), without labels or annotations (see [`with`]).
 fn pod(
     name: &str,
     namespace: &str,
     uid: &str,
     node: &str,
     owner: Option<(&str, &str)>,
-    labels: Value,
-    annotations: Value,
     containers: &[(&str, &str)],
 ) -> Value {
     let owners: Vec<Value> = owner
@@ -62,7 +66,7 @@ fn pod(
         "metadata": {
             "name": name, "namespace": namespace, "uid": uid,
             "resourceVersion": "4711", "creationTimestamp": "2025-05-12T09:14:03Z",
-            "labels": labels, "annotations": annotations, "ownerReferences": owners,
+            "labels": {}, "annotations": {}, "ownerReferences": owners,
             "managedFields": [{"manager": "kubelet", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {}}],
         },
         "spec": {"nodeName": node, "containers": specs, "restartPolicy": "Always"},
@@ -165,19 +169,25 @@ fn spans_carry_pod_metadata_from_the_kubernetes_api() {
     api.set_pods(vec![
         // The traced process's pod: a Deployment's ReplicaSet, an app container and a
         // sidecar.
-        pod(
-            "checkout-7d9f8b6c5d-x2x9z",
-            "shop",
-            &target.uid,
-            NODE,
-            Some(("ReplicaSet", "checkout-7d9f8b6c5d")),
-            json!({"pod-template-hash": "7d9f8b6c5d", "app.kubernetes.io/name": "checkout-label"}),
+        with(
+            with(
+                pod(
+                    "checkout-7d9f8b6c5d-x2x9z",
+                    "shop",
+                    &target.uid,
+                    NODE,
+                    Some(("ReplicaSet", "checkout-7d9f8b6c5d")),
+                    &[
+                        ("app", target.container_id.as_str()),
+                        ("envoy", &"e".repeat(64)),
+                    ],
+                ),
+                "labels",
+                json!({"pod-template-hash": "7d9f8b6c5d", "app.kubernetes.io/name": "checkout-label"}),
+            ),
+            "annotations",
             json!({"resource.opentelemetry.io/deployment.environment.name": "staging",
                    "kubectl.kubernetes.io/restartedAt": "2025-05-12T09:13:58Z"}),
-            &[
-                ("app", target.container_id.as_str()),
-                ("envoy", &"e".repeat(64)),
-            ],
         ),
         // Another pod of this node, and one of another node (the agent asks for its node
         // only).
@@ -187,8 +197,6 @@ fn spans_carry_pod_metadata_from_the_kubernetes_api() {
             &other_uid,
             NODE,
             Some(("StatefulSet", "redis")),
-            json!({}),
-            json!({}),
             &[("redis", other_cid.as_str())],
         ),
         pod(
@@ -197,8 +205,6 @@ fn spans_carry_pod_metadata_from_the_kubernetes_api() {
             "99999999-9999-4999-8999-999999999999",
             "e2e-node-2",
             None,
-            json!({}),
-            json!({}),
             &[],
         ),
     ]);
@@ -303,15 +309,17 @@ fn api_down_costs_one_warning_and_metadata_fills_in_when_it_returns() {
 
     // The API comes up with the pod (a StatefulSet's, named by annotation).
     let api = FakeKubeApi::start(&creds, port);
-    api.set_pods(vec![pod(
-        "cart-0",
-        "store",
-        &target.uid,
-        NODE,
-        Some(("StatefulSet", "cart")),
-        json!({}),
+    api.set_pods(vec![with(
+        pod(
+            "cart-0",
+            "store",
+            &target.uid,
+            NODE,
+            Some(("StatefulSet", "cart")),
+            &[("server", target.container_id.as_str())],
+        ),
+        "annotations",
         json!({"resource.opentelemetry.io/service.name": "cart-api"}),
-        &[("server", target.container_id.as_str())],
     )]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let after = loop {
@@ -370,15 +378,17 @@ fn a_pod_started_after_the_agent_is_named_from_its_first_span_and_metric() {
     );
     // The pod is created after that list; its container starts right after.
     let pod_name = "orders-5c9d8f7b6-k2j4q";
-    api.set_pods(vec![pod(
-        pod_name,
-        "shop",
-        &uid,
-        NODE,
-        Some(("ReplicaSet", "orders-5c9d8f7b6")),
+    api.set_pods(vec![with(
+        pod(
+            pod_name,
+            "shop",
+            &uid,
+            NODE,
+            Some(("ReplicaSet", "orders-5c9d8f7b6")),
+            &[("web", container_id.as_str())],
+        ),
+        "labels",
         json!({"pod-template-hash": "5c9d8f7b6"}),
-        json!({}),
-        &[("web", container_id.as_str())],
     )]);
     let root = TempDir::new("kube-pod-root");
     std::fs::write(root.path().join("hello.txt"), "hello\n").unwrap();

@@ -131,6 +131,8 @@ pub struct TrackerStats {
     pub joined: u64,
     /// CLIENT spans for connects that failed.
     pub connect_failures: u64,
+    /// Processes found to serve several connections per thread (thread context off).
+    pub event_loop_processes: u64,
 }
 
 /// What the tracker needs besides events: where metrics go, how routes and sampling
@@ -180,12 +182,18 @@ struct ActiveSpan {
     span_id: crate::span::SpanId,
     flags: u8,
     trace_state: String,
+    /// The server connection the request came on.
+    fd: u32,
 }
 
 /// What `on_message` needs besides the connection.
 struct MessageCtx<'a> {
     pid: u32,
     tid: u32,
+    fd: u32,
+    /// Set when a thread read a request on one connection while a request read on
+    /// another is still unanswered: an event loop, not thread-per-request.
+    multiplexed: bool,
     thread_context: bool,
     active: &'a mut HashMap<(u32, u64), ActiveSpan>,
     stats: &'a mut TrackerStats,
@@ -307,6 +315,25 @@ impl Tracker {
         if let Some(p) = self.procs.get_mut(&pid) {
             p.thread_context = false;
         }
+    }
+
+    /// A thread of `pid` serves several connections at once (an event loop: nginx,
+    /// Node.js, asyncio): a thread says nothing about which request a call belongs to,
+    /// and guessing would give wrong parents. Calls there become roots from now on.
+    fn stop_thread_context(&mut self, pid: u32) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        if !p.thread_context {
+            return;
+        }
+        p.thread_context = false;
+        self.active
+            .retain(|(q, k), _| *q != pid || *k & GOROUTINE_KEY != 0);
+        self.stats.event_loop_processes += 1;
+        tracing::info!(
+            "PID {pid} serves several connections per thread (an event loop): its outgoing calls are not linked to the requests it serves"
+        );
     }
 
     /// Periodic upkeep: sample /proc for process gauges (at most once per
@@ -664,6 +691,8 @@ impl Tracker {
         let mut ctx = MessageCtx {
             pid,
             tid: ev.header.tid(),
+            fd: ev.fd,
+            multiplexed: false,
             thread_context: self.procs.get(&pid).is_some_and(|p| p.thread_context),
             active: &mut self.active,
             stats: &mut self.stats,
@@ -679,7 +708,11 @@ impl Tracker {
                 self.exchanges.push(x);
             }
         }
+        let multiplexed = ctx.multiplexed;
         self.conns.insert(key, conn);
+        if multiplexed {
+            self.stop_thread_context(pid);
+        }
         self.scratch = out;
         self.finish_exchanges(pid, sink);
     }
@@ -831,6 +864,8 @@ impl Tracker {
         let mut ctx = MessageCtx {
             pid,
             tid: 0,
+            fd,
+            multiplexed: false,
             thread_context: false,
             active: &mut self.active,
             stats: &mut self.stats,
@@ -843,6 +878,16 @@ impl Tracker {
             }
         }
         self.stats.requests_without_response += conn.pending.len() as u64;
+        // Requests that will never be answered are no longer anyone's context.
+        for p in &conn.pending {
+            if self
+                .active
+                .get(&(pid, p.ctx_key))
+                .is_some_and(|a| a.span_id == p.ids.span_id)
+            {
+                self.active.remove(&(pid, p.ctx_key));
+            }
+        }
         self.stats.parse_errors +=
             conn.ingress.stats().parse_errors + conn.egress.stats().parse_errors;
         self.finish_exchanges(pid, sink);
@@ -947,6 +992,15 @@ fn on_message(
                 } else {
                     conn.go_server_goid.map(|g| GOROUTINE_KEY | g)
                 };
+                if ctx.thread_context
+                    && ctx
+                        .active
+                        .get(&(ctx.pid, ctx.tid as u64))
+                        .is_some_and(|a| a.fd != ctx.fd)
+                {
+                    ctx.multiplexed = true;
+                    ctx_key = None;
+                }
                 if let Some(k) = ctx_key {
                     ctx.active.insert(
                         (ctx.pid, k),
@@ -955,6 +1009,7 @@ fn on_message(
                             span_id: ids.span_id,
                             flags: ids.flags,
                             trace_state: ids.trace_state.clone(),
+                            fd: ctx.fd,
                         },
                     );
                 }
@@ -1088,6 +1143,7 @@ fn find_client_end(
                 span_id: p.ids.span_id,
                 flags: p.ids.flags,
                 trace_state: p.ids.trace_state.clone(),
+                fd: c.fd,
             },
             service,
         ));

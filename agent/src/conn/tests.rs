@@ -330,3 +330,57 @@ fn joined_calls_feed_the_service_graph() {
     assert_eq!(edges[0].stats.failed, 1);
     assert_eq!(edges[0].stats.server_seconds.count, 4);
 }
+
+#[test]
+fn an_event_loop_thread_turns_thread_context_off_instead_of_guessing() {
+    let mut r = Run::new();
+    let p = std::process::id();
+    r.t.add_process(p);
+    // One thread reads two requests on two connections before answering either.
+    r.open(accept(p, 7, 50_000, 1));
+    r.open(accept(p, 8, 50_001, 2));
+    r.data(p, 300, 7, DIR_INGRESS, 10, &req("/a"));
+    r.data(p, 300, 8, DIR_INGRESS, 11, &req("/b"));
+    r.open(connect(p, 9, 50_002, 9090, 12));
+    r.data(p, 300, 9, DIR_EGRESS, 13, &req("/upstream"));
+    r.data(p, 300, 9, DIR_INGRESS, 14, RESP);
+    r.data(p, 300, 7, DIR_EGRESS, 15, RESP);
+    r.data(p, 300, 8, DIR_EGRESS, 16, RESP);
+    assert_eq!(r.find(SpanKind::Client, "/upstream").parent_span_id, [0; 8]);
+    assert_eq!(r.t.stats().event_loop_processes, 1);
+}
+
+#[test]
+fn a_thread_per_request_server_keeps_its_context_across_keep_alive_and_dropped_requests() {
+    let mut r = Run::new();
+    let p = std::process::id();
+    r.t.add_process(p);
+    // A request whose client went away unanswered must not block the thread's next one.
+    r.open(accept(p, 7, 50_000, 1));
+    r.data(p, 300, 7, DIR_INGRESS, 2, &req("/gone"));
+    let spans = &mut r.spans;
+    r.t.handle(
+        Event::ConnClose(periscope_common::ConnCloseEvent {
+            header: hdr(EventKind::ConnClose, p, 300, 3),
+            fd: 7,
+            _pad: 0,
+        }),
+        &mut |s| spans.push(s),
+    );
+    r.open(accept(p, 8, 50_001, 4));
+    for (i, path) in ["/a", "/b"].iter().enumerate() {
+        let ts = 10 + i as u64 * 10;
+        r.data(p, 300, 8, DIR_INGRESS, ts, &req(path));
+        r.open(connect(p, 20 + i as u32, 50_010 + i as u16, 9090, ts + 1));
+        let up = format!("/up{path}");
+        r.data(p, 300, 20 + i as u32, DIR_EGRESS, ts + 2, &req(&up));
+        r.data(p, 300, 20 + i as u32, DIR_INGRESS, ts + 3, RESP);
+        r.data(p, 300, 8, DIR_EGRESS, ts + 4, RESP);
+    }
+    for path in ["/a", "/b"] {
+        let server = r.find(SpanKind::Server, path).clone();
+        let c = r.find(SpanKind::Client, &format!("/up{path}"));
+        assert_eq!(c.parent_span_id, server.span_id, "{path}");
+    }
+    assert_eq!(r.t.stats().event_loop_processes, 0);
+}

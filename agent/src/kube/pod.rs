@@ -606,7 +606,7 @@ mod tests {
         assert_eq!(PodMeta::from_pod(&Pod::default()), None);
         let body = format!(
             "{{\"items\":[{}]}}",
-            vec![r#"{"metadata":{"uid":"u"}}"#; 10].join(",")
+            [r#"{"metadata":{"uid":"u"}}"#; 10].join(",")
         );
         assert_eq!(parse_pod_list(body.as_bytes(), 3).unwrap().len(), 3);
         assert!(parse_pod_list(b"{\"items\": 5}", 3).is_err());

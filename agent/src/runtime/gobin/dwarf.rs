@@ -5,11 +5,12 @@
 //! memory budget the section is inflated as a stream, one compilation unit at a time, and
 //! only the units that can hold the wanted types are kept long enough to parse: Go's linker
 //! emits every Go type, whatever its package (`runtime.g`, `net/http.conn`, ...), into the
-//! `runtime` compilation unit (checked for 1.19–1.27, internal and external linking), so a
-//! pass parses that unit alone and stops there; a type not in it is not in the program.
-//! Only when no unit is recognisably `runtime` does a second pass parse every unit (peak
-//! memory then is the largest unit). Programs that do not link a wanted package (net/http)
-//! therefore cost no more than those that do.
+//! `runtime` compilation unit (checked for 1.19–1.27, internal and external linking; the
+//! linker splits a large package into several units of the same name), so a pass parses
+//! the `runtime` units alone; a type not in them is not in the program. Only when no unit
+//! is recognisably `runtime` does a second pass parse every unit (peak memory then is the
+//! largest unit). A program that does not link a wanted package (net/http) therefore costs
+//! one pass, not two.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -125,7 +126,8 @@ pub(super) fn struct_layouts(
 /// Which compilation units a pass parses.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Scope {
-    /// The unit named `runtime` alone; the pass ends after it.
+    /// The units named `runtime` (the linker splits a large package into several units
+    /// of the same name; the types are in one of them).
     RuntimeUnit,
     /// Every unit (a fallback for binaries whose runtime unit cannot be told apart).
     AllUnits,
@@ -204,7 +206,7 @@ impl Ctx<'_> {
                 return Err(dwarf_err("truncated .debug_info"));
             }
             self.scan_unit(&unit, found)?;
-            if found.len() == self.wanted.len() || scope == Scope::RuntimeUnit {
+            if found.len() == self.wanted.len() {
                 return Ok(runtime_seen);
             }
         }
