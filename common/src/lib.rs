@@ -314,6 +314,13 @@ pub struct GoProcInfo {
 const _: () = assert!(size_of::<GoProcInfo>() == 40);
 pub const GO_FLAG_STW_REASON: u32 = 1;
 
+/// Values of the Go net.Conn type map (`GO_CONN_TYPES`): what the data word of a
+/// `net.Conn` interface value of that dynamic type points at.
+/// `*net.TCPConn`, `*net.UnixConn`: `net.conn{fd *netFD}`.
+pub const GO_CONN_NETFD: u32 = 1;
+/// `*crypto/tls.Conn`, whose first field is the underlying `net.Conn`.
+pub const GO_CONN_TLS: u32 = 2;
+
 /// Counters the kernel side keeps in a per-CPU array, indexed by these ids.
 pub const STAT_RINGBUF_DROPS: u32 = 0;
 pub const STAT_EVENTS: u32 = 1;

@@ -37,12 +37,12 @@ static STW_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 #[map]
 static GO_CONN_TYPES: HashMap<[u64; 2], u32> = HashMap::with_max_entries(16_384, 0);
 
-/// `*net.TCPConn`, `*net.UnixConn`: the data word points at `net.conn{fd *netFD}`.
-const CONN_NETFD: u32 = 1;
-/// `*crypto/tls.Conn`: the data word points at `tls.Conn`, whose first field is the
+/// [`GO_CONN_NETFD`]: the data word points at `net.conn{fd *netFD}`.
+const CONN_NETFD: u32 = GO_CONN_NETFD;
+/// [`GO_CONN_TLS`]: the data word points at `tls.Conn`, whose first field is the
 /// underlying `net.Conn` (crypto/tls/conn.go; offset 0 is checked per Go release by the
 /// agent's gobin tests).
-const CONN_TLS: u32 = 2;
+const CONN_TLS: u32 = GO_CONN_TLS;
 
 /// Offset of `fun[0]` in an itab: `inter`, `_type`, `hash uint32` + padding, then the
 /// method table (runtime/runtime2.go `itab` up to Go 1.21, internal/abi `ITab` since).

@@ -94,9 +94,9 @@ pub const GO_PROBES: &[(&str, &str, bool, bool, GoProbeGate)] = &[
 ];
 
 /// What a `net.Conn` interface value of a given dynamic type holds, for the net/http
-/// probes (values of `CONN_*` in ebpf/src/go.rs).
-pub const CONN_NETFD: u32 = 1;
-pub const CONN_TLS: u32 = 2;
+/// probes (shared with ebpf/src/go.rs through periscope_common).
+pub const CONN_NETFD: u32 = periscope_common::GO_CONN_NETFD;
+pub const CONN_TLS: u32 = periscope_common::GO_CONN_TLS;
 
 /// The `net.Conn` implementations the kernel looks through, each known by its `Close`
 /// method: the first entry of a `net.Conn` itab's method table (methods are sorted by

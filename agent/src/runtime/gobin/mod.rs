@@ -132,7 +132,8 @@ pub struct GoOffsets {
     /// `runtime.gcControllerState.heapLive` (`runtime.gcController` is of this type).
     pub gc_controller_heap_live: u32,
     /// `net/http.conn.rwc`: the server connection's `net.Conn` (an interface: itab, data).
-    /// This and the three below are `None` in programs that do not link net/http.
+    /// This and the three below can be `None` when read from the DWARF of a program that
+    /// does not link net/http; table rows have them for every release.
     pub http_conn_rwc: Option<u32>,
     /// `net/http.persistConn.conn`: a client connection's `net.Conn`.
     pub persist_conn_conn: Option<u32>,
