@@ -1403,3 +1403,90 @@ fn request_ids_and_prometheus_labels_parse() {
         3.0
     );
 }
+
+/// The checker itself, on made-up spans: a good chain passes; cross-talk and a child
+/// that outlives its parent by 3 µs are caught and said so.
+#[test]
+fn checker_catches_cross_talk_and_time_nesting() {
+    use opentelemetry_proto::tonic::{
+        common::v1::{AnyValue, KeyValue, any_value},
+        trace::v1::Span,
+    };
+    let roles = Roles::new(&[(1, "goproxy"), (2, "pybackend"), (3, "goserver")]);
+    // One span; ids are single bytes, times in µs.
+    let mk = |pid: u32, kind: i32, id: u8, parent: u8, trace: u8, path: &str, t: (u64, u64)| {
+        let (key, value) = if kind == SERVER {
+            ("url.path", path.to_string())
+        } else {
+            ("url.full", format!("http://127.0.0.1:1{path}"))
+        };
+        ReceivedSpan {
+            protocol: Protocol::Grpc,
+            resource: [("process.pid".to_string(), pid.to_string())].into(),
+            scope_name: String::new(),
+            scope_version: String::new(),
+            span: Span {
+                trace_id: vec![trace; 16],
+                span_id: vec![id; 8],
+                parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
+                kind,
+                name: "GET".into(),
+                start_time_unix_nano: 1_000_000_000 + t.0 * 1000,
+                end_time_unix_nano: 1_000_000_000 + t.1 * 1000,
+                attributes: vec![KeyValue {
+                    key: key.into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(value)),
+                    }),
+                }],
+                ..Default::default()
+            },
+        }
+    };
+    // Request `r` with span ids base+1..=base+5 in trace `trace`.
+    let chain = |r: &str, base: u8, trace: u8| {
+        let (c, u) = (format!("/chain/{r}"), format!("/users/{r}"));
+        vec![
+            mk(1, SERVER, base + 1, 0, trace, &c, (0, 100)),
+            mk(1, CLIENT, base + 2, base + 1, trace, &c, (10, 90)),
+            mk(2, SERVER, base + 3, base + 2, trace, &c, (20, 80)),
+            mk(2, CLIENT, base + 4, base + 3, trace, &u, (30, 70)),
+            mk(3, SERVER, base + 5, base + 4, trace, &u, (40, 60)),
+        ]
+    };
+    let expects = [
+        Expect::new("a", chain_tree("a")),
+        Expect::new("b", chain_tree("b")),
+    ];
+    let failure = |spans: Vec<ReceivedSpan>| {
+        panic::catch_unwind(AssertUnwindSafe(|| {
+            check_traces(&spans, &roles, &expects, "made up")
+        }))
+        .err()
+        .map(|e| e.downcast_ref::<String>().cloned().unwrap_or_default())
+    };
+
+    let good = [chain("a", 0, 1), chain("b", 10, 2)].concat();
+    assert_eq!(failure(good.clone()), None);
+
+    // b's pybackend SERVER hangs under a's goproxy CLIENT, in a's trace.
+    let mut crossed = good.clone();
+    crossed[7].span.parent_span_id = vec![2; 8];
+    crossed[7].span.trace_id = vec![1; 16];
+    let msg = failure(crossed).expect("cross-talk is caught");
+    assert!(
+        msg.contains("cross-talk: it hangs under a goproxy CLIENT of another request")
+            && msg.contains("cross-talk: spans of other requests in the trace"),
+        "{msg}"
+    );
+
+    // a's goserver SERVER ends 3 µs after its parent, the pybackend CLIENT.
+    let mut late = good;
+    late[4].span.end_time_unix_nano = late[3].span.end_time_unix_nano + 3000;
+    let msg = failure(late).expect("a child outliving its parent is caught");
+    assert!(
+        msg.contains("worst time nesting violation: 3000 ns (3.0 µs)")
+            && msg.contains("1 requests: goserver SERVER not within its parent pybackend CLIENT"),
+        "{msg}"
+    );
+}

@@ -460,3 +460,58 @@ fn a_pod_started_after_the_agent_is_named_from_its_first_span_and_metric() {
     assert!(warnings(&exit.stderr).is_empty(), "{}", exit.stderr);
     drop(server);
 }
+
+/// Settings that cannot work are one `periscope: error:` line before anything loads.
+#[test]
+fn kube_settings_that_cannot_work_are_one_clear_line() {
+    harness::require_root();
+    let me = std::process::id().to_string();
+    let creds = KubeCredentials::new();
+    let dir = TempDir::new("kube-config");
+    let run = |args: &[&str]| {
+        let out = Command::new(harness::agent_bin())
+            .args(["--pid", &me])
+            .args(args)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("NODE_NAME")
+            .output()
+            .expect("run periscope");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line expected:\n{stderr}");
+        assert!(lines[0].starts_with("periscope: error: "), "{stderr}");
+        lines[0].to_string()
+    };
+    let line = run(&["--kube-metadata", "on"]);
+    assert!(line.contains("--kube-api-url"), "{line}");
+    let line = run(&[
+        "--kube-metadata",
+        "on",
+        "--kube-api-url",
+        "https://127.0.0.1:1",
+    ]);
+    assert!(line.contains("--kube-node-name"), "{line}");
+    let ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(&ca, "hello\n").unwrap();
+    let line = run(&[
+        "--kube-api-url",
+        "https://127.0.0.1:1",
+        "--kube-node-name",
+        "n",
+        "--kube-metadata",
+        "on",
+        "--kube-ca-file",
+        ca.to_str().unwrap(),
+        "--kube-token-file",
+        creds.token_file().to_str().unwrap(),
+    ]);
+    assert!(line.contains("not-a-ca.pem"), "{line}");
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, "kube-metadata = \"maybe\"\n").unwrap();
+    let line = run(&["--config", file.to_str().unwrap()]);
+    assert!(
+        line.contains("kube-metadata") && line.contains("maybe"),
+        "{line}"
+    );
+}

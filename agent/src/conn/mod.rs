@@ -894,12 +894,13 @@ impl Tracker {
     }
 
     /// Rebuilds the resource of processes whose Kubernetes pod metadata arrived after they
-    /// were attached (see `crate::kube`): their spans from now on carry it. One atomic
+    /// were attached (see `crate::kube`): their spans and metrics from now on carry it. One atomic
     /// load when nothing arrived, so it can run on every housekeeping tick.
     pub fn refresh_resources(&mut self) {
         for pid in crate::kube::take_resolved() {
             if let Some(p) = self.procs.get_mut(&pid) {
                 p.resource = Arc::new(Resource::for_process(pid, &self.resource_cfg));
+                self.metrics.replace_resource(&p.resource);
             }
         }
     }

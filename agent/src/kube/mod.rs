@@ -43,8 +43,7 @@ pub use pod::PodMeta;
 
 /// Time between two pod lists when nothing waits.
 pub const RESYNC: Duration = Duration::from_secs(30);
-/// Time between two pod lists while a traced process waits for its pod's metadata; also
-/// the least time between two lists however many processes ask.
+/// Time between two pod lists while a traced process waits for its pod's metadata.
 pub const PENDING_RESYNC: Duration = Duration::from_secs(2);
 /// A process waits this long for its pod to appear in a list, then is given up on.
 pub const PENDING_TTL: Duration = Duration::from_secs(300);
@@ -56,7 +55,7 @@ pub const STARTUP_WAIT: Duration = Duration::from_secs(2);
 /// How long attaching the first process of an unknown pod waits for a fresh list (only
 /// while the API answers, once per pod).
 pub const ATTACH_WAIT: Duration = Duration::from_secs(1);
-/// Least time between the starts of two lists asked for on demand.
+/// Least time between the starts of two lists, however many processes ask for one.
 pub const MIN_LIST_INTERVAL: Duration = Duration::from_millis(500);
 /// Pod uids remembered as already waited for (then forgotten all at once).
 const MAX_WAITED: usize = 4096;

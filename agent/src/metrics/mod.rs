@@ -255,6 +255,14 @@ impl Metrics {
         });
     }
 
+    /// A process's resource changed (Kubernetes metadata arrived after it was attached):
+    /// its series carry the new one from now on.
+    pub fn replace_resource(&self, resource: &Arc<Resource>) {
+        if let Some(svc) = self.lock().services.get_mut(&resource.pid) {
+            svc.resource = resource.clone();
+        }
+    }
+
     /// One call from service `client` to service `server`, both traced on this node.
     pub fn record_edge(&self, client: &str, server: &str, failed: bool, server_seconds: f64) {
         let mut reg = self.lock();
