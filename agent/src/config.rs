@@ -34,6 +34,9 @@ pub struct FileConfig {
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: Option<String>,
     pub otlp_headers: Option<String>,
+    pub otlp_certificate: Option<PathBuf>,
+    pub otlp_client_key: Option<PathBuf>,
+    pub otlp_client_certificate: Option<PathBuf>,
     /// "text" or "json".
     pub console: Option<String>,
     pub duration: Option<f64>,
@@ -101,6 +104,9 @@ mod tests {
             otlp-endpoint = "http://collector:4317"
             otlp-protocol = "grpc"
             otlp-headers = "api-key=secret"
+            otlp-certificate = "/etc/otlp/ca.pem"
+            otlp-client-key = "/etc/otlp/client.key"
+            otlp-client-certificate = "/etc/otlp/client.pem"
             console = "json"
             duration = 1.5
             no-follow-forks = true
@@ -121,6 +127,18 @@ mod tests {
         assert_eq!(c.pid, vec![1, 2]);
         assert_eq!(c.exe.len(), 2);
         assert_eq!(c.otlp_protocol.as_deref(), Some("grpc"));
+        assert_eq!(
+            c.otlp_certificate.as_deref(),
+            Some(Path::new("/etc/otlp/ca.pem"))
+        );
+        assert_eq!(
+            c.otlp_client_key.as_deref(),
+            Some(Path::new("/etc/otlp/client.key"))
+        );
+        assert_eq!(
+            c.otlp_client_certificate.as_deref(),
+            Some(Path::new("/etc/otlp/client.pem"))
+        );
         assert_eq!(c.max_routes, Some(100));
         assert_eq!(c.no_follow_forks, Some(true));
         assert_eq!(c.kube_metadata.as_deref(), Some("on"));

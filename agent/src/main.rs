@@ -80,6 +80,21 @@ struct Cli {
     #[arg(long, value_name = "HEADERS")]
     otlp_headers: Option<String>,
 
+    /// PEM CA bundle trusted for an https:// OTLP endpoint, instead of the system's roots
+    /// [env: OTEL_EXPORTER_OTLP_CERTIFICATE]
+    #[arg(long, value_name = "FILE")]
+    otlp_certificate: Option<std::path::PathBuf>,
+
+    /// mTLS: PEM private key for an https:// OTLP endpoint (with --otlp-client-certificate)
+    /// [env: OTEL_EXPORTER_OTLP_CLIENT_KEY]
+    #[arg(long, value_name = "FILE")]
+    otlp_client_key: Option<std::path::PathBuf>,
+
+    /// mTLS: PEM certificate chain for an https:// OTLP endpoint (with --otlp-client-key)
+    /// [env: OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE]
+    #[arg(long, value_name = "FILE")]
+    otlp_client_certificate: Option<std::path::PathBuf>,
+
     /// Print spans to stdout (the default when no OTLP endpoint is configured).
     #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text")]
     console: Option<ConsoleArg>,
@@ -324,6 +339,38 @@ fn merge_file(mut cli: Cli) -> Result<Cli> {
         ],
         file.otlp_headers,
     );
+    // Every signal's variable hides the file's value: a file value acts as the flag, which
+    // would otherwise beat a signal-specific env var.
+    cli.otlp_certificate = layered(
+        cli.otlp_certificate,
+        &[
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE",
+        ],
+        file.otlp_certificate,
+    );
+    cli.otlp_client_key = layered(
+        cli.otlp_client_key,
+        &[
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY",
+        ],
+        file.otlp_client_key,
+    );
+    cli.otlp_client_certificate = layered(
+        cli.otlp_client_certificate,
+        &[
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE",
+        ],
+        file.otlp_client_certificate,
+    );
     if cli.console.is_none() {
         cli.console = match file.console.as_deref() {
             None => None,
@@ -384,6 +431,9 @@ fn run(cli: Cli) -> Result<()> {
         otlp_protocol: cli.otlp_protocol.clone(),
         otlp_headers: cli.otlp_headers.clone(),
         otlp_timeout: None,
+        otlp_certificate: cli.otlp_certificate.clone(),
+        otlp_client_key: cli.otlp_client_key.clone(),
+        otlp_client_certificate: cli.otlp_client_certificate.clone(),
         console: Vec::new(),
     };
     match cli.console {
@@ -507,7 +557,7 @@ fn run(cli: Cli) -> Result<()> {
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
         )
     };
-    let metrics_export = MetricsExportConfig::from_flags_and_env(&(&flags).into())?
+    let metrics_export = MetricsExportConfig::from_export_flags_and_env(&flags)?
         .map(|cfg| export::metrics::start(cfg, metrics.clone(), rt.handle()));
 
     eprintln!(

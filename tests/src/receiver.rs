@@ -1,7 +1,9 @@
 //! A real OTLP receiver, in process, for end-to-end tests: gRPC (tonic's generated
 //! TraceService, MetricsService and LogsService servers) and HTTP (`POST /v1/traces`,
 //! `/v1/metrics`, `/v1/logs`; protobuf, or JSON when the request says
-//! `Content-Type: application/json`), each on its own loopback port.
+//! `Content-Type: application/json`), each on its own loopback port — in plaintext
+//! ([`Receiver::start`]) or both over TLS ([`Receiver::start_tls`]) with certificates made at
+//! test time ([`TestPki`]), optionally requiring a client certificate (mTLS).
 //!
 //! The API is synchronous — the servers run on a tokio runtime on a background thread — so
 //! tests stay plain `#[test]` functions that start the agent as a process, then wait here for
@@ -10,7 +12,8 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,6 +44,17 @@ use opentelemetry_proto::tonic::logs::v1::ResourceLogs;
 use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
 use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
 use prost::Message;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use tokio_rustls::rustls::{
+    self, RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+    server::WebPkiClientVerifier,
+};
+
+use crate::harness::TempDir;
 
 /// How a request reached the receiver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -163,6 +177,8 @@ struct State {
     /// Headers (gRPC: metadata) of every export call, per protocol, in arrival order.
     headers: Vec<(Protocol, BTreeMap<String, String>)>,
     unavailable: bool,
+    /// TLS handshakes that failed (TLS receivers only), per port.
+    tls_failures: Vec<Protocol>,
 }
 
 #[derive(Default)]
@@ -236,6 +252,11 @@ impl Shared {
         self.arrived.notify_all();
     }
 
+    fn tls_failed(&self, protocol: Protocol) {
+        self.lock().tls_failures.push(protocol);
+        self.arrived.notify_all();
+    }
+
     fn logs(&self, req: ExportLogsServiceRequest) {
         self.lock().logs.extend(req.resource_logs);
         self.arrived.notify_all();
@@ -264,19 +285,159 @@ impl Shared {
     }
 }
 
+/// A CA made at test time, a server certificate it signed for 127.0.0.1 and `localhost`,
+/// and a client certificate it signed (for mTLS). The CA and the client's certificate and
+/// key are written as PEM files for the agent (`--otlp-certificate`, …); the directory is
+/// removed on drop.
+pub struct TestPki {
+    dir: TempDir,
+    server_cert: CertificateDer<'static>,
+    server_key: Vec<u8>,
+    ca: CertificateDer<'static>,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let dir = TempDir::new("otlp-pki");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "periscope-e2e OTLP CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key"))
+            .expect("self-signed CA");
+
+        let server_key = KeyPair::generate().expect("server key");
+        let mut server =
+            CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "otlp-receiver");
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server = server.signed_by(&server_key, &ca).expect("server certificate");
+
+        let client_key = KeyPair::generate().expect("client key");
+        let mut client =
+            CertificateParams::new(vec!["periscope".to_string()]).expect("client params");
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "periscope-agent");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client.signed_by(&client_key, &ca).expect("client certificate");
+
+        let write = |name: &str, pem: String| {
+            std::fs::write(dir.path().join(name), pem)
+                .unwrap_or_else(|e| panic!("write {name}: {e}"))
+        };
+        write("ca.pem", ca.pem());
+        write("client.pem", client.pem());
+        write("client.key", client_key.serialize_pem());
+        TestPki {
+            server_cert: server.der().clone(),
+            server_key: server_key.serialize_der(),
+            ca: ca.der().clone(),
+            dir,
+        }
+    }
+
+    /// The CA, PEM: what the agent must trust.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    pub fn client_cert_file(&self) -> PathBuf {
+        self.dir.path().join("client.pem")
+    }
+
+    pub fn client_key_file(&self) -> PathBuf {
+        self.dir.path().join("client.key")
+    }
+
+    /// A rustls server config with the server certificate, advertising `alpn`; with
+    /// `mtls`, clients must present a certificate signed by the CA.
+    fn server_config(&self, alpn: &[u8], mtls: bool) -> Arc<ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions");
+        let builder = if mtls {
+            let mut roots = RootCertStore::empty();
+            roots.add(self.ca.clone()).expect("CA as a root");
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut cfg = builder
+            .with_single_cert(
+                vec![self.server_cert.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.clone())),
+            )
+            .expect("server TLS config");
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(cfg)
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether a TLS receiver asks for a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    /// mTLS: a client without a certificate signed by the [`TestPki`] CA is refused.
+    Required,
+}
+
 /// A running receiver; see the module docs.
 pub struct Receiver {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    scheme: &'static str,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Server TLS configs for the gRPC and HTTP ports.
+struct ServerTls {
+    grpc: Arc<ServerConfig>,
+    http: Arc<ServerConfig>,
 }
 
 impl Receiver {
     /// Binds 127.0.0.1 on two free ports and starts serving. Panics if it cannot (a test
     /// environment without loopback networking cannot run these tests anyway).
     pub fn start() -> Receiver {
+        Receiver::start_with(None)
+    }
+
+    /// Like [`Receiver::start`], both ports over TLS with `pki`'s server certificate
+    /// (endpoints are `https://`). A failed handshake (a client that does not trust the CA,
+    /// or without the client certificate mTLS asks for) ends that connection and is counted
+    /// ([`Receiver::tls_failures`]).
+    pub fn start_tls(pki: &TestPki, client_auth: ClientAuth) -> Receiver {
+        let mtls = client_auth == ClientAuth::Required;
+        Receiver::start_with(Some(ServerTls {
+            grpc: pki.server_config(b"h2", mtls),
+            http: pki.server_config(b"http/1.1", mtls),
+        }))
+    }
+
+    fn start_with(tls: Option<ServerTls>) -> Receiver {
         let bind = || {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
             l.set_nonblocking(true).expect("set_nonblocking");
@@ -292,14 +453,23 @@ impl Receiver {
             .build()
             .expect("tokio runtime");
         let sh = shared.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let thread = std::thread::Builder::new()
             .name("otlp-receiver".into())
             .spawn(move || {
                 rt.block_on(async move {
                     let grpc = tokio::net::TcpListener::from_std(grpc).expect("tokio listener");
                     let http = tokio::net::TcpListener::from_std(http).expect("tokio listener");
-                    tokio::spawn(serve_grpc(grpc, sh.clone()));
-                    tokio::spawn(serve_http(http, sh));
+                    match tls {
+                        None => {
+                            tokio::spawn(serve_grpc(grpc, sh.clone()));
+                            tokio::spawn(serve_http(http, sh));
+                        }
+                        Some(tls) => {
+                            tokio::spawn(serve_grpc_tls(grpc, tls.grpc, sh.clone()));
+                            tokio::spawn(serve_http_tls(http, tls.http, sh));
+                        }
+                    }
                     let _ = stopped.await;
                 });
             })
@@ -307,18 +477,43 @@ impl Receiver {
         Receiver {
             grpc_addr,
             http_addr,
+            scheme,
             shared,
             stop: Some(stop),
             thread: Some(thread),
         }
     }
 
-    /// Base URL for `p`, e.g. `http://127.0.0.1:40123` (HTTP paths are `/v1/traces` etc.).
+    /// Base URL for `p`, e.g. `http://127.0.0.1:40123` (`https://` for a TLS receiver; HTTP
+    /// paths are `/v1/traces` etc.).
     pub fn endpoint(&self, p: Protocol) -> String {
         match p {
-            Protocol::Grpc => format!("http://{}", self.grpc_addr),
-            Protocol::HttpProtobuf => format!("http://{}", self.http_addr),
+            Protocol::Grpc => format!("{}://{}", self.scheme, self.grpc_addr),
+            Protocol::HttpProtobuf => format!("{}://{}", self.scheme, self.http_addr),
         }
+    }
+
+    /// Failed TLS handshakes on `p`'s port so far.
+    pub fn tls_failures(&self, p: Protocol) -> usize {
+        self.shared
+            .lock()
+            .tls_failures
+            .iter()
+            .filter(|q| **q == p)
+            .count()
+    }
+
+    /// Returns as soon as `n` TLS handshakes failed on `p`'s port, or at `timeout`; returns
+    /// the count either way.
+    pub fn wait_for_tls_failures(&self, p: Protocol, n: usize, timeout: Duration) -> usize {
+        self.shared
+            .wait(timeout, |st| {
+                st.tls_failures.iter().filter(|q| **q == p).count() >= n
+            })
+            .tls_failures
+            .iter()
+            .filter(|q| **q == p)
+            .count()
     }
 
     /// Every span received so far, flattened, in arrival order.
@@ -467,6 +662,71 @@ async fn serve_grpc(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
         .await;
     if let Err(e) = result {
         eprintln!("otlp receiver: gRPC server stopped: {e}");
+    }
+}
+
+/// gRPC over TLS: the handshake here (so that failures are counted), then tonic's server
+/// on the decrypted streams.
+async fn serve_grpc_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<ServerConfig>,
+    shared: Arc<Shared>,
+) {
+    use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    >(16);
+    let sh = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, tx, sh) = (acceptor.clone(), tx.clone(), sh.clone());
+            // One task per handshake: a client that stalls holds back no other.
+            tokio::spawn(async move {
+                match acceptor.accept(tcp).await {
+                    Ok(stream) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Err(_) => sh.tls_failed(Protocol::Grpc),
+                }
+            });
+        }
+    });
+    let result = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(Grpc(shared.clone())))
+        .add_service(MetricsServiceServer::new(Grpc(shared.clone())))
+        .add_service(LogsServiceServer::new(Grpc(shared)))
+        .serve_with_incoming(ReceiverStream::new(rx))
+        .await;
+    if let Err(e) = result {
+        eprintln!("otlp receiver: gRPC/TLS server stopped: {e}");
+    }
+}
+
+async fn serve_http_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<ServerConfig>,
+    shared: Arc<Shared>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, shared) = (acceptor.clone(), shared.clone());
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(stream) => stream,
+                Err(_) => return shared.tls_failed(Protocol::HttpProtobuf),
+            };
+            let service = hyper::service::service_fn(move |req| handle_http(req, shared.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 

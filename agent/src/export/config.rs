@@ -7,8 +7,14 @@
 //! Resolution is a pure function of the flags and an env lookup so it is tested without
 //! touching the process environment; values are validated here, once, so that a bad value is
 //! one clear line at startup instead of a failure on the first export.
+//!
+//! The transport settings (endpoint, protocol, headers, timeout, TLS) are resolved by one
+//! function, [`resolve_otlp`], for all three signals: each signal only names its own env
+//! vars and URL path ([`Signal`]), so traces, metrics and logs accept exactly the same values.
+//! TLS files are named here but read when an exporter starts (`super::tls`).
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -33,6 +39,26 @@ pub const OTEL_EXPORTER_OTLP_TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_H
 pub const OTEL_EXPORTER_OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 /// Per-export timeout for traces in milliseconds (wins over `OTEL_EXPORTER_OTLP_TIMEOUT`).
 pub const OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+/// PEM bundle of the CA certificates an https:// endpoint's certificate is checked against,
+/// instead of the platform's roots. Ignored for http://.
+pub const OTEL_EXPORTER_OTLP_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+/// Like `OTEL_EXPORTER_OTLP_CERTIFICATE`, for traces only (wins over it).
+pub const OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE";
+/// mTLS: the client's private key, PEM (PKCS#8, PKCS#1 or SEC1). Needs the client certificate.
+pub const OTEL_EXPORTER_OTLP_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_CLIENT_KEY";
+/// Like `OTEL_EXPORTER_OTLP_CLIENT_KEY`, for traces only (wins over it).
+pub const OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY";
+/// mTLS: the client's certificate chain, PEM, leaf first. Needs the client key.
+pub const OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE";
+/// Like `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`, for traces only (wins over it).
+pub const OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE: &str =
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE";
+/// gRPC only, and only for an endpoint written without a scheme (`collector:4317`): `true`
+/// (any case) means plaintext, anything else TLS. An `http://` or `https://` scheme always
+/// wins, and http/protobuf always follows its URL's scheme (the spec's rules).
+pub const OTEL_EXPORTER_OTLP_INSECURE: &str = "OTEL_EXPORTER_OTLP_INSECURE";
+/// Like `OTEL_EXPORTER_OTLP_INSECURE`, for traces only (wins over it).
+pub const OTEL_EXPORTER_OTLP_TRACES_INSECURE: &str = "OTEL_EXPORTER_OTLP_TRACES_INSECURE";
 /// Longest time a span waits for its batch to fill, in milliseconds.
 pub const OTEL_BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
 /// Most spans in one export request.
@@ -46,6 +72,9 @@ pub mod flag {
     pub const OTLP_PROTOCOL: &str = "--otlp-protocol";
     pub const OTLP_HEADERS: &str = "--otlp-headers";
     pub const OTLP_TIMEOUT: &str = "--otlp-timeout-ms";
+    pub const OTLP_CERTIFICATE: &str = "--otlp-certificate";
+    pub const OTLP_CLIENT_KEY: &str = "--otlp-client-key";
+    pub const OTLP_CLIENT_CERTIFICATE: &str = "--otlp-client-certificate";
 }
 
 /// Default http/protobuf traces URL (the spec's).
@@ -70,11 +99,6 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
-    #[error(
-        "OTLP endpoint `{0}` uses https://, but TLS is not built into periscope yet; \
-         use an http:// endpoint (e.g. a collector on the node)"
-    )]
-    TlsUnsupported(String),
 }
 
 fn invalid(source: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -114,21 +138,47 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// Where and how OTLP traces are sent. Only constructible validated: the endpoint is an
-/// http:// URL, headers are valid HTTP headers, the timeout is non-zero.
+/// Where and how one OTLP signal is sent. Only constructible validated: the endpoint is an
+/// http:// or https:// URL, headers are valid HTTP headers, the timeout is non-zero.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtlpConfig {
     endpoint: String,
+    https: bool,
     protocol: Protocol,
     headers: Vec<(String, String)>,
     timeout: Duration,
+    tls: TlsConfig,
+}
+
+/// A file a TLS setting names, and the flag or env var that named it (for error messages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFile {
+    pub path: PathBuf,
+    pub setting: &'static str,
+}
+
+/// mTLS: the client's private key and certificate chain, both PEM; always both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub key: TlsFile,
+    pub certificate: TlsFile,
+}
+
+/// The TLS settings of one exporter, used only when its endpoint is https://. The files are
+/// read when the exporter starts (`export::tls`), not here: a bad file costs that
+/// exporter's data (dropped and counted, one error line), not the whole run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// CA bundle trusted instead of the platform's roots.
+    pub certificate: Option<TlsFile>,
+    pub client: Option<ClientIdentity>,
 }
 
 impl OtlpConfig {
-    /// `traces_endpoint` is the final URL: for http/protobuf the full traces URL (e.g.
+    /// `endpoint` is the final URL: for http/protobuf the full signal URL (e.g.
     /// `http://collector:4318/v1/traces`), for gRPC the server's base URL.
-    pub fn new(traces_endpoint: &str, protocol: Protocol) -> Result<OtlpConfig, ConfigError> {
-        OtlpConfig::with_source(traces_endpoint, protocol, flag::OTLP_ENDPOINT)
+    pub fn new(endpoint: &str, protocol: Protocol) -> Result<OtlpConfig, ConfigError> {
+        OtlpConfig::with_source(endpoint, protocol, flag::OTLP_ENDPOINT)
     }
 
     fn with_source(
@@ -138,28 +188,36 @@ impl OtlpConfig {
     ) -> Result<OtlpConfig, ConfigError> {
         let url =
             Url::parse(endpoint.trim()).map_err(|e| invalid(source, endpoint, e.to_string()))?;
-        match url.scheme() {
-            "http" => {}
-            "https" => return Err(ConfigError::TlsUnsupported(endpoint.to_owned())),
+        let https = match url.scheme() {
+            "http" => false,
+            "https" => true,
             other => {
                 return Err(invalid(
                     source,
                     endpoint,
                     format!(
-                        "scheme `{other}://` is not supported, expected an http://host:port URL"
+                        "scheme `{other}://` is not supported, expected an http:// or https:// URL"
                     ),
                 ));
             }
-        }
+        };
         if url.host_str().is_none_or(str::is_empty) {
             return Err(invalid(source, endpoint, "missing host"));
         }
         Ok(OtlpConfig {
             endpoint: endpoint.trim().to_owned(),
+            https,
             protocol,
             headers: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            tls: TlsConfig::default(),
         })
+    }
+
+    /// Sets the CA bundle and client identity used when the endpoint is https://.
+    pub fn with_tls(mut self, tls: TlsConfig) -> OtlpConfig {
+        self.tls = tls;
+        self
     }
 
     /// Adds headers (gRPC metadata) sent with every export; names are lowercased.
@@ -218,6 +276,13 @@ impl OtlpConfig {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+    /// Whether the endpoint is https:// (only then is [`OtlpConfig::tls`] used).
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+    pub fn tls(&self) -> &TlsConfig {
+        &self.tls
+    }
 }
 
 /// Batching and queueing, shared by every output.
@@ -264,14 +329,35 @@ pub struct ExportConfig {
 /// Field <-> flag: see [`flag`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ExportFlags {
-    /// Base URL like `OTEL_EXPORTER_OTLP_ENDPOINT`; for http/protobuf `/v1/traces` is
-    /// appended unless the path already ends with it.
+    /// Base URL like `OTEL_EXPORTER_OTLP_ENDPOINT`; for http/protobuf the signal's path
+    /// (`/v1/traces`, …) is appended, replacing one written for another signal.
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: Option<String>,
     /// `key=value,...` like `OTEL_EXPORTER_OTLP_HEADERS`; merged over the env headers.
     pub otlp_headers: Option<String>,
     pub otlp_timeout: Option<Duration>,
+    /// Like `OTEL_EXPORTER_OTLP_CERTIFICATE`, for every signal.
+    pub otlp_certificate: Option<PathBuf>,
+    /// Like `OTEL_EXPORTER_OTLP_CLIENT_KEY`, for every signal.
+    pub otlp_client_key: Option<PathBuf>,
+    /// Like `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`, for every signal.
+    pub otlp_client_certificate: Option<PathBuf>,
     pub console: Vec<ConsoleFormat>,
+}
+
+impl ExportFlags {
+    /// The OTLP transport flags, which every signal shares.
+    pub(crate) fn otlp(&self) -> OtlpFlags<'_> {
+        OtlpFlags {
+            endpoint: self.otlp_endpoint.as_deref(),
+            protocol: self.otlp_protocol.as_deref(),
+            headers: self.otlp_headers.as_deref(),
+            timeout: self.otlp_timeout,
+            certificate: self.otlp_certificate.as_deref(),
+            client_key: self.otlp_client_key.as_deref(),
+            client_certificate: self.otlp_client_certificate.as_deref(),
+        }
+    }
 }
 
 impl ExportConfig {
@@ -297,7 +383,7 @@ impl ExportConfig {
             }
         }
         Ok(ExportConfig {
-            otlp: resolve_otlp(flags, &env)?,
+            otlp: resolve_otlp(&TRACES, &flags.otlp(), &env)?,
             console,
             batch: resolve_batch(&env)?,
         })
@@ -309,69 +395,114 @@ impl ExportConfig {
     }
 }
 
-fn resolve_otlp(
-    flags: &ExportFlags,
+/// The env vars and URL path of one OTLP signal, for [`resolve_otlp`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Signal {
+    /// `OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`: used as-is.
+    pub endpoint: &'static str,
+    pub protocol: &'static str,
+    pub headers: &'static str,
+    pub timeout: &'static str,
+    pub certificate: &'static str,
+    pub client_key: &'static str,
+    pub client_certificate: &'static str,
+    pub insecure: &'static str,
+    /// Appended to a base URL for http/protobuf, e.g. `/v1/traces`.
+    pub path: &'static str,
+}
+
+pub(crate) const TRACES: Signal = Signal {
+    endpoint: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    protocol: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    headers: OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+    timeout: OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+    certificate: OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+    client_key: OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
+    client_certificate: OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+    insecure: OTEL_EXPORTER_OTLP_TRACES_INSECURE,
+    path: "/v1/traces",
+};
+
+/// The OTLP transport flags, as [`resolve_otlp`] reads them; `None` = not given.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct OtlpFlags<'a> {
+    pub endpoint: Option<&'a str>,
+    pub protocol: Option<&'a str>,
+    pub headers: Option<&'a str>,
+    pub timeout: Option<Duration>,
+    pub certificate: Option<&'a Path>,
+    pub client_key: Option<&'a Path>,
+    pub client_certificate: Option<&'a Path>,
+}
+
+/// The transport settings of one signal: flag > signal env var > generic env var >
+/// default, per setting. `None` when no endpoint is given anywhere. `env` must already map
+/// empty values to `None`. Every signal resolves through here, so all of them agree.
+pub(crate) fn resolve_otlp(
+    signal: &Signal,
+    flags: &OtlpFlags<'_>,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Option<OtlpConfig>, ConfigError> {
-    let traces_env = env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT);
+    let signal_env = env(signal.endpoint);
     let base_env = env(OTEL_EXPORTER_OTLP_ENDPOINT);
-    if flags.otlp_endpoint.is_none() && traces_env.is_none() && base_env.is_none() {
+    if flags.endpoint.is_none() && signal_env.is_none() && base_env.is_none() {
         return Ok(None);
     }
 
-    // First one set wins: flag, traces env, generic env.
-    let protocol = [
-        (flag::OTLP_PROTOCOL, flags.otlp_protocol.clone()),
-        (
-            OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
-            env(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL),
-        ),
+    let protocol = first_set([
+        (flag::OTLP_PROTOCOL, flags.protocol.map(str::to_owned)),
+        (signal.protocol, env(signal.protocol)),
         (
             OTEL_EXPORTER_OTLP_PROTOCOL,
             env(OTEL_EXPORTER_OTLP_PROTOCOL),
         ),
-    ]
-    .into_iter()
-    .find_map(|(source, value)| value.map(|v| (source, v)));
-    let protocol = match protocol {
+    ]);
+    let protocol: Protocol = match protocol {
         Some((source, value)) => value
             .parse()
             .map_err(|reason: String| invalid(source, &value, reason))?,
         None => Protocol::default(),
     };
 
-    let mut cfg = match (&flags.otlp_endpoint, traces_env, base_env) {
-        (Some(url), _, _) => {
-            // Forgiving: `--otlp-endpoint http://c:4318/v1/traces` means what it says.
-            let url = match protocol {
-                Protocol::HttpProtobuf if !url.trim_end_matches('/').ends_with("/v1/traces") => {
-                    append_traces_path(url)
-                }
-                _ => url.clone(),
-            };
-            OtlpConfig::with_source(&url, protocol, flag::OTLP_ENDPOINT)?
-        }
-        (None, Some(url), _) => {
-            OtlpConfig::with_source(&url, protocol, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)?
-        }
+    let (source, url) = match (flags.endpoint, signal_env, base_env) {
+        (Some(url), _, _) => (
+            flag::OTLP_ENDPOINT,
+            base_to_signal(url, protocol, signal.path),
+        ),
+        (None, Some(url), _) => (signal.endpoint, url),
         (None, None, Some(base)) => {
             let url = match protocol {
-                Protocol::HttpProtobuf => append_traces_path(&base),
+                Protocol::HttpProtobuf => append_path(&base, signal.path),
                 Protocol::Grpc => base,
             };
-            OtlpConfig::with_source(&url, protocol, OTEL_EXPORTER_OTLP_ENDPOINT)?
+            (OTEL_EXPORTER_OTLP_ENDPOINT, url)
         }
         (None, None, None) => unreachable!("checked above"),
     };
+    let mut cfg = if protocol == Protocol::Grpc && !url.contains("://") {
+        // The spec lets a gRPC endpoint be a bare `host:port`; the insecure setting then
+        // says plaintext or TLS (TLS by default). A written scheme always wins over it.
+        let insecure = match env_bool(env, signal.insecure) {
+            Some(b) => b,
+            None => env_bool(env, OTEL_EXPORTER_OTLP_INSECURE).unwrap_or(false),
+        };
+        let scheme = if insecure { "http" } else { "https" };
+        let with_scheme = format!("{scheme}://{}", url.trim());
+        OtlpConfig::with_source(&with_scheme, protocol, source).map_err(|e| match e {
+            // Name the value as the user wrote it.
+            ConfigError::Invalid {
+                setting, reason, ..
+            } => invalid(setting, &url, reason),
+        })?
+    } else {
+        OtlpConfig::with_source(&url, protocol, source)?
+    };
 
-    // Headers: generic env, then traces env, then the flag; later wins per key.
+    // Headers: generic env, then signal env, then the flag; later wins per key.
     let sources = [
         (OTEL_EXPORTER_OTLP_HEADERS, env(OTEL_EXPORTER_OTLP_HEADERS)),
-        (
-            OTEL_EXPORTER_OTLP_TRACES_HEADERS,
-            env(OTEL_EXPORTER_OTLP_TRACES_HEADERS),
-        ),
-        (flag::OTLP_HEADERS, flags.otlp_headers.clone()),
+        (signal.headers, env(signal.headers)),
+        (flag::OTLP_HEADERS, flags.headers.map(str::to_owned)),
     ];
     for (source, value) in sources {
         let Some(value) = value else { continue };
@@ -388,26 +519,116 @@ fn resolve_otlp(
         }
     }
 
-    let timeout = match flags.otlp_timeout {
-        Some(t) if t.is_zero() => {
-            return Err(invalid(flag::OTLP_TIMEOUT, "0", "must be greater than 0"));
-        }
+    let timeout = match flags.timeout {
         Some(t) => t,
-        None => {
-            let ms = match env_ms(env, OTEL_EXPORTER_OTLP_TRACES_TIMEOUT)? {
-                Some(ms) => Some(ms),
-                None => env_ms(env, OTEL_EXPORTER_OTLP_TIMEOUT)?,
+        None => match env_ms(env, signal.timeout)? {
+            Some(ms) => Duration::from_millis(ms),
+            None => env_ms(env, OTEL_EXPORTER_OTLP_TIMEOUT)?
+                .map_or(DEFAULT_TIMEOUT, Duration::from_millis),
+        },
+    };
+    let cfg = cfg.with_timeout(timeout)?;
+
+    // TLS files: flag > signal env > generic env, each on its own. Not read here.
+    let tls_file = |flag_value: Option<&Path>, flag_name, signal_var, generic_var| {
+        let env_path = |var| env(var).map(|v| PathBuf::from(v.trim()));
+        match flag_value {
+            Some(p) => Some((flag_name, p.to_path_buf())),
+            None => env_path(signal_var)
+                .map(|p| (signal_var, p))
+                .or_else(|| env_path(generic_var).map(|p| (generic_var, p))),
+        }
+        .map(|(setting, path)| TlsFile { path, setting })
+    };
+    let certificate = tls_file(
+        flags.certificate,
+        flag::OTLP_CERTIFICATE,
+        signal.certificate,
+        OTEL_EXPORTER_OTLP_CERTIFICATE,
+    );
+    let key = tls_file(
+        flags.client_key,
+        flag::OTLP_CLIENT_KEY,
+        signal.client_key,
+        OTEL_EXPORTER_OTLP_CLIENT_KEY,
+    );
+    let client_certificate = tls_file(
+        flags.client_certificate,
+        flag::OTLP_CLIENT_CERTIFICATE,
+        signal.client_certificate,
+        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
+    );
+    let client = match (key, client_certificate) {
+        (Some(key), Some(certificate)) => Some(ClientIdentity { key, certificate }),
+        (None, None) => None,
+        // A half-configured identity is a configuration mistake, found without reading
+        // anything: one line at startup.
+        (Some(half), None) | (None, Some(half)) => {
+            let missing = if half.setting == flag::OTLP_CLIENT_KEY
+                || half.setting == signal.client_key
+                || half.setting == OTEL_EXPORTER_OTLP_CLIENT_KEY
+            {
+                "a client certificate"
+            } else {
+                "a client key"
             };
-            ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis)
+            return Err(invalid(
+                half.setting,
+                &half.path.display().to_string(),
+                format!("mTLS needs {missing} too"),
+            ));
         }
     };
-    cfg.timeout = timeout;
-    Ok(Some(cfg))
+    Ok(Some(cfg.with_tls(TlsConfig {
+        certificate,
+        client,
+    })))
 }
 
-/// `base` + `/v1/traces`, with exactly one slash between them (the spec's rule).
-fn append_traces_path(base: &str) -> String {
-    format!("{}/v1/traces", base.trim().trim_end_matches('/'))
+fn first_set<const N: usize>(
+    candidates: [(&'static str, Option<String>); N],
+) -> Option<(&'static str, String)> {
+    candidates
+        .into_iter()
+        .find_map(|(source, value)| value.map(|v| (source, v)))
+}
+
+/// The flag is a base URL shared by every signal: for http/protobuf the signal's path goes
+/// on the end, replacing a signal path the user may have written for another signal.
+fn base_to_signal(url: &str, protocol: Protocol, path: &str) -> String {
+    match protocol {
+        Protocol::Grpc => url.to_owned(),
+        Protocol::HttpProtobuf => {
+            let trimmed = url.trim().trim_end_matches('/');
+            let base = ["/v1/traces", "/v1/metrics", "/v1/logs"]
+                .into_iter()
+                .find_map(|p| trimmed.strip_suffix(p))
+                .unwrap_or(trimmed);
+            append_path(base, path)
+        }
+    }
+}
+
+/// `base` + `path`, with exactly one slash between them (the spec's rule).
+fn append_path(base: &str, path: &str) -> String {
+    format!("{}{path}", base.trim().trim_end_matches('/'))
+}
+
+/// A boolean env var as the spec reads them: `true` in any case is true, anything else
+/// false — with a warning (once) unless it is `false`. `None` when unset.
+fn env_bool(env: &impl Fn(&str) -> Option<String>, var: &'static str) -> Option<bool> {
+    let v = env(var)?;
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => {
+            let msg = format!("{var}={v:?} is neither true nor false; taken as false");
+            if super::first_report(&msg) {
+                tracing::warn!("{msg}");
+            }
+            Some(false)
+        }
+    }
 }
 
 /// A positive integer env var, `None` when unset.
@@ -433,7 +654,6 @@ fn env_ms(
             &value,
             "expected a positive number of milliseconds",
         ),
-        other => other,
     })
 }
 
@@ -562,6 +782,7 @@ mod tests {
                 ConsoleFormat::Text,
                 ConsoleFormat::Json,
             ],
+            ..Default::default()
         };
         let cfg = resolve(
             &flags,
@@ -666,7 +887,7 @@ mod tests {
             ),
             (
                 &[(OTEL_EXPORTER_OTLP_ENDPOINT, "collector:4318")],
-                "invalid OTEL_EXPORTER_OTLP_ENDPOINT `collector:4318/v1/traces`: scheme `collector://` is not supported, expected an http://host:port URL",
+                "invalid OTEL_EXPORTER_OTLP_ENDPOINT `collector:4318/v1/traces`: scheme `collector://` is not supported, expected an http:// or https:// URL",
             ),
             (
                 &[(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "not a url")],
@@ -702,8 +923,27 @@ mod tests {
                 "invalid OTEL_BSP_MAX_EXPORT_BATCH_SIZE `512`: must not exceed OTEL_BSP_MAX_QUEUE_SIZE (10)",
             ),
             (
-                &[(OTEL_EXPORTER_OTLP_ENDPOINT, "https://c:4318")],
-                "OTLP endpoint `https://c:4318/v1/traces` uses https://, but TLS is not built into periscope yet; use an http:// endpoint (e.g. a collector on the node)",
+                &[
+                    (OTEL_EXPORTER_OTLP_ENDPOINT, "https://c:4318"),
+                    (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE, "/c.pem"),
+                ],
+                "invalid OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE `/c.pem`: mTLS needs a client key too",
+            ),
+            (
+                &[
+                    (OTEL_EXPORTER_OTLP_ENDPOINT, "c:4317"),
+                    (OTEL_EXPORTER_OTLP_PROTOCOL, "grpc"),
+                    (OTEL_EXPORTER_OTLP_INSECURE, "true"),
+                    (OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY, "/k.pem"),
+                ],
+                "invalid OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY `/k.pem`: mTLS needs a client certificate too",
+            ),
+            (
+                &[
+                    (OTEL_EXPORTER_OTLP_ENDPOINT, "not a url"),
+                    (OTEL_EXPORTER_OTLP_PROTOCOL, "grpc"),
+                ],
+                "invalid OTEL_EXPORTER_OTLP_ENDPOINT `not a url`: invalid international domain name",
             ),
         ];
         for (vars, want) in cases {
@@ -713,8 +953,14 @@ mod tests {
             assert_eq!(&err, want);
             assert!(!err.contains('\n'));
         }
-        let err = resolve(&endpoint_flag("https://c:4317"), &[]).unwrap_err();
-        assert!(matches!(err, ConfigError::TlsUnsupported(_)));
+        let flags = ExportFlags {
+            otlp_client_key: Some("/k.pem".into()),
+            ..endpoint_flag("https://c:4317")
+        };
+        assert_eq!(
+            resolve(&flags, &[]).unwrap_err().to_string(),
+            "invalid --otlp-client-key `/k.pem`: mTLS needs a client certificate too"
+        );
         let err = OtlpConfig::new("http://c:1", Protocol::Grpc)
             .unwrap()
             .with_timeout(Duration::ZERO);
@@ -722,5 +968,246 @@ mod tests {
             err.unwrap_err().to_string(),
             "invalid --otlp-timeout-ms `0`: must be greater than 0"
         );
+    }
+
+    fn tls_file(path: &str, setting: &'static str) -> Option<TlsFile> {
+        Some(TlsFile {
+            path: path.into(),
+            setting,
+        })
+    }
+
+    #[test]
+    fn https_endpoints_for_both_protocols() {
+        let c = otlp(
+            &ExportFlags::default(),
+            &[(OTEL_EXPORTER_OTLP_ENDPOINT, "https://collector.example:4318")],
+        );
+        assert_eq!(c.endpoint(), "https://collector.example:4318/v1/traces");
+        assert!(c.is_https());
+        assert_eq!(c.tls(), &TlsConfig::default(), "platform roots, no client cert");
+        let c = otlp(
+            &ExportFlags {
+                otlp_protocol: Some("grpc".into()),
+                ..endpoint_flag("https://[::1]:4317")
+            },
+            &[],
+        );
+        assert_eq!(c.endpoint(), "https://[::1]:4317");
+        assert!(c.is_https());
+        assert!(!otlp(&endpoint_flag("http://c:4318"), &[]).is_https());
+    }
+
+    #[test]
+    fn tls_files_flag_beats_traces_env_beats_generic_env() {
+        let https = (OTEL_EXPORTER_OTLP_ENDPOINT, "https://c:4318");
+        let generic = [
+            https,
+            (OTEL_EXPORTER_OTLP_CERTIFICATE, "/generic/ca.pem"),
+            (OTEL_EXPORTER_OTLP_CLIENT_KEY, "/generic/client.key"),
+            (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE, "/generic/client.pem"),
+        ];
+        let c = otlp(&ExportFlags::default(), &generic);
+        assert_eq!(
+            c.tls(),
+            &TlsConfig {
+                certificate: tls_file("/generic/ca.pem", OTEL_EXPORTER_OTLP_CERTIFICATE),
+                client: Some(ClientIdentity {
+                    key: tls_file("/generic/client.key", OTEL_EXPORTER_OTLP_CLIENT_KEY).unwrap(),
+                    certificate: tls_file(
+                        "/generic/client.pem",
+                        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE
+                    )
+                    .unwrap(),
+                }),
+            }
+        );
+
+        // Each file on its own: the traces CA wins, the generic client identity stays.
+        let mut vars = generic.to_vec();
+        vars.push((OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE, " /traces/ca.pem "));
+        let c = otlp(&ExportFlags::default(), &vars);
+        assert_eq!(
+            c.tls().certificate,
+            tls_file("/traces/ca.pem", OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE)
+        );
+        assert_eq!(
+            c.tls().client.as_ref().unwrap().key.setting,
+            OTEL_EXPORTER_OTLP_CLIENT_KEY
+        );
+
+        // Flags beat both.
+        let flags = ExportFlags {
+            otlp_certificate: Some("/flag/ca.pem".into()),
+            otlp_client_key: Some("/flag/client.key".into()),
+            otlp_client_certificate: Some("/flag/client.pem".into()),
+            ..Default::default()
+        };
+        vars.push((OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY, "/traces/client.key"));
+        let c = otlp(&flags, &vars);
+        assert_eq!(
+            c.tls().certificate,
+            tls_file("/flag/ca.pem", flag::OTLP_CERTIFICATE)
+        );
+        let id = c.tls().client.as_ref().unwrap();
+        assert_eq!(
+            (&id.key, &id.certificate),
+            (
+                &tls_file("/flag/client.key", flag::OTLP_CLIENT_KEY).unwrap(),
+                &tls_file("/flag/client.pem", flag::OTLP_CLIENT_CERTIFICATE).unwrap()
+            )
+        );
+
+        // Empty means unset.
+        let c = otlp(
+            &ExportFlags::default(),
+            &[https, (OTEL_EXPORTER_OTLP_CERTIFICATE, "")],
+        );
+        assert_eq!(c.tls().certificate, None);
+    }
+
+    #[test]
+    fn per_signal_tls_overrides_apply_to_their_signal_only() {
+        use crate::export::logs::{
+            LogsExportConfig, OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE,
+            OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY,
+        };
+        use crate::export::metrics::MetricsExportConfig;
+        use crate::export::metrics::config::OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE;
+        let vars: Vec<(String, String)> = [
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "https://c:4318"),
+            (OTEL_EXPORTER_OTLP_CERTIFICATE, "/all/ca.pem"),
+            (OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE, "/metrics/ca.pem"),
+            (OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY, "/logs/client.key"),
+            (OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE, "/logs/client.pem"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let env = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let flags = ExportFlags::default();
+        let traces = ExportConfig::resolve(&flags, env).unwrap().otlp.unwrap();
+        let metrics = MetricsExportConfig::resolve_export_flags(&flags, env)
+            .unwrap()
+            .unwrap()
+            .otlp;
+        let logs = LogsExportConfig::resolve(&flags, env).unwrap().unwrap().otlp;
+        let ca = |c: &OtlpConfig| c.tls().certificate.clone().unwrap().path;
+        assert_eq!(ca(&traces), Path::new("/all/ca.pem"));
+        assert_eq!(ca(&metrics), Path::new("/metrics/ca.pem"));
+        assert_eq!(ca(&logs), Path::new("/all/ca.pem"));
+        assert_eq!(traces.tls().client, None);
+        assert_eq!(metrics.tls().client, None);
+        assert_eq!(
+            logs.tls().client.as_ref().unwrap().key.path,
+            Path::new("/logs/client.key")
+        );
+        // The certificate flag reaches every signal, over every env var.
+        let flags = ExportFlags {
+            otlp_certificate: Some("/flag/ca.pem".into()),
+            ..Default::default()
+        };
+        let metrics = MetricsExportConfig::resolve_export_flags(&flags, env)
+            .unwrap()
+            .unwrap()
+            .otlp;
+        assert_eq!(ca(&metrics), Path::new("/flag/ca.pem"));
+        let logs = LogsExportConfig::resolve(&flags, env).unwrap().unwrap().otlp;
+        assert_eq!(ca(&logs), Path::new("/flag/ca.pem"));
+    }
+
+    #[test]
+    fn insecure_only_decides_for_scheme_less_grpc_endpoints() {
+        let grpc = (OTEL_EXPORTER_OTLP_PROTOCOL, "grpc");
+        let endpoint = |vars: &[(&str, &str)]| {
+            let mut all = vec![grpc];
+            all.extend_from_slice(vars);
+            otlp(&ExportFlags::default(), &all).endpoint().to_owned()
+        };
+        // No scheme: TLS unless insecure is true (any case).
+        assert_eq!(
+            endpoint(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "collector:4317")]),
+            "https://collector:4317"
+        );
+        for yes in ["true", "TRUE", " True "] {
+            assert_eq!(
+                endpoint(&[
+                    (OTEL_EXPORTER_OTLP_ENDPOINT, "collector:4317"),
+                    (OTEL_EXPORTER_OTLP_INSECURE, yes),
+                ]),
+                "http://collector:4317",
+                "{yes}"
+            );
+        }
+        // Only "true" is true (the spec's booleans): anything else is false.
+        for no in ["false", "1", "yes", "on"] {
+            assert_eq!(
+                endpoint(&[
+                    (OTEL_EXPORTER_OTLP_ENDPOINT, "127.0.0.1:4317"),
+                    (OTEL_EXPORTER_OTLP_INSECURE, no),
+                ]),
+                "https://127.0.0.1:4317",
+                "{no}"
+            );
+        }
+        // The traces variable wins over the generic one, either way.
+        assert_eq!(
+            endpoint(&[
+                (OTEL_EXPORTER_OTLP_ENDPOINT, "collector:4317"),
+                (OTEL_EXPORTER_OTLP_INSECURE, "true"),
+                (OTEL_EXPORTER_OTLP_TRACES_INSECURE, "false"),
+            ]),
+            "https://collector:4317"
+        );
+        assert_eq!(
+            endpoint(&[
+                (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "collector:4317"),
+                (OTEL_EXPORTER_OTLP_TRACES_INSECURE, "true"),
+            ]),
+            "http://collector:4317"
+        );
+        // The flag too is an endpoint insecure applies to.
+        let c = otlp(
+            &ExportFlags {
+                otlp_protocol: Some("grpc".into()),
+                ..endpoint_flag("collector:4317")
+            },
+            &[(OTEL_EXPORTER_OTLP_INSECURE, "true")],
+        );
+        assert_eq!(c.endpoint(), "http://collector:4317");
+        // A written scheme wins over insecure, both ways.
+        assert_eq!(
+            endpoint(&[
+                (OTEL_EXPORTER_OTLP_ENDPOINT, "https://collector:4317"),
+                (OTEL_EXPORTER_OTLP_INSECURE, "true"),
+            ]),
+            "https://collector:4317"
+        );
+        assert_eq!(
+            endpoint(&[
+                (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4317"),
+                (OTEL_EXPORTER_OTLP_INSECURE, "false"),
+            ]),
+            "http://collector:4317"
+        );
+        // http/protobuf always follows its URL: insecure changes nothing, and a URL without
+        // a scheme stays an error.
+        let c = otlp(
+            &ExportFlags::default(),
+            &[
+                (OTEL_EXPORTER_OTLP_ENDPOINT, "https://c:4318"),
+                (OTEL_EXPORTER_OTLP_INSECURE, "true"),
+            ],
+        );
+        assert!(c.is_https());
+        let err = resolve(
+            &ExportFlags::default(),
+            &[
+                (OTEL_EXPORTER_OTLP_ENDPOINT, "c:4318"),
+                (OTEL_EXPORTER_OTLP_INSECURE, "true"),
+            ],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("scheme `c://`"), "{err}");
     }
 }

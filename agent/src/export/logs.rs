@@ -9,8 +9,8 @@
 //!
 //! Configuration follows the OTLP exporter spec like the other signals (flag >
 //! `OTEL_EXPORTER_OTLP_LOGS_*` > `OTEL_EXPORTER_OTLP_*` > default), through the same
-//! resolver as metrics; batching reads the spec's `OTEL_BLRP_*` variables. The transports
-//! are built by the metrics transport's shared helpers.
+//! resolver as traces and metrics; batching reads the spec's `OTEL_BLRP_*` variables. The
+//! transports are built by the shared helpers in `export::otlp`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -32,11 +32,12 @@ use tonic::transport::Channel;
 
 use crate::export::config::{
     BatchConfig, ConfigError, DEFAULT_MAX_EXPORT_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE, ExportFlags,
-    OtlpConfig, Protocol,
+    OtlpConfig, Protocol, Signal, resolve_otlp,
 };
-use crate::export::metrics::config::{MetricsExportFlags, Signal, resolve_otlp};
 use crate::export::otlp::{ExportError, SCOPE_NAME, SCOPE_VERSION, resource_to_proto};
-use crate::export::otlp::{grpc_channel, grpc_error, grpc_request, http_client, post_protobuf};
+use crate::export::otlp::{
+    grpc_channel, grpc_error, grpc_request, http_client, post_protobuf, report_client_error,
+};
 use crate::resource::Resource;
 use crate::span::Value;
 
@@ -48,6 +49,15 @@ pub const OTEL_EXPORTER_OTLP_LOGS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_LOGS_PROT
 pub const OTEL_EXPORTER_OTLP_LOGS_HEADERS: &str = "OTEL_EXPORTER_OTLP_LOGS_HEADERS";
 /// Per-export timeout for logs in milliseconds (wins over `OTEL_EXPORTER_OTLP_TIMEOUT`).
 pub const OTEL_EXPORTER_OTLP_LOGS_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT";
+/// CA bundle for logs (wins over `OTEL_EXPORTER_OTLP_CERTIFICATE`).
+pub const OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE";
+/// mTLS key for logs (wins over `OTEL_EXPORTER_OTLP_CLIENT_KEY`).
+pub const OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY";
+/// mTLS certificate for logs (wins over `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`).
+pub const OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE: &str =
+    "OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE";
+/// Plaintext for a scheme-less gRPC endpoint (wins over `OTEL_EXPORTER_OTLP_INSECURE`).
+pub const OTEL_EXPORTER_OTLP_LOGS_INSECURE: &str = "OTEL_EXPORTER_OTLP_LOGS_INSECURE";
 /// Comma-separated exporter names; when set without `otlp` (e.g. `none`), no OTLP logs are
 /// sent even though an OTLP endpoint is configured.
 pub const OTEL_LOGS_EXPORTER: &str = "OTEL_LOGS_EXPORTER";
@@ -67,6 +77,10 @@ const LOGS_SIGNAL: Signal = Signal {
     protocol: OTEL_EXPORTER_OTLP_LOGS_PROTOCOL,
     headers: OTEL_EXPORTER_OTLP_LOGS_HEADERS,
     timeout: OTEL_EXPORTER_OTLP_LOGS_TIMEOUT,
+    certificate: OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE,
+    client_key: OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY,
+    client_certificate: OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE,
+    insecure: OTEL_EXPORTER_OTLP_LOGS_INSECURE,
     path: "/v1/logs",
 };
 
@@ -206,7 +220,7 @@ impl LogsExportConfig {
                 return Ok(None);
             }
         }
-        let Some(otlp) = resolve_otlp(&LOGS_SIGNAL, &MetricsExportFlags::from(flags), &env)? else {
+        let Some(otlp) = resolve_otlp(&LOGS_SIGNAL, &flags.otlp(), &env)? else {
             return Ok(None);
         };
         let mut cfg = LogsExportConfig::new(otlp);
@@ -325,7 +339,10 @@ pub fn start(cfg: LogsExportConfig, rt: &tokio::runtime::Handle) -> (LogSink, Lo
     let transport = match transport {
         Ok(t) => Some(t),
         Err(e) => {
-            tracing::error!("OTLP logs export disabled, every record will be dropped: {e}");
+            report_client_error(
+                "OTLP logs export disabled, every record will be dropped",
+                &e,
+            );
             None
         }
     };
@@ -752,7 +769,7 @@ mod tests {
             resolve(&[(OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, "ftp://x")])
                 .unwrap_err()
                 .to_string(),
-            "invalid OTEL_EXPORTER_OTLP_LOGS_ENDPOINT `ftp://x`: scheme `ftp://` is not supported, expected an http://host:port URL"
+            "invalid OTEL_EXPORTER_OTLP_LOGS_ENDPOINT `ftp://x`: scheme `ftp://` is not supported, expected an http:// or https:// URL"
         );
     }
 

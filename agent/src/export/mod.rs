@@ -13,25 +13,30 @@
 //! one line when it ends. Nothing is ever queued beyond the queue's capacity plus the one batch
 //! in flight. Console outputs run on their own threads because writing to stdout may block.
 //!
-//! Layout: `config` (flags + env), `otlp` (conversion + transports), `console` (line
-//! formats), this file (queues, batching, retry, shutdown).
+//! Layout: `config` (flags + env, shared by every OTLP signal), `otlp` (conversion +
+//! transports), `tls` (CA bundle, platform roots and client identity for https:// endpoints),
+//! `console` (line formats), `metrics` and `logs` (the other two OTLP signals), this file
+//! (queues, batching, retry, shutdown).
 
 pub mod config;
 pub mod console;
 pub mod logs;
 pub mod metrics;
 pub mod otlp;
+pub mod tls;
 
 use std::io::Write;
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub use config::{
-    BatchConfig, ConfigError, ConsoleFormat, ExportConfig, ExportFlags, OtlpConfig, Protocol,
+    BatchConfig, ClientIdentity, ConfigError, ConsoleFormat, ExportConfig, ExportFlags,
+    OtlpConfig, Protocol, TlsConfig, TlsFile,
 };
 
 use crate::span::Span;
@@ -226,7 +231,7 @@ pub fn start_with_console(
         let transport = match transport {
             Ok(t) => Some(t),
             Err(e) => {
-                tracing::error!("OTLP export disabled, every span will be dropped: {e}");
+                otlp::report_client_error("OTLP export disabled, every span will be dropped", &e);
                 None
             }
         };
@@ -504,6 +509,14 @@ async fn deadline_passed(deadline: &mut watch::Receiver<Option<Instant>>) {
             return std::future::pending().await;
         }
     }
+}
+
+/// True the first time `msg` is offered in this process: for problems that every signal
+/// (or every resolution) would otherwise report again, such as one bad CA file.
+pub(crate) fn first_report(msg: &str) -> bool {
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    seen.get_or_insert_with(HashSet::new).insert(msg.to_owned())
 }
 
 /// Up to ±20 %, so that many agents restarted together do not retry in lockstep.

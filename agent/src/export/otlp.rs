@@ -1,5 +1,7 @@
 //! OTLP traces: the conversion of [`Span`]s into an `ExportTraceServiceRequest`, and the two
-//! transports that send one (gRPC via tonic, HTTP/protobuf via reqwest).
+//! transports that send one (gRPC via tonic, HTTP/protobuf via reqwest), over http:// or
+//! https:// (TLS material from `super::tls`). The client setup is shared with the metrics and
+//! logs exporters.
 //!
 //! Batching, retries and drop accounting are not here but in the pipeline (`super`): a
 //! transport performs exactly one attempt and classifies its failure as retryable or not,
@@ -23,6 +25,7 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
 
 use super::config::{OtlpConfig, Protocol};
+use super::tls::{TlsError, TlsMaterial};
 use crate::resource::{Resource, SDK_NAME, SDK_VERSION};
 use crate::span::{Span, SpanKind, SpanStatus, Value};
 
@@ -154,6 +157,10 @@ pub enum ExportError {
     Timeout { endpoint: String, timeout: Duration },
     #[error("cannot create the OTLP client for {endpoint}: {reason}")]
     Client { endpoint: String, reason: String },
+    /// A CA bundle or client identity that cannot be used (not a handshake failure: those
+    /// are [`ExportError::Grpc`] / [`ExportError::Http`], retried like an outage).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 impl ExportError {
@@ -176,7 +183,7 @@ impl ExportError {
                 matches!(status.as_u16(), 429 | 502 | 503 | 504)
             }
             ExportError::Http { .. } | ExportError::Timeout { .. } => true,
-            ExportError::Client { .. } => false,
+            ExportError::Client { .. } | ExportError::Tls(_) => false,
         }
     }
 
@@ -306,12 +313,24 @@ pub(crate) fn grpc_error(endpoint: &str, status: &tonic::Status) -> ExportError 
 /// tonic puts the transport error (refused, reset) in the status' source, not its message.
 pub(crate) fn grpc_message(status: &tonic::Status) -> String {
     let message = status.message().to_owned();
-    match std::error::Error::source(status) {
+    with_tls_hint(match std::error::Error::source(status) {
         Some(src) if message.is_empty() => error_chain(src),
         Some(src) if !message.contains(&root_cause(src)) => {
             format!("{message}: {}", root_cause(src))
         }
         _ => message,
+    })
+}
+
+/// rustls says "invalid peer certificate: UnknownIssuer"; say what to check as well.
+fn with_tls_hint(reason: String) -> String {
+    if reason.contains("invalid peer certificate") {
+        format!(
+            "{reason} (the server's certificate does not verify against the trusted CAs for \
+             this host name: see --otlp-certificate / OTEL_EXPORTER_OTLP_CERTIFICATE)"
+        )
+    } else {
+        reason
     }
 }
 
@@ -335,12 +354,18 @@ pub(crate) fn grpc_channel(cfg: &OtlpConfig) -> Result<(Channel, MetadataMap), E
         endpoint: endpoint.clone(),
         reason,
     };
-    let channel = Endpoint::from_shared(endpoint.clone())
+    let mut channel = Endpoint::from_shared(endpoint.clone())
         .and_then(|e| e.user_agent(USER_AGENT))
         .map_err(|e| client_err(e.to_string()))?
         .timeout(cfg.timeout())
-        .connect_timeout(cfg.timeout())
-        .connect_lazy();
+        .connect_timeout(cfg.timeout());
+    if cfg.is_https() {
+        let tls = TlsMaterial::load(cfg.tls())?;
+        channel = channel
+            .tls_config(tls.tonic_config(&tls_domain(&endpoint), cfg.timeout()))
+            .map_err(|e| client_err(error_chain(&e)))?;
+    }
+    let channel = channel.connect_lazy();
     let mut metadata = MetadataMap::new();
     for (k, v) in cfg.headers() {
         let key = AsciiMetadataKey::from_bytes(k.as_bytes())
@@ -350,6 +375,14 @@ pub(crate) fn grpc_channel(cfg: &OtlpConfig) -> Result<(Channel, MetadataMap), E
         metadata.insert(key, value);
     }
     Ok((channel, metadata))
+}
+
+/// The name the server's certificate must be valid for: the URL's host, an IPv6 address
+/// without its brackets (tonic would take `[::1]` as a DNS name).
+fn tls_domain(endpoint: &str) -> String {
+    let url = reqwest::Url::parse(endpoint).ok();
+    let host = url.as_ref().and_then(|u| u.host_str()).unwrap_or_default();
+    host.trim_start_matches('[').trim_end_matches(']').to_owned()
 }
 
 /// An HTTP client sending `cfg`'s headers on every request. Shared by the trace, metrics and
@@ -367,13 +400,31 @@ pub(crate) fn http_client(cfg: &OtlpConfig) -> Result<reqwest::Client, ExportErr
             reqwest::header::HeaderValue::from_str(v).map_err(|e| client_err(e.to_string()))?;
         headers.insert(name, value);
     }
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .default_headers(headers)
         .timeout(cfg.timeout())
-        .connect_timeout(cfg.timeout())
-        .build()
-        .map_err(|e| client_err(error_chain(&e)))
+        .connect_timeout(cfg.timeout());
+    if cfg.is_https() {
+        builder = builder.use_preconfigured_tls(TlsMaterial::load(cfg.tls())?.rustls_config());
+    }
+    builder.build().map_err(|e| client_err(error_chain(&e)))
+}
+
+/// Logs, as one line, why an exporter has no client; `disabled` says what that costs. A TLS
+/// file problem is the same for every signal that uses the file, so it is logged once, not
+/// once per signal.
+pub(crate) fn report_client_error(disabled: &str, e: &ExportError) {
+    match e {
+        ExportError::Tls(tls) => {
+            if super::first_report(&tls.to_string()) {
+                tracing::error!(
+                    "{tls}; OTLP export that uses it is disabled, its data dropped and counted"
+                );
+            }
+        }
+        _ => tracing::error!("{disabled}: {e}"),
+    }
 }
 
 /// `POST`s one protobuf-encoded request; returns the response body of a 2xx (which may
@@ -393,7 +444,7 @@ pub(crate) async fn post_protobuf(
         } else {
             ExportError::Http {
                 endpoint: endpoint.to_owned(),
-                reason: root_cause(&e),
+                reason: with_tls_hint(root_cause(&e)),
             }
         }
     };

@@ -5,18 +5,13 @@
 //! resolves as command-line flag > metrics-specific env var > generic env var > default
 //! (<https://opentelemetry.io/docs/specs/otel/protocol/exporter/>), resolution is a pure
 //! function of the flags and an env lookup, and a bad value is one line naming its source.
-//! The transport half (URL, headers, timeout) is validated by [`OtlpConfig`] itself so that
-//! both signals accept exactly the same values.
+//! The transport half (URL, protocol, headers, timeout, TLS) goes through the resolver every
+//! signal shares ([`resolve_otlp`]); only the metrics env var names and path are here.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::export::config::{
-    ConfigError, ExportFlags, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_HEADERS,
-    OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TIMEOUT, OtlpConfig, Protocol,
-    flag as otlp_flag,
-};
-use crate::resource::parse_key_value_list;
+use crate::export::config::{ConfigError, ExportFlags, OtlpConfig, OtlpFlags, Signal, resolve_otlp};
 
 /// Metrics URL, used as-is for both protocols (wins over `OTEL_EXPORTER_OTLP_ENDPOINT`).
 pub const OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
@@ -26,6 +21,15 @@ pub const OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_METRIC
 pub const OTEL_EXPORTER_OTLP_METRICS_HEADERS: &str = "OTEL_EXPORTER_OTLP_METRICS_HEADERS";
 /// Per-export timeout for metrics in milliseconds (wins over `OTEL_EXPORTER_OTLP_TIMEOUT`).
 pub const OTEL_EXPORTER_OTLP_METRICS_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT";
+/// CA bundle for metrics (wins over `OTEL_EXPORTER_OTLP_CERTIFICATE`).
+pub const OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE";
+/// mTLS key for metrics (wins over `OTEL_EXPORTER_OTLP_CLIENT_KEY`).
+pub const OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY";
+/// mTLS certificate for metrics (wins over `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`).
+pub const OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE: &str =
+    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE";
+/// Plaintext for a scheme-less gRPC endpoint (wins over `OTEL_EXPORTER_OTLP_INSECURE`).
+pub const OTEL_EXPORTER_OTLP_METRICS_INSECURE: &str = "OTEL_EXPORTER_OTLP_METRICS_INSECURE";
 /// `cumulative` (default), `delta` or `lowmemory`, case-insensitive.
 pub const OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: &str =
     "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
@@ -92,7 +96,9 @@ impl FromStr for TemporalityPreference {
 }
 
 /// What the command line says about metrics export; `None` = not given (fall back to the
-/// env). The OTLP fields are the same flags the trace exporter reads.
+/// env). The OTLP fields are the same flags the trace exporter reads, less the TLS files:
+/// `main` resolves from [`ExportFlags`] ([`MetricsExportConfig::from_export_flags_and_env`]),
+/// which has them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetricsExportFlags {
     /// Base URL like `OTEL_EXPORTER_OTLP_ENDPOINT`; for http/protobuf `/v1/metrics` is
@@ -107,6 +113,19 @@ pub struct MetricsExportFlags {
     pub export_interval: Option<Duration>,
 }
 
+impl MetricsExportFlags {
+    fn otlp(&self) -> OtlpFlags<'_> {
+        OtlpFlags {
+            endpoint: self.otlp_endpoint.as_deref(),
+            protocol: self.otlp_protocol.as_deref(),
+            headers: self.otlp_headers.as_deref(),
+            timeout: self.otlp_timeout,
+            ..OtlpFlags::default()
+        }
+    }
+}
+
+/// Drops the TLS file flags: see [`MetricsExportFlags`].
 impl From<&ExportFlags> for MetricsExportFlags {
     fn from(f: &ExportFlags) -> Self {
         MetricsExportFlags {
@@ -146,12 +165,36 @@ impl MetricsExportConfig {
         MetricsExportConfig::resolve(flags, |k| std::env::var(k).ok())
     }
 
+    /// Resolves the shared OTLP flags (TLS files included) over the process environment,
+    /// with the interval from `OTEL_METRIC_EXPORT_INTERVAL`.
+    pub fn from_export_flags_and_env(
+        flags: &ExportFlags,
+    ) -> Result<Option<MetricsExportConfig>, ConfigError> {
+        MetricsExportConfig::resolve_export_flags(flags, |k| std::env::var(k).ok())
+    }
+
+    /// Like [`MetricsExportConfig::resolve`], from the shared OTLP flags.
+    pub fn resolve_export_flags(
+        flags: &ExportFlags,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<MetricsExportConfig>, ConfigError> {
+        MetricsExportConfig::resolve_with(&flags.otlp(), None, env)
+    }
+
     /// Resolves flags over `env` (a lookup such as `std::env::var(k).ok()`). Enabled when an
     /// endpoint is given by flag, `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` or
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` — the same rule as traces — unless
     /// `OTEL_METRICS_EXPORTER` is set and does not name `otlp`.
     pub fn resolve(
         flags: &MetricsExportFlags,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<MetricsExportConfig>, ConfigError> {
+        MetricsExportConfig::resolve_with(&flags.otlp(), flags.export_interval, env)
+    }
+
+    fn resolve_with(
+        otlp_flags: &OtlpFlags<'_>,
+        export_interval: Option<Duration>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<MetricsExportConfig>, ConfigError> {
         // Unset and empty mean the same thing for env vars.
@@ -177,11 +220,11 @@ impl MetricsExportConfig {
             }
         }
 
-        let Some(otlp) = resolve_otlp(&METRICS_SIGNAL, flags, &env)? else {
+        let Some(otlp) = resolve_otlp(&METRICS_SIGNAL, otlp_flags, &env)? else {
             return Ok(None);
         };
 
-        let interval = match flags.export_interval {
+        let interval = match export_interval {
             Some(t) if t.is_zero() => {
                 return Err(invalid(
                     flag::METRICS_INTERVAL,
@@ -213,103 +256,17 @@ impl MetricsExportConfig {
     }
 }
 
-/// The env vars and URL path of one OTLP signal, for [`resolve_otlp`].
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Signal {
-    /// `OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`: used as-is.
-    pub endpoint: &'static str,
-    pub protocol: &'static str,
-    pub headers: &'static str,
-    pub timeout: &'static str,
-    /// Appended to a base URL for http/protobuf, e.g. `/v1/metrics`.
-    pub path: &'static str,
-}
-
 const METRICS_SIGNAL: Signal = Signal {
     endpoint: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
     protocol: OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
     headers: OTEL_EXPORTER_OTLP_METRICS_HEADERS,
     timeout: OTEL_EXPORTER_OTLP_METRICS_TIMEOUT,
+    certificate: OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE,
+    client_key: OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY,
+    client_certificate: OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE,
+    insecure: OTEL_EXPORTER_OTLP_METRICS_INSECURE,
     path: "/v1/metrics",
 };
-
-/// The transport settings of one signal: flag > signal env var > generic env var >
-/// default, per setting. `None` when no endpoint is given anywhere. `env` must already map
-/// empty values to `None`. Shared with the logs exporter so that all signals agree.
-pub(crate) fn resolve_otlp(
-    signal: &Signal,
-    flags: &MetricsExportFlags,
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<Option<OtlpConfig>, ConfigError> {
-    let signal_env = env(signal.endpoint);
-    let base_env = env(OTEL_EXPORTER_OTLP_ENDPOINT);
-    if flags.otlp_endpoint.is_none() && signal_env.is_none() && base_env.is_none() {
-        return Ok(None);
-    }
-
-    let protocol = first_set([
-        (otlp_flag::OTLP_PROTOCOL, flags.otlp_protocol.clone()),
-        (signal.protocol, env(signal.protocol)),
-        (
-            OTEL_EXPORTER_OTLP_PROTOCOL,
-            env(OTEL_EXPORTER_OTLP_PROTOCOL),
-        ),
-    ]);
-    let protocol: Protocol = match protocol {
-        Some((source, value)) => value
-            .parse()
-            .map_err(|reason: String| invalid(source, &value, reason))?,
-        None => Protocol::default(),
-    };
-
-    let (source, url) = match (&flags.otlp_endpoint, signal_env, base_env) {
-        (Some(url), _, _) => (
-            otlp_flag::OTLP_ENDPOINT,
-            base_to_signal(url, protocol, signal.path),
-        ),
-        (None, Some(url), _) => (signal.endpoint, url),
-        (None, None, Some(base)) => {
-            let url = match protocol {
-                Protocol::HttpProtobuf => append_path(&base, signal.path),
-                Protocol::Grpc => base,
-            };
-            (OTEL_EXPORTER_OTLP_ENDPOINT, url)
-        }
-        (None, None, None) => unreachable!("checked above"),
-    };
-    let mut otlp = OtlpConfig::new(&url, protocol).map_err(|e| from_source(e, source))?;
-
-    // Headers: generic env, then signal env, then the flag; later wins per key.
-    let sources = [
-        (OTEL_EXPORTER_OTLP_HEADERS, env(OTEL_EXPORTER_OTLP_HEADERS)),
-        (signal.headers, env(signal.headers)),
-        (otlp_flag::OTLP_HEADERS, flags.otlp_headers.clone()),
-    ];
-    for (source, value) in sources {
-        let Some(value) = value else { continue };
-        let list = parse_key_value_list(&value);
-        if let Some(bad) = list.malformed.first() {
-            return Err(invalid(
-                source,
-                bad,
-                "expected key=value (values percent-encoded)",
-            ));
-        }
-        otlp = otlp
-            .with_headers(list.pairs)
-            .map_err(|e| from_source(e, source))?;
-    }
-
-    let timeout = match flags.otlp_timeout {
-        Some(t) => t,
-        None => match env_ms(&env, signal.timeout)? {
-            Some(ms) => Duration::from_millis(ms),
-            None => env_ms(&env, OTEL_EXPORTER_OTLP_TIMEOUT)?
-                .map_or(otlp.timeout(), Duration::from_millis),
-        },
-    };
-    Ok(Some(otlp.with_timeout(timeout)?))
-}
 
 fn invalid(setting: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -317,47 +274,6 @@ fn invalid(setting: &'static str, value: &str, reason: impl Into<String>) -> Con
         value: value.to_owned(),
         reason: reason.into(),
     }
-}
-
-/// [`OtlpConfig`]'s builders name the trace flags in their errors; name the real source.
-fn from_source(e: ConfigError, source: &'static str) -> ConfigError {
-    match e {
-        ConfigError::Invalid { value, reason, .. } => ConfigError::Invalid {
-            setting: source,
-            value,
-            reason,
-        },
-        other => other,
-    }
-}
-
-fn first_set<const N: usize>(
-    candidates: [(&'static str, Option<String>); N],
-) -> Option<(&'static str, String)> {
-    candidates
-        .into_iter()
-        .find_map(|(source, value)| value.map(|v| (source, v)))
-}
-
-/// The flag is a base URL shared with traces: for http/protobuf the signal's path goes on
-/// the end, replacing a signal path the user may have written for another signal.
-fn base_to_signal(url: &str, protocol: Protocol, path: &str) -> String {
-    match protocol {
-        Protocol::Grpc => url.to_owned(),
-        Protocol::HttpProtobuf => {
-            let trimmed = url.trim().trim_end_matches('/');
-            let base = ["/v1/traces", "/v1/metrics", "/v1/logs"]
-                .into_iter()
-                .find_map(|p| trimmed.strip_suffix(p))
-                .unwrap_or(trimmed);
-            append_path(base, path)
-        }
-    }
-}
-
-/// `base` + `path`, with exactly one slash between them (the spec's rule).
-fn append_path(base: &str, path: &str) -> String {
-    format!("{}{path}", base.trim().trim_end_matches('/'))
 }
 
 /// A positive number of milliseconds, `None` when unset.
@@ -379,6 +295,11 @@ fn env_ms(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::config::{
+        OTEL_EXPORTER_OTLP_CERTIFICATE, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_HEADERS,
+        OTEL_EXPORTER_OTLP_INSECURE, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TIMEOUT,
+        Protocol,
+    };
 
     fn resolve(
         flags: &MetricsExportFlags,
@@ -549,7 +470,8 @@ mod tests {
             otlp_protocol: Some("grpc".into()),
             otlp_headers: Some("a=b".into()),
             otlp_timeout: Some(Duration::from_secs(3)),
-            console: Vec::new(),
+            otlp_certificate: Some("/ca.pem".into()),
+            ..Default::default()
         };
         let m = MetricsExportFlags::from(&f);
         assert_eq!(m.otlp_endpoint.as_deref(), Some("http://c:4317"));
@@ -557,6 +479,45 @@ mod tests {
         assert_eq!(m.otlp_headers.as_deref(), Some("a=b"));
         assert_eq!(m.otlp_timeout, Some(Duration::from_secs(3)));
         assert_eq!(m.export_interval, None);
+    }
+
+    #[test]
+    fn metrics_tls_variables_win_over_the_generic_ones() {
+        let c = enabled(
+            &MetricsExportFlags::default(),
+            &[
+                (OTEL_EXPORTER_OTLP_ENDPOINT, "collector:4317"),
+                (OTEL_EXPORTER_OTLP_PROTOCOL, "grpc"),
+                (OTEL_EXPORTER_OTLP_INSECURE, "false"),
+                (OTEL_EXPORTER_OTLP_METRICS_INSECURE, "true"),
+                (OTEL_EXPORTER_OTLP_CERTIFICATE, "/all/ca.pem"),
+                (OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE, "/metrics/ca.pem"),
+            ],
+        );
+        assert_eq!(c.otlp.endpoint(), "http://collector:4317");
+        let ca = c.otlp.tls().certificate.as_ref().unwrap();
+        assert_eq!(
+            (ca.path.to_str(), ca.setting),
+            (
+                Some("/metrics/ca.pem"),
+                OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE
+            )
+        );
+        // Without the metrics variables: TLS (insecure is false), the generic CA.
+        let c = enabled(
+            &MetricsExportFlags::default(),
+            &[
+                (OTEL_EXPORTER_OTLP_ENDPOINT, "collector:4317"),
+                (OTEL_EXPORTER_OTLP_PROTOCOL, "grpc"),
+                (OTEL_EXPORTER_OTLP_CERTIFICATE, "/all/ca.pem"),
+            ],
+        );
+        assert_eq!(c.otlp.endpoint(), "https://collector:4317");
+        assert!(c.otlp.is_https());
+        assert_eq!(
+            c.otlp.tls().certificate.as_ref().unwrap().setting,
+            OTEL_EXPORTER_OTLP_CERTIFICATE
+        );
     }
 
     #[test]
@@ -631,7 +592,7 @@ mod tests {
             ),
             (
                 &[(OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, "collector:4318")],
-                "invalid OTEL_EXPORTER_OTLP_METRICS_ENDPOINT `collector:4318`: scheme `collector://` is not supported, expected an http://host:port URL",
+                "invalid OTEL_EXPORTER_OTLP_METRICS_ENDPOINT `collector:4318`: scheme `collector://` is not supported, expected an http:// or https:// URL",
             ),
             (
                 &[(OTEL_EXPORTER_OTLP_ENDPOINT, "not a url")],
@@ -650,11 +611,11 @@ mod tests {
                 "invalid OTEL_METRICS_EXPORTER `otlp,statsd`: expected a list of otlp, prometheus, console or none",
             ),
             (
-                &[(
-                    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
-                    "https://c:4318/v1/metrics",
-                )],
-                "OTLP endpoint `https://c:4318/v1/metrics` uses https://, but TLS is not built into periscope yet; use an http:// endpoint (e.g. a collector on the node)",
+                &[
+                    endpoint,
+                    (OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY, "/k.pem"),
+                ],
+                "invalid OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY `/k.pem`: mTLS needs a client certificate too",
             ),
         ];
         for (vars, want) in cases {

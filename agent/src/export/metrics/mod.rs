@@ -114,7 +114,7 @@ pub fn start(
         MetricsTransport::new(&cfg.otlp)
     };
     let transport = transport.map_err(|e| {
-        tracing::error!("OTLP metrics export disabled: {e}");
+        crate::export::otlp::report_client_error("OTLP metrics export disabled", &e);
         e.to_string()
     });
     let stats = Arc::new(MetricsExportStats::default());
