@@ -384,3 +384,42 @@ fn a_thread_per_request_server_keeps_its_context_across_keep_alive_and_dropped_r
     }
     assert_eq!(r.t.stats().event_loop_processes, 0);
 }
+
+#[test]
+fn grandchildren_of_a_handler_find_it_through_recorded_creations() {
+    let mut r = Run::new();
+    let p = std::process::id();
+    r.t.add_process(p);
+    r.t.disable_thread_context(p);
+    // With --go-goroutine-events: 42 (handler) created 77, which created 99.
+    for (goid, parent) in [(77u64, 42u64), (99, 77)] {
+        r.t.goroutine_created(&periscope_common::GoroutineEvent {
+            header: hdr(EventKind::GoroutineCreate, p, p, 1),
+            goid,
+            parent_goid: parent,
+            gopc: 0,
+            startpc: 0,
+        });
+    }
+    r.open(accept(p, 7, 50_000, 1));
+    r.go(EventKind::GoHttpServe, p, 7, 42, 1);
+    r.data(p, 100, 7, DIR_INGRESS, 10, &req("/front"));
+    r.open(connect(p, 9, 50_001, 9090, 11));
+    // The probe reports 99 and its creator 77; 77 serves nothing, 42 does.
+    r.go(EventKind::GoHttpRoundTrip, p, 9, 99, 77);
+    r.data(p, 101, 9, DIR_EGRESS, 12, &req("/deep"));
+    r.data(p, 102, 9, DIR_INGRESS, 13, RESP);
+    r.data(p, 100, 7, DIR_EGRESS, 14, RESP);
+    let server = r.find(SpanKind::Server, "/front").clone();
+    assert_eq!(
+        r.find(SpanKind::Client, "/deep").parent_span_id,
+        server.span_id
+    );
+    // Once 77 exits its link is forgotten: no stale lineage.
+    r.t.goroutine_exited(&periscope_common::GoroutineEvent {
+        header: hdr(EventKind::GoroutineExit, p, p, 20),
+        goid: 77,
+        ..Default::default()
+    });
+    assert!(!r.t.go_parents.contains_key(&(p, 77)));
+}
