@@ -298,11 +298,17 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn new() -> TestPki {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = TempDir::new("otlp-pki");
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "periscope-e2e OTLP CA");
+        // A name of its own: another TestPki's CA is then an unknown issuer, as a wrong CA
+        // file usually is, rather than a namesake whose signature does not verify.
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ca.distinguished_name.push(
+            DnType::CommonName,
+            format!("periscope-e2e OTLP CA {}-{n}", std::process::id()),
+        );
         ca.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -321,7 +327,9 @@ impl TestPki {
             .distinguished_name
             .push(DnType::CommonName, "otlp-receiver");
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server = server.signed_by(&server_key, &ca).expect("server certificate");
+        let server = server
+            .signed_by(&server_key, &ca)
+            .expect("server certificate");
 
         let client_key = KeyPair::generate().expect("client key");
         let mut client =
@@ -330,7 +338,9 @@ impl TestPki {
             .distinguished_name
             .push(DnType::CommonName, "periscope-agent");
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let client = client.signed_by(&client_key, &ca).expect("client certificate");
+        let client = client
+            .signed_by(&client_key, &ca)
+            .expect("client certificate");
 
         let write = |name: &str, pem: String| {
             std::fs::write(dir.path().join(name), pem)

@@ -54,13 +54,27 @@ fn bad_flag_values_are_one_clear_line() {
         "http://127.0.0.1:4317",
     ]));
     assert!(line.contains("carrier-pigeon"), "{line}");
+    // https:// is accepted (tests/otlp_tls.rs); other schemes, and half an mTLS identity,
+    // are configuration mistakes found before anything is read or sent.
+    let line = one_error_line(&run_agent(&[
+        "--pid",
+        &me,
+        "--otlp-endpoint",
+        "ftp://collector:4317",
+    ]));
+    assert!(line.contains("http:// or https://"), "{line}");
     let line = one_error_line(&run_agent(&[
         "--pid",
         &me,
         "--otlp-endpoint",
         "https://collector:4317",
+        "--otlp-client-key",
+        "/etc/otlp/client.key",
     ]));
-    assert!(line.contains("TLS"), "{line}");
+    assert!(
+        line.contains("--otlp-client-key") && line.contains("client certificate"),
+        "{line}"
+    );
     let line = one_error_line(&run_agent(&[
         "--pid",
         &me,

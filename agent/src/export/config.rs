@@ -981,11 +981,18 @@ mod tests {
     fn https_endpoints_for_both_protocols() {
         let c = otlp(
             &ExportFlags::default(),
-            &[(OTEL_EXPORTER_OTLP_ENDPOINT, "https://collector.example:4318")],
+            &[(
+                OTEL_EXPORTER_OTLP_ENDPOINT,
+                "https://collector.example:4318",
+            )],
         );
         assert_eq!(c.endpoint(), "https://collector.example:4318/v1/traces");
         assert!(c.is_https());
-        assert_eq!(c.tls(), &TlsConfig::default(), "platform roots, no client cert");
+        assert_eq!(
+            c.tls(),
+            &TlsConfig::default(),
+            "platform roots, no client cert"
+        );
         let c = otlp(
             &ExportFlags {
                 otlp_protocol: Some("grpc".into()),
@@ -1079,7 +1086,10 @@ mod tests {
             (OTEL_EXPORTER_OTLP_CERTIFICATE, "/all/ca.pem"),
             (OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE, "/metrics/ca.pem"),
             (OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY, "/logs/client.key"),
-            (OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE, "/logs/client.pem"),
+            (
+                OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE,
+                "/logs/client.pem",
+            ),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1091,7 +1101,10 @@ mod tests {
             .unwrap()
             .unwrap()
             .otlp;
-        let logs = LogsExportConfig::resolve(&flags, env).unwrap().unwrap().otlp;
+        let logs = LogsExportConfig::resolve(&flags, env)
+            .unwrap()
+            .unwrap()
+            .otlp;
         let ca = |c: &OtlpConfig| c.tls().certificate.clone().unwrap().path;
         assert_eq!(ca(&traces), Path::new("/all/ca.pem"));
         assert_eq!(ca(&metrics), Path::new("/metrics/ca.pem"));
@@ -1112,7 +1125,10 @@ mod tests {
             .unwrap()
             .otlp;
         assert_eq!(ca(&metrics), Path::new("/flag/ca.pem"));
-        let logs = LogsExportConfig::resolve(&flags, env).unwrap().unwrap().otlp;
+        let logs = LogsExportConfig::resolve(&flags, env)
+            .unwrap()
+            .unwrap()
+            .otlp;
         assert_eq!(ca(&logs), Path::new("/flag/ca.pem"));
     }
 

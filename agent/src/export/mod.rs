@@ -25,8 +25,8 @@ pub mod metrics;
 pub mod otlp;
 pub mod tls;
 
-use std::io::Write;
 use std::collections::HashSet;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,8 +35,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub use config::{
-    BatchConfig, ClientIdentity, ConfigError, ConsoleFormat, ExportConfig, ExportFlags,
-    OtlpConfig, Protocol, TlsConfig, TlsFile,
+    BatchConfig, ClientIdentity, ConfigError, ConsoleFormat, ExportConfig, ExportFlags, OtlpConfig,
+    Protocol, TlsConfig, TlsFile,
 };
 
 use crate::span::Span;

@@ -326,8 +326,8 @@ pub(crate) fn grpc_message(status: &tonic::Status) -> String {
 fn with_tls_hint(reason: String) -> String {
     if reason.contains("invalid peer certificate") {
         format!(
-            "{reason} (the server's certificate does not verify against the trusted CAs for \
-             this host name: see --otlp-certificate / OTEL_EXPORTER_OTLP_CERTIFICATE)"
+            "{reason} (the server's certificate does not verify against the trusted CAs: \
+             see --otlp-certificate / OTEL_EXPORTER_OTLP_CERTIFICATE)"
         )
     } else {
         reason
@@ -382,7 +382,9 @@ pub(crate) fn grpc_channel(cfg: &OtlpConfig) -> Result<(Channel, MetadataMap), E
 fn tls_domain(endpoint: &str) -> String {
     let url = reqwest::Url::parse(endpoint).ok();
     let host = url.as_ref().and_then(|u| u.host_str()).unwrap_or_default();
-    host.trim_start_matches('[').trim_end_matches(']').to_owned()
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
 }
 
 /// An HTTP client sending `cfg`'s headers on every request. Shared by the trace, metrics and

@@ -43,7 +43,9 @@ pub enum TlsError {
         setting: &'static str,
         reason: String,
     },
-    #[error("OTLP client certificate {certificate} and key {key} cannot be used together: {reason}")]
+    #[error(
+        "OTLP client certificate {certificate} and key {key} cannot be used together: {reason}"
+    )]
     Identity {
         certificate: String,
         key: String,
@@ -78,29 +80,28 @@ impl TlsMaterial {
             Some(file) => Arc::new(ca_bundle(file)?),
             None => platform_roots(),
         };
-        let builder = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default TLS versions")
-        .with_root_certificates(roots.clone());
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("the ring provider supports the default TLS versions")
+                .with_root_certificates(roots.clone());
         let (client_config, identity_pem) = match &cfg.client {
             None => (builder.with_no_client_auth(), None),
             Some(id) => {
                 let cert_pem = read(&id.certificate, CERT_FILE)?;
                 let chain = certificates(&cert_pem, &id.certificate, CERT_FILE)?;
                 let key_pem = read(&id.key, KEY_FILE)?;
-                let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-                    TlsError::file(KEY_FILE, &id.key, pem_reason(e, "private key"))
-                })?;
+                let key = PrivateKeyDer::from_pem_slice(&key_pem)
+                    .map_err(|e| TlsError::file(KEY_FILE, &id.key, pem_reason(e, "private key")))?;
                 // Also checks that the key is the certificate's.
-                let config = builder.with_client_auth_cert(chain, key).map_err(|e| {
-                    TlsError::Identity {
-                        certificate: id.certificate.path.display().to_string(),
-                        key: id.key.path.display().to_string(),
-                        reason: e.to_string(),
-                    }
-                })?;
+                let config =
+                    builder
+                        .with_client_auth_cert(chain, key)
+                        .map_err(|e| TlsError::Identity {
+                            certificate: id.certificate.path.display().to_string(),
+                            key: id.key.path.display().to_string(),
+                            reason: e.to_string(),
+                        })?;
                 (config, Some((cert_pem, key_pem)))
             }
         };
@@ -140,7 +141,8 @@ impl TlsMaterial {
 }
 
 fn read(file: &TlsFile, what: &'static str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(&file.path).map_err(|e| TlsError::file(what, file, format!("cannot read it: {e}")))
+    std::fs::read(&file.path)
+        .map_err(|e| TlsError::file(what, file, format!("cannot read it: {e}")))
 }
 
 /// Every certificate in a PEM file; an error if there is none.
@@ -262,10 +264,7 @@ mod tests {
                 garbage.display()
             )
         );
-        let truncated = temp(
-            "truncated.pem",
-            b"-----BEGIN CERTIFICATE-----\nMIIB\n",
-        );
+        let truncated = temp("truncated.pem", b"-----BEGIN CERTIFICATE-----\nMIIB\n");
         let e = TlsMaterial::load(&TlsConfig {
             certificate: Some(file(&truncated, "--otlp-certificate")),
             client: None,
@@ -288,7 +287,8 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(
-            e.starts_with("OTLP client certificate file") && e.ends_with("no PEM certificate in it"),
+            e.starts_with("OTLP client certificate file")
+                && e.ends_with("no PEM certificate in it"),
             "{e}"
         );
     }
@@ -339,9 +339,15 @@ mod tests {
         let e = TlsMaterial::load(&identity(&other_key)).err().unwrap();
         assert!(matches!(e, TlsError::Identity { .. }), "{e}");
         let e = e.to_string();
-        assert!(e.contains("cannot be used together") && !e.contains('\n'), "{e}");
+        assert!(
+            e.contains("cannot be used together") && !e.contains('\n'),
+            "{e}"
+        );
         // A certificate where the key should be.
-        let e = TlsMaterial::load(&identity(&cert)).err().unwrap().to_string();
+        let e = TlsMaterial::load(&identity(&cert))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             e.starts_with("OTLP client key file") && e.ends_with("no PEM private key in it"),
             "{e}"

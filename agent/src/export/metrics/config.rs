@@ -11,7 +11,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::export::config::{ConfigError, ExportFlags, OtlpConfig, OtlpFlags, Signal, resolve_otlp};
+use crate::export::config::{
+    ConfigError, ExportFlags, OtlpConfig, OtlpFlags, Signal, resolve_otlp,
+};
 
 /// Metrics URL, used as-is for both protocols (wins over `OTEL_EXPORTER_OTLP_ENDPOINT`).
 pub const OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
@@ -611,10 +613,7 @@ mod tests {
                 "invalid OTEL_METRICS_EXPORTER `otlp,statsd`: expected a list of otlp, prometheus, console or none",
             ),
             (
-                &[
-                    endpoint,
-                    (OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY, "/k.pem"),
-                ],
+                &[endpoint, (OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY, "/k.pem")],
                 "invalid OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY `/k.pem`: mTLS needs a client certificate too",
             ),
         ];
