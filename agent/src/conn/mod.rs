@@ -113,6 +113,9 @@ struct Proc {
     routes: RouteTable,
     /// Local address of each listening fd, resolved once from procfs.
     listeners: HashMap<u32, Option<SocketAddr>>,
+    /// Network namespace (inode of /proc/PID/ns/net): loopback addresses only name
+    /// the same socket within one.
+    netns: Option<u64>,
 }
 
 /// Counters of the tracker, for self-telemetry.
@@ -382,6 +385,9 @@ impl Tracker {
                 thread_context: true,
                 routes: RouteTable::new(route_cfg),
                 listeners: HashMap::new(),
+                netns: std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                    .ok()
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m)),
             })
             .resource
             .clone();
@@ -969,7 +975,7 @@ fn on_message(
                 }
             } else {
                 let joined = (conn.from_start)
-                    .then(|| find_client_end(ctx.peers.as_ref()?, &conn.ends, seq, &msg))
+                    .then(|| find_client_end(ctx.peers.as_ref()?, ctx.pid, &conn.ends, seq, &msg))
                     .flatten();
                 let (ids, local) = match joined {
                     Some((parent, service)) => {
@@ -1100,8 +1106,14 @@ fn caller_context<'a>(
 /// with the same index — and the same request line, which the two ends must agree on
 /// because they are the same bytes. Falls back to the same request line alone when
 /// the counts disagree (a request one end could not parse).
+///
+/// A client whose destination port differs from the server's local port (a
+/// Kubernetes Service port in front of its targetPort) still qualifies, after the
+/// candidates whose ports agree. Loopback addresses only match within one network
+/// namespace (every pod has its own 127.0.0.1).
 fn find_client_end(
     peers: &Peers<'_>,
+    server_pid: u32,
     ends: &Endpoints,
     seq: u64,
     msg: &Message,
@@ -1109,6 +1121,13 @@ fn find_client_end(
     let peer = ends.peer?;
     let candidates = peers.clients.get(&(peer.ip(), peer.port()))?;
     let server_port = ends.local.map(|l| l.port());
+    let netns = |pid: u32| peers.procs.get(&pid).and_then(|p| p.netns);
+    let server_netns = netns(server_pid);
+    let same_port = |c: &&ClientEnd| server_port.is_none_or(|p| p == c.server_port);
+    let ordered = candidates
+        .iter()
+        .filter(same_port)
+        .chain(candidates.iter().filter(|c| !same_port(c)));
     let same_line = |m: &Message| match (&m.kind, &msg.kind) {
         (
             MessageKind::Request { method, target },
@@ -1119,8 +1138,11 @@ fn find_client_end(
         ) => method == m2 && target == t2,
         _ => false,
     };
-    for c in candidates {
-        if server_port.is_some_and(|p| p != c.server_port) {
+    for c in ordered {
+        if peer.ip().is_loopback()
+            && let (Some(a), Some(b)) = (server_netns, netns(c.pid))
+            && a != b
+        {
             continue;
         }
         let Some(conn) = peers.conns.get(&(c.pid, c.fd)) else {
@@ -1129,11 +1151,14 @@ fn find_client_end(
         if !conn.from_start || conn.role != Role::Client {
             continue;
         }
-        let p = conn
+        let Some(p) = conn
             .pending
             .iter()
             .find(|p| p.seq == seq && same_line(&p.msg))
-            .or_else(|| conn.pending.iter().find(|p| same_line(&p.msg)))?;
+            .or_else(|| conn.pending.iter().find(|p| same_line(&p.msg)))
+        else {
+            continue;
+        };
         let service = peers.procs.get(&c.pid).map_or_else(
             || Arc::from(""),
             |p| Arc::from(p.resource.service_name.as_str()),

@@ -423,3 +423,25 @@ fn grandchildren_of_a_handler_find_it_through_recorded_creations() {
     });
     assert!(!r.t.go_parents.contains_key(&(p, 77)));
 }
+
+#[test]
+fn a_service_port_in_front_of_the_target_port_still_joins() {
+    let mut r = Run::new();
+    let (a, b) = (std::process::id(), 1);
+    r.t.add_process(a);
+    r.t.add_process(b);
+    // The client dialed port 80 (a Service); the server listens on 8080 behind it.
+    r.open(connect(a, 5, 40_000, 80, 1));
+    let mut acc = accept(b, 7, 40_000, 2);
+    acc.listen_fd = NO_FD;
+    r.open(acc);
+    if let Some(c) = r.t.conns.get_mut(&(b, 7)) {
+        c.ends.local = Some("127.0.0.1:8080".parse().unwrap());
+    }
+    r.data(a, a, 5, DIR_EGRESS, 10, &req("/svc"));
+    r.data(b, b, 7, DIR_INGRESS, 11, &req("/svc"));
+    r.data(b, b, 7, DIR_EGRESS, 12, RESP);
+    r.data(a, a, 5, DIR_INGRESS, 13, RESP);
+    let c = r.find(SpanKind::Client, "/svc").clone();
+    assert_eq!(r.find(SpanKind::Server, "/svc").parent_span_id, c.span_id);
+}
