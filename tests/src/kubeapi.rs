@@ -16,72 +16,38 @@
 
 use std::convert::Infallible;
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::{harness::TempDir, receiver::TestPki};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
-use tokio_rustls::rustls::{
-    self,
-    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
-};
 
-use crate::harness::TempDir;
-
-/// CA, server certificate and token, as files.
+/// CA and server certificate (a [`TestPki`]) and the service-account token, as files.
 pub struct KubeCredentials {
+    pki: TestPki,
     dir: TempDir,
-    cert: CertificateDer<'static>,
-    key: Vec<u8>,
     pub token: String,
 }
 
 impl KubeCredentials {
     pub fn new() -> KubeCredentials {
         let dir = TempDir::new("kube-credentials");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "periscope-e2e kubernetes CA");
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key"))
-            .expect("self-signed CA");
-        let key = KeyPair::generate().expect("server key");
-        let mut server =
-            CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "kube-apiserver");
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = server.signed_by(&key, &ca).expect("server certificate");
         let token = format!("e2e-token-{}", unique_hex(16));
-        fs::write(dir.path().join("ca.crt"), ca.pem()).expect("write ca.crt");
         fs::write(dir.path().join("token"), format!("{token}\n")).expect("write token");
         KubeCredentials {
+            pki: TestPki::new(),
             dir,
-            cert: cert.der().clone(),
-            key: key.serialize_der(),
             token,
         }
     }
 
     pub fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.crt")
+        self.pki.ca_file()
     }
 
     pub fn token_file(&self) -> PathBuf {
@@ -122,17 +88,7 @@ impl FakeKubeApi {
             .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
         listener.set_nonblocking(true).expect("set_nonblocking");
         let addr = listener.local_addr().expect("local_addr");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![creds.cert.clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(creds.key.clone())),
-            )
-            .expect("server TLS config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor = tokio_rustls::TlsAcceptor::from(creds.pki.server_config(b"http/1.1", false));
         let state = Arc::new(Mutex::new(ApiState::default()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -372,7 +372,7 @@ impl TestPki {
 
     /// A rustls server config with the server certificate, advertising `alpn`; with
     /// `mtls`, clients must present a certificate signed by the CA.
-    fn server_config(&self, alpn: &[u8], mtls: bool) -> Arc<ServerConfig> {
+    pub fn server_config(&self, alpn: &[u8], mtls: bool) -> Arc<ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()

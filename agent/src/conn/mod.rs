@@ -241,39 +241,27 @@ pub struct Tracker {
     go_parents: HashMap<(u32, u64), u64>,
 }
 
-fn peer_addr(ev: &ConnOpenEvent) -> Option<SocketAddr> {
-    let ip = match ev.family {
-        AF_INET => IpAddr::V4(Ipv4Addr::new(
-            ev.peer_addr[0],
-            ev.peer_addr[1],
-            ev.peer_addr[2],
-            ev.peer_addr[3],
-        )),
+/// A socket address as the kernel events carry it: IPv4 in the first 4 bytes, IPv6 in
+/// all 16 (v4-mapped ones shown as IPv4); `None` for other families.
+fn sockaddr(family: u16, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
+    let ip = match family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
         AF_INET6 => {
-            let v6 = Ipv6Addr::from(ev.peer_addr);
+            let v6 = Ipv6Addr::from(*addr);
             v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
         }
         _ => return None,
     };
-    Some(SocketAddr::new(ip, ev.peer_port))
+    Some(SocketAddr::new(ip, port))
+}
+
+fn peer_addr(ev: &ConnOpenEvent) -> Option<SocketAddr> {
+    sockaddr(ev.family, &ev.peer_addr, ev.peer_port)
 }
 
 /// Local address of a client socket (from the TCP state tracepoint), if known.
 fn local_addr(ev: &ConnOpenEvent) -> Option<SocketAddr> {
-    let ip = match ev.local_family {
-        AF_INET => IpAddr::V4(Ipv4Addr::new(
-            ev.local_addr[0],
-            ev.local_addr[1],
-            ev.local_addr[2],
-            ev.local_addr[3],
-        )),
-        AF_INET6 => {
-            let v6 = Ipv6Addr::from(ev.local_addr);
-            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, ev.local_port))
+    sockaddr(ev.local_family, &ev.local_addr, ev.local_port)
 }
 
 /// Offset between CLOCK_REALTIME and CLOCK_MONOTONIC (what bpf_ktime_get_ns reads).

@@ -120,6 +120,15 @@ impl Run {
         );
     }
 
+    /// One request from client socket `(pid, fd)` `c` to server socket `s`, both
+    /// traced, as the four syscalls moving it (thread id = pid).
+    fn exchange(&mut self, c: (u32, u32), s: (u32, u32), ts: u64, path: &str, resp: &[u8]) {
+        self.data(c.0, c.0, c.1, DIR_EGRESS, ts, &req(path));
+        self.data(s.0, s.0, s.1, DIR_INGRESS, ts + 1, &req(path));
+        self.data(s.0, s.0, s.1, DIR_EGRESS, ts + 2, resp);
+        self.data(c.0, c.0, c.1, DIR_INGRESS, ts + 3, resp);
+    }
+
     fn go(&mut self, kind: EventKind, pid: u32, fd: u32, goid: u64, parent: u64) {
         let ev = GoConnEvent {
             header: hdr(kind, pid, pid, 0),
@@ -167,11 +176,7 @@ fn server_span_is_child_of_the_traced_client_that_sent_it() {
     r.open(accept(b, 7, 40_000, 2));
     // Keep-alive: three requests on one connection, each paired with its own.
     for (i, path) in ["/one", "/two", "/three"].iter().enumerate() {
-        let ts = 10 + i as u64 * 10;
-        r.data(a, a, 5, DIR_EGRESS, ts, &req(path));
-        r.data(b, b, 7, DIR_INGRESS, ts + 1, &req(path));
-        r.data(b, b, 7, DIR_EGRESS, ts + 2, RESP);
-        r.data(a, a, 5, DIR_INGRESS, ts + 3, RESP);
+        r.exchange((a, 5), (b, 7), 10 + i as u64 * 10, path, RESP);
     }
     assert_eq!(r.spans.len(), 6);
     for path in ["/one", "/two", "/three"] {
@@ -192,10 +197,7 @@ fn no_join_without_a_traced_client_end_or_with_a_different_request() {
     // Client on local port 40001; the server's peer is port 40002: another socket.
     r.open(connect(a, 5, 40_001, 8080, 1));
     r.open(accept(b, 7, 40_002, 2));
-    r.data(a, a, 5, DIR_EGRESS, 10, &req("/x"));
-    r.data(b, b, 7, DIR_INGRESS, 11, &req("/x"));
-    r.data(b, b, 7, DIR_EGRESS, 12, RESP);
-    r.data(a, a, 5, DIR_INGRESS, 13, RESP);
+    r.exchange((a, 5), (b, 7), 10, "/x", RESP);
     let s = r.find(SpanKind::Server, "/x");
     assert_eq!(s.parent_span_id, [0; 8]);
     // Same socket pair, but the bytes disagree: never join on the count alone.
@@ -312,16 +314,12 @@ fn joined_calls_feed_the_service_graph() {
     r.open(connect(a, 5, 40_000, 8080, 1));
     r.open(accept(b, 7, 40_000, 2));
     for i in 0..4u64 {
-        let ts = 10 + i * 10;
-        r.data(a, a, 5, DIR_EGRESS, ts, &req("/e"));
-        r.data(b, b, 7, DIR_INGRESS, ts + 1, &req("/e"));
         let resp: &[u8] = if i == 0 {
             b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"
         } else {
             RESP
         };
-        r.data(b, b, 7, DIR_EGRESS, ts + 2, resp);
-        r.data(a, a, 5, DIR_INGRESS, ts + 3, resp);
+        r.exchange((a, 5), (b, 7), 10 + i * 10, "/e", resp);
     }
     let (edges, overflow) = metrics.edges();
     assert_eq!(overflow, 0);
@@ -438,10 +436,7 @@ fn a_service_port_in_front_of_the_target_port_still_joins() {
     if let Some(c) = r.t.conns.get_mut(&(b, 7)) {
         c.ends.local = Some("127.0.0.1:8080".parse().unwrap());
     }
-    r.data(a, a, 5, DIR_EGRESS, 10, &req("/svc"));
-    r.data(b, b, 7, DIR_INGRESS, 11, &req("/svc"));
-    r.data(b, b, 7, DIR_EGRESS, 12, RESP);
-    r.data(a, a, 5, DIR_INGRESS, 13, RESP);
+    r.exchange((a, 5), (b, 7), 10, "/svc", RESP);
     let c = r.find(SpanKind::Client, "/svc").clone();
     assert_eq!(r.find(SpanKind::Server, "/svc").parent_span_id, c.span_id);
 }

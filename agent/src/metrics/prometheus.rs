@@ -307,29 +307,24 @@ pub fn encode_edges(enc: &mut Encoder, edges: &[super::Edge], overflow: u64) {
             ("connection_type".into(), String::new()),
         ]
     };
-    let total: Vec<Sample> = edges
-        .iter()
-        .map(|e| Sample {
-            labels: labels(e),
-            value: e.stats.requests as f64,
-        })
-        .collect();
+    let samples = |value: fn(&super::EdgeStats) -> u64| -> Vec<Sample> {
+        edges
+            .iter()
+            .map(|e| Sample {
+                labels: labels(e),
+                value: value(&e.stats) as f64,
+            })
+            .collect()
+    };
     enc.counter(
         "traces_service_graph_request",
         "Requests between two traced services on this node.",
-        &total,
+        &samples(|s| s.requests),
     );
-    let failed: Vec<Sample> = edges
-        .iter()
-        .map(|e| Sample {
-            labels: labels(e),
-            value: e.stats.failed as f64,
-        })
-        .collect();
     enc.counter(
         "traces_service_graph_request_failed",
         "Failed requests (server span in error) between two traced services on this node.",
-        &failed,
+        &samples(|s| s.failed),
     );
     let hist: Vec<(Vec<Label>, &Histogram)> = edges
         .iter()
