@@ -181,6 +181,11 @@ pub fn render(src: &Sources, format: Format) -> String {
         "Spans the adaptive sampler kept only because they were slow.",
         &one(snap.sampler.kept_because_slow),
     );
+    enc.counter(
+        "periscope_spans_kept_trace",
+        "Spans the adaptive sampler kept only because another span of their trace was kept.",
+        &one(snap.sampler.kept_because_trace),
+    );
     enc.gauge(
         "periscope_traced_processes",
         "Processes traced now.",

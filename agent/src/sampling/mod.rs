@@ -18,6 +18,10 @@
 //!   (`PERISCOPE_SLOW_THRESHOLD_MS`, default 1000) are **always** kept, even with an
 //!   unsampled parent and even beyond the cap; when the cap has room they use it up
 //!   like other spans. An error storm is therefore exported in full: that is the point.
+//! * once a span of a trace is kept, the other spans of that trace seen on this node are
+//!   kept too (up to 1000 per trace): children usually finish before their parents, so
+//!   a failing backend call keeps the whole chain of callers above it, across the
+//!   processes of the node, instead of leaving a trace with holes.
 //!
 //! `traceidratio` uses the consistent-probability algorithm (keep when the 56 random
 //! bits of the trace id are at least `(1 - p) * 2^56`); `ratio` explains why and
@@ -88,6 +92,9 @@ pub enum Reason {
     Error,
     /// `periscope_adaptive` kept a slow span the sampler would have dropped.
     Slow,
+    /// `periscope_adaptive` kept a span because another span of its trace was kept on
+    /// this node (children usually finish first): traces stay whole.
+    Trace,
 }
 
 /// Counters since start. `sampled + dropped_by_sampler` is every decision;
@@ -99,12 +106,54 @@ pub struct SamplerStats {
     pub dropped_by_sampler: u64,
     pub kept_because_error: u64,
     pub kept_because_slow: u64,
+    pub kept_because_trace: u64,
+}
+
+/// Trace ids `periscope_adaptive` kept a span of, most recent [`KEPT_TRACES`].
+const KEPT_TRACES: usize = 65_536;
+/// Spans of one trace kept only because the trace was: a trace that never ends (one
+/// upstream trace id on every request of a batch job) must not lift the cap for good.
+const MAX_FOLLOWED_PER_TRACE: u32 = 1_000;
+
+#[derive(Debug, Default)]
+struct KeptTraces {
+    /// Trace id -> spans kept because of it so far.
+    followed: std::collections::HashMap<TraceId, u32>,
+    order: std::collections::VecDeque<TraceId>,
+}
+
+impl KeptTraces {
+    /// Whether a span of `t` is kept because its trace was; counts it if so.
+    fn follow(&mut self, t: &TraceId) -> bool {
+        match self.followed.get_mut(t) {
+            Some(n) if *n < MAX_FOLLOWED_PER_TRACE => {
+                *n += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn insert(&mut self, t: TraceId) {
+        if self.followed.contains_key(&t) {
+            return;
+        }
+        self.followed.insert(t, 0);
+        self.order.push_back(t);
+        if self.order.len() > KEPT_TRACES
+            && let Some(old) = self.order.pop_front()
+        {
+            self.followed.remove(&old);
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Sampler {
     config: SamplerConfig,
     limiter: Option<adaptive::Limiter>,
+    /// Adaptive only: traces with a kept span, whose other spans are then kept too.
+    kept_traces: KeptTraces,
     stats: SamplerStats,
 }
 
@@ -123,6 +172,7 @@ impl Sampler {
         Sampler {
             config,
             limiter,
+            kept_traces: KeptTraces::default(),
             stats: SamplerStats::default(),
         }
     }
@@ -153,8 +203,12 @@ impl Sampler {
             },
             SamplerConfig::Adaptive(adaptive) => {
                 let candidate = input.parent.is_none_or(|p| p.sampled);
+                // A parent that said "not sampled" still wins, as below.
+                let kept = if candidate && self.kept_traces.follow(&input.trace_id) {
+                    reason = Reason::Trace;
+                    true
                 // `new` always builds the limiter for this config.
-                if candidate
+                } else if candidate
                     && self
                         .limiter
                         .as_mut()
@@ -169,7 +223,11 @@ impl Sampler {
                     true
                 } else {
                     false
+                };
+                if kept {
+                    self.kept_traces.insert(input.trace_id);
                 }
+                kept
             }
         };
         if sampled {
@@ -178,6 +236,7 @@ impl Sampler {
                 Reason::Sampler => {}
                 Reason::Error => self.stats.kept_because_error += 1,
                 Reason::Slow => self.stats.kept_because_slow += 1,
+                Reason::Trace => self.stats.kept_because_trace += 1,
             }
         } else {
             self.stats.dropped_by_sampler += 1;

@@ -352,6 +352,8 @@ fn adaptive_drops_unsampled_parents_unless_error_or_slow() {
             reason: Reason::Slow
         }
     );
+    // Another trace (the one above has kept spans, which its later spans follow).
+    i.trace_id = [5; 16];
     i.parent = parent(true, false);
     i.duration_ns = MS;
     assert_eq!(
@@ -424,7 +426,8 @@ fn adaptive_tolerates_a_clock_going_backwards() {
     let mut s = adaptive(10, 1000);
     let mut kept = 0;
     for n in 0..1_000u64 {
-        let mut i = input([n as u8; 16]);
+        // Distinct traces: spans of one kept trace would be kept regardless of the cap.
+        let mut i = input((n as u128 + 1).to_be_bytes());
         i.now_ns = if n % 2 == 0 {
             10 * SEC + n
         } else {
@@ -439,14 +442,14 @@ fn adaptive_tolerates_a_clock_going_backwards() {
 fn adaptive_service_table_is_bounded() {
     let mut s = Sampler::with_max_services(SamplerConfig::Adaptive(AdaptiveConfig::default()), 8);
     for key in 0..100u32 {
-        let mut i = input([1; 16]);
+        let mut i = input((key as u128 + 1).to_be_bytes());
         i.service_key = key;
         i.now_ns = u64::from(key) * MS;
         s.decide(&i);
     }
     assert_eq!(s.services_tracked(), 8);
     // Idle services make room again (swept at most once per second).
-    let mut i = input([1; 16]);
+    let mut i = input([0xee; 16]);
     i.service_key = 1000;
     i.now_ns = 120 * SEC;
     s.decide(&i);
@@ -657,4 +660,50 @@ fn bad_env_values_are_one_line_errors() {
         assert!(msg.contains(needle) && msg.contains(var), "{msg}");
         assert!(!msg.contains('\n'), "{msg}");
     }
+}
+
+#[test]
+fn adaptive_keeps_the_callers_of_a_kept_span_so_traces_stay_whole() {
+    let mut s = adaptive(1, 10_000);
+    // Use up the one-span budget.
+    let mut first = input([1; 16]);
+    first.now_ns = SEC;
+    assert!(s.decide(&first).sampled);
+    // A failing backend call (finishes first) is kept because it failed...
+    let mut child = input([2; 16]);
+    child.now_ns = SEC + 1;
+    child.is_error = true;
+    assert_eq!(s.decide(&child).reason, Reason::Error);
+    // ...and its callers, over the cap and healthy, are kept because of it.
+    for k in 0..3 {
+        let mut caller = input([2; 16]);
+        caller.now_ns = SEC + 2 + k;
+        caller.service_key = 2 + k as u32;
+        let d = s.decide(&caller);
+        assert!(d.sampled, "caller {k}");
+        assert_eq!(d.reason, Reason::Trace);
+    }
+    // An unrelated healthy span over the cap is still dropped.
+    let mut other = input([3; 16]);
+    other.now_ns = SEC + 10;
+    assert!(!s.decide(&other).sampled);
+    assert_eq!(s.stats().kept_because_trace, 3);
+}
+
+#[test]
+fn following_a_trace_is_bounded() {
+    let mut s = adaptive(1, 10_000);
+    let mut i = input([4; 16]);
+    i.is_error = true;
+    i.now_ns = SEC;
+    assert!(s.decide(&i).sampled);
+    let mut followed = 0;
+    for n in 0..5_000u64 {
+        let mut j = input([4; 16]);
+        j.now_ns = 2 * SEC + n;
+        if s.decide(&j).reason == Reason::Trace {
+            followed += 1;
+        }
+    }
+    assert_eq!(followed, 1_000);
 }
