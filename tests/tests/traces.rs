@@ -159,3 +159,95 @@ fn calls_made_while_serving_are_children_without_cross_talk() {
     );
     assert_eq!(tp_children.count(), 2);
 }
+
+/// `periscope_adaptive` at 1 span/s per service: a call that fails (a 404 seen by the
+/// client is an error) is kept, and so is the healthy server span above it — the trace
+/// stays whole — while a proxy whose calls succeed stays capped.
+#[test]
+fn adaptive_sampling_keeps_the_callers_of_failed_calls() {
+    harness::require_root();
+    let _serial = harness::serial();
+    let backend = start_python_http_server();
+    let start = |path: &str| {
+        let mut cmd = Command::new(python3());
+        cmd.arg("-u")
+            .arg(harness::program_dir("pyproxy").join("pyproxy.py"))
+            .arg("0")
+            .env("BACKEND", backend.addr.to_string())
+            .env("BACKEND_PATH", path);
+        harness::start_announced("pyproxy", cmd)
+    };
+    let failing = start("/missing.txt");
+    let healthy = start("/hello.txt");
+    let recv = Receiver::start();
+    let agent = Agent::start_with_env(
+        [
+            "--pid".to_string(),
+            failing.pid().to_string(),
+            "--pid".into(),
+            healthy.pid().to_string(),
+            "--otlp-endpoint".into(),
+            recv.endpoint(Protocol::Grpc),
+            "--otlp-protocol".into(),
+            "grpc".into(),
+        ],
+        &[
+            ("OTEL_TRACES_SAMPLER", "periscope_adaptive"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1"),
+        ],
+    );
+    const N: usize = 30;
+    for proxy in [&failing, &healthy] {
+        let sent = run_concurrent(
+            proxy.addr,
+            vec![Batch {
+                mode: ConnMode::KeepAlive,
+                requests: (0..N)
+                    .map(|_| Request::get("/call?n=1").expect(200))
+                    .collect(),
+            }],
+        );
+        assert_eq!(sent.len(), N);
+    }
+    // Every failing call and its caller, plus the few the cap lets through.
+    recv.wait_for_spans(2 * N, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    let spans = recv.spans();
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let pid_of =
+        |s: &ReceivedSpan| -> String { s.resource_attr("process.pid").unwrap_or_default().into() };
+    let count = |pid: u32, k: i32| {
+        spans
+            .iter()
+            .filter(|s| pid_of(s) == pid.to_string() && kind(s) == k)
+            .count()
+    };
+    assert_eq!(count(failing.pid(), CLIENT), N, "failed calls are all kept");
+    assert_eq!(
+        count(failing.pid(), SERVER),
+        N,
+        "their callers are kept with them, over the cap"
+    );
+    let failing_servers: BTreeSet<String> = spans
+        .iter()
+        .filter(|s| pid_of(s) == failing.pid().to_string() && kind(s) == SERVER)
+        .map(|s| s.span_id_hex())
+        .collect();
+    for c in spans
+        .iter()
+        .filter(|s| pid_of(s) == failing.pid().to_string() && kind(s) == CLIENT)
+    {
+        assert!(
+            failing_servers.contains(&c.parent_span_id_hex()),
+            "a kept failed call whose caller is missing"
+        );
+    }
+    // The healthy proxy's spans are capped: about 1/s, plus one second of burst.
+    let healthy_spans = count(healthy.pid(), SERVER) + count(healthy.pid(), CLIENT);
+    assert!(
+        healthy_spans < N,
+        "the cap still applies to healthy traces: {healthy_spans} spans kept of {}",
+        2 * N
+    );
+}

@@ -1,6 +1,7 @@
 """A thread-per-request Python server that calls a backend while serving.
 
-GET /call?n=N    makes N sequential GET requests to $BACKEND (each on a fresh
+GET /call?n=N    makes N sequential GET requests to $BACKEND$BACKEND_PATH (default
+                 path /hello.txt; each on a fresh
                  connection, from the thread serving the request) and answers 200
                  with the backend statuses; 502 if a call failed.
 GET /            200 "ok"
@@ -14,6 +15,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BACKEND = os.environ.get("BACKEND", "127.0.0.1:1")
+BACKEND_PATH = os.environ.get("BACKEND_PATH", "/hello.txt")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -39,7 +41,7 @@ class Handler(BaseHTTPRequestHandler):
                 for i in range(n):
                     host, port = BACKEND.rsplit(":", 1)
                     conn = http.client.HTTPConnection(host, int(port), timeout=10)
-                    conn.request("GET", f"/hello.txt?call={i}")
+                    conn.request("GET", f"{BACKEND_PATH}?call={i}")
                     resp = conn.getresponse()
                     resp.read()
                     statuses.append(str(resp.status))
