@@ -460,6 +460,14 @@ fn doctor_on_this_host() {
     assert_eq!(status_of(&c, "kprobe") == "ok", kprobe_pmu, "{table}");
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     assert_eq!(status_of(&c, "btf") == "ok", btf, "{table}");
+    let sock = ["inet_sock_set_state", "inet_sk_error_report"]
+        .iter()
+        .all(|t| {
+            Path::new("/sys/kernel/tracing/events/sock")
+                .join(t)
+                .exists()
+        });
+    assert_eq!(status_of(&c, "sock-tracepoints") == "ok", sock, "{table}");
     assert_ne!(status_of(&c, "lockdown"), "fail", "{table}");
     // The agent's own programs load, unless this build embeds none.
     assert!(

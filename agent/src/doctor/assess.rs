@@ -55,6 +55,7 @@ pub fn environment(f: &Facts) -> Vec<Check> {
         kernel(f),
         btf(f),
         tracefs(f),
+        sock_tracepoints(f),
         bpffs(f),
         lockdown(f),
         privileges(f),
@@ -165,6 +166,35 @@ pub fn tracefs(f: &Facts) -> Check {
                 "not mounted, and without CAP_SYS_ADMIN the agent cannot mount it".into(),
             ),
             TRACEFS_FIX,
+        ),
+    }
+}
+
+/// The TCP state tracepoints: client sockets' local addresses (cross-process trace
+/// joins) and failed connects. Optional: spans are right without them, less linked.
+pub fn sock_tracepoints(f: &Facts) -> Check {
+    const ID: &str = "sock-tracepoints";
+    match f.sock_tracepoints {
+        Some(true) => check(
+            ID,
+            Status::Ok,
+            false,
+            "sock:inet_sock_set_state and sock:inet_sk_error_report present (cross-process trace joins, failed-connect spans)".into(),
+        ),
+        Some(false) => with_fix(
+            check(
+                ID,
+                Status::Warn,
+                false,
+                "sock:inet_sock_set_state / sock:inet_sk_error_report missing".into(),
+            ),
+            "Linux >= 4.16 has them; without them server spans are not linked to the traced callers on this node and failed connects give no span",
+        ),
+        None => check(
+            ID,
+            Status::Info,
+            false,
+            "not checked: tracefs is not mounted".into(),
         ),
     }
 }
@@ -584,7 +614,20 @@ mod tests {
             unprivileged_bpf_disabled: Some(2),
             memlock: Some((8 << 20, 8 << 20)),
             pid_ns: Some(PROC_PID_INIT_INO),
+            sock_tracepoints: Some(true),
         }
+    }
+
+    #[test]
+    fn sock_tracepoint_states() {
+        let mut f = this_vm();
+        assert_eq!(sock_tracepoints(&f).status, Status::Ok);
+        f.sock_tracepoints = Some(false);
+        let c = sock_tracepoints(&f);
+        assert_eq!(c.status, Status::Warn);
+        assert!(!c.required && c.fix.is_some());
+        f.sock_tracepoints = None;
+        assert_eq!(sock_tracepoints(&f).status, Status::Info);
     }
 
     fn status(c: &Check) -> Status {

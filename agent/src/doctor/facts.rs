@@ -78,6 +78,9 @@ pub struct Facts {
     /// (soft, hard); `u64::MAX` = unlimited.
     pub memlock: Option<(u64, u64)>,
     pub pid_ns: Option<u64>,
+    /// Whether tracefs lists `sock:inet_sock_set_state` and `sock:inet_sk_error_report`
+    /// (Linux 4.16+); `None` when tracefs is not mounted.
+    pub sock_tracepoints: Option<bool>,
 }
 
 impl Facts {
@@ -100,12 +103,22 @@ pub fn gather(mount: bool) -> Facts {
         sys::uname().unwrap_or_else(|e| (format!("unknown ({e})"), "?".into()));
     let cap_eff = read("/proc/self/status").and_then(|s| parse::cap_eff(&s));
     let can_mount = mount && cap_eff.is_some_and(|m| cap::has(m, cap::SYS_ADMIN));
+    let tracefs = tracefs(can_mount);
+    let sock_tracepoints = match &tracefs {
+        MountState::Mounted(p) | MountState::MountedByDoctor(p) => Some(
+            ["inet_sock_set_state", "inet_sk_error_report"]
+                .iter()
+                .all(|t| p.join("events/sock").join(t).exists()),
+        ),
+        MountState::Missing { .. } => None,
+    };
     Facts {
         kernel: parse::kernel_release(&release),
         release,
         machine,
         btf_bytes: fs::metadata(BTF_PATH).ok().map(|m| m.len()),
-        tracefs: tracefs(can_mount),
+        tracefs,
+        sock_tracepoints,
         bpffs: if fs_magic(c"/sys/fs/bpf") == Some(BPF_FS_MAGIC) {
             MountState::Mounted(BPFFS_PATH.into())
         } else {

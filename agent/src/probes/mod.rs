@@ -432,7 +432,14 @@ impl Probes {
                     ProbeError::Program { name, what, source }
                 }
             })?;
-            prog.attach(category, tracepoint).map_err(err)?;
+            match prog.attach(category, tracepoint) {
+                Ok(_) => {}
+                // Without them spans are still right, only less linked: go on.
+                Err(e) if category == "sock" => eprintln!(
+                    "periscope: warning: tracepoint {category}:{tracepoint} unavailable ({e}); no {what}: server spans of traced callers on this node are not linked to them"
+                ),
+                Err(e) => return Err(err(e)),
+            }
         }
         Ok((
             Self {
