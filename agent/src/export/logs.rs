@@ -16,28 +16,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{
     LogRecord as ProtoLogRecord, ResourceLogs, ScopeLogs, SeverityNumber,
 };
-use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tonic::metadata::MetadataMap;
-use tonic::transport::Channel;
 
 use crate::export::config::{
     BatchConfig, ConfigError, DEFAULT_MAX_EXPORT_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE, ExportFlags,
-    OtlpConfig, Protocol, Signal, resolve_otlp,
+    OtlpConfig, Signal, resolve_otlp,
 };
-use crate::export::otlp::{ExportError, SCOPE_NAME, SCOPE_VERSION, resource_to_proto};
-use crate::export::otlp::{
-    grpc_channel, grpc_error, grpc_request, http_client, post_protobuf, report_client_error,
-};
+use crate::export::otlp::{SCOPE_NAME, SCOPE_VERSION, report_client_error, resource_to_proto};
+use crate::export::transport::LogsTransport;
 use crate::resource::Resource;
 use crate::span::Value;
 
@@ -427,91 +419,6 @@ fn record_to_proto(r: &LogRecord) -> ProtoLogRecord {
     }
 }
 
-/// One OTLP logs connection (gRPC) or client (HTTP).
-#[derive(Clone, Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per exporter, created once and never moved on a hot path"
-)]
-enum LogsTransport {
-    Grpc {
-        endpoint: String,
-        client: LogsServiceClient<Channel>,
-        metadata: MetadataMap,
-    },
-    Http {
-        endpoint: String,
-        client: reqwest::Client,
-    },
-}
-
-impl LogsTransport {
-    fn new(cfg: &OtlpConfig) -> Result<LogsTransport, ExportError> {
-        let endpoint = cfg.endpoint().to_owned();
-        Ok(match cfg.protocol() {
-            Protocol::Grpc => {
-                let (channel, metadata) = grpc_channel(cfg)?;
-                LogsTransport::Grpc {
-                    endpoint,
-                    client: LogsServiceClient::new(channel),
-                    metadata,
-                }
-            }
-            Protocol::HttpProtobuf => LogsTransport::Http {
-                endpoint,
-                client: http_client(cfg)?,
-            },
-        })
-    }
-
-    fn endpoint(&self) -> &str {
-        match self {
-            LogsTransport::Grpc { endpoint, .. } | LogsTransport::Http { endpoint, .. } => endpoint,
-        }
-    }
-
-    /// One attempt bounded by `timeout`; returns the records rejected in a partial success.
-    async fn export(
-        &mut self,
-        req: &ExportLogsServiceRequest,
-        timeout: Duration,
-    ) -> Result<u64, ExportError> {
-        let endpoint = self.endpoint().to_owned();
-        let attempt = async {
-            match self {
-                LogsTransport::Grpc {
-                    client, metadata, ..
-                } => {
-                    match client
-                        .export(grpc_request(req.clone(), metadata, timeout))
-                        .await
-                    {
-                        Ok(resp) => Ok(rejected(resp.get_ref())),
-                        Err(status) => Err(grpc_error(&endpoint, &status)),
-                    }
-                }
-                LogsTransport::Http { client, .. } => {
-                    let body =
-                        post_protobuf(client, req.encode_to_vec(), timeout, &endpoint).await?;
-                    Ok(rejected(
-                        &ExportLogsServiceResponse::decode(body).unwrap_or_default(),
-                    ))
-                }
-            }
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(ExportError::Timeout { endpoint, timeout }),
-        }
-    }
-}
-
-fn rejected(resp: &ExportLogsServiceResponse) -> u64 {
-    resp.partial_success
-        .as_ref()
-        .map_or(0, |p| u64::try_from(p.rejected_log_records).unwrap_or(0))
-}
-
 struct Worker {
     transport: Option<LogsTransport>,
     timeout: Duration,
@@ -618,6 +525,8 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::config::Protocol;
+    use prost::Message;
 
     fn resource(pid: u32) -> Arc<Resource> {
         Arc::new(Resource {

@@ -24,6 +24,7 @@ pub mod logs;
 pub mod metrics;
 pub mod otlp;
 pub mod tls;
+pub mod transport;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -226,7 +227,7 @@ pub fn start_with_console(
         let (rx, stats) = add(OutputKind::Otlp);
         let transport = {
             let _guard = rt.enter();
-            otlp::Transport::new(otlp)
+            transport::TraceTransport::new(otlp)
         };
         let transport = match transport {
             Ok(t) => Some(t),
@@ -331,7 +332,7 @@ fn run_console(
 
 struct OtlpWorker {
     /// `None` when the client could not be created: everything is dropped and counted.
-    transport: Option<otlp::Transport>,
+    transport: Option<transport::TraceTransport>,
     timeout: Duration,
     batch: BatchConfig,
     stats: Arc<ExportStats>,
@@ -434,7 +435,7 @@ impl OtlpWorker {
                 () = deadline_passed(&mut self.deadline) => break Err(None),
             };
             match result {
-                Ok(outcome) => break Ok(outcome),
+                Ok(rejected) => break Ok(rejected),
                 Err(e) if e.is_retryable() && attempt < attempts => {
                     let wait = jitter(e.retry_after().unwrap_or(backoff).min(MAX_BACKOFF));
                     if until.is_some_and(|u| Instant::now() + wait >= u) {
@@ -454,8 +455,8 @@ impl OtlpWorker {
         };
 
         match result {
-            Ok(outcome) => {
-                let rejected = outcome.rejected_spans.min(n);
+            Ok(rejected) => {
+                let rejected = rejected.min(n);
                 self.stats.exported.fetch_add(n - rejected, Relaxed);
                 self.stats.rejected.fetch_add(rejected, Relaxed);
                 if !self.healthy {

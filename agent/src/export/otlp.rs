@@ -11,20 +11,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_proto::tonic::trace::v1::{
     self as proto, ResourceSpans, ScopeSpans, span, status,
 };
-use prost::Message;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
 
-use super::config::{OtlpConfig, Protocol};
+use super::config::OtlpConfig;
 use super::tls::{TlsError, TlsMaterial};
 use crate::resource::{Resource, SDK_NAME, SDK_VERSION};
 use crate::span::{Span, SpanKind, SpanStatus, Value};
@@ -197,97 +193,6 @@ impl ExportError {
 }
 
 /// What the backend said about an accepted request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExportOutcome {
-    /// Spans the backend refused in a partial success.
-    pub rejected_spans: u64,
-}
-
-/// One OTLP connection (gRPC) or client (HTTP). Cheap to clone.
-#[derive(Clone, Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per exporter, created once and never moved on a hot path"
-)]
-pub enum Transport {
-    Grpc {
-        endpoint: String,
-        client: TraceServiceClient<Channel>,
-        metadata: MetadataMap,
-    },
-    Http {
-        endpoint: String,
-        client: reqwest::Client,
-    },
-}
-
-impl Transport {
-    /// Creates the client. Nothing connects yet (the gRPC channel connects lazily and
-    /// reconnects on its own); must run inside a tokio runtime.
-    pub fn new(cfg: &OtlpConfig) -> Result<Transport, ExportError> {
-        let endpoint = cfg.endpoint().to_owned();
-        Ok(match cfg.protocol() {
-            Protocol::Grpc => {
-                let (channel, metadata) = grpc_channel(cfg)?;
-                Transport::Grpc {
-                    endpoint,
-                    client: TraceServiceClient::new(channel),
-                    metadata,
-                }
-            }
-            Protocol::HttpProtobuf => Transport::Http {
-                endpoint,
-                client: http_client(cfg)?,
-            },
-        })
-    }
-
-    pub fn endpoint(&self) -> &str {
-        match self {
-            Transport::Grpc { endpoint, .. } | Transport::Http { endpoint, .. } => endpoint,
-        }
-    }
-
-    /// One export attempt, bounded by `timeout` (also announced to a gRPC server).
-    pub async fn export(
-        &mut self,
-        req: &ExportTraceServiceRequest,
-        timeout: Duration,
-    ) -> Result<ExportOutcome, ExportError> {
-        let endpoint = self.endpoint().to_owned();
-        let attempt = async {
-            match self {
-                Transport::Grpc {
-                    client, metadata, ..
-                } => export_grpc(client, metadata, req, timeout, &endpoint).await,
-                Transport::Http { client, .. } => {
-                    export_http(client, req, timeout, &endpoint).await
-                }
-            }
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(ExportError::Timeout { endpoint, timeout }),
-        }
-    }
-}
-
-async fn export_grpc(
-    client: &mut TraceServiceClient<Channel>,
-    metadata: &MetadataMap,
-    req: &ExportTraceServiceRequest,
-    timeout: Duration,
-    endpoint: &str,
-) -> Result<ExportOutcome, ExportError> {
-    match client
-        .export(grpc_request(req.clone(), metadata, timeout))
-        .await
-    {
-        Ok(resp) => Ok(outcome(resp.get_ref())),
-        Err(status) => Err(grpc_error(endpoint, &status)),
-    }
-}
-
 /// One export call's request: the configured headers as metadata, and the timeout
 /// announced to the server. Shared by the trace, metrics and logs transports.
 pub(crate) fn grpc_request<T>(
@@ -332,18 +237,6 @@ fn with_tls_hint(reason: String) -> String {
     } else {
         reason
     }
-}
-
-async fn export_http(
-    client: &reqwest::Client,
-    req: &ExportTraceServiceRequest,
-    timeout: Duration,
-    endpoint: &str,
-) -> Result<ExportOutcome, ExportError> {
-    let body = post_protobuf(client, req.encode_to_vec(), timeout, endpoint).await?;
-    // A body we cannot decode (empty, or JSON from a lenient server) still means success.
-    let resp = ExportTraceServiceResponse::decode(body).unwrap_or_default();
-    Ok(outcome(&resp))
 }
 
 /// A lazily connecting gRPC channel for `cfg` and the metadata (headers) to send on every
@@ -475,15 +368,6 @@ pub(crate) async fn post_protobuf(
     Ok(resp.bytes().await.unwrap_or_default())
 }
 
-fn outcome(resp: &ExportTraceServiceResponse) -> ExportOutcome {
-    ExportOutcome {
-        rejected_spans: resp
-            .partial_success
-            .as_ref()
-            .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0)),
-    }
-}
-
 /// The innermost error: "Connection refused (os error 111)" rather than reqwest's
 /// "error sending request for url (...)".
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -508,6 +392,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
     use crate::export::test_support::{resource, sample_span};
+    use prost::Message;
 
     #[test]
     fn converts_every_field() {

@@ -14,7 +14,6 @@
 
 pub mod config;
 pub mod encode;
-pub mod transport;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -23,9 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
+pub use crate::export::transport::MetricsTransport;
 pub use config::{MetricsExportConfig, MetricsExportFlags, TemporalityPreference};
 pub use encode::{Batch, Collector};
-pub use transport::MetricsTransport;
 
 use crate::export::otlp::ExportError;
 use crate::metrics::Metrics;
