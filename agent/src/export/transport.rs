@@ -47,90 +47,61 @@ pub trait Service {
     fn rejected(response: &Self::Response) -> u64;
 }
 
-fn count(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
+/// `Service` for one signal: its request and response messages, its generated gRPC
+/// client, and the partial-success field that counts what was rejected.
+macro_rules! otlp_service {
+    ($name:ident, $client:ident, $request:ident, $response:ident, $rejected:ident) => {
+        #[derive(Debug)]
+        pub enum $name {}
+
+        impl Service for $name {
+            type Request = $request;
+            type Response = $response;
+            type Client = $client<Channel>;
+
+            fn client(channel: Channel) -> Self::Client {
+                $client::new(channel)
+            }
+
+            fn call(
+                client: &mut Self::Client,
+                request: tonic::Request<Self::Request>,
+            ) -> impl Future<Output = Result<tonic::Response<Self::Response>, tonic::Status>> + Send
+            {
+                client.export(request)
+            }
+
+            fn rejected(response: &Self::Response) -> u64 {
+                response
+                    .partial_success
+                    .as_ref()
+                    .map_or(0, |p| u64::try_from(p.$rejected).unwrap_or(0))
+            }
+        }
+    };
 }
 
-#[derive(Debug)]
-pub enum Traces {}
-
-impl Service for Traces {
-    type Request = ExportTraceServiceRequest;
-    type Response = ExportTraceServiceResponse;
-    type Client = TraceServiceClient<Channel>;
-
-    fn client(channel: Channel) -> Self::Client {
-        TraceServiceClient::new(channel)
-    }
-
-    fn call(
-        client: &mut Self::Client,
-        request: tonic::Request<Self::Request>,
-    ) -> impl Future<Output = Result<tonic::Response<Self::Response>, tonic::Status>> + Send {
-        client.export(request)
-    }
-
-    fn rejected(response: &Self::Response) -> u64 {
-        response
-            .partial_success
-            .as_ref()
-            .map_or(0, |p| count(p.rejected_spans))
-    }
-}
-
-#[derive(Debug)]
-pub enum Metrics {}
-
-impl Service for Metrics {
-    type Request = ExportMetricsServiceRequest;
-    type Response = ExportMetricsServiceResponse;
-    type Client = MetricsServiceClient<Channel>;
-
-    fn client(channel: Channel) -> Self::Client {
-        MetricsServiceClient::new(channel)
-    }
-
-    fn call(
-        client: &mut Self::Client,
-        request: tonic::Request<Self::Request>,
-    ) -> impl Future<Output = Result<tonic::Response<Self::Response>, tonic::Status>> + Send {
-        client.export(request)
-    }
-
-    fn rejected(response: &Self::Response) -> u64 {
-        response
-            .partial_success
-            .as_ref()
-            .map_or(0, |p| count(p.rejected_data_points))
-    }
-}
-
-#[derive(Debug)]
-pub enum Logs {}
-
-impl Service for Logs {
-    type Request = ExportLogsServiceRequest;
-    type Response = ExportLogsServiceResponse;
-    type Client = LogsServiceClient<Channel>;
-
-    fn client(channel: Channel) -> Self::Client {
-        LogsServiceClient::new(channel)
-    }
-
-    fn call(
-        client: &mut Self::Client,
-        request: tonic::Request<Self::Request>,
-    ) -> impl Future<Output = Result<tonic::Response<Self::Response>, tonic::Status>> + Send {
-        client.export(request)
-    }
-
-    fn rejected(response: &Self::Response) -> u64 {
-        response
-            .partial_success
-            .as_ref()
-            .map_or(0, |p| count(p.rejected_log_records))
-    }
-}
+otlp_service!(
+    Traces,
+    TraceServiceClient,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+    rejected_spans
+);
+otlp_service!(
+    Metrics,
+    MetricsServiceClient,
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+    rejected_data_points
+);
+otlp_service!(
+    Logs,
+    LogsServiceClient,
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+    rejected_log_records
+);
 
 /// One OTLP connection (gRPC) or client (HTTP) for signal `S`. Cheap to clone.
 #[derive(Clone, Debug)]
