@@ -476,16 +476,8 @@ impl Tracker {
         if let Some(old) = self.conns.insert((pid, ev.fd), Conn::new(role, ends)) {
             self.unindex_client(pid, ev.fd, &old);
         }
-        if role == Role::Client
-            && let (Some(local), Some(peer)) = (ends.local, ends.peer)
-        {
-            let v = self.clients.entry((local.ip(), local.port())).or_default();
-            v.retain(|c| (c.pid, c.fd) != (pid, ev.fd));
-            v.push(ClientEnd {
-                server_port: peer.port(),
-                pid,
-                fd: ev.fd,
-            });
+        if role == Role::Client {
+            self.index_client(pid, ev.fd, &ends);
         }
     }
 
@@ -499,15 +491,22 @@ impl Tracker {
             return;
         }
         conn.ends.local = Some(local);
-        let Some(peer) = conn.ends.peer else {
+        let ends = conn.ends;
+        self.index_client(pid, ev.fd, &ends);
+    }
+
+    /// Makes a client socket findable by its local address (see `find_client_end`),
+    /// once both of its addresses are known.
+    fn index_client(&mut self, pid: u32, fd: u32, ends: &Endpoints) {
+        let (Some(local), Some(peer)) = (ends.local, ends.peer) else {
             return;
         };
         let v = self.clients.entry((local.ip(), local.port())).or_default();
-        v.retain(|c| (c.pid, c.fd) != (pid, ev.fd));
+        v.retain(|c| (c.pid, c.fd) != (pid, fd));
         v.push(ClientEnd {
             server_port: peer.port(),
             pid,
-            fd: ev.fd,
+            fd,
         });
     }
 
