@@ -12,8 +12,6 @@
 //! (counted in [`Reorder::forced`]); they are only applied out of order if an older
 //! record is still to come.
 
-use std::time::Duration;
-
 /// How long a record is held before it is applied. Longer than the time a thread can
 /// be kept off a CPU between moving bytes and returning from the syscall on a busy
 /// machine, short enough not to delay spans noticeably.
@@ -135,14 +133,6 @@ impl Reorder {
         if self.spare.capacity() > 4 * MAX_BYTES / 8 {
             self.spare = Vec::new();
         }
-    }
-
-    /// How long until the oldest record is due (None when empty).
-    pub fn next_due(&self, now_ns: u64) -> Option<Duration> {
-        let oldest = self.entries.iter().map(|e| e.ts_ns).min()?;
-        Some(Duration::from_nanos(
-            (oldest + HOLD_NS).saturating_sub(now_ns),
-        ))
     }
 }
 
