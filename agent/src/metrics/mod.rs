@@ -331,6 +331,26 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_resource_labels_the_series_recorded_before_and_after() {
+        let m = Metrics::default();
+        m.add_service(&resource(7), 1);
+        let named = Arc::new(Resource {
+            pid: 7,
+            service_name: "checkout".into(),
+            attributes: vec![("service.name".into(), "checkout".into())],
+        });
+        m.replace_resource(&named);
+        // Another pid is not touched.
+        m.replace_resource(&Arc::new(Resource {
+            pid: 8,
+            ..(*named).clone()
+        }));
+        let snap = m.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0].resource.service_name, "checkout");
+    }
+
+    #[test]
     fn counts_are_exact_per_series() {
         let m = Metrics::default();
         let r = resource(1);
