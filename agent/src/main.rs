@@ -486,6 +486,7 @@ fn run(cli: Cli) -> Result<()> {
     )?;
     let discovering = discovery.selector().discovers();
     let (probes, ring) = Probes::load(1 << 20, discovering)?;
+    probes.warn_unavailable();
     let follow = !cli.no_follow_forks;
     let found: Vec<u32> = discovery.initial(Instant::now()).into_iter().collect();
     let targets = expand_targets(&found, follow);

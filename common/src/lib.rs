@@ -330,6 +330,43 @@ pub const STAT_SOCKMAP_FULL: u32 = 4;
 pub const STAT_COUNT: u32 = 8;
 const _: () = assert!(STAT_SOCKMAP_FULL < STAT_COUNT);
 
+/// Offsets into tracepoint records, patched into the kernel object's `TP_FIELDS` at
+/// load time from tracefs (`events/<sys>/<name>/format`): record layouts differ between
+/// kernels, so the kernel side hard-codes none of them. Indices into `TP_FIELDS`.
+pub mod tp {
+    /// A field this kernel's record does not have.
+    pub const NO_FIELD: u32 = u32::MAX;
+    /// syscalls/sys_enter_*: offset of the first argument (each is an 8-byte slot).
+    pub const SYS_ARG0: usize = 0;
+    /// syscalls/sys_exit_*: offset of `ret`.
+    pub const SYS_RET: usize = 1;
+    /// task/task_newtask `pid` (4 bytes) and `clone_flags` (8 bytes).
+    pub const NEWTASK_PID: usize = 2;
+    pub const NEWTASK_CLONE_FLAGS: usize = 3;
+    /// sched/sched_process_exit `group_dead` (1 byte; absent before Linux 6.13).
+    pub const EXIT_GROUP_DEAD: usize = 4;
+    /// sock/inet_sock_set_state `skaddr` (8), `oldstate` (4), `newstate` (4), then a tuple.
+    pub const STATE_SKADDR: usize = 5;
+    pub const STATE_OLD: usize = 6;
+    pub const STATE_NEW: usize = 7;
+    pub const STATE_TUPLE: usize = 8;
+    /// sock/inet_sk_error_report `error` (4), then a tuple.
+    pub const ERROR_ERROR: usize = STATE_TUPLE + TUPLE_LEN;
+    pub const ERROR_TUPLE: usize = ERROR_ERROR + 1;
+    /// A 4-tuple's fields, relative to `STATE_TUPLE` / `ERROR_TUPLE`.
+    pub const TUPLE_SPORT: usize = 0;
+    pub const TUPLE_DPORT: usize = 1;
+    pub const TUPLE_FAMILY: usize = 2;
+    pub const TUPLE_PROTOCOL: usize = 3;
+    pub const TUPLE_SADDR: usize = 4;
+    pub const TUPLE_DADDR: usize = 5;
+    pub const TUPLE_SADDR6: usize = 6;
+    pub const TUPLE_DADDR6: usize = 7;
+    pub const TUPLE_LEN: usize = 8;
+    pub const TP_FIELD_COUNT: usize = ERROR_TUPLE + TUPLE_LEN;
+    const _: () = assert!(TP_FIELD_COUNT == 25);
+}
+
 /// Value of the per-target map: flags for one traced process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

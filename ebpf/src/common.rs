@@ -35,16 +35,56 @@ pub fn discovery() -> bool {
 #[no_mangle]
 pub static WAKEUP_BYTES: u64 = 1 << 20;
 
-#[inline(always)]
-pub fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // Syscall tracepoint records: 8 bytes of common fields, the syscall nr padded to 8,
-    // then each argument as 8 bytes.
-    unsafe { ctx.read_at::<u64>(16 + 8 * n).unwrap_or(0) }
-}
+/// Offsets into tracepoint records (indices: `periscope_common::tp`), patched at load
+/// from tracefs because record layouts differ between kernels. The defaults are
+/// Linux 6.18's; `tp::NO_FIELD` marks a field this kernel's record lacks.
+#[no_mangle]
+pub static TP_FIELDS: [u32; tp::TP_FIELD_COUNT] = [
+    16, 16, // syscalls: first argument, ret
+    8, 32, // task_newtask: pid, clone_flags
+    32, // sched_process_exit: group_dead
+    8, 16, 20, 24, 26, 28, 30, 32, 36, 40, 56, // inet_sock_set_state
+    8, 12, 14, 16, 18, 20, 24, 28, 44, // inet_sk_error_report
+];
 
 #[inline(always)]
+fn tp_offset(field: usize) -> u32 {
+    // Volatile: the value is patched after compilation.
+    unsafe { core::ptr::read_volatile(&TP_FIELDS[field]) }
+}
+
+/// Reads field `field` (a `tp::*` index) of the current tracepoint record; `None` when
+/// this kernel's record has no such field or it cannot be read.
+#[inline(always)]
+pub fn tp_read<T>(ctx: &TracePointContext, field: usize) -> Option<T> {
+    let off = tp_offset(field);
+    if off == tp::NO_FIELD {
+        return None;
+    }
+    unsafe { ctx.read_at::<T>(off as usize) }.ok()
+}
+
+/// Like [`tp_read`], `extra` bytes into the field (array elements).
+#[inline(always)]
+pub fn tp_read_in<T>(ctx: &TracePointContext, field: usize, extra: usize) -> Option<T> {
+    let off = tp_offset(field);
+    if off == tp::NO_FIELD {
+        return None;
+    }
+    unsafe { ctx.read_at::<T>(off as usize + extra) }.ok()
+}
+
+/// Argument `n` of a syscall tracepoint (`sys_enter_*`): each is an 8-byte slot after
+/// `__syscall_nr`, from an offset read from tracefs.
+#[inline(always)]
+pub fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    tp_read_in::<u64>(ctx, tp::SYS_ARG0, 8 * n).unwrap_or(0)
+}
+
+/// The return value in a `sys_exit_*` record.
+#[inline(always)]
 pub fn ret(ctx: &TracePointContext) -> i64 {
-    unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) }
+    tp_read::<i64>(ctx, tp::SYS_RET).unwrap_or(-1)
 }
 
 #[inline(always)]

@@ -299,6 +299,20 @@ const HEAD_MASK: usize = 2 * MAX_HEAD - 1;
 const TAIL_MASK: usize = 2 * MAX_TAIL - 1;
 const OUT_MASK: usize = SCRATCH_PAYLOAD - 1;
 
+/// `v`, hidden from the optimizer, so that a mask applied to it is really executed.
+///
+/// LLVM drops a mask it can prove redundant (`head & HEAD_MASK` when `head <= MAX_HEAD`
+/// on every real path). Verifiers before Linux ~6.8 also walk branches that cannot
+/// happen, where the register holding `head` then has impossible bounds (Debian's
+/// 6.1: `umin=2048, umax=2047`); adding such a register to the scratch-buffer pointer
+/// turns the pointer into a scalar, and the copy is rejected ("R1 type=scalar
+/// expected=... map_value"). An executed mask gives the register sane bounds again.
+#[inline(always)]
+fn opaque(v: usize) -> usize {
+    // SAFETY: a volatile read of a local.
+    unsafe { core::ptr::read_volatile(&v) }
+}
+
 /// Copies `len` user bytes from `src` to `payload[off..]`. The masks are what the
 /// verifier needs to bound the write: callers keep `off < MAX_HEAD` and `len` within
 /// `LEN_MASK` (HEAD_MASK for the head, TAIL_MASK for the tail).
@@ -309,8 +323,8 @@ fn copy_user<const LEN_MASK: usize>(
     len: usize,
     src: u64,
 ) -> Result<(), i64> {
-    let off = off & HEAD_MASK;
-    let len = len & LEN_MASK;
+    let off = opaque(off) & HEAD_MASK;
+    let len = opaque(len) & LEN_MASK;
     if len == 0 {
         return Ok(());
     }
@@ -399,7 +413,7 @@ fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result
             _pad: 0,
         };
     }
-    let size = core::mem::size_of::<DataEvent>() + ((head + tail) & OUT_MASK);
+    let size = core::mem::size_of::<DataEvent>() + (opaque(head + tail) & OUT_MASK);
     let bytes: &[u8] = unsafe {
         core::slice::from_raw_parts(buf as *const u8, core::mem::size_of::<DataEventBuf>())
     };

@@ -7,6 +7,7 @@ use aya_ebpf::{
 use periscope_common::*;
 
 use crate::common::*;
+use periscope_common::tp;
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -15,15 +16,15 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 
 #[tracepoint]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
-    // task:task_newtask runs in the parent: pid (offset 8) is the new task,
-    // clone_flags (offset 32) tells a thread from a process.
+    // task:task_newtask runs in the parent: pid is the new task, clone_flags tells a
+    // thread from a process (offsets from tracefs, see common::TP_FIELDS).
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let Some(info) = (unsafe { TARGETS.get(&tgid).copied() }) else {
         return 0;
     };
-    let flags: u64 = unsafe { ctx.read_at(32) }.unwrap_or(CLONE_THREAD);
-    let child: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
+    let flags: u64 = tp_read(&ctx, tp::NEWTASK_CLONE_FLAGS).unwrap_or(CLONE_THREAD);
+    let child: u32 = tp_read(&ctx, tp::NEWTASK_PID).unwrap_or(0);
     if child == 0 {
         return 0;
     }
@@ -59,9 +60,16 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         pid: pid_tgid as u32,
         parent_pid: tgid,
     });
-    // group_dead (offset 32): the last thread of the process is exiting.
-    let group_dead: u8 = unsafe { ctx.read_at(32) }.unwrap_or(0);
-    if group_dead == 0 {
+    // group_dead: the last thread of the process is exiting. Kernels before 6.13
+    // (Debian's 6.1 and 6.12 among them) have no such field; there the exit of the
+    // thread-group leader stands for the process's: exit_group(2) ends every thread
+    // at once, and a leader that leaves its other threads running (pthread_exit in
+    // main) is rare. Such a process is then taken for gone early, never kept late.
+    let group_dead = match tp_read::<u8>(&ctx, tp::EXIT_GROUP_DEAD) {
+        Some(dead) => dead != 0,
+        None => pid_tgid as u32 == tgid,
+    };
+    if !group_dead {
         return 0;
     }
     let _ = TARGETS.remove(&tgid);

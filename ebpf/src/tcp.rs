@@ -23,7 +23,7 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use periscope_common::*;
+use periscope_common::{tp, *};
 
 use crate::{
     common::*,
@@ -55,10 +55,8 @@ pub fn is_connect_failure(errno: i64) -> bool {
     )
 }
 
-/// Field offsets shared by both tracepoints' records, after the 8 common bytes:
-/// inet_sock_set_state has skaddr, oldstate, newstate first (16 bytes), then
-/// sport, dport, family, protocol, saddr[4], daddr[4], saddr_v6[16], daddr_v6[16];
-/// inet_sk_error_report has error (4 bytes) first, then the same fields.
+/// The 4-tuple both tracepoints' records carry (offsets from tracefs, see
+/// `common::TP_FIELDS`; `base` is `tp::STATE_TUPLE` or `tp::ERROR_TUPLE`).
 #[derive(Clone, Copy)]
 struct Tuple {
     sport: u16,
@@ -71,10 +69,10 @@ struct Tuple {
 
 #[inline(always)]
 fn read_tuple(ctx: &TracePointContext, base: usize) -> Option<Tuple> {
-    let sport: u16 = unsafe { ctx.read_at(base) }.ok()?;
-    let dport: u16 = unsafe { ctx.read_at(base + 2) }.ok()?;
-    let family: u16 = unsafe { ctx.read_at(base + 4) }.ok()?;
-    let protocol: u16 = unsafe { ctx.read_at(base + 6) }.ok()?;
+    let sport: u16 = tp_read(ctx, base + tp::TUPLE_SPORT)?;
+    let dport: u16 = tp_read(ctx, base + tp::TUPLE_DPORT)?;
+    let family: u16 = tp_read(ctx, base + tp::TUPLE_FAMILY)?;
+    let protocol: u16 = tp_read(ctx, base + tp::TUPLE_PROTOCOL)?;
     let mut t = Tuple {
         sport,
         dport,
@@ -84,13 +82,13 @@ fn read_tuple(ctx: &TracePointContext, base: usize) -> Option<Tuple> {
         daddr: [0; 16],
     };
     if family == AF_INET {
-        let s: [u8; 4] = unsafe { ctx.read_at(base + 8) }.ok()?;
-        let d: [u8; 4] = unsafe { ctx.read_at(base + 12) }.ok()?;
+        let s: [u8; 4] = tp_read(ctx, base + tp::TUPLE_SADDR)?;
+        let d: [u8; 4] = tp_read(ctx, base + tp::TUPLE_DADDR)?;
         t.saddr[..4].copy_from_slice(&s);
         t.daddr[..4].copy_from_slice(&d);
     } else if family == AF_INET6 {
-        t.saddr = unsafe { ctx.read_at(base + 16) }.ok()?;
-        t.daddr = unsafe { ctx.read_at(base + 32) }.ok()?;
+        t.saddr = tp_read(ctx, base + tp::TUPLE_SADDR6)?;
+        t.daddr = tp_read(ctx, base + tp::TUPLE_DADDR6)?;
     } else {
         return None;
     }
@@ -123,15 +121,15 @@ pub fn sock_inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_set_state(ctx: &TracePointContext) -> Option<()> {
-    let old: i32 = unsafe { ctx.read_at(16) }.ok()?;
-    let new: i32 = unsafe { ctx.read_at(20) }.ok()?;
+    let old: i32 = tp_read(ctx, tp::STATE_OLD)?;
+    let new: i32 = tp_read(ctx, tp::STATE_NEW)?;
     let interesting = (old == TCP_CLOSE && new == TCP_SYN_SENT)
         || (old == TCP_SYN_SENT && (new == TCP_ESTABLISHED || new == TCP_CLOSE));
     if !interesting {
         return None;
     }
-    let skaddr: u64 = unsafe { ctx.read_at(8) }.ok()?;
-    let t = read_tuple(ctx, 24)?;
+    let skaddr: u64 = tp_read(ctx, tp::STATE_SKADDR)?;
+    let t = read_tuple(ctx, tp::STATE_TUPLE)?;
     if t.protocol != IPPROTO_TCP {
         return None;
     }
@@ -206,8 +204,8 @@ pub fn sock_inet_sk_error_report(ctx: TracePointContext) -> u32 {
 }
 
 fn try_error_report(ctx: &TracePointContext) -> Option<()> {
-    let error: i32 = unsafe { ctx.read_at(8) }.ok()?;
-    let t = read_tuple(ctx, 12)?;
+    let error: i32 = tp_read(ctx, tp::ERROR_ERROR)?;
+    let t = read_tuple(ctx, tp::ERROR_TUPLE)?;
     if error == 0 || t.protocol != IPPROTO_TCP {
         return None;
     }

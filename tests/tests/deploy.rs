@@ -350,6 +350,7 @@ fn assert_well_formed(v: &Value) {
         "fentry",
         "probe_write_user",
         "agent_programs",
+        "capture",
     ] {
         assert!(checks.contains_key(id), "missing check {id}: {v:#}");
     }
@@ -499,6 +500,7 @@ fn doctor_with_daemonset_capabilities() {
     );
     assert_eq!(status_of(&c, "privileges"), "ok", "{v:#}");
     assert_eq!(status_of(&c, "agent_programs"), "ok", "{v:#}");
+    assert_eq!(status_of(&c, "capture"), "ok", "{v:#}");
     // Without CAP_SYS_ADMIN securityfs cannot be mounted: lockdown is either readable
     // (host mounted securityfs) or unknown — never a failure.
     assert_ne!(status_of(&c, "lockdown"), "fail");

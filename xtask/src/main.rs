@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod demo;
 mod gooffsets;
+mod kernels;
 mod test;
 mod tools;
 
@@ -26,6 +27,12 @@ enum Cmd {
         /// Only run end-to-end tests whose name contains this.
         filter: Option<String>,
     },
+    /// Boot Debian's 6.1 and 6.12 cloud kernels under qemu and check the agent traces
+    /// real servers there (doctor, exact spans, Go runtime probes).
+    Kernels {
+        /// Only kernels whose label ("6.1", "6.12") contains this.
+        filter: Option<String>,
+    },
     /// Start a sample Go service with traffic, attach, and print spans.
     Demo,
     /// Overhead of tracing under wrk, with/without the agent, side by side.
@@ -42,6 +49,7 @@ fn main() -> Result<()> {
             eprintln!("xtask: built {}", bin.display());
         }
         Cmd::Test { filter } => test::test(filter)?,
+        Cmd::Kernels { filter } => kernels::kernels(filter.as_deref())?,
         Cmd::Demo => demo::demo()?,
         Cmd::Bench => bench::bench()?,
         Cmd::GoOffsets => {

@@ -61,8 +61,14 @@ pub fn test(filter: Option<String>) -> Result<()> {
         .env("PERISCOPE_EBPF_OBJECT", &obj)
         .env("PERISCOPE_BIN", &agent)
         .env("PERISCOPE_GO_TOOLCHAINS", &go_env);
-    if let Some(f) = filter {
+    if let Some(f) = &filter {
         cmd.arg(f);
     }
-    tools::run(&mut cmd)
+    tools::run(&mut cmd)?;
+    if filter.as_deref().is_none_or(|f| f.contains("kernel")) {
+        eprintln!("xtask: kernel matrix (Debian 6.1 and 6.12 under qemu)");
+        let go = tools::go_toolchains(GO_VERSIONS)?;
+        crate::kernels::run_all(&agent, &go, None)?;
+    }
+    Ok(())
 }

@@ -557,18 +557,54 @@ pub fn probe_write_user(f: &Facts) -> Check {
     check("probe_write_user", Status::Info, false, detail)
 }
 
-/// The agent's own programs, loaded for real. `Ok(n)`: n attached; `Err(None)` skipped.
-pub fn agent_programs(result: &Result<usize, Option<crate::probes::ProbeError>>) -> Check {
+/// The agent's own programs, loaded for real: `Ok(report)` lists each program's result
+/// (loaded, or optional and not loaded with the kernel's reason); `Err(None)` skipped.
+pub fn agent_programs(
+    result: &Result<Vec<crate::probes::ProgramReport>, Option<crate::probes::ProbeError>>,
+) -> Check {
     use crate::probes::ProbeError;
     match result {
-        Ok(n) => check(
-            "agent_programs",
-            Status::Ok,
-            true,
-            format!(
-                "all {n} programs of the embedded eBPF object loaded and attached (then detached)"
-            ),
-        ),
+        Ok(report) => {
+            let loaded: Vec<&str> = report
+                .iter()
+                .filter(|r| r.failure.is_none())
+                .map(|r| r.name)
+                .collect();
+            let failed: Vec<String> = report
+                .iter()
+                .filter_map(|r| {
+                    r.failure
+                        .as_ref()
+                        .map(|why| format!("{} ({}): {why}", r.name, r.what))
+                })
+                .collect();
+            let mut detail = format!(
+                "{} of {} programs of the embedded eBPF object loaded and attached (then detached): {}",
+                loaded.len(),
+                report.len(),
+                loaded.join(", ")
+            );
+            if failed.is_empty() {
+                return check("agent_programs", Status::Ok, true, detail);
+            }
+            detail.push_str(&format!("; optional, not loaded: {}", failed.join("; ")));
+            let costs: Vec<String> = report
+                .iter()
+                .filter(|r| r.failure.is_some())
+                .map(|r| {
+                    let cost = crate::probes::optional_cost(r.name)
+                        .unwrap_or("no Go runtime metrics / Go request context");
+                    format!("{}: {cost}", r.name)
+                })
+                .collect();
+            with_fix(
+                check("agent_programs", Status::Warn, true, detail),
+                &format!(
+                    "tracing works without them, at a cost: {}",
+                    costs.join("; ")
+                ),
+            )
+        }
         Err(None) => with_fix(
             check(
                 "agent_programs",
@@ -582,9 +618,46 @@ pub fn agent_programs(result: &Result<usize, Option<crate::probes::ProbeError>>)
             check("agent_programs", Status::Warn, true, e.to_string()),
             "build with `cargo xtask build`; the probe rows above still tell what this kernel allows",
         ),
+        Err(Some(e @ ProbeError::Essential { .. })) => with_fix(
+            check("agent_programs", Status::Fail, true, e.to_string()),
+            "this kernel cannot run the socket data path; run with PERISCOPE_LOG=debug for the whole verifier log and please report it",
+        ),
         Err(Some(e)) => with_fix(
             check("agent_programs", Status::Fail, true, e.to_string()),
             "fix the failing rows above; if none fails, please report this output",
+        ),
+    }
+}
+
+/// The doctor's own loopback HTTP exchange, as the agent's programs saw it (`None`:
+/// the programs did not load, the row above says why).
+pub fn capture(result: Option<&Result<String, String>>) -> Check {
+    match result {
+        Some(Ok(seen)) => check(
+            "capture",
+            Status::Ok,
+            true,
+            format!("a loopback HTTP exchange of the doctor's own was captured: {seen}"),
+        ),
+        Some(Err(missing)) => with_fix(
+            check(
+                "capture",
+                Status::Fail,
+                true,
+                format!(
+                    "the programs loaded but did not capture a loopback HTTP exchange: {missing}"
+                ),
+            ),
+            "the agent would start and see nothing here; run with PERISCOPE_LOG=debug and please report this output with `uname -r`",
+        ),
+        None => with_fix(
+            check(
+                "capture",
+                Status::Warn,
+                true,
+                "not tried: the agent's programs did not load".into(),
+            ),
+            "see the agent_programs row",
         ),
     }
 }
@@ -881,7 +954,36 @@ mod tests {
     #[test]
     fn agent_program_verdicts() {
         use crate::probes::ProbeError;
-        assert_eq!(agent_programs(&Ok(24)).status, Status::Ok);
+        use crate::probes::ProgramReport;
+        let ok = |name| ProgramReport {
+            name,
+            what: "x",
+            essential: true,
+            failure: None,
+        };
+        let all = agent_programs(&Ok(vec![ok("sys_enter_read"), ok("sys_exit_read")]));
+        assert_eq!(all.status, Status::Ok);
+        assert!(all.detail.contains("2 of 2"), "{}", all.detail);
+        assert!(all.detail.contains("sys_enter_read, sys_exit_read"));
+        let mut some = vec![ok("sys_enter_read"), ok("task_newtask")];
+        some[1].essential = false;
+        some[1].failure = Some("tracepoint task:task_newtask: record has no field pid".into());
+        let some = agent_programs(&Ok(some));
+        assert_eq!(some.status, Status::Warn);
+        assert!(some.detail.contains("1 of 2"), "{}", some.detail);
+        assert!(some.detail.contains("record has no field pid"));
+        assert!(
+            some.fix
+                .unwrap()
+                .contains("forked children are not followed")
+        );
+        let essential = agent_programs(&Err(Some(ProbeError::Essential {
+            name: "sys_exit_read",
+            what: "ingress bytes",
+            reason: "the kernel's verifier rejected it".into(),
+        })));
+        assert_eq!(essential.status, Status::Fail);
+        assert!(essential.detail.contains("sys_exit_read"));
         assert_eq!(agent_programs(&Err(None)).status, Status::Warn);
         let no_obj = agent_programs(&Err(Some(ProbeError::NoObject)));
         assert_eq!(no_obj.status, Status::Warn);
@@ -890,6 +992,15 @@ mod tests {
             agent_programs(&Err(Some(ProbeError::PermissionDenied))).status,
             Status::Fail
         );
+    }
+
+    #[test]
+    fn capture_verdicts() {
+        assert_eq!(capture(Some(&Ok("all seen".into()))).status, Status::Ok);
+        let missed = capture(Some(&Err("request bytes MISSING".into())));
+        assert_eq!(missed.status, Status::Fail);
+        assert!(missed.detail.contains("request bytes MISSING"));
+        assert_eq!(capture(None).status, Status::Warn);
     }
 
     #[test]

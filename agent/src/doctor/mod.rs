@@ -13,7 +13,8 @@
 //!
 //! Exit status: 0 when every *required* check passes (ring buffer, tracepoints, uprobes,
 //! privileges, tracefs mounted or mountable, kernel >= 5.8, lockdown not
-//! confidentiality, the agent's programs), 1 otherwise. Optional kinds (kprobe, fentry,
+//! confidentiality, the agent's programs, and those programs capturing a loopback HTTP
+//! exchange the doctor makes itself), 1 otherwise. Optional kinds (kprobe, fentry,
 //! tp_btf, raw tracepoint, uretprobe) and hints (bpffs, PID namespace) only warn.
 
 pub mod assess;
@@ -193,7 +194,9 @@ pub fn diagnose(opts: &Options) -> DoctorReport {
         } else {
             probe::agent_programs().map_err(Some)
         };
-        checks.push(assess::agent_programs(&result));
+        let capture = result.as_ref().ok().map(|r| r.capture.clone());
+        checks.push(assess::agent_programs(&result.map(|r| r.report)));
+        checks.push(assess::capture(capture.as_ref()));
     }
     DoctorReport::new(format!("{} ({})", f.release, f.machine), checks)
 }

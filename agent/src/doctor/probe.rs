@@ -503,11 +503,110 @@ fn kprobe(env: &Env<'_>) -> Outcome {
 
 /// Loads and attaches the agent's own embedded programs (then detaches them): the most
 /// direct answer to "will `periscope` start here". `Ok(n)` = n programs attached.
-pub fn agent_programs() -> Result<usize, crate::probes::ProbeError> {
-    // No node-wide discovery: nothing is read from the ring, loading is the test.
-    let (probes, _ring) = crate::probes::Probes::load(1 << 20, false)?;
-    drop(probes);
-    Ok(crate::probes::PROBES.len())
+pub fn agent_programs() -> Result<AgentPrograms, crate::probes::ProbeError> {
+    // No node-wide discovery: loading, then one exchange of our own, is the test.
+    let (mut probes, mut ring) = crate::probes::Probes::load(1 << 20, false)?;
+    let capture = loopback_capture(&mut probes, &mut ring);
+    Ok(AgentPrograms {
+        report: probes.report().to_vec(),
+        capture,
+    })
+}
+
+/// What loading the agent's programs found, and whether they saw an exchange.
+#[derive(Clone, Debug)]
+pub struct AgentPrograms {
+    pub report: Vec<crate::probes::ProgramReport>,
+    /// `Ok(what was seen)` or `Err(what was missing)`.
+    pub capture: Result<String, String>,
+}
+
+/// The request the doctor sends itself; its path says who sent it.
+const DOCTOR_REQUEST: &[u8] = b"GET /periscope-doctor HTTP/1.1\r\nHost: localhost\r\n\r\n";
+const DOCTOR_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// Proves capture end to end: the doctor traces itself for one loopback HTTP exchange
+/// (a listener thread answers a client thread) and checks that the kernel programs
+/// reported the accepted connection, the request read and the response written, with
+/// their bytes. Loading is not enough: a program can load and attach and still see
+/// nothing (records read at the wrong offsets, a target map entry lost).
+pub fn loopback_capture(
+    probes: &mut crate::probes::Probes,
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+) -> Result<String, String> {
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener, TcpStream},
+        time::{Duration, Instant},
+    };
+
+    use crate::events::Event;
+    use periscope_common::{DIR_EGRESS, DIR_INGRESS};
+
+    let me = std::process::id();
+    let exchange = || -> io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let server = std::thread::spawn(move || -> io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            let mut buf = [0u8; 512];
+            let mut got = 0;
+            while got < DOCTOR_REQUEST.len() {
+                let n = s.read(&mut buf[got..])?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            s.write_all(DOCTOR_RESPONSE)
+        });
+        let mut c = TcpStream::connect(addr)?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.write_all(DOCTOR_REQUEST)?;
+        let mut resp = Vec::new();
+        let _ = c.read_to_end(&mut resp);
+        server
+            .join()
+            .map_err(|_| io::Error::other("server thread panicked"))??;
+        Ok(())
+    };
+    probes
+        .add_target(me, false)
+        .map_err(|e| format!("cannot trace the doctor itself: {e}"))?;
+    let done = exchange();
+    probes.remove_target(me);
+    done.map_err(|e| format!("the loopback exchange itself failed: {e}"))?;
+    let (mut accepted, mut request, mut response) = (false, false, false);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && !(accepted && request && response) {
+        while let Some(item) = ring.next() {
+            match Event::try_from(&*item) {
+                Ok(Event::ConnOpen(ev)) if ev.header.tgid() == me => accepted = true,
+                Ok(Event::Data { ev, head, .. }) if ev.header.tgid() == me => {
+                    if ev.direction == DIR_INGRESS && head.starts_with(b"GET /periscope-doctor") {
+                        request = true;
+                    }
+                    if ev.direction == DIR_EGRESS && head.starts_with(b"HTTP/1.1 200 OK") {
+                        response = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = |b: bool| if b { "seen" } else { "MISSING" };
+    let detail = format!(
+        "connection {}, request bytes {}, response bytes {}",
+        seen(accepted),
+        seen(request),
+        seen(response)
+    );
+    if accepted && request && response {
+        Ok(detail)
+    } else {
+        Err(detail)
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ use aya::{
 use periscope_common::{GoProcInfo, TargetInfo, sock_key};
 
 use crate::runtime::go::{GO_PROBES, GoPlan};
+
+pub mod format;
 use thiserror::Error;
 
 /// The kernel object built by `cargo xtask build` (see build.rs).
@@ -248,8 +250,15 @@ pub enum ProbeError {
         "tracefs is not mounted and could not be mounted at /sys/kernel/tracing ({0}); mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
     )]
     Tracefs(io::Error),
-    #[error("loading eBPF object: {0}")]
+    #[error("loading eBPF object: {}", explain_load(.0))]
     Load(#[source] aya::EbpfError),
+    /// An essential program (the socket data path) cannot run on this kernel.
+    #[error("eBPF program {name} ({what}) cannot run on this kernel: {reason}")]
+    Essential {
+        name: &'static str,
+        what: &'static str,
+        reason: String,
+    },
     #[error("eBPF program {name} ({what}): {source}")]
     Program {
         name: &'static str,
@@ -261,6 +270,8 @@ pub enum ProbeError {
     Undeclared(String),
     #[error("PID {0}: cannot read its executable: {1}")]
     GoTarget(u32, #[source] io::Error),
+    #[error("eBPF program {0} was not loaded on this kernel: {1}")]
+    NotLoaded(&'static str, String),
     #[error("eBPF map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("eBPF map {name}: {source}")]
@@ -269,6 +280,98 @@ pub enum ProbeError {
         #[source]
         source: aya::maps::MapError,
     },
+}
+
+/// The object-level error with its causes on one line; an EPERM/EACCES here comes
+/// after the privilege check passed, so it is not about privileges.
+fn explain_load(e: &aya::EbpfError) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg = format!("{msg}: {t}");
+        }
+        src = s.source();
+    }
+    msg
+}
+
+/// What the kernel said when a program did not load or attach, as one line: the
+/// verifier's last lines for a rejected program (the whole log at debug level).
+pub fn program_failure(name: &str, e: &aya::programs::ProgramError) -> String {
+    use aya::programs::ProgramError as P;
+    match e {
+        P::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            tracing::debug!("verifier log of {name}:\n{log}");
+            let tail = verifier_tail(&log, 4);
+            let errno = io_error.raw_os_error().unwrap_or(0);
+            let kind = if errno == libc::EACCES || errno == libc::EPERM || errno == libc::EINVAL {
+                // The verifier returns EACCES/EINVAL for programs it refuses; as root
+                // that is about the program and this kernel, not about privileges.
+                format!("the kernel's verifier rejected it ({io_error}; not a privilege problem)")
+            } else {
+                format!("BPF_PROG_LOAD failed ({io_error})")
+            };
+            if tail.is_empty() {
+                kind
+            } else {
+                format!("{kind}: {tail}")
+            }
+        }
+        other => {
+            let mut msg = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(s) = src {
+                let t = s.to_string();
+                if !msg.contains(&t) {
+                    msg = format!("{msg}: {t}");
+                }
+                src = s.source();
+            }
+            msg
+        }
+    }
+}
+
+/// The last `n` meaningful lines of a verifier log, joined with " | ".
+pub fn verifier_tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("verification time"))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// Programs that are not essential, and what is lost without each. Every other
+/// program in [`PROBES`] (the socket data path) is essential: the agent does not start
+/// without it.
+pub fn optional_cost(program: &str) -> Option<&'static str> {
+    Some(match program {
+        "sock_inet_sock_set_state" | "sock_inet_sk_error_report" => {
+            "no client local addresses (no cross-process joins) and no failed-connect spans"
+        }
+        "sys_enter_bind" | "sys_exit_bind" => "--port finds only processes already listening",
+        "task_newtask" => "forked children are not followed and thread counts miss new threads",
+        "sched_process_exec" => "--exe/--port/node-wide discovery misses new processes",
+        "sched_process_exit" => "exited targets are noticed only by polling /proc",
+        _ => return None,
+    })
+}
+
+/// How one program fared on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramReport {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub essential: bool,
+    /// `None` = loaded and attached (Go programs: loaded, attached per process).
+    pub failure: Option<String>,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
@@ -307,6 +410,17 @@ pub struct Probes {
     socks: HashMap<MapData, u64, u32>,
     stats: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Every program's result on this kernel, for doctor and the startup warnings.
+    report: Vec<ProgramReport>,
+}
+
+/// Where tracefs is (the directory holding `events/`).
+pub fn tracefs_root() -> &'static Path {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        Path::new("/sys/kernel/tracing")
+    } else {
+        Path::new("/sys/kernel/debug/tracing")
+    }
 }
 
 /// Makes sure tracefs is reachable, mounting it when it is not (as many minimal VMs and
@@ -332,11 +446,6 @@ pub fn ensure_tracefs() -> Result<(), ProbeError> {
         return Err(ProbeError::Tracefs(io::Error::last_os_error()));
     }
     Ok(())
-}
-
-fn is_eperm(e: &aya::EbpfError) -> bool {
-    let msg = format!("{e:?}");
-    msg.contains("PermissionDenied") || msg.contains("Operation not permitted")
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -373,17 +482,21 @@ impl Probes {
             return Err(ProbeError::PermissionDenied);
         }
         ensure_tracefs()?;
+        let syscalls: Vec<&str> = PROBES
+            .iter()
+            .filter(|p| p.1 == "syscalls")
+            .map(|p| p.2)
+            .collect();
+        let layout = format::Layout::read(tracefs_root(), &syscalls);
+        for (tp, field) in &layout.missing_optional {
+            tracing::debug!("tracepoint {tp} has no field {field} on this kernel");
+        }
         let mut ebpf = EbpfLoader::new()
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("DISCOVERY", &(discovery as u32), true)
+            .override_global("TP_FIELDS", &layout.fields, true)
             .load(EBPF_OBJECT)
-            .map_err(|e| {
-                if is_eperm(&e) {
-                    ProbeError::PermissionDenied
-                } else {
-                    ProbeError::Load(e)
-                }
-            })?;
+            .map_err(ProbeError::Load)?;
         // Kernel-side diagnostics (aya-log); absent when the object logs nothing.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
         let take = |ebpf: &mut Ebpf, name: &'static str| {
@@ -397,20 +510,6 @@ impl Probes {
             HashMap::try_from(take(&mut ebpf, "GO_PROCS")?).map_err(map_err("GO_PROCS"))?;
         let go_conn_types = HashMap::try_from(take(&mut ebpf, "GO_CONN_TYPES")?)
             .map_err(map_err("GO_CONN_TYPES"))?;
-        // Go uprobes are loaded now and attached per Go process later.
-        for &(name, ..) in GO_PROBES {
-            let err = |source| ProbeError::Program {
-                name,
-                what: "Go runtime",
-                source,
-            };
-            let prog: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingMap(name))?
-                .try_into()
-                .map_err(err)?;
-            prog.load().map_err(err)?;
-        }
         // Every program in the object must be declared in PROBES: a program built but
         // never attached would fail silently.
         if let Some((name, _)) = ebpf.programs().find(|(name, _)| {
@@ -418,28 +517,59 @@ impl Probes {
         }) {
             return Err(ProbeError::Undeclared(name.to_string()));
         }
+        let mut report = Vec::with_capacity(PROBES.len() + GO_PROBES.len());
+        // Go uprobes are loaded now and attached per Go process later. A kernel that
+        // refuses one loses that Go feature only (attach_go says which).
+        for &(name, ..) in GO_PROBES {
+            let failure = match ebpf.program_mut(name) {
+                None => Some("not in the eBPF object".to_string()),
+                Some(p) => match <&mut UProbe>::try_from(p) {
+                    Err(e) => Some(program_failure(name, &e)),
+                    Ok(prog) => prog.load().err().map(|e| program_failure(name, &e)),
+                },
+            };
+            report.push(ProgramReport {
+                name,
+                what: "Go runtime",
+                essential: false,
+                failure,
+            });
+        }
         for &(name, category, tracepoint, what) in PROBES {
-            let err = |source| ProbeError::Program { name, what, source };
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingMap(name))?
-                .try_into()
-                .map_err(err)?;
-            prog.load().map_err(|source| {
-                if format!("{source:?}").contains("PermissionDenied") {
-                    ProbeError::PermissionDenied
-                } else {
-                    ProbeError::Program { name, what, source }
+            let essential = optional_cost(name).is_none();
+            let failure = match layout.problem(category, tracepoint) {
+                Some(p) => Some(format!("tracepoint {category}:{tracepoint}: {p}")),
+                None => match ebpf.program_mut(name) {
+                    None => Some("not in the eBPF object".to_string()),
+                    Some(p) => match <&mut TracePoint>::try_from(p) {
+                        Err(e) => Some(program_failure(name, &e)),
+                        Ok(prog) => match prog.load() {
+                            Err(e) => Some(program_failure(name, &e)),
+                            Ok(()) => prog.attach(category, tracepoint).err().map(|e| {
+                                format!(
+                                    "attaching to {category}:{tracepoint}: {}",
+                                    program_failure(name, &e)
+                                )
+                            }),
+                        },
+                    },
+                },
+            };
+            if let Some(reason) = &failure {
+                if essential {
+                    return Err(ProbeError::Essential {
+                        name,
+                        what,
+                        reason: reason.clone(),
+                    });
                 }
-            })?;
-            match prog.attach(category, tracepoint) {
-                Ok(_) => {}
-                // Without them spans are still right, only less linked: go on.
-                Err(e) if category == "sock" => eprintln!(
-                    "periscope: warning: tracepoint {category}:{tracepoint} unavailable ({e}); no {what}: server spans of traced callers on this node are not linked to them"
-                ),
-                Err(e) => return Err(err(e)),
             }
+            report.push(ProgramReport {
+                name,
+                what,
+                essential,
+                failure,
+            });
         }
         Ok((
             Self {
@@ -451,9 +581,29 @@ impl Probes {
                 socks,
                 stats,
                 logger,
+                report,
             },
             ring,
         ))
+    }
+
+    /// Every program's result on this kernel.
+    pub fn report(&self) -> &[ProgramReport] {
+        &self.report
+    }
+
+    /// One warning line per optional program this kernel could not take, with what
+    /// that costs.
+    pub fn warn_unavailable(&self) {
+        for r in self.report.iter().filter(|r| r.failure.is_some()) {
+            let cost = optional_cost(r.name).unwrap_or("Go runtime metrics and Go request context");
+            eprintln!(
+                "periscope: warning: eBPF program {} ({}) not available on this kernel: {}; so {cost}",
+                r.name,
+                r.what,
+                r.failure.as_deref().unwrap_or_default()
+            );
+        }
     }
 
     pub fn add_target(&mut self, pid: u32, follow_forks: bool) -> Result<(), ProbeError> {
@@ -518,6 +668,13 @@ impl Probes {
         let target = format!("/proc/{pid}/exe");
         let meta = fs::metadata(&target).map_err(|e| ProbeError::GoTarget(pid, e))?;
         let key = (meta.dev(), meta.ino());
+        for &(name, _) in &plan.attach {
+            if let Some(r) = self.report.iter().find(|r| r.name == name)
+                && let Some(why) = &r.failure
+            {
+                return Err(ProbeError::NotLoaded(name, why.clone()));
+            }
+        }
         // Per process, not per executable: PIE code addresses differ between processes.
         for &(close, kind) in &plan.conn_types {
             if let Err(e) = self.go_conn_types.insert([u64::from(pid), close], kind, 0) {
