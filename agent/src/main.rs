@@ -512,6 +512,7 @@ fn run(cli: Cli) -> Result<()> {
         go_events: cli.go_goroutine_events,
         logs: logs_export.as_ref().map(|(sink, _)| sink.clone()),
         metrics: metrics.clone(),
+        silence: Default::default(),
     };
     if let Some(kube) = &kube {
         // Bounded: a slow or down API server delays startup by at most this, and the
@@ -671,6 +672,8 @@ struct Targets {
     /// OTLP log records (goroutine-leak warnings), when an OTLP endpoint is set.
     logs: Option<export::logs::LogSink>,
     metrics: Arc<Metrics>,
+    /// Targets that make syscalls while no event arrives for them.
+    silence: probes::silence::SilenceWatch,
 }
 
 impl Targets {
@@ -680,6 +683,7 @@ impl Targets {
         self.probes
             .add_target(pid, self.follow)
             .with_context(|| format!("adding PID {pid} to the target map"))?;
+        self.silence.attached(pid, Instant::now());
         let res = self.tracker.add_process(pid);
         // Programs are attached already, so a socket opened from now on is seen by
         // accept/connect; the ones open before are added here (role learnt from bytes).
@@ -737,6 +741,7 @@ impl Targets {
     }
 
     fn detach(&mut self, pid: u32, ts_ns: u64, emit: &mut dyn FnMut(periscope::span::Span)) {
+        self.silence.detached(pid);
         let fds = self.tracker.remove_process(pid, ts_ns, emit);
         self.probes.remove_sockets(pid, fds);
         self.probes.purge_process(pid);
@@ -821,6 +826,11 @@ fn apply(
     telemetry: &Telemetry,
     emit: &mut dyn FnMut(periscope::span::Span),
 ) {
+    if let Some(pid_tgid) = record.get(16..24) {
+        // EventHeader: kind, pad, ts_ns, then pid_tgid.
+        let pid_tgid = u64::from_ne_bytes(pid_tgid.try_into().expect("8 bytes"));
+        t.silence.event((pid_tgid >> 32) as u32);
+    }
     let event = Event::try_from(record);
     if let Ok(ev) = &event
         && tracing::enabled!(tracing::Level::TRACE)
@@ -899,6 +909,7 @@ fn event_loop(
                 events_received: received,
                 processes: t.tracker.process_count() as u64,
                 events_late,
+                silent_targets: t.silence.silent,
             })
         };
         if last_housekeeping.elapsed() >= HOUSEKEEPING {
@@ -925,6 +936,13 @@ fn event_loop(
                 }
             }
             t.probes.flush_logs();
+            let probes = &t.probes;
+            for warning in t
+                .silence
+                .check(Instant::now(), &|pid| probes.has_target(pid))
+            {
+                eprintln!("{warning}");
+            }
             t.tracker.housekeeping();
             t.tracker.refresh_resources();
             let go_due = last_go_publish.elapsed() >= GO_PUBLISH;

@@ -31,6 +31,10 @@ pub struct Snapshot {
     /// Records applied after a newer one had been (held longer than the reorder window
     /// allows, or pushed out early because the reorder buffer was full).
     pub events_late: u64,
+    /// Traced processes that made read/write syscalls for a while without a single
+    /// event reaching the agent (see `probes::silence`): the kernel programs do not
+    /// see them. Should stay 0.
+    pub silent_targets: u64,
 }
 
 impl Telemetry {

@@ -343,7 +343,7 @@ pub mod tp {
     /// task/task_newtask `pid` (4 bytes) and `clone_flags` (8 bytes).
     pub const NEWTASK_PID: usize = 2;
     pub const NEWTASK_CLONE_FLAGS: usize = 3;
-    /// sched/sched_process_exit `group_dead` (1 byte; absent before Linux 6.13).
+    /// sched/sched_process_exit `group_dead` (1 byte; newer than 6.12: Debian's 6.1 and 6.12 lack it).
     pub const EXIT_GROUP_DEAD: usize = 4;
     /// sock/inet_sock_set_state `skaddr` (8), `oldstate` (4), `newstate` (4), then a tuple.
     pub const STATE_SKADDR: usize = 5;

@@ -60,7 +60,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         pid: pid_tgid as u32,
         parent_pid: tgid,
     });
-    // group_dead: the last thread of the process is exiting. Kernels before 6.13
+    // group_dead: the last thread of the process is exiting. Kernels up to 6.12
     // (Debian's 6.1 and 6.12 among them) have no such field; there the exit of the
     // thread-group leader stands for the process's: exit_group(2) ends every thread
     // at once, and a leader that leaves its other threads running (pthread_exit in

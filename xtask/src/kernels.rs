@@ -360,6 +360,14 @@ sleep 2
 for i in $(seq $N); do wget -q -O /dev/null http://127.0.0.1:8080/index.html; done
 "#
     );
+    // A thread of each Go server exits first while the process lives on: the agent
+    // must keep tracing it (kernels without sched_process_exit's group_dead).
+    for (i, (name, _)) in servers.iter().enumerate() {
+        s += &format!(
+            "begin threadexit-{name}; wget -q -O - --post-data= http://127.0.0.1:{}/threadexit; echo; end threadexit-{name}\n",
+            8081 + i
+        );
+    }
     for (i, _) in servers.iter().enumerate() {
         s += &format!(
             "for i in $(seq $N); do wget -q -O /dev/null http://127.0.0.1:{}/; done\n",
@@ -490,7 +498,7 @@ pub fn check_guest(console: &str) -> Vec<String> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let pid_of = |name: &str| marker(console, "PID", name).map(str::to_string);
-    let count = |pid: &Option<String>, path: &str| {
+    let count = |pid: &Option<String>, method: &str, path: &str| {
         spans
             .iter()
             .filter(|s| {
@@ -500,27 +508,37 @@ pub fn check_guest(console: &str) -> Vec<String> {
                             || s["resource"]["process.pid"].as_str() == Some(pid)
                     })
                     && s["attributes"]["url.path"] == path
-                    && s["attributes"]["http.request.method"] == "GET"
+                    && s["attributes"]["http.request.method"] == method
                     && s["attributes"]["http.response.status_code"] == 200
             })
             .count()
     };
-    let mut expect = vec![("httpd".to_string(), "/index.html", REQUESTS)];
+    let mut expect = vec![("httpd".to_string(), "GET", "/index.html", REQUESTS)];
     for (name, _) in go_servers() {
-        expect.push((name.clone(), "/", REQUESTS));
-        expect.push((name, "/truth", 1));
+        expect.push((name.clone(), "POST", "/threadexit", 1));
+        expect.push((name.clone(), "GET", "/", REQUESTS));
+        expect.push((name, "GET", "/truth", 1));
     }
-    for (name, path, n) in &expect {
-        let got = count(&pid_of(name), path);
+    for (name, method, path, n) in &expect {
+        let got = count(&pid_of(name), method, path);
         if got != *n {
             p.push(format!(
-                "{name}: {got} SERVER spans GET {path} 200, expected {n}"
+                "{name}: {got} SERVER spans {method} {path} 200, expected {n}"
             ));
         }
     }
-    // Go: runtime probes attached, and go_goroutines is the program's own count.
+    // Go: a thread exited (so the case is really tested), runtime probes attached,
+    // and go_goroutines is the program's own count.
     let metrics = section(console, "metrics").unwrap_or("");
     for (name, _) in go_servers() {
+        let threads: Option<serde_json::Value> = section(console, &format!("threadexit-{name}"))
+            .and_then(|t| serde_json::from_str(t.trim()).ok());
+        if threads.as_ref().map(|t| t["exited"].as_bool()) != Some(Some(true)) {
+            p.push(format!(
+                "{name}: /threadexit did not end a thread: {}",
+                threads.map(|t| t.to_string()).unwrap_or_default()
+            ));
+        }
         let pid = pid_of(&name).unwrap_or_default();
         if !stderr
             .lines()

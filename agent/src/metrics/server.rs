@@ -157,6 +157,11 @@ pub fn render(src: &Sources, format: Format) -> String {
         &one(snap.events_late),
     );
     enc.counter(
+        "periscope_silent_targets",
+        "Traced processes that kept making read/write syscalls on sockets while no kernel event arrived for them (the programs do not see them; should stay 0).",
+        &one(snap.silent_targets),
+    );
+    enc.counter(
         "periscope_requests_completed",
         "Request/response exchanges completed (every one is in the RED metrics).",
         &one(snap.tracker.spans),

@@ -25,6 +25,7 @@ use periscope_common::{GoProcInfo, TargetInfo, sock_key};
 use crate::runtime::go::{GO_PROBES, GoPlan};
 
 pub mod format;
+pub mod silence;
 use thiserror::Error;
 
 /// The kernel object built by `cargo xtask build` (see build.rs).
@@ -614,6 +615,11 @@ impl Probes {
         self.targets
             .insert(pid, info, 0)
             .map_err(map_err("TARGETS"))
+    }
+
+    /// Whether the kernel's target map holds `pid` (it removes exited processes itself).
+    pub fn has_target(&self, pid: u32) -> bool {
+        self.targets.get(&pid, 0).is_ok()
     }
 
     pub fn remove_target(&mut self, pid: u32) {

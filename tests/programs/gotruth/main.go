@@ -15,6 +15,9 @@
 //	POST /hold?n=N         N goroutines that block forever, created at PRELOAD-SITE
 //	GET  /recurse?depth=N  recursion with a 256-byte array in every frame (the
 //	                       stack grows and is copied several times); a checksum
+//	POST /threadexit       one OS thread of the process exits (a goroutine that
+//	                       ends locked to its thread takes the thread with it) while
+//	                       the process lives on; {"tid": T, "exited": true}
 //
 // -preload N starts N blocked goroutines (PRELOAD-SITE) before it listens.
 // It prints "listening on HOST:PORT" on stdout once the socket listens.
@@ -40,6 +43,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -72,6 +76,7 @@ func main() {
 	mux.HandleFunc("/gc", gc)
 	mux.HandleFunc("/hold", hold)
 	mux.HandleFunc("/recurse", recurseHandler)
+	mux.HandleFunc("/threadexit", threadExit)
 
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
@@ -179,6 +184,53 @@ func leak(w http.ResponseWriter, r *http.Request) {
 	}
 	waitAtLeast(&leakLive, target)
 	writeJSON(w, map[string]int64{"started": int64(n), "live": leakLive.Load()})
+}
+
+// threadExit ends one OS thread that is not the main one: a goroutine that exits
+// while locked to its thread makes the runtime terminate that thread (Go >= 1.10).
+// Tracers that take a thread's exit for its process's exit stop tracing here. The
+// answer names the thread and whether it is gone from /proc/self/task.
+func threadExit(w http.ResponseWriter, r *http.Request) {
+	if !method(w, r, http.MethodPost) {
+		return
+	}
+	tid := 0
+	for i := 0; i < 100 && tid == 0; i++ {
+		locked := make(chan int)
+		go exitLocked(locked, true)
+		tid = <-locked
+	}
+	gone := false
+	for deadline := time.Now().Add(2 * time.Second); tid != 0 && time.Now().Before(deadline); {
+		if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid)); os.IsNotExist(err) {
+			gone = true
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	writeJSON(w, map[string]any{"tid": tid, "exited": gone})
+}
+
+// exitLocked sends the id of the thread it ends locked to, then returns, which ends
+// that thread. The main thread is never ended (the runtime parks it instead), so on
+// the main thread it keeps that thread locked, which makes the runtime run a nested
+// goroutine on another thread, and lets that one exit instead.
+func exitLocked(tid chan<- int, nest bool) {
+	runtime.LockOSThread()
+	t := syscall.Gettid()
+	if t != os.Getpid() {
+		tid <- t
+		return // still locked: the thread ends with the goroutine
+	}
+	if nest {
+		inner := make(chan int)
+		go exitLocked(inner, false)
+		t = <-inner
+	} else {
+		t = 0
+	}
+	runtime.UnlockOSThread()
+	tid <- t
 }
 
 func hold(w http.ResponseWriter, r *http.Request) {
