@@ -466,7 +466,7 @@ pub fn check_guest(console: &str) -> Vec<String> {
         Some("0") => {}
         rc => p.push(format!("doctor exited {rc:?}, not 0")),
     }
-    match section(console, "doctor").map(|d| serde_json::from_str::<serde_json::Value>(d)) {
+    match section(console, "doctor").map(serde_json::from_str::<serde_json::Value>) {
         Some(Ok(v)) => {
             let checks = v["checks"].as_array().cloned().unwrap_or_default();
             for c in &checks {
@@ -504,7 +504,9 @@ pub fn check_guest(console: &str) -> Vec<String> {
             .filter(|s| {
                 s["kind"] == "SERVER"
                     && pid.as_deref().is_some_and(|pid| {
-                        s["resource"]["process.pid"].to_string() == pid
+                        s["resource"]["process.pid"]
+                            .as_u64()
+                            .is_some_and(|v| v.to_string() == pid)
                             || s["resource"]["process.pid"].as_str() == Some(pid)
                     })
                     && s["attributes"]["url.path"] == path

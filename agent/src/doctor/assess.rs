@@ -599,7 +599,7 @@ pub fn agent_programs(
                 .collect();
             with_fix(
                 check("agent_programs", Status::Warn, true, detail),
-                &format!(
+                format!(
                     "tracing works without them, at a cost: {}",
                     costs.join("; ")
                 ),
