@@ -80,6 +80,9 @@ struct Conn {
     /// counting no longer pairs requests with responses. Nothing more is paired on this
     /// connection; every response seen is counted instead (see `pairing`).
     desynced: bool,
+    /// Requests and responses seen since pairing was lost (see `unpaired_at_close`).
+    lost_requests: u64,
+    lost_responses: u64,
 }
 
 impl Conn {
@@ -107,7 +110,16 @@ impl Conn {
             go_caller: None,
             from_start: role != Role::Unknown,
             desynced: false,
+            lost_requests: 0,
+            lost_responses: 0,
         }
+    }
+
+    /// Exchanges of a desynced connection that got no span. Either stream may have
+    /// lost whole messages in gaps, so the larger of the two counts is the better
+    /// (lower) bound.
+    fn unpaired_at_close(&self) -> u64 {
+        self.lost_requests.max(self.lost_responses)
     }
 }
 
@@ -142,8 +154,8 @@ pub struct TrackerStats {
     pub connect_failures: u64,
     /// Processes found to serve several connections per thread (thread context off).
     pub event_loop_processes: u64,
-    /// Responses not turned into spans because their connection's pairing was lost
-    /// (see `Conn::desynced`).
+    /// Exchanges not turned into spans because their connection's pairing was lost
+    /// (see `Conn::desynced`), added when the connection closes.
     pub unpaired_desync: u64,
 }
 
@@ -490,6 +502,7 @@ impl Tracker {
         self.stats.conns_opened += 1;
         // A reused fd number means the old connection is gone even if we missed its close.
         if let Some(old) = self.conns.insert((pid, ev.fd), Conn::new(role, ends)) {
+            self.stats.unpaired_desync += old.unpaired_at_close();
             self.unindex_client(pid, ev.fd, &old);
         }
         if role == Role::Client {
@@ -723,7 +736,7 @@ impl Tracker {
             desync(&mut conn, &mut ctx);
         }
         if conn.desynced {
-            drop_desynced(&mut out, is_request_stream, ctx.stats);
+            drop_desynced(&mut conn, &mut out, is_request_stream);
         }
         for msg in out.drain(..) {
             if let Some(x) = on_message(&mut conn, msg, is_request_stream, &mut ctx) {
@@ -908,7 +921,11 @@ impl Tracker {
         }
         for (is_req, msg) in msgs {
             if conn.desynced {
-                ctx.stats.unpaired_desync += u64::from(!is_req);
+                if is_req {
+                    conn.lost_requests += 1;
+                } else {
+                    conn.lost_responses += 1;
+                }
                 continue;
             }
             if let Some(x) = on_message(&mut conn, msg, is_req, &mut ctx) {
@@ -930,6 +947,7 @@ impl Tracker {
             self.exchanges.push(exchange(&conn, p, resp));
         }
         self.stats.requests_without_response += conn.pending.len() as u64;
+        self.stats.unpaired_desync += conn.unpaired_at_close();
         // Requests that will never be answered are no longer anyone's context.
         for p in &conn.pending {
             if self
@@ -1052,7 +1070,9 @@ fn desync(conn: &mut Conn, ctx: &mut MessageCtx<'_>) {
     }
     conn.desynced = true;
     for p in conn.pending.drain(..) {
-        ctx.stats.unpaired_desync += u64::from(p.resp.is_some());
+        // Each is a request seen; an answered one is a response seen too.
+        conn.lost_requests += 1;
+        conn.lost_responses += u64::from(p.resp.is_some());
         if ctx
             .active
             .get(&(ctx.pid, p.ctx_key))
@@ -1063,11 +1083,13 @@ fn desync(conn: &mut Conn, ctx: &mut MessageCtx<'_>) {
     }
 }
 
-/// On a desynced connection: drop the chunk's messages, counting each response (each
-/// is an exchange the server made that gets no span).
-fn drop_desynced(out: &mut Vec<Message>, is_request_stream: bool, stats: &mut TrackerStats) {
-    if !is_request_stream {
-        stats.unpaired_desync += out.len() as u64;
+/// On a desynced connection: drop the chunk's messages, counting them (see
+/// `Conn::unpaired_at_close`).
+fn drop_desynced(conn: &mut Conn, out: &mut Vec<Message>, is_request_stream: bool) {
+    if is_request_stream {
+        conn.lost_requests += out.len() as u64;
+    } else {
+        conn.lost_responses += out.len() as u64;
     }
     out.clear();
 }

@@ -186,5 +186,8 @@ fn lost_request_boundaries_pair_nothing_and_count_every_response() {
     r.data(pid, pid, 7, DIR_INGRESS, 70, &req("/later"));
     r.data(pid, pid, 7, DIR_EGRESS, 80, R200);
     assert_eq!(lines(&r), [line("GET", "/first", 200)]);
+    close(&mut r, pid, 90);
+    assert_eq!(lines(&r).len(), 1);
+    // Four responses were seen after the loss, two requests: the larger is counted.
     assert_eq!(r.t.stats().unpaired_desync, 4);
 }
