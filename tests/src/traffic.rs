@@ -135,7 +135,9 @@ impl GenRequest {
 }
 
 fn payload(n: usize) -> Vec<u8> {
-    (0..n).map(|i| b"abcdefghijklmnopqrstuvwxyz"[i % 26]).collect()
+    (0..n)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz"[i % 26])
+        .collect()
 }
 
 /// One connection's plan.
@@ -398,7 +400,12 @@ fn response_waiting(r: &mut BufReader<TcpStream>) -> io::Result<bool> {
     match r.fill_buf() {
         Ok([]) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
         Ok(_) => Ok(true),
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             Ok(false)
         }
         Err(e) => Err(e),

@@ -239,7 +239,8 @@ fn compare(logged: &[Logged], sent: &[Sent], stdout: &str, stderr: &str) -> Tabl
         if diffs.is_empty() {
             t.right += 1;
         } else {
-            t.wrong.push(format!("r{} {}: {}", l.id, l.method, diffs.join(", ")));
+            t.wrong
+                .push(format!("r{} {}: {}", l.id, l.method, diffs.join(", ")));
         }
     }
     t.extra += spans.values().map(Vec::len).sum::<usize>();
@@ -329,10 +330,8 @@ fn parse_nginx_log(text: &str) -> Vec<Logged> {
         .collect()
 }
 
-fn run_nginx(label: &str, n: Nginx) {
-    harness::require_root();
-    let _serial = harness::serial();
-    let seed = seed();
+/// Starts nginx with the suite's configuration and log format; waits for its workers.
+fn start_nginx(n: &Nginx) -> (TempDir, Process, SocketAddr) {
     let dir = TempDir::new("conformance-nginx");
     let root = dir.path();
     fs::create_dir_all(root.join("html/static")).unwrap();
@@ -383,7 +382,10 @@ http {{
     );
     fs::write(root.join("nginx.conf"), conf).unwrap();
     let mut cmd = Command::new(nginx_bin());
-    cmd.arg("-p").arg(root).arg("-c").arg(root.join("nginx.conf"));
+    cmd.arg("-p")
+        .arg(root)
+        .arg("-c")
+        .arg(root.join("nginx.conf"));
     let mut nginx = Process::spawn("nginx", cmd);
     nginx.set_stop_signal(libc::SIGTERM);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -394,14 +396,27 @@ http {{
         thread::sleep(Duration::from_millis(20));
     }
 
-    let agent = Agent::start([
+    (dir, nginx, addr)
+}
+
+fn start_agent(pid: u32) -> Agent {
+    Agent::start([
         "--pid".to_string(),
-        nginx.pid().to_string(),
+        pid.to_string(),
         "--console".into(),
         "json".into(),
         "--status-interval".into(),
         "0".into(),
-    ]);
+    ])
+}
+
+fn run_nginx(label: &str, n: Nginx) {
+    harness::require_root();
+    let _serial = harness::serial();
+    let seed = seed();
+    let (dir, nginx, addr) = start_nginx(&n);
+    let root = dir.path();
+    let agent = start_agent(nginx.pid());
     let plans = traffic::plan(seed, CONNECTIONS, EXCHANGES, &nginx_profile());
     let started = Instant::now();
     let sent = traffic::run(addr, &plans, PARALLEL);
@@ -421,7 +436,10 @@ http {{
     let logged = parse_nginx_log(&log);
     let table = compare(&logged, &sent, &exit.stdout, &exit.stderr);
     table.print(
-        &format!("{label} ({} requests sent in {traffic_time:.1?})", sent.len()),
+        &format!(
+            "{label} ({} requests sent in {traffic_time:.1?})",
+            sent.len()
+        ),
         seed,
     );
     table.assert_pass(label);
@@ -449,4 +467,136 @@ fn nginx_four_workers_no_sendfile_small_keepalive_requests() {
             keepalive_requests: 7,
         },
     );
+}
+
+// ---- the findings of issue 11, against real nginx --------------------------------
+
+const POST_HEAD: &[u8] = b"POST /static/small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n";
+
+/// Reads one response with a `Content-Length` body; returns its status.
+fn read_status(r: &mut std::io::BufReader<std::net::TcpStream>) -> u16 {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let mut len = 0u64;
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("header");
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    std::io::copy(&mut r.by_ref().take(len), &mut std::io::sink()).expect("body");
+    status
+}
+
+/// A POST whose body is sent only after nginx answered 405 (nginx answers from the
+/// header section and discards the body afterwards).
+fn post_body_after_answer(
+    w: &mut std::net::TcpStream,
+    r: &mut std::io::BufReader<std::net::TcpStream>,
+) -> u16 {
+    use std::io::Write;
+    w.write_all(POST_HEAD).unwrap();
+    let status = read_status(r);
+    w.write_all(b"x=1").unwrap();
+    status
+}
+
+/// (method, path, status) of the SERVER spans, sorted by start.
+fn span_lines(stdout: &str) -> Vec<(String, String, u64)> {
+    let mut v: Vec<(u64, String, String, u64)> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "SERVER")
+        .map(|v| {
+            let a = &v["attributes"];
+            (
+                v["start_unix_ns"].as_u64().unwrap_or(0),
+                a["http.request.method"].as_str().unwrap_or("").to_string(),
+                a["url.path"].as_str().unwrap_or("").to_string(),
+                a["http.response.status_code"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, m, p, s)| (m, p, s)).collect()
+}
+
+fn wait_spans(agent: &Agent, n: usize) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while span_lines(&agent.output().stdout()).len() < n && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Anything more would be a duplicate.
+    thread::sleep(Duration::from_millis(500));
+}
+
+fn one_worker() -> Nginx {
+    Nginx {
+        workers: 1,
+        sendfile: true,
+        keepalive_requests: 1000,
+    }
+}
+
+/// Finding: on a keep-alive connection, two POSTs answered 405 and then a GET: the
+/// second POST's span carried 200 and the GET's the next response's status.
+#[test]
+fn nginx_405_keepalive_status_shift() {
+    harness::require_root();
+    let _serial = harness::serial();
+    let (_dir, nginx, addr) = start_nginx(&one_worker());
+    let agent = start_agent(nginx.pid());
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut statuses = vec![
+        post_body_after_answer(&mut w, &mut r),
+        post_body_after_answer(&mut w, &mut r),
+    ];
+    for _ in 0..2 {
+        use std::io::Write;
+        w.write_all(b"GET /static/small.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        statuses.push(read_status(&mut r));
+    }
+    drop((w, r));
+    assert_eq!(statuses, [405, 405, 200, 200], "nginx answers");
+    wait_spans(&agent, 4);
+    let exit = agent.stop();
+    let want: Vec<_> = ["POST", "POST", "GET", "GET"]
+        .iter()
+        .zip(statuses)
+        .map(|(m, s)| (m.to_string(), "/static/small.txt".to_string(), u64::from(s)))
+        .collect();
+    assert_eq!(span_lines(&exit.stdout), want, "stderr: {}", exit.stderr);
+}
+
+/// Finding: on fresh connections, every POST answered before its body was read gave
+/// no span.
+#[test]
+fn nginx_post_fresh_connection_no_span() {
+    harness::require_root();
+    let _serial = harness::serial();
+    let (_dir, nginx, addr) = start_nginx(&one_worker());
+    let agent = start_agent(nginx.pid());
+    for _ in 0..3 {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(s);
+        assert_eq!(post_body_after_answer(&mut w, &mut r), 405);
+    }
+    wait_spans(&agent, 3);
+    let exit = agent.stop();
+    let want = vec![("POST".to_string(), "/static/small.txt".to_string(), 405); 3];
+    assert_eq!(span_lines(&exit.stdout), want, "stderr: {}", exit.stderr);
 }

@@ -83,6 +83,10 @@ struct Conn {
     /// Requests and responses seen since pairing was lost (see `unpaired_at_close`).
     lost_requests: u64,
     lost_responses: u64,
+    /// Response syscalls since the loss whose bytes start a final response: once the
+    /// request kinds are unknown (HEAD), the parser may swallow a response as another's
+    /// body, but a server starts most responses with their own write.
+    lost_response_starts: u64,
 }
 
 impl Conn {
@@ -112,6 +116,7 @@ impl Conn {
             desynced: false,
             lost_requests: 0,
             lost_responses: 0,
+            lost_response_starts: 0,
         }
     }
 
@@ -119,7 +124,9 @@ impl Conn {
     /// lost whole messages in gaps, so the larger of the two counts is the better
     /// (lower) bound.
     fn unpaired_at_close(&self) -> u64 {
-        self.lost_requests.max(self.lost_responses)
+        self.lost_requests
+            .max(self.lost_responses)
+            .max(self.lost_response_starts)
     }
 }
 
@@ -705,11 +712,15 @@ impl Tracker {
         };
         let was_http = !parser.is_passthrough();
         let losses = parser.losses();
+        let resyncs = parser.stats().resyncs;
         parser.feed(&chunk, &mut out);
         if was_http && parser.is_passthrough() && parser.stats().messages == 0 {
             self.stats.non_http_streams += 1;
         }
         let lost = parser.losses() > losses || out.iter().any(|m| m.truncated);
+        // Each time a stream resyncs there were bytes of at least one message it could
+        // not parse: on a desynced connection that is one more exchange without a span.
+        let new_resyncs = parser.stats().resyncs - resyncs;
         let requests_are_ingress = conn.role != Role::Client;
         let is_request_stream = ingress == requests_are_ingress;
         // The request whose body is still being read, if no entry stands for it yet.
@@ -736,6 +747,13 @@ impl Tracker {
             desync(&mut conn, &mut ctx);
         }
         if conn.desynced {
+            if is_request_stream {
+                conn.lost_requests += new_resyncs;
+            } else {
+                conn.lost_responses += new_resyncs;
+                let final_start = head.starts_with(b"HTTP/1.") && head.get(9) != Some(&b'1');
+                conn.lost_response_starts += u64::from(final_start);
+            }
             drop_desynced(&mut conn, &mut out, is_request_stream);
         }
         for msg in out.drain(..) {

@@ -441,4 +441,5 @@ fn a_service_port_in_front_of_the_target_port_still_joins() {
     assert_eq!(r.find(SpanKind::Server, "/svc").parent_span_id, c.span_id);
 }
 
+mod model;
 mod pairing;

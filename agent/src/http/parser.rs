@@ -444,8 +444,13 @@ impl StreamParser {
 
     /// Times this stream lost message boundaries or emitted a message whose end was
     /// guessed: after any of these, counting messages no longer pairs them.
+    /// Waiting in a body whose chunked framing a gap hid counts at once, not only when
+    /// that message is emitted (truncated): its end, and what follows, is a guess.
     pub fn losses(&self) -> u64 {
-        self.stats.resyncs + self.stats.parse_errors + self.stats.truncated
+        self.stats.resyncs
+            + self.stats.parse_errors
+            + self.stats.truncated
+            + u64::from(self.state == State::Lost)
     }
 
     /// Request kinds remembered for responses not yet seen.
