@@ -469,6 +469,71 @@ fn nginx_four_workers_no_sendfile_small_keepalive_requests() {
     );
 }
 
+// ---- python http.server ------------------------------------------------------------
+
+/// `"METHOD TARGET HTTP/1.x" STATUS` from http.server's log lines on stderr (it logs no
+/// sizes; bodies are checked against the other servers).
+fn parse_python_log(text: &str) -> Vec<Logged> {
+    text.lines()
+        .filter_map(|l| {
+            let start = l.find('"')?;
+            let rest = &l[start + 1..];
+            let (request, after) = rest.split_once('"')?;
+            let mut r = request.split(' ');
+            let method = r.next()?.to_string();
+            let target = r.next()?;
+            let status = after.split_whitespace().next()?.parse().ok()?;
+            Some(Logged {
+                id: id_of(target)?,
+                method,
+                status,
+                request_bytes: None,
+                response_body: None,
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn python_http_server() {
+    harness::require_root();
+    let _serial = harness::serial();
+    let seed = seed();
+    let server = harness::start_python_http_server();
+    let agent = start_agent(server.pid());
+    const ANY: &[&str] = &["GET", "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"];
+    let profile = Profile {
+        targets: vec![
+            ("/index.html", ANY),
+            ("/hello.txt", ANY),
+            ("/data.bin", &["GET", "HEAD"]),
+            ("/missing", ANY),
+            ("/sub/", &["GET", "HEAD"]),
+        ],
+        max_body: 64 * 1024,
+        chunked: true,
+        expect: true,
+        pipelining: true,
+    };
+    let plans = traffic::plan(seed, CONNECTIONS / 2, EXCHANGES / 3, &profile);
+    let started = Instant::now();
+    let sent = traffic::run(server.addr, &plans, PARALLEL);
+    let traffic_time = started.elapsed();
+    settle(&agent);
+    let exit = agent.stop();
+    let log = server.process.output().stderr();
+    let logged = parse_python_log(&log);
+    let table = compare(&logged, &sent, &exit.stdout, &exit.stderr);
+    table.print(
+        &format!(
+            "python http.server ({} requests sent in {traffic_time:.1?})",
+            sent.len()
+        ),
+        seed,
+    );
+    table.assert_pass("python http.server");
+}
+
 // ---- the findings of issue 11, against real nginx --------------------------------
 
 const POST_HEAD: &[u8] = b"POST /static/small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n";
