@@ -335,7 +335,6 @@ fn run_conn(addr: SocketAddr, plan: &ConnPlan) -> Vec<Sent> {
             let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
             w = stream.try_clone().expect("clone stream");
             r = BufReader::new(stream);
-            reopen = false;
         }
         let (h, b) = q.encode(&host);
         let result = (|| -> io::Result<(u16, bool)> {

@@ -725,7 +725,7 @@ impl Tracker {
         let is_request_stream = ingress == requests_are_ingress;
         // The request whose body is still being read, if no entry stands for it yet.
         let open_head = (is_request_stream
-            && (!out.is_empty() || !conn.pending.back().is_some_and(|p| !p.complete)))
+            && (!out.is_empty() || conn.pending.back().is_none_or(|p| p.complete)))
         .then(|| parser.open_request())
         .flatten();
         let mut ctx = MessageCtx {
