@@ -534,6 +534,85 @@ fn python_http_server() {
     table.assert_pass("python http.server");
 }
 
+// ---- Go net/http ----------------------------------------------------------------------
+
+/// golog's stderr: method, request URI, status, response body bytes (or `-`).
+fn parse_tab_log(text: &str) -> Vec<Logged> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let method = f.next()?.to_string();
+            let uri = f.next()?;
+            let status = f.next()?.parse().ok()?;
+            let response_body = f.next()?.parse().ok();
+            Some(Logged {
+                id: id_of(uri)?,
+                method,
+                status,
+                request_bytes: None,
+                response_body,
+            })
+        })
+        .collect()
+}
+
+fn run_go(version: &str) {
+    harness::require_root();
+    let tc = harness::go_toolchain(version);
+    let bin = harness::build_go_program("golog", &tc, harness::GoFlavor::Stripped);
+    let _serial = harness::serial();
+    let seed = seed();
+    let mut cmd = Command::new(&bin);
+    cmd.args(["-addr", "127.0.0.1:0"]);
+    let mut server = Process::spawn("golog", cmd);
+    let line =
+        server.wait_for_stdout_line(Duration::from_secs(10), |l| l.starts_with("listening on "));
+    let addr: SocketAddr = line["listening on ".len()..].trim().parse().unwrap();
+    let agent = start_agent(server.pid());
+    const ANY: &[&str] = ALL_METHODS;
+    let profile = Profile {
+        targets: vec![
+            ("/", ANY),
+            ("/empty", ANY),
+            ("/missing", ANY),
+            ("/error", ANY),
+            ("/big", &["GET", "HEAD", "POST"]),
+            ("/stream", &["GET", "POST"]),
+        ],
+        max_body: 1024 * 1024,
+        chunked: true,
+        expect: true,
+        pipelining: true,
+    };
+    let plans = traffic::plan(seed, CONNECTIONS, EXCHANGES, &profile);
+    let started = Instant::now();
+    let sent = traffic::run(addr, &plans, PARALLEL);
+    let traffic_time = started.elapsed();
+    settle(&agent);
+    let exit = agent.stop();
+    let logged = parse_tab_log(&server.output().stderr());
+    let table = compare(&logged, &sent, &exit.stdout, &exit.stderr);
+    let label = format!("Go {} net/http, stripped", tc.exact_version());
+    table.print(
+        &format!(
+            "{label} ({} requests sent in {traffic_time:.1?})",
+            sent.len()
+        ),
+        seed,
+    );
+    table.assert_pass(&label);
+}
+
+#[test]
+fn go_1_21_stripped() {
+    run_go("1.21");
+}
+
+#[test]
+fn go_1_25_stripped() {
+    run_go("1.25");
+}
+
 // ---- the findings of issue 11, against real nginx --------------------------------
 
 const POST_HEAD: &[u8] = b"POST /static/small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n";
