@@ -630,13 +630,14 @@ fn run(cli: Cli) -> Result<()> {
 
 fn status_line(s: &Snapshot, outputs: &[Arc<export::ExportStats>]) -> String {
     let mut line = format!(
-        "periscope: status processes={} events={} lost={} parse_errors={} non_http={} unmatched={} spans={} joined={} connect_failures={}",
+        "periscope: status processes={} events={} lost={} parse_errors={} non_http={} unmatched={} unpaired_desync={} spans={} joined={} connect_failures={}",
         s.processes,
         s.events_received,
         s.kernel.ringbuf_drops,
         s.tracker.parse_errors,
         s.tracker.non_http_streams,
         s.tracker.requests_without_response + s.tracker.responses_without_request,
+        s.tracker.unpaired_desync,
         s.tracker.spans,
         s.tracker.joined,
         s.tracker.connect_failures,

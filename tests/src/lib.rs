@@ -2,3 +2,4 @@ pub mod client;
 pub mod harness;
 pub mod kubeapi;
 pub mod receiver;
+pub mod traffic;

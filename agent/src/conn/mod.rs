@@ -75,6 +75,18 @@ struct Conn {
     /// Whether this end was opened while traced (accept/connect seen): only then do
     /// request counts start at the connection's first request.
     from_start: bool,
+    /// A stream lost its message boundaries (a gap where the framing needed the bytes,
+    /// malformed input, a guessed end): how many messages went by is unknown, so
+    /// counting no longer pairs requests with responses. Nothing more is paired on this
+    /// connection; every response seen is counted instead (see `pairing`).
+    desynced: bool,
+    /// Requests and responses seen since pairing was lost (see `unpaired_at_close`).
+    lost_requests: u64,
+    lost_responses: u64,
+    /// Response syscalls since the loss whose bytes start a final response: once the
+    /// request kinds are unknown (HEAD), the parser may swallow a response as another's
+    /// body, but a server starts most responses with their own write.
+    lost_response_starts: u64,
 }
 
 impl Conn {
@@ -101,7 +113,20 @@ impl Conn {
             go_server_goid: None,
             go_caller: None,
             from_start: role != Role::Unknown,
+            desynced: false,
+            lost_requests: 0,
+            lost_responses: 0,
+            lost_response_starts: 0,
         }
+    }
+
+    /// Exchanges of a desynced connection that got no span. Either stream may have
+    /// lost whole messages in gaps, so the larger of the two counts is the better
+    /// (lower) bound.
+    fn unpaired_at_close(&self) -> u64 {
+        self.lost_requests
+            .max(self.lost_responses)
+            .max(self.lost_response_starts)
     }
 }
 
@@ -136,6 +161,9 @@ pub struct TrackerStats {
     pub connect_failures: u64,
     /// Processes found to serve several connections per thread (thread context off).
     pub event_loop_processes: u64,
+    /// Exchanges not turned into spans because their connection's pairing was lost
+    /// (see `Conn::desynced`), added when the connection closes.
+    pub unpaired_desync: u64,
 }
 
 /// What the tracker needs besides events: where metrics go, how routes and sampling
@@ -162,6 +190,13 @@ struct Pending {
     /// Server request joined to a traced client: the client's service, for the
     /// service graph.
     client_service: Option<Arc<str>>,
+    /// The whole request was read. An entry is made when its header section is
+    /// complete, so that a response written before the body was read (an early error,
+    /// 100-continue refused) still pairs with it; `msg` is then replaced by the
+    /// complete request.
+    complete: bool,
+    /// Its response, when that came before the request's body was read.
+    resp: Option<Message>,
 }
 
 /// A request paired with its response, ready to become metrics and maybe a span.
@@ -474,6 +509,7 @@ impl Tracker {
         self.stats.conns_opened += 1;
         // A reused fd number means the old connection is gone even if we missed its close.
         if let Some(old) = self.conns.insert((pid, ev.fd), Conn::new(role, ends)) {
+            self.stats.unpaired_desync += old.unpaired_at_close();
             self.unindex_client(pid, ev.fd, &old);
         }
         if role == Role::Client {
@@ -675,12 +711,23 @@ impl Tracker {
             &mut conn.egress
         };
         let was_http = !parser.is_passthrough();
+        let losses = parser.losses();
+        let resyncs = parser.stats().resyncs;
         parser.feed(&chunk, &mut out);
         if was_http && parser.is_passthrough() && parser.stats().messages == 0 {
             self.stats.non_http_streams += 1;
         }
+        let lost = parser.losses() > losses || out.iter().any(|m| m.truncated);
+        // Each time a stream resyncs there were bytes of at least one message it could
+        // not parse: on a desynced connection that is one more exchange without a span.
+        let new_resyncs = parser.stats().resyncs - resyncs;
         let requests_are_ingress = conn.role != Role::Client;
         let is_request_stream = ingress == requests_are_ingress;
+        // The request whose body is still being read, if no entry stands for it yet.
+        let open_head = (is_request_stream
+            && (!out.is_empty() || conn.pending.back().is_none_or(|p| p.complete)))
+        .then(|| parser.open_request())
+        .flatten();
         let mut ctx = MessageCtx {
             pid,
             tid: ev.header.tid(),
@@ -696,10 +743,26 @@ impl Tracker {
             }),
             go_parents: &self.go_parents,
         };
+        if lost {
+            desync(&mut conn, &mut ctx);
+        }
+        if conn.desynced {
+            if is_request_stream {
+                conn.lost_requests += new_resyncs;
+            } else {
+                conn.lost_responses += new_resyncs;
+                let final_start = head.starts_with(b"HTTP/1.") && head.get(9) != Some(&b'1');
+                conn.lost_response_starts += u64::from(final_start);
+            }
+            drop_desynced(&mut conn, &mut out, is_request_stream);
+        }
         for msg in out.drain(..) {
             if let Some(x) = on_message(&mut conn, msg, is_request_stream, &mut ctx) {
                 self.exchanges.push(x);
             }
+        }
+        if let Some(head) = open_head.filter(|_| !conn.desynced) {
+            on_request_head(&mut conn, head, &mut ctx);
         }
         let multiplexed = ctx.multiplexed;
         self.conns.insert(key, conn);
@@ -846,9 +909,15 @@ impl Tracker {
         } else {
             (&mut conn.egress, &mut conn.ingress)
         };
+        // What was read of a request whose body never arrived in full, in case it was
+        // answered early (the server read no further, then closed).
+        let open_request = req_stream.open_request();
+        let losses = req_stream.losses() + resp_stream.losses();
         req_stream.close(ts_ns, &mut out);
         let n_req = out.len();
         resp_stream.close(ts_ns, &mut out);
+        let lost =
+            req_stream.losses() + resp_stream.losses() > losses || out.iter().any(|m| m.truncated);
         let msgs: Vec<(bool, Message)> = out
             .into_iter()
             .enumerate()
@@ -865,12 +934,38 @@ impl Tracker {
             peers: None,
             go_parents: &self.go_parents,
         };
+        if lost {
+            desync(&mut conn, &mut ctx);
+        }
         for (is_req, msg) in msgs {
+            if conn.desynced {
+                if is_req {
+                    conn.lost_requests += 1;
+                } else {
+                    conn.lost_responses += 1;
+                }
+                continue;
+            }
             if let Some(x) = on_message(&mut conn, msg, is_req, &mut ctx) {
                 self.exchanges.push(x);
             }
         }
+        // Answered before its body was read, and the body never came: the exchange is
+        // what the server did (it read this much, then answered and closed).
+        if let Some(i) = conn
+            .pending
+            .iter()
+            .position(|p| !p.complete && p.resp.is_some())
+        {
+            let mut p = conn.pending.remove(i).expect("index from position");
+            if let Some(m) = open_request {
+                p.msg = m;
+            }
+            let resp = p.resp.take().expect("checked above");
+            self.exchanges.push(exchange(&conn, p, resp));
+        }
         self.stats.requests_without_response += conn.pending.len() as u64;
+        self.stats.unpaired_desync += conn.unpaired_at_close();
         // Requests that will never be answered are no longer anyone's context.
         for p in &conn.pending {
             if self
@@ -928,95 +1023,19 @@ fn on_message(
 ) -> Option<Exchange> {
     match (&msg.kind, is_request_stream) {
         (MessageKind::Request { .. }, true) => {
-            ctx.stats.requests += 1;
-            let client = conn.role == Role::Client;
-            let resp_parser = if client {
-                &mut conn.ingress
-            } else {
-                &mut conn.egress
-            };
-            // HEAD answers have no body; CONNECT + 2xx turns the stream into a tunnel.
-            resp_parser.push_request_for(&msg);
-            if conn.pending.len() >= MAX_PENDING {
-                conn.pending.pop_front();
-                ctx.stats.requests_without_response += 1;
+            // The request whose header section made an entry is complete now.
+            if let Some(i) = conn.pending.iter().position(|p| !p.complete) {
+                let p = &mut conn.pending[i];
+                p.msg = msg;
+                p.complete = true;
+                if p.resp.is_some() {
+                    let mut p = conn.pending.remove(i).expect("index from position");
+                    let resp = p.resp.take().expect("checked above");
+                    return Some(exchange(conn, p, resp));
+                }
+                return None;
             }
-            let seq = conn.requests_seen;
-            conn.requests_seen += 1;
-            let mut client_service = None;
-            let mut ctx_key = None;
-            let (ids, local_parent) = if client {
-                let caller = conn.go_caller.take();
-                match caller_context(ctx, caller) {
-                    Some(a) => (
-                        Ids {
-                            trace_id: a.trace_id,
-                            span_id: crate::span::context::new_span_id(),
-                            parent_span_id: a.span_id,
-                            flags: a.flags,
-                            trace_state: a.trace_state.clone(),
-                        },
-                        true,
-                    ),
-                    None => (Ids::for_request(SpanKind::Client, &msg), false),
-                }
-            } else {
-                let joined = (conn.from_start)
-                    .then(|| find_client_end(ctx.peers.as_ref()?, ctx.pid, &conn.ends, seq, &msg))
-                    .flatten();
-                let (ids, local) = match joined {
-                    Some((parent, service)) => {
-                        ctx.stats.joined += 1;
-                        client_service = Some(service);
-                        (
-                            Ids {
-                                trace_id: parent.trace_id,
-                                span_id: crate::span::context::new_span_id(),
-                                parent_span_id: parent.span_id,
-                                flags: parent.flags,
-                                trace_state: parent.trace_state.clone(),
-                            },
-                            true,
-                        )
-                    }
-                    None => (Ids::for_request(SpanKind::Server, &msg), false),
-                };
-                ctx_key = if ctx.thread_context {
-                    Some(ctx.tid as u64)
-                } else {
-                    conn.go_server_goid.map(|g| GOROUTINE_KEY | g)
-                };
-                if ctx.thread_context
-                    && ctx
-                        .active
-                        .get(&(ctx.pid, ctx.tid as u64))
-                        .is_some_and(|a| a.fd != ctx.fd)
-                {
-                    ctx.multiplexed = true;
-                    ctx_key = None;
-                }
-                if let Some(k) = ctx_key {
-                    ctx.active.insert(
-                        (ctx.pid, k),
-                        ActiveSpan {
-                            trace_id: ids.trace_id,
-                            span_id: ids.span_id,
-                            flags: ids.flags,
-                            trace_state: ids.trace_state.clone(),
-                            fd: ctx.fd,
-                        },
-                    );
-                }
-                (ids, local)
-            };
-            conn.pending.push_back(Pending {
-                msg,
-                ids,
-                local_parent,
-                ctx_key: ctx_key.unwrap_or(u64::MAX),
-                seq,
-                client_service,
-            });
+            push_request(conn, msg, true, ctx);
             None
         }
         (MessageKind::Response { status, .. }, false) => {
@@ -1029,25 +1048,18 @@ fn on_message(
                 };
                 req_parser.enter_passthrough();
             }
-            let Some(p) = conn.pending.pop_front() else {
+            // Responses come in request order: this one answers the oldest request
+            // not answered yet.
+            let Some(i) = conn.pending.iter().position(|p| p.resp.is_none()) else {
                 ctx.stats.responses_without_request += 1;
                 return None;
             };
-            let kind = if conn.role == Role::Client {
-                SpanKind::Client
-            } else {
-                SpanKind::Server
-            };
-            Some(Exchange {
-                kind,
-                req: p.msg,
-                resp: msg,
-                ends: conn.ends,
-                ids: p.ids,
-                local_parent: p.local_parent,
-                ctx_key: p.ctx_key,
-                client_service: p.client_service,
-            })
+            if !conn.pending[i].complete {
+                conn.pending[i].resp = Some(msg);
+                return None;
+            }
+            let p = conn.pending.remove(i).expect("index from position");
+            Some(exchange(conn, p, msg))
         }
         // A request on the response stream or vice versa: the stream is not what we
         // thought; the parsers resync on their own.
@@ -1056,6 +1068,161 @@ fn on_message(
             None
         }
     }
+}
+
+/// A request whose header section is complete and whose body is being read: it gets
+/// its entry (and span identity) now, so that an answer written before the body is read
+/// pairs with it.
+fn on_request_head(conn: &mut Conn, head: Message, ctx: &mut MessageCtx<'_>) {
+    if conn.pending.iter().any(|p| !p.complete) {
+        return;
+    }
+    push_request(conn, head, false, ctx);
+}
+
+/// Pairing is lost on this connection (see `Conn::desynced`): drop what waits, count
+/// what was already answered, and give up the contexts of the dropped requests.
+fn desync(conn: &mut Conn, ctx: &mut MessageCtx<'_>) {
+    if conn.desynced {
+        return;
+    }
+    conn.desynced = true;
+    for p in conn.pending.drain(..) {
+        // Each is a request seen; an answered one is a response seen too.
+        conn.lost_requests += 1;
+        conn.lost_responses += u64::from(p.resp.is_some());
+        if ctx
+            .active
+            .get(&(ctx.pid, p.ctx_key))
+            .is_some_and(|a| a.span_id == p.ids.span_id)
+        {
+            ctx.active.remove(&(ctx.pid, p.ctx_key));
+        }
+    }
+}
+
+/// On a desynced connection: drop the chunk's messages, counting them (see
+/// `Conn::unpaired_at_close`).
+fn drop_desynced(conn: &mut Conn, out: &mut Vec<Message>, is_request_stream: bool) {
+    if is_request_stream {
+        conn.lost_requests += out.len() as u64;
+    } else {
+        conn.lost_responses += out.len() as u64;
+    }
+    out.clear();
+}
+
+fn exchange(conn: &Conn, p: Pending, resp: Message) -> Exchange {
+    Exchange {
+        kind: if conn.role == Role::Client {
+            SpanKind::Client
+        } else {
+            SpanKind::Server
+        },
+        req: p.msg,
+        resp,
+        ends: conn.ends,
+        ids: p.ids,
+        local_parent: p.local_parent,
+        ctx_key: p.ctx_key,
+        client_service: p.client_service,
+    }
+}
+
+/// Makes the entry of a request (its span identity, its context, the response
+/// parser's note of what kind of request it answers).
+fn push_request(conn: &mut Conn, msg: Message, complete: bool, ctx: &mut MessageCtx<'_>) {
+    ctx.stats.requests += 1;
+    let client = conn.role == Role::Client;
+    let resp_parser = if client {
+        &mut conn.ingress
+    } else {
+        &mut conn.egress
+    };
+    // HEAD answers have no body; CONNECT + 2xx turns the stream into a tunnel.
+    resp_parser.push_request_for(&msg);
+    if conn.pending.len() >= MAX_PENDING {
+        conn.pending.pop_front();
+        ctx.stats.requests_without_response += 1;
+    }
+    let seq = conn.requests_seen;
+    conn.requests_seen += 1;
+    let mut client_service = None;
+    let mut ctx_key = None;
+    let (ids, local_parent) = if client {
+        let caller = conn.go_caller.take();
+        match caller_context(ctx, caller) {
+            Some(a) => (
+                Ids {
+                    trace_id: a.trace_id,
+                    span_id: crate::span::context::new_span_id(),
+                    parent_span_id: a.span_id,
+                    flags: a.flags,
+                    trace_state: a.trace_state.clone(),
+                },
+                true,
+            ),
+            None => (Ids::for_request(SpanKind::Client, &msg), false),
+        }
+    } else {
+        let joined = (conn.from_start)
+            .then(|| find_client_end(ctx.peers.as_ref()?, ctx.pid, &conn.ends, seq, &msg))
+            .flatten();
+        let (ids, local) = match joined {
+            Some((parent, service)) => {
+                ctx.stats.joined += 1;
+                client_service = Some(service);
+                (
+                    Ids {
+                        trace_id: parent.trace_id,
+                        span_id: crate::span::context::new_span_id(),
+                        parent_span_id: parent.span_id,
+                        flags: parent.flags,
+                        trace_state: parent.trace_state.clone(),
+                    },
+                    true,
+                )
+            }
+            None => (Ids::for_request(SpanKind::Server, &msg), false),
+        };
+        ctx_key = if ctx.thread_context {
+            Some(ctx.tid as u64)
+        } else {
+            conn.go_server_goid.map(|g| GOROUTINE_KEY | g)
+        };
+        if ctx.thread_context
+            && ctx
+                .active
+                .get(&(ctx.pid, ctx.tid as u64))
+                .is_some_and(|a| a.fd != ctx.fd)
+        {
+            ctx.multiplexed = true;
+            ctx_key = None;
+        }
+        if let Some(k) = ctx_key {
+            ctx.active.insert(
+                (ctx.pid, k),
+                ActiveSpan {
+                    trace_id: ids.trace_id,
+                    span_id: ids.span_id,
+                    flags: ids.flags,
+                    trace_state: ids.trace_state.clone(),
+                    fd: ctx.fd,
+                },
+            );
+        }
+        (ids, local)
+    };
+    conn.pending.push_back(Pending {
+        msg,
+        ids,
+        local_parent,
+        ctx_key: ctx_key.unwrap_or(u64::MAX),
+        seq,
+        client_service,
+        complete,
+        resp: None,
+    });
 }
 
 /// The server span a client request is made under: the serving thread's (thread-per-

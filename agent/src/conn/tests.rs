@@ -440,3 +440,6 @@ fn a_service_port_in_front_of_the_target_port_still_joins() {
     let c = r.find(SpanKind::Client, "/svc").clone();
     assert_eq!(r.find(SpanKind::Server, "/svc").parent_span_id, c.span_id);
 }
+
+mod model;
+mod pairing;

@@ -409,6 +409,50 @@ impl StreamParser {
         self.line.capacity()
     }
 
+    /// Request streams only: the request whose header section is complete but whose body
+    /// is still being read, as a message ending at the last chunk that carried its bytes
+    /// (`body_bytes` counts what was read so far). A server may answer before it reads
+    /// (or instead of reading) the body, so pairing keys on the header section; this is
+    /// how the caller learns of it. `None` when no body is in progress or its framing
+    /// was lost.
+    pub fn open_request(&self) -> Option<Message> {
+        if self.dir != Direction::Request
+            || !matches!(self.state, State::Length(_) | State::Chunked(_))
+        {
+            return None;
+        }
+        let d = &self.draft;
+        Some(Message {
+            kind: d.kind.clone()?,
+            version_minor: d.version_minor,
+            start_ns: d.start_ns,
+            end_ns: d.last_ts.max(d.start_ns),
+            header_bytes: d.header_bytes,
+            body_bytes: d.body_bytes,
+            host: d.host.clone(),
+            user_agent: d.user_agent.clone(),
+            traceparent: d.traceparent.clone(),
+            tracestate: d.tracestate.clone(),
+            content_type: d.content_type.clone(),
+            content_length: d.content_length,
+            chunked: d.transfer_encoding == TransferEncoding::Chunked,
+            connection_close: d.close || (d.version_minor == 0 && !d.keep_alive),
+            expect_continue: d.expect_continue,
+            truncated: d.truncated,
+        })
+    }
+
+    /// Times this stream lost message boundaries or emitted a message whose end was
+    /// guessed: after any of these, counting messages no longer pairs them.
+    /// Waiting in a body whose chunked framing a gap hid counts at once, not only when
+    /// that message is emitted (truncated): its end, and what follows, is a guess.
+    pub fn losses(&self) -> u64 {
+        self.stats.resyncs
+            + self.stats.parse_errors
+            + self.stats.truncated
+            + u64::from(self.state == State::Lost)
+    }
+
     /// Request kinds remembered for responses not yet seen.
     pub fn pending_requests(&self) -> usize {
         self.pending.len()

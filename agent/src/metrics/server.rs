@@ -141,6 +141,30 @@ pub fn render(src: &Sources, format: Format) -> String {
         "Requests without a response or responses without a request.",
         &one(snap.tracker.requests_without_response + snap.tracker.responses_without_request),
     );
+    // Every exchange a server made that got no span, by why: the pairing principle is
+    // "no span rather than a wrong one", and this is where the missing ones are counted.
+    let by_reason = |pairs: &[(&str, u64)]| -> Vec<Sample> {
+        pairs
+            .iter()
+            .map(|&(reason, v)| {
+                let mut labels = agent_labels();
+                labels.push(("reason".into(), reason.to_string()));
+                Sample {
+                    labels,
+                    value: v as f64,
+                }
+            })
+            .collect()
+    };
+    enc.counter(
+        "periscope_exchanges_unpaired",
+        "Exchanges seen on traced sockets that got no span, by reason: desync (a stream lost its message boundaries, so the connection pairs nothing more), no_request (a response with no request to pair, e.g. a connection joined mid-stream), no_response (a request never answered before close, e.g. a client abort).",
+        &by_reason(&[
+            ("desync", snap.tracker.unpaired_desync),
+            ("no_request", snap.tracker.responses_without_request),
+            ("no_response", snap.tracker.requests_without_response),
+        ]),
+    );
     enc.counter(
         "periscope_spans_joined",
         "Server spans made children of the traced client span (another process on this node) that sent the request.",

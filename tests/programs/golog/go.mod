@@ -1,0 +1,3 @@
+module golog
+
+go 1.21

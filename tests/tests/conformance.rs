@@ -1,0 +1,746 @@
+//! Differential conformance: the agent's spans against each server's own access log.
+//!
+//! A seeded generator (`periscope_e2e::traffic`) sends a few thousand exchanges of every
+//! shape the pairing must survive (bodies up to 1 MiB, chunked uploads, 100-continue,
+//! pipelining, header blocks over the capture, split and byte-by-byte writes, HTTP/1.0,
+//! `Connection: close`, early error answers, hundreds of requests per connection,
+//! parallel connections). Every request carries a unique id in its query, so each log
+//! line names its request and is matched to the span(s) carrying the same id.
+//!
+//! Pass: no span is wrong (method, target, status, request and response body bytes as
+//! the server logged them) and none is extra or doubled; a logged exchange without a span
+//! must be accounted for by the agent's `periscope_exchanges_unpaired` counters. The table
+//! printed per server says how many were right, missing (and counted), wrong.
+//!
+//! Needs root, nginx, and the agent binary. Run the seed again with
+//! `PERISCOPE_CONFORMANCE_SEED=<seed>`:
+//!
+//! ```text
+//! cargo test -p periscope-e2e --test conformance -- --test-threads=1 --nocapture
+//! ```
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use periscope_e2e::harness::{self, Agent, Process, TempDir};
+use periscope_e2e::traffic::{self, ALL_METHODS, Profile, Sent};
+
+/// Exchanges per server configuration.
+const EXCHANGES: usize = 1500;
+/// Connections they are spread over.
+const CONNECTIONS: usize = 150;
+/// Connections open at once.
+const PARALLEL: usize = 8;
+/// How long spans may keep arriving after the traffic.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `HTTP/1.1 100 Continue\r\n\r\n`.
+const CONTINUE_LEN: u64 = 25;
+
+fn seed() -> u64 {
+    std::env::var("PERISCOPE_CONFORMANCE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+}
+
+/// One exchange as the server logged it.
+#[derive(Debug)]
+struct Logged {
+    id: u64,
+    method: String,
+    status: u16,
+    /// Request bytes the server read (header section + body), when it logs them.
+    request_bytes: Option<u64>,
+    /// Response body bytes the server sent, when it logs them.
+    response_body: Option<u64>,
+}
+
+/// One span the agent exported, reduced to what the log can check.
+#[derive(Debug)]
+struct SpanLine {
+    method: String,
+    status: u16,
+    request_body: u64,
+    response_body: u64,
+}
+
+/// The id in a target's `?r<id>` query.
+fn id_of(target: &str) -> Option<u64> {
+    let q = target.split_once('?')?.1;
+    q.strip_prefix('r')?.parse().ok()
+}
+
+fn spans_by_id(stdout: &str) -> (HashMap<u64, Vec<SpanLine>>, usize) {
+    let mut by_id: HashMap<u64, Vec<SpanLine>> = HashMap::new();
+    let mut without_id = 0;
+    for line in stdout.lines().filter(|l| l.starts_with('{')) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["kind"] != "SERVER" {
+            continue;
+        }
+        let a = &v["attributes"];
+        let query = a["url.query"].as_str().unwrap_or("");
+        let Some(id) = id_of(&format!("?{query}")) else {
+            without_id += 1;
+            continue;
+        };
+        by_id.entry(id).or_default().push(SpanLine {
+            method: a["http.request.method"].as_str().unwrap_or("").to_string(),
+            status: a["http.response.status_code"].as_u64().unwrap_or(0) as u16,
+            request_body: a["http.request.body.size"].as_u64().unwrap_or(0),
+            response_body: a["http.response.body.size"].as_u64().unwrap_or(0),
+        });
+    }
+    (by_id, without_id)
+}
+
+/// `key=value` from the agent's last status line on stderr.
+fn status_field(stderr: &str, key: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains(" spans="))
+        .unwrap_or("");
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[derive(Default, Debug)]
+struct Table {
+    logged: usize,
+    right: usize,
+    missing: usize,
+    wrong: Vec<String>,
+    doubled: usize,
+    extra: usize,
+    unpaired_counted: u64,
+    not_logged: usize,
+}
+
+impl Table {
+    fn print(&self, server: &str, seed: u64) {
+        let pct = |n: usize| 100.0 * n as f64 / self.logged.max(1) as f64;
+        let mut s = String::new();
+        let _ = writeln!(s, "conformance {server} (seed {seed})");
+        let _ = writeln!(s, "  logged exchanges        {:>6}", self.logged);
+        let _ = writeln!(
+            s,
+            "  right span              {:>6}  {:6.2}%",
+            self.right,
+            pct(self.right)
+        );
+        let _ = writeln!(
+            s,
+            "  no span (counted)       {:>6}  {:6.2}%  unpaired counters: {}",
+            self.missing,
+            pct(self.missing),
+            self.unpaired_counted
+        );
+        let _ = writeln!(s, "  wrong span              {:>6}", self.wrong.len());
+        let _ = writeln!(s, "  doubled                 {:>6}", self.doubled);
+        let _ = writeln!(s, "  span with no log line   {:>6}", self.extra);
+        let _ = writeln!(
+            s,
+            "  sent, not logged        {:>6}  (client aborts and refused requests: the log cannot express them)",
+            self.not_logged
+        );
+        for w in self.wrong.iter().take(20) {
+            let _ = writeln!(s, "    wrong: {w}");
+        }
+        eprint!("{s}");
+    }
+
+    fn assert_pass(&self, server: &str) {
+        assert!(self.logged > 0, "{server}: nothing logged");
+        assert!(
+            self.wrong.is_empty() && self.doubled == 0 && self.extra == 0,
+            "{server}: {} wrong, {} doubled, {} extra spans",
+            self.wrong.len(),
+            self.doubled,
+            self.extra
+        );
+        assert!(
+            self.missing as u64 <= self.unpaired_counted,
+            "{server}: {} logged exchanges have no span but the agent counted only {} unpaired",
+            self.missing,
+            self.unpaired_counted
+        );
+    }
+}
+
+fn compare(logged: &[Logged], sent: &[Sent], stdout: &str, stderr: &str) -> Table {
+    let (mut spans, without_id) = spans_by_id(stdout);
+    let sent: HashMap<u64, &Sent> = sent.iter().map(|s| (s.id, s)).collect();
+    let mut t = Table {
+        logged: logged.len(),
+        extra: without_id,
+        unpaired_counted: status_field(stderr, "unmatched")
+            + status_field(stderr, "unpaired_desync"),
+        ..Table::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for l in logged {
+        seen.insert(l.id);
+        let Some(found) = spans.remove(&l.id) else {
+            t.missing += 1;
+            continue;
+        };
+        if found.len() > 1 {
+            t.doubled += 1;
+        }
+        let s = &found[0];
+        let mut diffs = Vec::new();
+        if s.method != l.method {
+            diffs.push(format!("method {} vs logged {}", s.method, l.method));
+        }
+        if s.status != l.status {
+            diffs.push(format!("status {} vs logged {}", s.status, l.status));
+        }
+        // nginx counts a `100 Continue` it sent in $body_bytes_sent; the span counts
+        // the final response's body only.
+        let interim = match sent.get(&l.id) {
+            Some(q) if q.expect_continue => CONTINUE_LEN,
+            _ => 0,
+        };
+        if let Some(b) = l.response_body
+            && b != s.response_body
+            && b != s.response_body + interim
+        {
+            diffs.push(format!("response body {} vs logged {b}", s.response_body));
+        }
+        if let (Some(read), Some(q)) = (l.request_bytes, sent.get(&l.id)) {
+            let body = read.saturating_sub(q.header_bytes);
+            // A server that discards a body (an error answer, a handler that ignores
+            // it) reads it without logging it: then the body the client sent is what
+            // crossed the socket.
+            let discarded = body == 0 && s.request_body == q.body_bytes;
+            if body != s.request_body && !discarded {
+                diffs.push(format!(
+                    "request body {} vs logged {body} (read {read})",
+                    s.request_body
+                ));
+            }
+        }
+        if diffs.is_empty() {
+            t.right += 1;
+        } else {
+            t.wrong
+                .push(format!("r{} {}: {}", l.id, l.method, diffs.join(", ")));
+        }
+    }
+    t.extra += spans.values().map(Vec::len).sum::<usize>();
+    t.not_logged = sent.keys().filter(|id| !seen.contains(id)).count();
+    t
+}
+
+/// Waits until the agent's stdout stops growing (spans still draining) or the timeout.
+fn settle(agent: &Agent) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut last = (0, Instant::now());
+    loop {
+        let n = agent.output().stdout().len();
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(2) || Instant::now() > deadline {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---- nginx ------------------------------------------------------------------------
+
+struct Nginx {
+    workers: u32,
+    sendfile: bool,
+    keepalive_requests: u32,
+}
+
+const STATIC_FILES: &[(&str, usize)] = &[
+    ("empty.bin", 0),
+    ("small.txt", 100),
+    ("page.html", 3000),
+    ("big.bin", 300 * 1024),
+    ("huge.bin", 1024 * 1024),
+];
+
+fn nginx_profile() -> Profile {
+    const FILE: &[&str] = &["GET", "GET", "GET", "HEAD", "POST", "PUT", "DELETE"];
+    Profile {
+        targets: vec![
+            ("/static/empty.bin", FILE),
+            ("/static/small.txt", FILE),
+            ("/static/page.html", FILE),
+            ("/static/big.bin", &["GET", "HEAD", "POST"]),
+            ("/static/huge.bin", &["GET", "HEAD"]),
+            ("/static/missing", FILE),
+            ("/", ALL_METHODS),
+            ("/created", ALL_METHODS),
+            ("/error", &["GET", "POST"]),
+            ("/nocontent", &["GET", "POST"]),
+        ],
+        max_body: 1024 * 1024,
+        chunked: true,
+        expect: true,
+        pipelining: true,
+    }
+}
+
+fn nginx_bin() -> PathBuf {
+    ["/usr/sbin/nginx", "/usr/bin/nginx", "/sbin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("nginx not installed (apt-get install nginx)")
+}
+
+fn parse_nginx_log(text: &str) -> Vec<Logged> {
+    // log_format: $request_method "$request_uri" $status $request_length $body_bytes_sent
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let method = f.next()?.to_string();
+            let uri = f.next()?;
+            let status = f.next()?.parse().ok()?;
+            let request_bytes = f.next()?.parse().ok();
+            let response_body = f.next()?.parse().ok();
+            Some(Logged {
+                id: id_of(uri)?,
+                method,
+                status,
+                request_bytes,
+                response_body,
+            })
+        })
+        .collect()
+}
+
+/// Starts nginx with the suite's configuration and log format; waits for its workers.
+fn start_nginx(n: &Nginx) -> (TempDir, Process, SocketAddr) {
+    let dir = TempDir::new("conformance-nginx");
+    let root = dir.path();
+    fs::create_dir_all(root.join("html/static")).unwrap();
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    for (name, size) in STATIC_FILES {
+        fs::write(root.join("html/static").join(name), vec![b'x'; *size]).unwrap();
+    }
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(root)
+        .status();
+    let port = harness::free_port();
+    let d = root.display();
+    let conf = format!(
+        r#"daemon off;
+master_process on;
+worker_processes {workers};
+user nobody nogroup;
+pid {d}/nginx.pid;
+error_log {d}/error.log notice;
+events {{ worker_connections 512; }}
+http {{
+    log_format conformance '$request_method\t$request_uri\t$status\t$request_length\t$body_bytes_sent\t$request_time';
+    access_log {d}/access.log conformance;
+    client_body_temp_path {d}/tmp/client_body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    sendfile {sendfile};
+    keepalive_requests {keepalive_requests};
+    client_max_body_size 512k;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {d}/html;
+        location = / {{ return 200 "hello\n"; }}
+        location = /created {{ return 201 "created\n"; }}
+        location = /error {{ return 500; }}
+        location = /nocontent {{ return 204; }}
+        location /static/ {{ }}
+    }}
+}}
+"#,
+        workers = n.workers,
+        sendfile = if n.sendfile { "on" } else { "off" },
+        keepalive_requests = n.keepalive_requests,
+    );
+    fs::write(root.join("nginx.conf"), conf).unwrap();
+    let mut cmd = Command::new(nginx_bin());
+    cmd.arg("-p")
+        .arg(root)
+        .arg("-c")
+        .arg(root.join("nginx.conf"));
+    let mut nginx = Process::spawn("nginx", cmd);
+    nginx.set_stop_signal(libc::SIGTERM);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    nginx.wait_for_port(addr, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while harness::children(nginx.pid()).len() < n.workers as usize {
+        assert!(Instant::now() < deadline, "nginx workers did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    (dir, nginx, addr)
+}
+
+fn start_agent(pid: u32) -> Agent {
+    Agent::start([
+        "--pid".to_string(),
+        pid.to_string(),
+        "--console".into(),
+        "json".into(),
+        "--status-interval".into(),
+        "0".into(),
+    ])
+}
+
+fn run_nginx(label: &str, n: Nginx) {
+    harness::require_root();
+    let _serial = harness::serial();
+    let seed = seed();
+    let (dir, nginx, addr) = start_nginx(&n);
+    let root = dir.path();
+    let agent = start_agent(nginx.pid());
+    let plans = traffic::plan(seed, CONNECTIONS, EXCHANGES, &nginx_profile());
+    let started = Instant::now();
+    let sent = traffic::run(addr, &plans, PARALLEL);
+    let traffic_time = started.elapsed();
+    settle(&agent);
+    let exit = agent.stop();
+    drop(nginx);
+    let log = fs::read_to_string(root.join("access.log")).unwrap_or_default();
+    if let Some(keep) = std::env::var_os("PERISCOPE_CONFORMANCE_KEEP") {
+        let keep = PathBuf::from(keep);
+        let _ = fs::create_dir_all(&keep);
+        let _ = fs::write(keep.join("access.log"), &log);
+        let _ = fs::write(keep.join("spans.json"), &exit.stdout);
+        let _ = fs::write(keep.join("agent.err"), &exit.stderr);
+        let _ = fs::write(keep.join("sent.txt"), format!("{sent:#?}"));
+    }
+    let logged = parse_nginx_log(&log);
+    let table = compare(&logged, &sent, &exit.stdout, &exit.stderr);
+    table.print(
+        &format!(
+            "{label} ({} requests sent in {traffic_time:.1?})",
+            sent.len()
+        ),
+        seed,
+    );
+    table.assert_pass(label);
+}
+
+#[test]
+fn nginx_one_worker_sendfile() {
+    run_nginx(
+        "nginx 1 worker, sendfile on",
+        Nginx {
+            workers: 1,
+            sendfile: true,
+            keepalive_requests: 1000,
+        },
+    );
+}
+
+#[test]
+fn nginx_four_workers_no_sendfile_small_keepalive_requests() {
+    run_nginx(
+        "nginx 4 workers, sendfile off, keepalive_requests 7",
+        Nginx {
+            workers: 4,
+            sendfile: false,
+            keepalive_requests: 7,
+        },
+    );
+}
+
+// ---- python http.server ------------------------------------------------------------
+
+/// `"METHOD TARGET HTTP/1.x" STATUS` from http.server's log lines on stderr (it logs no
+/// sizes; bodies are checked against the other servers).
+fn parse_python_log(text: &str) -> Vec<Logged> {
+    text.lines()
+        .filter_map(|l| {
+            let start = l.find('"')?;
+            let rest = &l[start + 1..];
+            let (request, after) = rest.split_once('"')?;
+            let mut r = request.split(' ');
+            let method = r.next()?.to_string();
+            let target = r.next()?;
+            let status = after.split_whitespace().next()?.parse().ok()?;
+            Some(Logged {
+                id: id_of(target)?,
+                method,
+                status,
+                request_bytes: None,
+                response_body: None,
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn python_http_server() {
+    harness::require_root();
+    let _serial = harness::serial();
+    let seed = seed();
+    let server = harness::start_python_http_server();
+    let agent = start_agent(server.pid());
+    const ANY: &[&str] = &["GET", "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"];
+    let profile = Profile {
+        targets: vec![
+            ("/index.html", ANY),
+            ("/hello.txt", ANY),
+            ("/data.bin", &["GET", "HEAD"]),
+            ("/missing", ANY),
+            ("/sub/", &["GET", "HEAD"]),
+        ],
+        max_body: 64 * 1024,
+        chunked: true,
+        expect: true,
+        pipelining: true,
+    };
+    let plans = traffic::plan(seed, CONNECTIONS / 2, EXCHANGES / 3, &profile);
+    let started = Instant::now();
+    let sent = traffic::run(server.addr, &plans, PARALLEL);
+    let traffic_time = started.elapsed();
+    settle(&agent);
+    let exit = agent.stop();
+    let log = server.process.output().stderr();
+    let logged = parse_python_log(&log);
+    let table = compare(&logged, &sent, &exit.stdout, &exit.stderr);
+    table.print(
+        &format!(
+            "python http.server ({} requests sent in {traffic_time:.1?})",
+            sent.len()
+        ),
+        seed,
+    );
+    table.assert_pass("python http.server");
+}
+
+// ---- Go net/http ----------------------------------------------------------------------
+
+/// golog's stderr: method, request URI, status, response body bytes (or `-`).
+fn parse_tab_log(text: &str) -> Vec<Logged> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let method = f.next()?.to_string();
+            let uri = f.next()?;
+            let status = f.next()?.parse().ok()?;
+            let response_body = f.next()?.parse().ok();
+            Some(Logged {
+                id: id_of(uri)?,
+                method,
+                status,
+                request_bytes: None,
+                response_body,
+            })
+        })
+        .collect()
+}
+
+fn run_go(version: &str) {
+    harness::require_root();
+    let tc = harness::go_toolchain(version);
+    let bin = harness::build_go_program("golog", &tc, harness::GoFlavor::Stripped);
+    let _serial = harness::serial();
+    let seed = seed();
+    let mut cmd = Command::new(&bin);
+    cmd.args(["-addr", "127.0.0.1:0"]);
+    let mut server = Process::spawn("golog", cmd);
+    let line =
+        server.wait_for_stdout_line(Duration::from_secs(10), |l| l.starts_with("listening on "));
+    let addr: SocketAddr = line["listening on ".len()..].trim().parse().unwrap();
+    let agent = start_agent(server.pid());
+    const ANY: &[&str] = ALL_METHODS;
+    let profile = Profile {
+        targets: vec![
+            ("/", ANY),
+            ("/empty", ANY),
+            ("/missing", ANY),
+            ("/error", ANY),
+            ("/big", &["GET", "HEAD", "POST"]),
+            ("/stream", &["GET", "POST"]),
+        ],
+        max_body: 1024 * 1024,
+        chunked: true,
+        expect: true,
+        pipelining: true,
+    };
+    let plans = traffic::plan(seed, CONNECTIONS, EXCHANGES, &profile);
+    let started = Instant::now();
+    let sent = traffic::run(addr, &plans, PARALLEL);
+    let traffic_time = started.elapsed();
+    settle(&agent);
+    let exit = agent.stop();
+    let logged = parse_tab_log(&server.output().stderr());
+    let table = compare(&logged, &sent, &exit.stdout, &exit.stderr);
+    let label = format!("Go {} net/http, stripped", tc.exact_version());
+    table.print(
+        &format!(
+            "{label} ({} requests sent in {traffic_time:.1?})",
+            sent.len()
+        ),
+        seed,
+    );
+    table.assert_pass(&label);
+}
+
+#[test]
+fn go_1_21_stripped() {
+    run_go("1.21");
+}
+
+#[test]
+fn go_1_25_stripped() {
+    run_go("1.25");
+}
+
+// ---- the findings of issue 11, against real nginx --------------------------------
+
+const POST_HEAD: &[u8] = b"POST /static/small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n";
+
+/// Reads one response with a `Content-Length` body; returns its status.
+fn read_status(r: &mut std::io::BufReader<std::net::TcpStream>) -> u16 {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let mut len = 0u64;
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("header");
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    std::io::copy(&mut r.by_ref().take(len), &mut std::io::sink()).expect("body");
+    status
+}
+
+/// A POST whose body is sent only after nginx answered 405 (nginx answers from the
+/// header section and discards the body afterwards).
+fn post_body_after_answer(
+    w: &mut std::net::TcpStream,
+    r: &mut std::io::BufReader<std::net::TcpStream>,
+) -> u16 {
+    use std::io::Write;
+    w.write_all(POST_HEAD).unwrap();
+    let status = read_status(r);
+    w.write_all(b"x=1").unwrap();
+    status
+}
+
+/// (method, path, status) of the SERVER spans, sorted by start.
+fn span_lines(stdout: &str) -> Vec<(String, String, u64)> {
+    let mut v: Vec<(u64, String, String, u64)> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "SERVER")
+        .map(|v| {
+            let a = &v["attributes"];
+            (
+                v["start_unix_ns"].as_u64().unwrap_or(0),
+                a["http.request.method"].as_str().unwrap_or("").to_string(),
+                a["url.path"].as_str().unwrap_or("").to_string(),
+                a["http.response.status_code"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, m, p, s)| (m, p, s)).collect()
+}
+
+fn wait_spans(agent: &Agent, n: usize) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while span_lines(&agent.output().stdout()).len() < n && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Anything more would be a duplicate.
+    thread::sleep(Duration::from_millis(500));
+}
+
+fn one_worker() -> Nginx {
+    Nginx {
+        workers: 1,
+        sendfile: true,
+        keepalive_requests: 1000,
+    }
+}
+
+/// Finding: on a keep-alive connection, two POSTs answered 405 and then a GET: the
+/// second POST's span carried 200 and the GET's the next response's status.
+#[test]
+fn nginx_405_keepalive_status_shift() {
+    harness::require_root();
+    let _serial = harness::serial();
+    let (_dir, nginx, addr) = start_nginx(&one_worker());
+    let agent = start_agent(nginx.pid());
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut statuses = vec![
+        post_body_after_answer(&mut w, &mut r),
+        post_body_after_answer(&mut w, &mut r),
+    ];
+    for _ in 0..2 {
+        use std::io::Write;
+        w.write_all(b"GET /static/small.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        statuses.push(read_status(&mut r));
+    }
+    drop((w, r));
+    assert_eq!(statuses, [405, 405, 200, 200], "nginx answers");
+    wait_spans(&agent, 4);
+    let exit = agent.stop();
+    let want: Vec<_> = ["POST", "POST", "GET", "GET"]
+        .iter()
+        .zip(statuses)
+        .map(|(m, s)| (m.to_string(), "/static/small.txt".to_string(), u64::from(s)))
+        .collect();
+    assert_eq!(span_lines(&exit.stdout), want, "stderr: {}", exit.stderr);
+}
+
+/// Finding: on fresh connections, every POST answered before its body was read gave
+/// no span.
+#[test]
+fn nginx_post_fresh_connection_no_span() {
+    harness::require_root();
+    let _serial = harness::serial();
+    let (_dir, nginx, addr) = start_nginx(&one_worker());
+    let agent = start_agent(nginx.pid());
+    for _ in 0..3 {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(s);
+        assert_eq!(post_body_after_answer(&mut w, &mut r), 405);
+    }
+    wait_spans(&agent, 3);
+    let exit = agent.stop();
+    let want = vec![("POST".to_string(), "/static/small.txt".to_string(), 405); 3];
+    assert_eq!(span_lines(&exit.stdout), want, "stderr: {}", exit.stderr);
+}
