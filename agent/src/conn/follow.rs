@@ -9,15 +9,21 @@
 //! Kept apart from `mod.rs` so the pairing code does not need to know about any of it:
 //! it only sees primary fds.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::SocketAddr};
 
 use periscope_common::{ConnAdoptEvent, ConnDupEvent, GoConnEvent};
 
-use super::{Conn, Endpoints, MAX_CONNS, Role, Tracker, local_addr, peer_addr};
+use super::{
+    Conn, Endpoints, MAX_CONNS, Role, Tracker, local_addr, monotonic_ns, peer_addr, procnet,
+};
 use crate::span::Span;
 
 /// Most aliases and adopted-socket inodes remembered (each map).
 const MAX_ALIASES: usize = 65_536;
+/// How long a network namespace's listening sockets are reused before re-reading them.
+const LISTENERS_TTL_NS: u64 = 1_000_000_000;
+/// A port not among the cached listeners re-reads them, at most this often.
+const LISTENERS_RETRY_NS: u64 = 50_000_000;
 
 #[derive(Default)]
 pub(super) struct Aliases {
@@ -29,6 +35,10 @@ pub(super) struct Aliases {
     inode_of: HashMap<(u32, u32), u64>,
     /// Aliases or inodes not remembered because the maps were full.
     pub(super) over_limit: u64,
+    /// Forked child -> parent, to read procfs through the parent when the child is gone.
+    parent: HashMap<u32, u32>,
+    /// Network namespace -> (when read, its listening sockets).
+    listeners: HashMap<u64, (u64, Vec<SocketAddr>)>,
 }
 
 impl Aliases {
@@ -55,6 +65,54 @@ impl Aliases {
 }
 
 impl Tracker {
+    /// Remembers a fork's parent (see [`Aliases::parent`]).
+    pub(super) fn note_fork(&mut self, pid: u32, parent: u32) {
+        if self.aliases.parent.len() < MAX_ALIASES {
+            self.aliases.parent.insert(pid, parent);
+        }
+    }
+
+    /// Which side of an adopted TCP socket the process is on: a socket whose local
+    /// address is one its namespace listens on was accepted, so it is served — from its
+    /// first byte, as inetd-style servers and SCM_RIGHTS hand-offs get it. Otherwise the
+    /// first bytes decide (`classify`).
+    fn adopted_role(&mut self, pid: u32, local: Option<SocketAddr>) -> Role {
+        let Some(local) = local else {
+            return Role::Unknown;
+        };
+        let Some(netns) = self.procs.get(&pid).and_then(|p| p.netns) else {
+            return Role::Unknown;
+        };
+        let listens = |l: &[SocketAddr]| {
+            l.iter().any(|a| {
+                a.port() == local.port() && (a.ip().is_unspecified() || a.ip() == local.ip())
+            })
+        };
+        let now = monotonic_ns();
+        if let Some((at, l)) = self.aliases.listeners.get(&netns) {
+            let age = now.saturating_sub(*at);
+            if listens(l) && age < LISTENERS_TTL_NS {
+                return Role::Server;
+            }
+            if age < LISTENERS_RETRY_NS {
+                return Role::Unknown;
+            }
+        }
+        // The child may be gone already: its parent shares the namespace.
+        let mut l = procnet::listening(pid);
+        if l.is_empty()
+            && let Some(&parent) = self.aliases.parent.get(&pid)
+        {
+            l = procnet::listening(parent);
+        }
+        let server = listens(&l);
+        if self.aliases.listeners.len() > 1024 {
+            self.aliases.listeners.clear();
+        }
+        self.aliases.listeners.insert(netns, (now, l));
+        if server { Role::Server } else { Role::Unknown }
+    }
+
     /// A new socket took `fd` (accept/connect): whatever the number named before is gone.
     pub(super) fn fd_reused(&mut self, pid: u32, fd: u32) {
         self.aliases.to_primary.remove(&(pid, fd));
@@ -84,8 +142,8 @@ impl Tracker {
             local: local_addr(open),
             peer: peer_addr(open),
         };
-        // Which side we are on is decided by the first bytes (`classify`).
-        self.conns.insert((pid, fd), Conn::new(Role::Unknown, ends));
+        let role = self.adopted_role(pid, ends.local);
+        self.conns.insert((pid, fd), Conn::new(role, ends));
         if ev.inode != 0 && self.aliases.by_inode.len() < MAX_ALIASES {
             self.aliases.by_inode.insert((pid, ev.inode), fd);
             self.aliases.inode_of.insert((pid, fd), ev.inode);
@@ -169,6 +227,7 @@ impl Tracker {
         self.aliases.to_primary.retain(|(p, _), _| *p != pid);
         self.aliases.by_inode.retain(|(p, _), _| *p != pid);
         self.aliases.inode_of.retain(|(p, _), _| *p != pid);
+        self.aliases.parent.remove(&pid);
         fds
     }
 

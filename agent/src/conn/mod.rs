@@ -371,17 +371,29 @@ impl Tracker {
     }
 
     pub fn add_process(&mut self, pid: u32) -> Arc<Resource> {
+        self.add_process_from(pid, pid)
+    }
+
+    /// A forked child of a traced process: described as its parent (same program until
+    /// it execs) when its own /proc entries are already gone.
+    pub fn add_forked_process(&mut self, pid: u32, parent: u32) -> Arc<Resource> {
+        self.note_fork(pid, parent);
+        let gone = std::fs::read_link(format!("/proc/{pid}/exe")).is_err();
+        self.add_process_from(pid, if gone { parent } else { pid })
+    }
+
+    fn add_process_from(&mut self, pid: u32, source: u32) -> Arc<Resource> {
         let cfg = &self.resource_cfg;
         let route_cfg = &self.route_cfg;
         let resource = self
             .procs
             .entry(pid)
             .or_insert_with(|| Proc {
-                resource: Arc::new(Resource::for_process(pid, cfg)),
+                resource: Arc::new(Resource::for_process_from(pid, source, cfg)),
                 thread_context: true,
                 routes: RouteTable::new(route_cfg),
                 listeners: HashMap::new(),
-                netns: std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                netns: std::fs::metadata(format!("/proc/{source}/ns/net"))
                     .ok()
                     .map(|m| std::os::unix::fs::MetadataExt::ino(&m)),
             })

@@ -7,8 +7,8 @@
 pub mod reorder;
 
 use periscope_common::{
-    BindEvent, ConnAdoptEvent, ConnCloseEvent, ConnDupEvent, ConnOpenEvent, DataEvent, EventHeader, EventKind, GcEvent,
-    GoConnEvent, GoroutineEvent, ProcessEvent,
+    BindEvent, ConnAdoptEvent, ConnCloseEvent, ConnDupEvent, ConnOpenEvent, DataEvent, EventHeader,
+    EventKind, GcEvent, GoConnEvent, GoroutineEvent, ProcessEvent,
 };
 use thiserror::Error;
 
