@@ -50,13 +50,6 @@ impl Aliases {
         self.to_primary.get(&(pid, fd)).copied().unwrap_or(fd)
     }
 
-    #[cfg(test)]
-    fn has_aliases(&self, pid: u32, primary: u32) -> bool {
-        self.to_primary
-            .iter()
-            .any(|(&(p, _), &to)| p == pid && to == primary)
-    }
-
     fn forget_inode(&mut self, pid: u32, primary: u32) {
         if let Some(inode) = self.inode_of.remove(&(pid, primary)) {
             self.by_inode.remove(&(pid, inode));
@@ -244,15 +237,5 @@ impl Tracker {
         {
             c.go_server_goid = Some(ev.goid);
         }
-    }
-
-    #[cfg(test)]
-    pub(super) fn alias_count(&self) -> usize {
-        self.aliases.to_primary.len()
-    }
-
-    #[cfg(test)]
-    pub(super) fn has_alias_of(&self, pid: u32, primary: u32) -> bool {
-        self.aliases.has_aliases(pid, primary)
     }
 }
