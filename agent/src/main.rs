@@ -841,7 +841,7 @@ fn apply(
     match event {
         Ok(Event::Fork(ev)) => {
             // The kernel already traces the child; give it a resource.
-            t.tracker.add_process(ev.pid);
+            t.tracker.add_forked_process(ev.pid, ev.parent_pid);
         }
         Ok(Event::Exit(ev)) => t.detach(ev.pid, ev.header.ts_ns, emit),
         Ok(Event::Exec(ev)) => {

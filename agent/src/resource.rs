@@ -136,21 +136,34 @@ impl Resource {
     /// The resource of process `pid`, reading its executable from `/proc/PID/exe` (falling back
     /// to `/proc/PID/comm` when the link is unreadable, e.g. the process already exited).
     pub fn for_process(pid: u32, cfg: &ResourceConfig) -> Resource {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        Self::for_process_from(pid, pid, cfg)
+    }
+
+    /// The resource of `pid`, read from `source`'s procfs entries: a forked child runs
+    /// its parent's program until it execs, and a short-lived child (a server forking
+    /// per connection) is often gone before its own entries can be read.
+    pub fn for_process_from(pid: u32, source: u32, cfg: &ResourceConfig) -> Resource {
+        let exe = std::fs::read_link(format!("/proc/{source}/exe")).ok();
         let comm = if exe.is_none() {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()
+            std::fs::read_to_string(format!("/proc/{source}/comm")).ok()
         } else {
             None
         };
         // Container and pod identity from the cgroup path (Kubernetes, Docker, Podman),
         // names from the pod metadata cache when it runs (it never waits here: a pod it
         // does not know yet is filled in later, see `crate::kube`).
-        let ids = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        let ids = std::fs::read_to_string(format!("/proc/{source}/cgroup"))
             .map(|cgroup| container_attributes(&cgroup))
             .unwrap_or_default();
         let id = |key: &str| ids.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
-        let pod = crate::kube::installed()
-            .and_then(|m| m.lookup(pid, id("k8s.pod.uid"), id("container.id"), process_age(pid)));
+        let pod = crate::kube::installed().and_then(|m| {
+            m.lookup(
+                source,
+                id("k8s.pod.uid"),
+                id("container.id"),
+                process_age(source),
+            )
+        });
         let detected = Detected::new(&ids, pod.as_ref());
         Resource::from_detected(pid, exe.as_deref(), comm.as_deref(), cfg, &detected)
     }

@@ -66,6 +66,18 @@ pub enum EventKind {
     /// returned: the local address is known now ([`ConnOpenEvent`], `header.pid_tgid`
     /// is the thread that called connect, `header.ts_ns` when it was established).
     ConnEstablished = 17,
+    /// A traced process used a stream socket it did not accept or connect itself (it
+    /// inherited it over fork, got it by dup before tracing or over SCM_RIGHTS, or serves
+    /// it inetd-style on fds 0/1): [`ConnAdoptEvent`]. Role unknown; addresses from the
+    /// kernel's socket.
+    ConnAdopt = 18,
+    /// A tracked socket's fd was duplicated (dup, dup2, dup3, fcntl F_DUPFD): both fds
+    /// name the same connection from now on ([`ConnDupEvent`]).
+    ConnDup = 19,
+    /// A goroutine read bytes from a socket for the first time ([`GoConnEvent`], from the
+    /// read syscall itself: g at fsbase-8). The first reader of an accepted socket in a
+    /// net/http server is the goroutine serving it, whatever type wraps the net.Conn.
+    GoSocketRead = 20,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -89,6 +101,9 @@ impl TryFrom<u32> for EventKind {
             15 => Self::GoHttpServe,
             16 => Self::GoHttpRoundTrip,
             17 => Self::ConnEstablished,
+            18 => Self::ConnAdopt,
+            19 => Self::ConnDup,
+            20 => Self::GoSocketRead,
             other => return Err(other),
         })
     }
@@ -162,6 +177,30 @@ pub struct ConnOpenEvent {
     pub start_ns: u64,
 }
 const _: () = assert!(size_of::<ConnOpenEvent>() == 88);
+
+/// [`EventKind::ConnAdopt`]: the socket as the kernel knows it (`open.role` is
+/// [`ROLE_UNKNOWN`], `open.listen_fd` is [`NO_FD`]; addresses filled for TCP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnAdoptEvent {
+    pub open: ConnOpenEvent,
+    /// The socket's inode number: two fds of one process with the same inode are one
+    /// connection (fds 0 and 1 of an inetd-style server).
+    pub inode: u64,
+}
+const _: () = assert!(size_of::<ConnAdoptEvent>() == 96);
+
+/// [`EventKind::ConnDup`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnDupEvent {
+    pub header: EventHeader,
+    /// The tracked fd that was duplicated.
+    pub fd: u32,
+    /// The new fd naming the same socket (whatever it named before is closed).
+    pub new_fd: u32,
+}
+const _: () = assert!(size_of::<ConnDupEvent>() == 32);
 
 /// Direction of a [`DataEvent`], seen from the traced process.
 pub const DIR_INGRESS: u32 = 0;
@@ -321,14 +360,53 @@ pub const GO_CONN_NETFD: u32 = 1;
 /// `*crypto/tls.Conn`, whose first field is the underlying `net.Conn`.
 pub const GO_CONN_TLS: u32 = 2;
 
+/// Offsets of kernel struct fields, from the running kernel's BTF (the agent patches the
+/// object's `KOFFS` global at load). A path whose flag bit is clear is disabled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    /// [`KOFF_ADOPT`] | [`KOFF_FSBASE`].
+    pub flags: u32,
+    /// `task_struct.thread.fsbase` (amd64).
+    pub task_fsbase: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub inode_ino: u32,
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    /// `struct sock` fields (its `__sk_common` included).
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 80);
+/// The fd -> file -> socket walk (socket adoption) may run.
+pub const KOFF_ADOPT: u32 = 1;
+/// The current goroutine may be read in syscall tracepoints (`task_fsbase` is set).
+pub const KOFF_FSBASE: u32 = 2;
+
 /// Counters the kernel side keeps in a per-CPU array, indexed by these ids.
 pub const STAT_RINGBUF_DROPS: u32 = 0;
 pub const STAT_EVENTS: u32 = 1;
 pub const STAT_STASH_FULL: u32 = 2;
 pub const STAT_READ_ERRORS: u32 = 3;
 pub const STAT_SOCKMAP_FULL: u32 = 4;
+/// Sockets a traced process used without accepting or connecting them, adopted.
+pub const STAT_ADOPTED: u32 = 5;
+/// Socket fds duplicated by a traced process (dup, dup2, dup3, fcntl F_DUPFD).
+pub const STAT_DUPS: u32 = 6;
 pub const STAT_COUNT: u32 = 8;
-const _: () = assert!(STAT_SOCKMAP_FULL < STAT_COUNT);
+const _: () = assert!(STAT_DUPS < STAT_COUNT);
 
 /// Offsets into tracepoint records, patched into the kernel object's `TP_FIELDS` at
 /// load time from tracefs (`events/<sys>/<name>/format`): record layouts differ between
@@ -388,4 +466,6 @@ mod user {
     unsafe impl aya::Pod for super::TargetInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::GoProcInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelOffsets {}
 }

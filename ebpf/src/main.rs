@@ -17,6 +17,7 @@ mod common;
 mod go;
 mod net;
 mod sched;
+mod task;
 mod tcp;
 
 #[cfg(not(test))]

@@ -7,7 +7,7 @@ use aya_ebpf::{
         generated::bpf_probe_read_user as raw_probe_read_user,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
@@ -22,6 +22,11 @@ static SOCKS: HashMap<u64, u32> = HashMap::with_max_entries(262_144, 0);
 /// Arguments of an in-flight syscall, keyed by pid_tgid (one syscall per thread at a time).
 #[map]
 pub(crate) static ARGS: HashMap<u64, Stash> = HashMap::with_max_entries(65_536, 0);
+
+/// Go processes: the first goroutine seen reading each socket, keyed by `sock_key`
+/// (reported once per socket; an LRU so it never fills).
+#[map]
+static GO_FD_READER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
 
 #[map]
 static SCRATCH: PerCpuArray<DataEventBuf> = PerCpuArray::with_max_entries(1, 0);
@@ -75,6 +80,8 @@ const STASH_BIND: u32 = 102;
 /// close(2) of a tracked socket is in progress on this thread: a TCP socket that goes
 /// from SYN_SENT to CLOSE now was given up by its owner (a connect timeout).
 pub(crate) const STASH_CLOSE: u32 = 103;
+/// dup/dup2/dup3/fcntl(F_DUPFD*) of a tracked socket: `fd` is the old fd.
+const STASH_DUP: u32 = 104;
 
 #[inline(always)]
 fn is_sock(tgid: u32, fd: u32) -> bool {
@@ -260,8 +267,9 @@ fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
 #[inline(always)]
 fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     let fd = arg(ctx, 0) as u32;
-    if !is_sock((pid_tgid >> 32) as u32, fd) {
+    if !is_sock(tgid, fd) && !(is_target(tgid) && adopt(pid_tgid, fd)) {
         return 0;
     }
     let (ptr, iovcnt) = match syscall {
@@ -279,6 +287,85 @@ fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
     0
 }
 
+/// A traced process moves bytes on an fd it never accepted or connected: if it is a
+/// stream socket, track it from now on and tell the agent what it is. This is how
+/// sockets are followed through fork, SCM_RIGHTS and inetd-style fds 0/1: whatever way
+/// the fd arrived, its first use finds it. Non-sockets cost one bounded walk per call.
+#[inline(never)]
+fn adopt(pid_tgid: u64, fd: u32) -> bool {
+    let Some(sock) = crate::task::stream_socket(fd) else {
+        return false;
+    };
+    if SOCKS
+        .insert(&sock_key((pid_tgid >> 32) as u32, fd), &ROLE_UNKNOWN, 0)
+        .is_err()
+    {
+        count(STAT_SOCKMAP_FULL);
+        return false;
+    }
+    count(STAT_ADOPTED);
+    output(&ConnAdoptEvent {
+        open: ConnOpenEvent {
+            header: header(EventKind::ConnAdopt, pid_tgid),
+            fd,
+            role: ROLE_UNKNOWN,
+            listen_fd: NO_FD,
+            family: sock.family,
+            peer_port: sock.peer_port,
+            peer_addr: sock.peer_addr,
+            local_family: sock.family,
+            local_port: sock.local_port,
+            error: 0,
+            local_addr: sock.local_addr,
+            start_ns: 0,
+        },
+        inode: sock.inode,
+    });
+    true
+}
+
+/// Go processes: report the first goroutine that reads each socket. The goroutine is the
+/// caller's g, at fsbase-8 while a Go thread is in a syscall (amd64).
+#[inline(never)]
+fn go_first_reader(pid_tgid: u64, fd: u32) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(info) = (unsafe { crate::go::GO_PROCS.get(&tgid).copied() }) else {
+        return;
+    };
+    let key = sock_key(tgid, fd);
+    if info.goid_off == 0 || unsafe { GO_FD_READER.get(&key).is_some() } {
+        return;
+    }
+    let fs = crate::task::fsbase();
+    if fs < 8 {
+        return;
+    }
+    let Ok(g) = (unsafe { bpf_probe_read_user((fs - 8) as *const u64) }) else {
+        return;
+    };
+    if g == 0 {
+        return;
+    }
+    let Ok(goid) = (unsafe { bpf_probe_read_user((g + info.goid_off as u64) as *const u64) })
+    else {
+        return;
+    };
+    let parent_goid = if info.parent_goid_off == 0 {
+        0
+    } else {
+        unsafe { bpf_probe_read_user((g + info.parent_goid_off as u64) as *const u64) }
+            .unwrap_or(0)
+    };
+    let _ = GO_FD_READER.insert(&key, &goid, 0);
+    output(&GoConnEvent {
+        header: header(EventKind::GoSocketRead, pid_tgid),
+        goid,
+        parent_goid,
+        fd,
+        _pad: 0,
+    });
+}
+
 #[inline(always)]
 fn exit_data(ctx: &TracePointContext, direction: u32) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -288,6 +375,9 @@ fn exit_data(ctx: &TracePointContext, direction: u32) -> u32 {
     let rv = ret(ctx);
     if rv <= 0 {
         return 0;
+    }
+    if direction == DIR_INGRESS {
+        go_first_reader(pid_tgid, s.fd);
     }
     if try_emit_data(pid_tgid, &s, rv as u64, direction).is_err() {
         count(STAT_READ_ERRORS);
@@ -464,6 +554,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let _ = SOCKS.remove(&key);
+    let _ = GO_FD_READER.remove(&key);
     output(&ConnCloseEvent {
         header: header(EventKind::ConnClose, pid_tgid),
         fd,
@@ -483,4 +574,96 @@ pub fn sys_exit_close(_ctx: TracePointContext) -> u32 {
     }
     let _ = take_stash(pid_tgid);
     0
+}
+
+// ---------------------------------------------------------------------------------------
+// dup/dup2/dup3/fcntl(F_DUPFD, F_DUPFD_CLOEXEC): a tracked socket gets a second fd.
+// Cheap explicit handling (one map lookup on enter): inetd-style servers dup2 an
+// accepted socket onto fds 0 and 1 and then read one and write the other.
+
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+#[inline(always)]
+fn enter_dup(old: u32) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_sock((pid_tgid >> 32) as u32, old) {
+        return 0;
+    }
+    stash(pid_tgid, Stash::new(STASH_DUP, old, 0, 0));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_dup(ctx: TracePointContext) -> u32 {
+    enter_dup(arg(&ctx, 0) as u32)
+}
+
+#[tracepoint]
+pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+    enter_dup(arg(&ctx, 0) as u32)
+}
+
+#[tracepoint]
+pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+    enter_dup(arg(&ctx, 0) as u32)
+}
+
+#[tracepoint]
+pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
+    let cmd = arg(&ctx, 1);
+    if cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC {
+        return 0;
+    }
+    enter_dup(arg(&ctx, 0) as u32)
+}
+
+#[inline(always)]
+fn exit_dup(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    let Some(s) = take_stash(pid_tgid) else {
+        return 0;
+    };
+    let rv = ret(ctx);
+    if s.syscall != STASH_DUP || rv < 0 || rv as u32 == s.fd {
+        return 0;
+    }
+    let new_fd = rv as u32;
+    let role = unsafe { SOCKS.get(&sock_key(tgid, s.fd)).copied() }.unwrap_or(ROLE_UNKNOWN);
+    if SOCKS.insert(&sock_key(tgid, new_fd), &role, 0).is_err() {
+        count(STAT_SOCKMAP_FULL);
+        return 0;
+    }
+    let _ = GO_FD_READER.remove(&sock_key(tgid, new_fd));
+    count(STAT_DUPS);
+    output(&ConnDupEvent {
+        header: header(EventKind::ConnDup, pid_tgid),
+        fd: s.fd,
+        new_fd,
+    });
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_dup(ctx: TracePointContext) -> u32 {
+    exit_dup(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_dup2(ctx: TracePointContext) -> u32 {
+    exit_dup(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_dup3(ctx: TracePointContext) -> u32 {
+    exit_dup(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
+    exit_dup(&ctx)
 }

@@ -579,8 +579,15 @@ pub fn start_announced(name: &str, cmd: Command) -> Program {
 /// Starts tests/programs/goproxy (built by [`build_go_program`]) on a
 /// kernel-chosen loopback port, proxying to `backend`.
 pub fn start_goproxy(bin: &Path, backend: SocketAddr) -> Program {
+    start_goproxy_wrapped(bin, backend, "")
+}
+
+/// [`start_goproxy`] with its listener wrapped (`WRAP`: "embed", "limit", or "" for none).
+pub fn start_goproxy_wrapped(bin: &Path, backend: SocketAddr, wrap: &str) -> Program {
     let mut cmd = Command::new(bin);
-    cmd.arg("0").env("BACKEND", backend.to_string());
+    cmd.arg("0")
+        .env("BACKEND", backend.to_string())
+        .env("WRAP", wrap);
     start_announced("goproxy", cmd)
 }
 

@@ -40,7 +40,8 @@ use periscope_e2e::{
     client::{self, Batch, ConnMode, Exchange, Request, run_concurrent, spread},
     harness::{
         self, Agent, GoFlavor, Program, Server, build_go_program, free_port, go_toolchain,
-        start_go_server, start_goproxy, start_pybackend, start_pyproxy, start_python_http_server,
+        start_go_server, start_goproxy, start_goproxy_wrapped, start_pybackend, start_pyproxy,
+        start_python_http_server,
     },
     receiver::{Protocol, ReceivedSpan, Receiver},
 };
@@ -1084,6 +1085,105 @@ fn goroutine_lineage() {
         (
             "goproxy: Go 1.21, stripped".into(),
             Box::new(|| fanout_run("1.21", GoFlavor::Stripped)),
+        ),
+    ]);
+}
+
+/// goproxy with its listener wrapped (`wrap`), Go `version` in `flavor`, under three kinds
+/// of handler: one that calls the backend itself (ReverseProxy, one shared transport),
+/// one that calls it from goroutines it spawns (/fanout), and one that hands the call to
+/// a worker pool started by main (/pool). The first two are linked to their SERVER span;
+/// the pool's call is not the handler's descendant and must stay a trace of its own.
+fn fidelity_run(version: &str, flavor: GoFlavor, wrap: &str) {
+    let pybackend = start_pybackend(SocketAddr::from(([127, 0, 0, 1], free_port())), false);
+    let goproxy = start_goproxy_wrapped(&go_bin("goproxy", version, flavor), pybackend.addr, wrap);
+    let roles = Roles::new(&[(goproxy.pid(), "goproxy"), (pybackend.pid(), "pybackend")]);
+    let recv = Receiver::start();
+    let agent = start_agent(&[goproxy.pid(), pybackend.pid()], &recv, &[]);
+    let mut requests = Vec::new();
+    let mut expects = Vec::new();
+    let mut spans_wanted = 0;
+    for i in 0..30 {
+        let id = format!("x{i:02}");
+        let (path, tree, n) = match i % 3 {
+            0 => {
+                let leaf = format!("/leaf/{id}");
+                let tree = Want::server(
+                    "goproxy",
+                    &leaf,
+                    vec![Want::client(
+                        "goproxy",
+                        &leaf,
+                        vec![Want::server("pybackend", &leaf, vec![])],
+                    )],
+                );
+                (leaf, tree, 3)
+            }
+            1 => {
+                let leaves = (0..3)
+                    .map(|k| {
+                        let leaf = format!("/leaf/{id}-{k}");
+                        Want::client(
+                            "goproxy",
+                            &leaf,
+                            vec![Want::server("pybackend", &leaf, vec![])],
+                        )
+                    })
+                    .collect();
+                let path = format!("/fanout/{id}");
+                (path.clone(), Want::server("goproxy", path, leaves), 7)
+            }
+            _ => {
+                // The worker's call is its own trace (client -> backend), not a child
+                // of the /pool span: a tracer that links it is guessing.
+                let leaf = format!("/leaf/w{id}");
+                expects.push(Expect::new(
+                    &format!("w{id}"),
+                    Want::client(
+                        "goproxy",
+                        &leaf,
+                        vec![Want::server("pybackend", &leaf, vec![])],
+                    ),
+                ));
+                let path = format!("/pool/{id}");
+                (path.clone(), Want::server("goproxy", path, vec![]), 3)
+            }
+        };
+        requests.push(Request::get(&path).expect(200));
+        expects.push(Expect::new(&id, tree));
+        spans_wanted += n;
+    }
+    let sent = run_concurrent(goproxy.addr, spread(requests, 6, mixed));
+    assert_statuses(&sent, "fidelity");
+    let spans = collect(&recv, agent, spans_wanted);
+    check_traces(
+        &spans,
+        &roles,
+        &expects,
+        &format!("Go {version} {} WRAP={wrap:?}", flavor.name()),
+    );
+}
+
+/// Issue 11: a net/http server whose listener wraps each accepted connection in its own
+/// type lost every in-process parent (the CLIENT span its handler made had none). The
+/// serving goroutine is now found from the read syscalls it makes itself, whatever the
+/// net.Conn's type.
+#[test]
+fn go_wrapped_listener_keeps_parent() {
+    harness::require_root();
+    let _serial = harness::serial();
+    run_all(vec![
+        (
+            "goproxy, struct embedding net.Conn: Go 1.25, plain".into(),
+            Box::new(|| fidelity_run("1.25", GoFlavor::Plain, "embed")),
+        ),
+        (
+            "goproxy, limiting listener: Go 1.21, stripped".into(),
+            Box::new(|| fidelity_run("1.21", GoFlavor::Stripped, "limit")),
+        ),
+        (
+            "goproxy, plain listener: Go 1.23, stripped".into(),
+            Box::new(|| fidelity_run("1.23", GoFlavor::Stripped, "")),
         ),
     ]);
 }

@@ -5,9 +5,9 @@
 //! - the doctor runs for real (root), and again in child processes holding exactly the
 //!   capabilities the DaemonSet and the systemd unit grant;
 //! - the real agent traces a real server under those same two capability sets, and under
-//!   the unit's system-call allow list (checked with strace when installed);
+//!   the unit's system-call allow list (checked with strace);
 //! - every Kubernetes manifest is parsed and cross-checked (selectors, volumes, names,
-//!   ports, capabilities — identical to the unit's); `yamllint` runs when installed;
+//!   ports, capabilities — identical to the unit's); `yamllint` runs;
 //! - the systemd unit passes `systemd-analyze verify` and `security` (when installed);
 //! - the Containerfile copies every workspace member and runs `cargo xtask build`;
 //! - `promtool check rules` / `test rules` pass; every PromQL name in the dashboard and the
@@ -51,6 +51,14 @@ fn have(program: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Fails loudly when a checker is missing: skipping would let the check pass unrun.
+fn require_tool(program: &str, package: &str) {
+    assert!(
+        have(program),
+        "{program} is missing: install Debian package {package} (`cargo xtask test` does)"
+    );
 }
 
 /// `a.b.0.c` into a YAML tree (`Yaml::BadValue` when absent).
@@ -671,24 +679,20 @@ fn agent_runs_with_systemd_unit_capabilities_and_syscall_filter() {
     prefix.extend(systemd_setpriv());
     let trace = TempDir::new("strace");
     let trace_file = trace.path().join("agent.strace");
-    let strace = have("strace") && have("systemd-analyze");
-    if strace {
-        let mut p = vec![
-            "strace".to_string(),
-            "-f".into(),
-            "-qq".into(),
-            "-o".into(),
-            trace_file.display().to_string(),
-        ];
-        p.extend(prefix);
-        prefix = p;
-    } else {
-        eprintln!("note: strace or systemd-analyze missing; SystemCallFilter= not checked");
-    }
+    // Both are installed by `cargo xtask test` (strace, systemd): a check that quietly
+    // skips when they are missing would pass on a machine that never ran it.
+    require_tool("strace", "strace");
+    require_tool("systemd-analyze", "systemd");
+    let mut p = vec![
+        "strace".to_string(),
+        "-f".into(),
+        "-qq".into(),
+        "-o".into(),
+        trace_file.display().to_string(),
+    ];
+    p.extend(prefix);
+    prefix = p;
     agent_traces_with(&prefix);
-    if !strace {
-        return;
-    }
     let entries = unit_entries(&read("deploy/systemd/periscope.service"));
     let allowed = expand_syscall_filter(&unit_value(&entries, "Service", "SystemCallFilter"));
     let used: BTreeSet<String> = fs::read_to_string(&trace_file)
@@ -1027,7 +1031,8 @@ fn kubernetes_manifests_are_complete_and_consistent() {
         assert_eq!(str_at(pm, "spec.podMetricsEndpoints.0.port"), port_name);
     }
 
-    if have("yamllint") {
+    require_tool("yamllint", "yamllint");
+    {
         let out = Command::new("yamllint")
             .args([
                 "-d",
@@ -1044,8 +1049,6 @@ fn kubernetes_manifests_are_complete_and_consistent() {
             "yamllint:\n{}",
             String::from_utf8_lossy(&out.stdout)
         );
-    } else {
-        eprintln!("note: yamllint not installed; structural checks only");
     }
 }
 
@@ -1126,10 +1129,7 @@ fn systemd_unit_matches_the_daemonset_and_passes_systemd_analyze() {
         assert!(env_keys.contains(k), "periscope.env lacks {k}");
     }
 
-    if !have("systemd-analyze") {
-        eprintln!("note: systemd-analyze not installed; unit checked structurally only");
-        return;
-    }
+    require_tool("systemd-analyze", "systemd");
     // verify needs ExecStart's binary to exist: point it at one that does.
     let dir = TempDir::new("systemd");
     let unit = dir.path().join("periscope.service");

@@ -24,6 +24,10 @@ pub fn prerequisites() -> Result<(std::path::PathBuf, String)> {
             "prometheus",
             "yamllint",
             "strace",
+            // systemd-analyze for the deploy checks; busybox httpd serves each connection
+            // from a forked child on dup2'ed fds 0/1 (inetd-style).
+            "systemd",
+            "busybox",
         ],
         "real servers, clients and metrics consumers (promtool, Prometheus) the end-to-end tests use",
     )?;

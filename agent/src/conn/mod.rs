@@ -5,6 +5,7 @@
 //! single-threaded on purpose (one event thread owns it): events of one connection must
 //! be applied in ring order, and no locking keeps the per-event cost small.
 
+mod follow;
 pub mod procnet;
 #[cfg(test)]
 mod tests;
@@ -164,6 +165,10 @@ pub struct TrackerStats {
     /// Exchanges not turned into spans because their connection's pairing was lost
     /// (see `Conn::desynced`), added when the connection closes.
     pub unpaired_desync: u64,
+    /// Sockets a process used without accepting or connecting them (see `follow`).
+    pub conns_adopted: u64,
+    /// Socket fds duplicated onto other fds.
+    pub conns_duplicated: u64,
 }
 
 /// What the tracker needs besides events: where metrics go, how routes and sampling
@@ -274,6 +279,8 @@ pub struct Tracker {
     clients: HashMap<(IpAddr, u16), Vec<ClientEnd>>,
     /// (pid, goid) -> the goroutine that created it (from goroutine events).
     go_parents: HashMap<(u32, u64), u64>,
+    /// Fds that name another fd's connection (dup, adopted twice); see `follow`.
+    aliases: follow::Aliases,
 }
 
 /// A socket address as the kernel events carry it: IPv4 in the first 4 bytes, IPv6 in
@@ -332,6 +339,7 @@ impl Tracker {
             last_proc_sample_ns: 0,
             clients: HashMap::new(),
             go_parents: HashMap::new(),
+            aliases: follow::Aliases::default(),
         }
     }
 
@@ -398,17 +406,29 @@ impl Tracker {
     }
 
     pub fn add_process(&mut self, pid: u32) -> Arc<Resource> {
+        self.add_process_from(pid, pid)
+    }
+
+    /// A forked child of a traced process: described as its parent (same program until
+    /// it execs) when its own /proc entries are already gone.
+    pub fn add_forked_process(&mut self, pid: u32, parent: u32) -> Arc<Resource> {
+        self.note_fork(pid, parent);
+        let gone = std::fs::read_link(format!("/proc/{pid}/exe")).is_err();
+        self.add_process_from(pid, if gone { parent } else { pid })
+    }
+
+    fn add_process_from(&mut self, pid: u32, source: u32) -> Arc<Resource> {
         let cfg = &self.resource_cfg;
         let route_cfg = &self.route_cfg;
         let resource = self
             .procs
             .entry(pid)
             .or_insert_with(|| Proc {
-                resource: Arc::new(Resource::for_process(pid, cfg)),
+                resource: Arc::new(Resource::for_process_from(pid, source, cfg)),
                 thread_context: true,
                 routes: RouteTable::new(route_cfg),
                 listeners: HashMap::new(),
-                netns: std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                netns: std::fs::metadata(format!("/proc/{source}/ns/net"))
                     .ok()
                     .map(|m| std::os::unix::fs::MetadataExt::ino(&m)),
             })
@@ -444,7 +464,7 @@ impl Tracker {
     /// Forgets a process that exited, finishing what its connections can still finish.
     /// Returns the fds it had open so the caller can drop them from the kernel map.
     pub fn remove_process(&mut self, pid: u32, ts_ns: u64, sink: &mut dyn FnMut(Span)) -> Vec<u32> {
-        let fds: Vec<u32> = self
+        let mut fds: Vec<u32> = self
             .conns
             .keys()
             .filter(|(p, _)| *p == pid)
@@ -453,6 +473,7 @@ impl Tracker {
         for &fd in &fds {
             self.close(pid, fd, ts_ns, sink);
         }
+        fds.extend(self.forget_aliases(pid));
         self.procs.remove(&pid);
         self.active.retain(|(p, _), _| *p != pid);
         self.go_parents.retain(|(p, _), _| *p != pid);
@@ -466,7 +487,7 @@ impl Tracker {
         match event {
             Event::ConnOpen(ev) => self.open(&ev),
             Event::Data { ev, head, tail } => self.data(&ev, head, tail, sink),
-            Event::ConnClose(ev) => self.close(ev.header.tgid(), ev.fd, ev.header.ts_ns, sink),
+            Event::ConnClose(ev) => self.close_fd(ev.header.tgid(), ev.fd, ev.header.ts_ns, sink),
             Event::ThreadStart(ev) => self
                 .metrics
                 .update_process(ev.parent_pid, |p| p.thread_event(true, ev.header.ts_ns)),
@@ -485,11 +506,15 @@ impl Tracker {
             Event::GoHttpServe(ev) => self.go_serve(&ev),
             Event::GoHttpRoundTrip(ev) => self.go_round_trip(&ev),
             Event::ConnEstablished(ev) => self.established(&ev),
+            Event::ConnAdopt(ev) => self.adopt(&ev, sink),
+            Event::ConnDup(ev) => self.dup(&ev, sink),
+            Event::GoSocketRead(ev) => self.go_socket_read(&ev),
         }
     }
 
     fn open(&mut self, ev: &ConnOpenEvent) {
         let pid = ev.header.tgid();
+        self.fd_reused(pid, ev.fd);
         let role = match ev.role {
             ROLE_SERVER => Role::Server,
             ROLE_CLIENT => Role::Client,
@@ -563,13 +588,15 @@ impl Tracker {
     }
 
     fn go_serve(&mut self, ev: &GoConnEvent) {
-        if let Some(c) = self.conns.get_mut(&(ev.header.tgid(), ev.fd)) {
+        let fd = self.aliases.resolve(ev.header.tgid(), ev.fd);
+        if let Some(c) = self.conns.get_mut(&(ev.header.tgid(), fd)) {
             c.go_server_goid = Some(ev.goid);
         }
     }
 
     fn go_round_trip(&mut self, ev: &GoConnEvent) {
-        if let Some(c) = self.conns.get_mut(&(ev.header.tgid(), ev.fd)) {
+        let fd = self.aliases.resolve(ev.header.tgid(), ev.fd);
+        if let Some(c) = self.conns.get_mut(&(ev.header.tgid(), fd)) {
             c.go_caller = Some((ev.goid, ev.parent_goid));
         }
     }
@@ -674,7 +701,9 @@ impl Tracker {
 
     fn data(&mut self, ev: &DataEvent, head: &[u8], tail: &[u8], sink: &mut dyn FnMut(Span)) {
         let pid = ev.header.tgid();
-        let key = (pid, ev.fd);
+        // The connection's primary fd (a dup'ed fd names its original's connection).
+        let fd = self.aliases.resolve(pid, ev.fd);
+        let key = (pid, fd);
         if !self.conns.contains_key(&key) {
             // A socket that was open before we attached: learn its addresses once.
             if self.conns.len() >= MAX_CONNS {
@@ -731,7 +760,7 @@ impl Tracker {
         let mut ctx = MessageCtx {
             pid,
             tid: ev.header.tid(),
-            fd: ev.fd,
+            fd,
             multiplexed: false,
             thread_context: self.procs.get(&pid).is_some_and(|p| p.thread_context),
             active: &mut self.active,

@@ -93,6 +93,15 @@ pub fn tcp_rows(pid: u32) -> Vec<TcpRow> {
     rows
 }
 
+/// Local addresses of the process namespace's listening TCP sockets.
+pub fn listening(pid: u32) -> Vec<SocketAddr> {
+    tcp_rows(pid)
+        .into_iter()
+        .filter(|r| r.state == TCP_LISTEN)
+        .map(|r| r.local)
+        .collect()
+}
+
 /// Inodes of the process namespace's TCP sockets that are not listening.
 pub fn connected_inodes(pid: u32) -> HashSet<u64> {
     tcp_rows(pid)

@@ -7,8 +7,8 @@
 pub mod reorder;
 
 use periscope_common::{
-    BindEvent, ConnCloseEvent, ConnOpenEvent, DataEvent, EventHeader, EventKind, GcEvent,
-    GoConnEvent, GoroutineEvent, ProcessEvent,
+    BindEvent, ConnAdoptEvent, ConnCloseEvent, ConnDupEvent, ConnOpenEvent, DataEvent, EventHeader,
+    EventKind, GcEvent, GoConnEvent, GoroutineEvent, ProcessEvent,
 };
 use thiserror::Error;
 
@@ -35,6 +35,9 @@ pub enum Event<'a> {
     GoHttpServe(GoConnEvent),
     GoHttpRoundTrip(GoConnEvent),
     ConnEstablished(ConnOpenEvent),
+    ConnAdopt(ConnAdoptEvent),
+    ConnDup(ConnDupEvent),
+    GoSocketRead(GoConnEvent),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -79,6 +82,9 @@ impl<'a> TryFrom<&'a [u8]> for Event<'a> {
             EventKind::GoHttpServe => Event::GoHttpServe(read(bytes)?),
             EventKind::GoHttpRoundTrip => Event::GoHttpRoundTrip(read(bytes)?),
             EventKind::ConnEstablished => Event::ConnEstablished(read(bytes)?),
+            EventKind::ConnAdopt => Event::ConnAdopt(read(bytes)?),
+            EventKind::ConnDup => Event::ConnDup(read(bytes)?),
+            EventKind::GoSocketRead => Event::GoSocketRead(read(bytes)?),
             EventKind::Data => {
                 let ev: DataEvent = read(bytes)?;
                 let payload = &bytes[size_of::<DataEvent>()..];

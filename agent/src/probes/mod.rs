@@ -26,6 +26,7 @@ use crate::runtime::go::{GO_PROBES, GoPlan};
 
 pub mod format;
 pub mod silence;
+pub mod btf;
 use thiserror::Error;
 
 /// The kernel object built by `cargo xtask build` (see build.rs).
@@ -179,6 +180,54 @@ pub const PROBES: &[(&str, &str, &str, &str)] = &[
         "syscalls",
         "sys_exit_sendfile64",
         "egress bytes (static files)",
+    ),
+    (
+        "sys_enter_dup",
+        "syscalls",
+        "sys_enter_dup",
+        "sockets duplicated onto other fds",
+    ),
+    (
+        "sys_exit_dup",
+        "syscalls",
+        "sys_exit_dup",
+        "sockets duplicated onto other fds",
+    ),
+    (
+        "sys_enter_dup2",
+        "syscalls",
+        "sys_enter_dup2",
+        "sockets duplicated onto other fds",
+    ),
+    (
+        "sys_exit_dup2",
+        "syscalls",
+        "sys_exit_dup2",
+        "sockets duplicated onto other fds",
+    ),
+    (
+        "sys_enter_dup3",
+        "syscalls",
+        "sys_enter_dup3",
+        "sockets duplicated onto other fds",
+    ),
+    (
+        "sys_exit_dup3",
+        "syscalls",
+        "sys_exit_dup3",
+        "sockets duplicated onto other fds",
+    ),
+    (
+        "sys_enter_fcntl",
+        "syscalls",
+        "sys_enter_fcntl",
+        "sockets duplicated onto other fds",
+    ),
+    (
+        "sys_exit_fcntl",
+        "syscalls",
+        "sys_exit_fcntl",
+        "sockets duplicated onto other fds",
     ),
     (
         "sys_enter_close",
@@ -492,7 +541,13 @@ impl Probes {
         for (tp, field) in &layout.missing_optional {
             tracing::debug!("tracepoint {tp} has no field {field} on this kernel");
         }
+        // Without BTF the adoption and Go-syscall paths stay off (offsets 0): sockets are
+        // then followed from accept/connect and dup only.
+        let koffs = btf::Btf::from_sys_fs()
+            .map(|b| btf::kernel_offsets(&b))
+            .unwrap_or_default();
         let mut ebpf = EbpfLoader::new()
+            .override_global("KOFFS", &koffs, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("DISCOVERY", &(discovery as u32), true)
             .override_global("TP_FIELDS", &layout.fields, true)

@@ -1,0 +1,314 @@
+//! Sockets followed wherever they go (issue 11): servers that serve a connection on an
+//! fd they did not accept it on — a forked child on dup2'ed fds 0/1 (busybox httpd,
+//! inetd-style), a dup/fcntl(F_DUPFD)/dup3 copy, an fd received over SCM_RIGHTS.
+//!
+//! Truth is the client's own view: every request is sent on its own connection from a
+//! known local port and its status is read back; each must give exactly one SERVER span
+//! with that client port, method, path and status, and nothing else may be exported.
+//!
+//! Needs root, the agent binary and busybox (`cargo xtask test` installs it).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use periscope_e2e::harness::{self, Agent, Process, TempDir};
+use periscope_e2e::receiver::{Protocol, ReceivedSpan, Receiver};
+
+const SPAN_TIMEOUT: Duration = Duration::from_secs(30);
+const SETTLE: Duration = Duration::from_millis(1500);
+
+/// One request on a fresh connection, as the client saw it.
+#[derive(Debug)]
+struct Sent {
+    method: &'static str,
+    path: String,
+    client_port: u16,
+    status: u16,
+}
+
+/// Sends `method path` on a new connection (in one write, or `split` over three) and
+/// reads the response to EOF.
+fn exchange(addr: SocketAddr, method: &'static str, path: &str, split: bool) -> Sent {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let client_port = s.local_addr().unwrap().port();
+    let req =
+        format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: periscope-e2e\r\n\r\n");
+    if split {
+        // Split inside the method and the headers: the server's first read may hold
+        // "GE" only, which must not cost the request (the socket was never accepted by
+        // the process that reads it, so its role comes from its listening port).
+        for piece in [&req[..2], &req[2..20], &req[20..]] {
+            s.write_all(piece.as_bytes()).unwrap();
+            s.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    } else {
+        s.write_all(req.as_bytes()).unwrap();
+    }
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read response");
+    let text = String::from_utf8_lossy(&resp);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {:?}", harness::tail(&text, 200)));
+    Sent {
+        method,
+        path: path.to_string(),
+        client_port,
+        status,
+    }
+}
+
+/// Every sent request has exactly one matching SERVER span of `pids`, and there are no
+/// other spans. Returns the problems found.
+fn check(sent: &[Sent], spans: &[ReceivedSpan], pid_ok: &dyn Fn(u16, u32) -> bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut by_port: BTreeMap<u16, Vec<&ReceivedSpan>> = BTreeMap::new();
+    for s in spans {
+        let port = s
+            .attr("client.port")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        by_port.entry(port).or_default().push(s);
+    }
+    for e in sent {
+        let Some(found) = by_port.remove(&e.client_port) else {
+            problems.push(format!(
+                "no span for {} {} from port {}",
+                e.method, e.path, e.client_port
+            ));
+            continue;
+        };
+        if found.len() != 1 {
+            problems.push(format!("{} spans for port {}", found.len(), e.client_port));
+        }
+        let s = found[0];
+        let got = (
+            s.attr("http.request.method"),
+            s.attr("url.path"),
+            s.attr("http.response.status_code"),
+        );
+        let want = (
+            Some(e.method.to_string()),
+            Some(e.path.clone()),
+            Some(e.status.to_string()),
+        );
+        if got != want {
+            problems.push(format!(
+                "port {}: span {got:?}, sent {want:?}",
+                e.client_port
+            ));
+        }
+        if s.kind() != SpanKind::Server {
+            problems.push(format!("port {}: kind {:?}", e.client_port, s.kind()));
+        }
+        let pid: u32 = s
+            .resource_attr("process.pid")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if !pid_ok(e.client_port, pid) {
+            problems.push(format!(
+                "port {}: span of unexpected pid {pid}",
+                e.client_port
+            ));
+        }
+    }
+    for (port, extra) in by_port {
+        for s in extra {
+            problems.push(format!("unexpected span {} (client port {port})", s.name()));
+        }
+    }
+    problems
+}
+
+fn run_against(
+    targets: &[u32],
+    addr: SocketAddr,
+    plan: &[(&'static str, &str)],
+    pid_ok: &dyn Fn(u16, u32) -> bool,
+) {
+    let receiver = Receiver::start();
+    let mut args = Vec::new();
+    for pid in targets {
+        args.extend(["--pid".to_string(), pid.to_string()]);
+    }
+    args.extend([
+        "--otlp-endpoint".to_string(),
+        receiver.endpoint(Protocol::Grpc),
+        "--otlp-protocol".to_string(),
+        "grpc".to_string(),
+    ]);
+    let agent = Agent::start(args);
+    let sent: Vec<Sent> = plan
+        .iter()
+        .enumerate()
+        .map(|(i, (m, p))| exchange(addr, m, p, i % 4 == 1))
+        .collect();
+    receiver.wait_for_spans(sent.len(), SPAN_TIMEOUT);
+    std::thread::sleep(SETTLE);
+    let exit = agent.stop();
+    let spans = receiver.spans();
+    let mut problems = check(&sent, &spans, pid_ok);
+    if !exit.status.success() {
+        problems.insert(0, format!("agent exited with {}", exit.status));
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems with {} requests, {} spans:\n{}\nagent stderr:\n{}",
+        problems.len(),
+        sent.len(),
+        spans.len(),
+        problems[..problems.len().min(40)].join("\n"),
+        harness::tail(&exit.stderr, 3000)
+    );
+}
+
+/// busybox httpd forks a child per connection, which moves the socket onto fd 0
+/// (dup2 + close) and dups it onto fd 1, then reads fd 0 and writes fd 1. Before
+/// sockets were followed, 240 requests gave 0 spans.
+#[test]
+fn busybox_httpd_fork_dup2_inetd_style() {
+    harness::require_root();
+    let _serial = harness::serial();
+    harness::agent_bin();
+    let busybox = which("busybox").expect("busybox is missing (`cargo xtask test` installs it)");
+    let dir = TempDir::new("busybox");
+    let root = dir.path();
+    std::fs::write(root.join("index.html"), "<html>periscope e2e</html>\n").unwrap();
+    // Larger than one capture: the body goes out in several writes or a sendfile.
+    let data: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("data.bin"), data).unwrap();
+    let port = harness::free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = Command::new(busybox);
+    cmd.args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+        .arg(root);
+    let mut server = Process::spawn("busybox-httpd", cmd);
+    server.wait_for_port(addr, Duration::from_secs(10));
+    let server_pid = server.pid();
+
+    let paths = [
+        ("GET", "/index.html"),
+        ("GET", "/data.bin"),
+        ("GET", "/missing.html"),
+        ("HEAD", "/index.html"),
+    ];
+    let plan: Vec<(&'static str, &str)> = (0..240).map(|i| paths[i % paths.len()]).collect();
+    // Spans come from the forked children, never from the accepting parent.
+    run_against(&[server_pid], addr, &plan, &|_, pid| {
+        pid != server_pid && pid != 0
+    });
+    server.assert_running();
+}
+
+/// A Python server that serves each connection on another fd than the one it accepted:
+/// an fcntl(F_DUPFD) copy, a dup3 copy (`os.dup2(.., inheritable=False)`), and an fd
+/// sent over SCM_RIGHTS to a worker process forked before any connection existed.
+const FD_SERVER: &str = r#"
+import os, socket, sys
+
+def serve(rfd, wfd):
+    req = b""
+    while b"\r\n\r\n" not in req:
+        chunk = os.read(rfd, 4096)
+        if not chunk:
+            return
+        req += chunk
+    path = req.split(b" ")[1]
+    body = b"followed " + path
+    status = b"200 OK" if path != b"/teapot" else b"418 I'm a teapot"
+    os.write(wfd, b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(body)).encode()
+             + b"\r\nConnection: close\r\n\r\n" + body)
+
+parent_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+if os.fork() == 0:
+    parent_end.close()
+    while True:
+        msg, fds, _, _ = socket.recv_fds(worker_end, 16, 1)
+        if not msg:
+            os._exit(0)
+        serve(fds[0], fds[0])
+        os.close(fds[0])
+worker_end.close()
+
+lsock = socket.socket()
+lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+lsock.bind(("127.0.0.1", int(sys.argv[1])))
+lsock.listen(64)
+print("ready", flush=True)
+while True:
+    conn, peer = lsock.accept()
+    fd = conn.fileno()
+    # The client knows its own port: it can tell which path served each request.
+    mode = peer[1] % 3
+    if mode == 0:
+        import fcntl
+        copy = fcntl.fcntl(fd, fcntl.F_DUPFD, 50)
+        serve(fd, copy)
+        os.close(copy)
+    elif mode == 1:
+        copy = os.dup2(fd, 60, inheritable=False)
+        serve(copy, fd)
+        os.close(copy)
+    else:
+        socket.send_fds(parent_end, [b"x"], [fd])
+    conn.close()
+"#;
+
+/// fcntl(F_DUPFD), dup3 and SCM_RIGHTS: every request gives exactly one span, from the
+/// process that served it.
+#[test]
+fn dup_fcntl_scm_rights_sockets_are_followed() {
+    harness::require_root();
+    let _serial = harness::serial();
+    harness::agent_bin();
+    let dir = TempDir::new("fdserver");
+    let script = dir.path().join("fdserver.py");
+    std::fs::write(&script, FD_SERVER).unwrap();
+    let port = harness::free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = Command::new(harness::python3());
+    cmd.arg("-u").arg(&script).arg(port.to_string());
+    let mut server = Process::spawn("fd-server", cmd);
+    server.wait_for_port(addr, Duration::from_secs(10));
+    let server_pid = server.pid();
+    let worker_pid = *harness::children(server_pid)
+        .first()
+        .expect("the SCM_RIGHTS worker");
+    let plan: Vec<(&'static str, String)> = (0..60)
+        .map(|i| {
+            let path = if i % 7 == 3 {
+                "/teapot".to_string()
+            } else {
+                format!("/item/{i}")
+            };
+            ("GET", path)
+        })
+        .collect();
+    let plan: Vec<(&'static str, &str)> = plan.iter().map(|(m, p)| (*m, p.as_str())).collect();
+    // Client ports 0 and 1 mod 3 are served by the accepting process, 2 by the worker.
+    run_against(&[server_pid, worker_pid], addr, &plan, &|port, pid| {
+        pid == if port % 3 == 2 {
+            worker_pid
+        } else {
+            server_pid
+        }
+    });
+    server.assert_running();
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
