@@ -516,6 +516,7 @@ pub fn encode_go(enc: &mut Encoder, services: &[ServiceMetrics]) {
         None,
         &info,
     );
+    encode_go_memstats(enc, &go);
     let gc: Vec<SummarySeries> = go
         .iter()
         .map(|(s, g)| {
@@ -582,6 +583,206 @@ pub fn encode_go(enc: &mut Encoder, services: &[ServiceMetrics]) {
         "1 for each creation site whose live goroutines grew steadily over the leak window.",
         None,
         &suspects,
+    );
+}
+
+/// client_golang's `go_memstats_*` (names, help and types of its Go collector, whose values
+/// come from runtime/metrics; see runtime/gomem.rs), its newer GOGC / GOMEMLIMIT /
+/// GOMAXPROCS gauges, for the processes whose statistics could be read from memory.
+fn encode_go_memstats(enc: &mut Encoder, go: &[(&ServiceMetrics, &crate::runtime::go::GoStats)]) {
+    use crate::runtime::gomem::GoMemStats;
+    let mem: Vec<(&ServiceMetrics, &GoMemStats)> = go
+        .iter()
+        .filter_map(|(s, g)| g.mem.as_ref().map(|m| (*s, m)))
+        .collect();
+    let fam = |f: &dyn Fn(&GoMemStats) -> f64| -> Vec<Sample> {
+        mem.iter()
+            .map(|(s, m)| Sample {
+                labels: service_labels(&s.resource),
+                value: f(m),
+            })
+            .collect()
+    };
+    type Field = fn(&GoMemStats) -> f64;
+    // (name, help, is a counter, value); counters are named without `_total`.
+    const SERIES: &[(&str, &str, bool, Field)] = &[
+        (
+            "go_memstats_alloc_bytes",
+            "Number of bytes allocated and still in use.",
+            false,
+            |m| m.heap_alloc as f64,
+        ),
+        (
+            "go_memstats_alloc_bytes",
+            "Total number of bytes allocated, even if freed.",
+            true,
+            |m| m.total_alloc as f64,
+        ),
+        (
+            "go_memstats_sys_bytes",
+            "Number of bytes obtained from system.",
+            false,
+            |m| m.sys as f64,
+        ),
+        (
+            "go_memstats_lookups",
+            "Total number of pointer lookups.",
+            true,
+            |_| 0.0,
+        ),
+        (
+            "go_memstats_mallocs",
+            "Total number of mallocs.",
+            true,
+            |m| m.mallocs as f64,
+        ),
+        ("go_memstats_frees", "Total number of frees.", true, |m| {
+            m.frees as f64
+        }),
+        (
+            "go_memstats_heap_alloc_bytes",
+            "Number of heap bytes allocated and still in use.",
+            false,
+            |m| m.heap_alloc as f64,
+        ),
+        (
+            "go_memstats_heap_sys_bytes",
+            "Number of heap bytes obtained from system.",
+            false,
+            |m| m.heap_sys as f64,
+        ),
+        (
+            "go_memstats_heap_idle_bytes",
+            "Number of heap bytes waiting to be used.",
+            false,
+            |m| m.heap_idle as f64,
+        ),
+        (
+            "go_memstats_heap_inuse_bytes",
+            "Number of heap bytes that are in use.",
+            false,
+            |m| m.heap_inuse as f64,
+        ),
+        (
+            "go_memstats_heap_released_bytes",
+            "Number of heap bytes released to OS.",
+            false,
+            |m| m.heap_released as f64,
+        ),
+        (
+            "go_memstats_heap_objects",
+            "Number of allocated objects.",
+            false,
+            |m| m.heap_objects as f64,
+        ),
+        (
+            "go_memstats_stack_inuse_bytes",
+            "Number of bytes in use by the stack allocator.",
+            false,
+            |m| m.stack_inuse as f64,
+        ),
+        (
+            "go_memstats_stack_sys_bytes",
+            "Number of bytes obtained from system for stack allocator.",
+            false,
+            |m| m.stack_sys as f64,
+        ),
+        (
+            "go_memstats_mspan_inuse_bytes",
+            "Number of bytes in use by mspan structures.",
+            false,
+            |m| m.mspan_inuse as f64,
+        ),
+        (
+            "go_memstats_mspan_sys_bytes",
+            "Number of bytes used for mspan structures obtained from system.",
+            false,
+            |m| m.mspan_sys as f64,
+        ),
+        (
+            "go_memstats_mcache_inuse_bytes",
+            "Number of bytes in use by mcache structures.",
+            false,
+            |m| m.mcache_inuse as f64,
+        ),
+        (
+            "go_memstats_mcache_sys_bytes",
+            "Number of bytes used for mcache structures obtained from system.",
+            false,
+            |m| m.mcache_sys as f64,
+        ),
+        (
+            "go_memstats_buck_hash_sys_bytes",
+            "Number of bytes used by the profiling bucket hash table.",
+            false,
+            |m| m.buck_hash_sys as f64,
+        ),
+        (
+            "go_memstats_gc_sys_bytes",
+            "Number of bytes used for garbage collection system metadata.",
+            false,
+            |m| m.gc_sys as f64,
+        ),
+        (
+            "go_memstats_other_sys_bytes",
+            "Number of bytes used for other system allocations.",
+            false,
+            |m| m.other_sys as f64,
+        ),
+        (
+            "go_memstats_next_gc_bytes",
+            "Number of heap bytes when next garbage collection will take place.",
+            false,
+            |m| m.next_gc as f64,
+        ),
+        // runtime/debug.ReadGCStats leaves LastGC at the zero time.Time before the first
+        // GC, whose UnixNano client_golang exports as is: match it.
+        (
+            "go_memstats_last_gc_time_seconds",
+            "Number of seconds since 1970 of last garbage collection.",
+            false,
+            |m| {
+                if m.last_gc_unix_ns == 0 {
+                    -6_795_364_578.871_345
+                } else {
+                    m.last_gc_unix_ns as f64 / 1e9
+                }
+            },
+        ),
+        (
+            "go_gc_gogc_percent",
+            "Heap size target percentage configured by the user, otherwise 100. This value is set by the GOGC environment variable, and the runtime/debug.SetGCPercent function. Sourced from /gc/gogc:percent.",
+            false,
+            |m| m.gogc as f64,
+        ),
+        (
+            "go_gc_gomemlimit_bytes",
+            "Go runtime memory limit configured by the user, otherwise math.MaxInt64. This value is set by the GOMEMLIMIT environment variable, and the runtime/debug.SetMemoryLimit function. Sourced from /gc/gomemlimit:bytes.",
+            false,
+            |m| m.memory_limit as f64,
+        ),
+    ];
+    for &(name, help, counter, f) in SERIES {
+        if counter {
+            enc.counter(name, help, &fam(&f));
+        } else {
+            enc.gauge(name, help, None, &fam(&f));
+        }
+    }
+    let procs: Vec<Sample> = mem
+        .iter()
+        .filter_map(|(s, m)| {
+            Some(Sample {
+                labels: service_labels(&s.resource),
+                value: m.gomaxprocs? as f64,
+            })
+        })
+        .collect();
+    enc.gauge(
+        "go_sched_gomaxprocs_threads",
+        "The current runtime.GOMAXPROCS setting, or the number of operating system threads that can execute user-level Go code simultaneously. Sourced from /sched/gomaxprocs:threads.",
+        None,
+        &procs,
     );
 }
 

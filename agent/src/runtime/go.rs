@@ -19,6 +19,7 @@ use periscope_common::{GO_FLAG_STW_REASON, GoProcInfo};
 use thiserror::Error;
 
 use super::gobin::{GoBinError, GoBinary, GoOffsets};
+use super::gomem::{GoMemStats, MemReader};
 
 /// When a Go probe is attached, beyond its function being in the binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,6 +294,10 @@ pub struct GoStats {
     pub gc_pause_quantiles: Option<[f64; 5]>,
     /// Top sites by live goroutines, plus every suspected one.
     pub sites: Vec<SiteSnapshot>,
+    /// Heap and GC statistics read from the process's memory (`gomem.rs`); when present,
+    /// `gc_cycles`, `gc_pause_sum_s` and `gc_pause_quantiles` are the runtime's own
+    /// (since process start) rather than counted from events since attach.
+    pub mem: Option<GoMemStats>,
 }
 
 /// Leak detection settings.
@@ -369,6 +374,10 @@ pub struct GoProcess {
     last_sample_ns: u64,
     /// Sites that became suspected since the last call to `take_new_suspects`.
     new_suspects: Vec<(Arc<Site>, i64, i64)>,
+    /// Reads heap and GC statistics from memory; `None` when this binary's globals or
+    /// layouts are unknown (the reason is logged once at attach).
+    mem_reader: Option<MemReader>,
+    mem_file: Option<File>,
 }
 
 /// Goroutine states (runtime2.go); `_Gscan` is a bit on top of them.
@@ -399,7 +408,30 @@ impl GoProcess {
             leak,
             last_sample_ns: 0,
             new_suspects: Vec::new(),
+            mem_reader: None,
+            mem_file: None,
         }
+    }
+
+    /// Enables reading heap and GC statistics from memory; the error says why they are
+    /// not available for this binary.
+    pub fn enable_memory_stats(&mut self) -> Result<(), String> {
+        let reader = MemReader::new(&self.bin, &self.offsets).map_err(|e| e.to_string())?;
+        let file = File::open(format!("/proc/{}/mem", self.pid)).map_err(|e| e.to_string())?;
+        reader
+            .read(&file, self.bias)
+            .ok_or("reading the runtime's statistics failed")?;
+        self.mem_reader = Some(reader);
+        self.mem_file = Some(file);
+        Ok(())
+    }
+
+    /// Reads the heap and GC statistics now (`None` without a reader or when the read
+    /// fails, e.g. the process is exiting).
+    pub fn read_memory_stats(&self) -> Option<GoMemStats> {
+        self.mem_reader
+            .as_ref()?
+            .read(self.mem_file.as_ref()?, self.bias)
     }
 
     fn is_system(&mut self, startpc: u64) -> bool {
@@ -636,16 +668,26 @@ impl GoProcess {
             let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1e9;
             [q(0.0), q(0.25), q(0.5), q(0.75), q(1.0)]
         });
+        let mem = self.read_memory_stats();
+        let (gc_cycles, gc_pause_sum_s, quantiles) = match &mem {
+            Some(m) => (
+                m.num_gc,
+                m.pause_total_ns as f64 / 1e9,
+                Some(m.pause_quantiles_ns.map(|v| v as f64 / 1e9)),
+            ),
+            None => (self.gc_cycles, self.gc_pause_sum_ns as f64 / 1e9, quantiles),
+        };
         GoStats {
             version: self.version.clone(),
             goroutines: self.live.len() as i64 - self.system_live,
             goroutines_created: self.created,
             goroutines_exited: self.exited,
             untracked: self.untracked,
-            gc_cycles: self.gc_cycles,
-            gc_pause_sum_s: self.gc_pause_sum_ns as f64 / 1e9,
+            gc_cycles,
+            gc_pause_sum_s,
             gc_pause_quantiles: quantiles,
             sites,
+            mem,
         }
     }
 }
