@@ -815,16 +815,12 @@ impl GoBinary {
         .into_iter()
         .flatten()
         .collect();
+        // (*mheap).allocSpan updates the pacer's view of mapped memory: memoryLimit,
+        // heapInUse, heapReleased, heapFree and mappedReady (1.21-1.27). gcMarkTermination
+        // touches more gcController fields but also dense runs of other globals, which
+        // outvote it.
         let gcc_fields: Vec<u32> = [
-            o.gcc_gc_percent,
             o.gcc_memory_limit,
-            o.gcc_heap_marked,
-            Some(o.gc_controller_heap_live),
-            o.gcc_heap_scan,
-            o.gcc_gc_percent_heap_goal,
-            o.gcc_sweep_dist_min_trigger,
-            o.gcc_triggered,
-            o.gcc_last_heap_goal,
             o.gcc_heap_in_use,
             o.gcc_heap_free,
             o.gcc_heap_released,
@@ -835,25 +831,21 @@ impl GoBinary {
         .into_iter()
         .flatten()
         .collect();
+        // gcSweep touches mheap_.lock, sweepgen, pagesSwept and reclaimCredit (1.21-1.27).
+        // The fields between them sit 8 bytes apart, so with them every shifted address
+        // would collect nearly as many votes; these four do not line up when shifted.
         let mheap_fields: Vec<u32> = [
             Some(0), // mheap.lock
             o.mheap_sweepgen,
-            o.mheap_pages_in_use,
             o.mheap_pages_swept,
-            o.mheap_pages_swept_basis,
-            o.mheap_sweep_heap_live_basis,
-            o.mheap_sweep_pages_per_byte,
-            o.mheap_reclaim_index,
             o.mheap_reclaim_credit,
-            o.mheap_spanalloc,
-            o.mheap_cachealloc,
         ]
         .into_iter()
         .flatten()
         .collect();
         RuntimeGlobals {
             memstats: self.global_from_fields(&["runtime.gcMarkTermination"], &memstats_fields, 4),
-            gc_controller: self.global_from_fields(&["runtime.gcMarkTermination"], &gcc_fields, 3),
+            gc_controller: self.global_from_fields(&["runtime.(*mheap).allocSpan"], &gcc_fields, 4),
             mheap: self.global_from_fields(&["runtime.gcSweep"], &mheap_fields, 4),
             allp: self.allp_from_code(),
         }
