@@ -109,7 +109,12 @@ fn client_golang_go_series_match_from_outside_stripped() {
         return;
     }
     let _serial = harness::serial();
-    for tc in go_toolchains() {
+    let toolchains = go_toolchains();
+    assert!(
+        !toolchains.is_empty(),
+        "no Go toolchains configured (PERISCOPE_GO_TOOLCHAINS)"
+    );
+    for tc in toolchains {
         let dir = TempDir::new("go-memstats");
         let src = dir.path().join("src/cgprog");
         std::fs::create_dir_all(&src).unwrap();
@@ -194,10 +199,18 @@ fn client_golang_go_series_match_from_outside_stripped() {
                 || key.starts_with("go_info")
                 || key.contains("mspan")
                 || key.contains("mcache")
-                || key.contains("stack_")
                 || key.contains("last_gc");
             let tol = if exact {
                 want.abs() * 1e-9
+            } else if key.contains("stack_") {
+                // Serving the program's own scrape can take a goroutine stack.
+                64.0 * 1024.0
+            } else if key.contains("heap_idle")
+                || key.contains("heap_inuse")
+                || key.contains("heap_released")
+            {
+                // The background scavenger releases pages between the two reads.
+                1024.0 * 1024.0
             } else if key.contains("objects") || key.contains("mallocs") || key.contains("frees") {
                 4096.0
             } else {
