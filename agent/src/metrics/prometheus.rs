@@ -550,6 +550,7 @@ pub fn encode_go(enc: &mut Encoder, services: &[ServiceMetrics]) {
         let mut labels = service_labels(&s.resource);
         labels.push(("site".into(), site.site.label()));
         labels.push(("function".into(), site.site.function.clone()));
+        labels.push(("package".into(), site.site.package().to_string()));
         labels.push(("file".into(), site.site.file.clone()));
         labels.push(("line".into(), site.site.line.to_string()));
         labels

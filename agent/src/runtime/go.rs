@@ -256,6 +256,19 @@ impl Site {
     pub fn label(&self) -> String {
         format!("{} {}:{}", self.function, self.file, self.line)
     }
+
+    /// The Go package of the creating function, from its symbol name: the import path up to
+    /// the first `.` after the last `/` (`net/http.(*conn).serve` -> `net/http`,
+    /// `main.leak` -> `main`). A package whose last path element has a dot (`gopkg.in/
+    /// yaml.v3`) is cut at that dot, as Go's symbol names do not mark the boundary.
+    pub fn package(&self) -> &str {
+        let f = self.function.as_str();
+        let tail = f.rfind('/').map_or(0, |i| i + 1);
+        match f[tail..].find('.') {
+            Some(dot) => &f[..tail + dot],
+            None => f,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -724,6 +737,23 @@ mod tests {
 
     fn window(v: &[i64]) -> VecDeque<i64> {
         v.iter().copied().collect()
+    }
+
+    #[test]
+    fn package_of_creating_function() {
+        let site = |f: &str| Site {
+            function: f.into(),
+            file: String::new(),
+            line: 0,
+        };
+        assert_eq!(site("main.leak").package(), "main");
+        assert_eq!(site("main.main.func1").package(), "main");
+        assert_eq!(site("net/http.(*conn).serve").package(), "net/http");
+        assert_eq!(
+            site("github.com/a/b/pkg.(*T).Run.func2").package(),
+            "github.com/a/b/pkg"
+        );
+        assert_eq!(site("0x4567").package(), "0x4567");
     }
 
     #[test]
