@@ -1044,6 +1044,20 @@ fn attach_cost() {
     }
     let offsets = g.offsets();
     let t_all = t.elapsed();
+    // The heap statistics' share of attach: three function decodes and the size-class
+    // search over the non-executable data (timed on any release, whatever it finds).
+    let t = std::time::Instant::now();
+    let _ = g.global_from_fields(&["runtime.gcMarkTermination"], &[3592, 3600, 7704], 3);
+    let _ = g.global_from_fields(&["runtime.(*mheap).allocSpan"], &[8, 272, 280], 3);
+    let _ = g.global_from_fields(&["runtime.gcSweep"], &[0, 65856, 65896], 3);
+    let _ = g.allp_from_code();
+    let t_globals = t.elapsed();
+    let classes = g.size_classes(68).map(|c| c.len());
+    println!(
+        "attach_cost: heap statistics globals {:.1} ms, + size classes {:.1} ms (classes: {classes:?})",
+        t_globals.as_secs_f64() * 1e3,
+        t.elapsed().as_secs_f64() * 1e3
+    );
     println!(
         "attach_cost: {} ({} MB, {}, {} functions, text from {:?}): open {:.1} ms, open + 8 \
          lookups/RET decodes + offsets {:.1} ms; {rets} RETs; offsets: {}",
