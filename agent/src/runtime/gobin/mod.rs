@@ -935,7 +935,7 @@ impl GoBinary {
 
     /// The allocator's object size per size class (`runtime.class_to_size`, since Go 1.24
     /// `internal/runtime/gc.SizeClassToSize`, a `[n]uint16`), `n` entries: from `.symtab`,
-    /// else found in the binary's non-executable data by its fixed start (class 0 is
+    /// else found in the binary's writable data by its fixed start (class 0 is
     /// unused, then 8, 16, 24, 32, 48 bytes) and checked to rise strictly to 32 KiB.
     pub fn size_classes(&self, n: usize) -> Option<Vec<u32>> {
         let parse = |b: &[u8]| -> Option<Vec<u32>> {
@@ -964,7 +964,15 @@ impl GoBinary {
             .collect();
         let data = self.data();
         let mut found = None;
-        for s in self.elf.segments.iter().filter(|s| !s.is_exec()) {
+        // The table is a package-level variable (.noptrdata, writable, in 1.21-1.27), so
+        // only writable segments are searched: the read-only one holds the pclntab and is
+        // most of a big binary.
+        for s in self
+            .elf
+            .segments
+            .iter()
+            .filter(|s| s.is_write() && !s.is_exec())
+        {
             let start = usize::try_from(s.offset).ok()?;
             let end = start.checked_add(usize::try_from(s.filesz).ok()?)?;
             let bytes = data.get(start..end)?;
