@@ -24,6 +24,8 @@ pub fn prerequisites() -> Result<(std::path::PathBuf, String)> {
             "prometheus",
             "yamllint",
             "strace",
+            // client_golang sources for GOPATH builds: the truth for go_* series.
+            "golang-github-prometheus-client-golang-dev",
         ],
         "real servers, clients and metrics consumers (promtool, Prometheus) the end-to-end tests use",
     )?;

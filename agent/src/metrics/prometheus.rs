@@ -867,6 +867,50 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
     }
 
+    /// client_golang's go_memstats_* names and types (counters as `_total`), and nothing
+    /// from memory when the statistics could not be read.
+    #[test]
+    fn go_memstats_families_as_client_golang() {
+        use crate::runtime::{go::GoStats, gomem::GoMemStats};
+        let mut services = sample_services();
+        services[0].go = Some(GoStats {
+            version: "go1.25.5".into(),
+            mem: Some(GoMemStats {
+                heap_alloc: 1234,
+                total_alloc: 5678,
+                last_gc_unix_ns: 1_700_000_000_500_000_000,
+                gomaxprocs: Some(4),
+                gogc: 100,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut enc = Encoder::new(Format::Text);
+        encode_go(&mut enc, &services);
+        let text = enc.finish();
+        for (name, kind) in [
+            ("go_memstats_alloc_bytes", "gauge"),
+            ("go_memstats_alloc_bytes_total", "counter"),
+            ("go_memstats_mallocs_total", "counter"),
+            ("go_memstats_heap_inuse_bytes", "gauge"),
+            ("go_memstats_next_gc_bytes", "gauge"),
+            ("go_memstats_last_gc_time_seconds", "gauge"),
+            ("go_sched_gomaxprocs_threads", "gauge"),
+            ("go_gc_gogc_percent", "gauge"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name}\n{text}"
+            );
+        }
+        assert!(text.contains("go_memstats_alloc_bytes{service_name=\"shop \\\"api\\\"\",service_instance_id=\"node1:7\"} 1234"), "{text}");
+        assert!(text.contains("} 1700000000.5\n"), "{text}");
+        services[0].go.as_mut().unwrap().mem = None;
+        let mut enc = Encoder::new(Format::Text);
+        encode_go(&mut enc, &services);
+        assert!(!enc.finish().contains("go_memstats"));
+    }
+
     #[test]
     fn accept_header_selects_format() {
         assert_eq!(
