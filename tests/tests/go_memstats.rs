@@ -97,7 +97,7 @@ fn types(text: &str) -> BTreeMap<String, String> {
 }
 
 #[test]
-fn client_golang_go_series_match_from_outside_stripped() {
+fn client_golang_go_series_match_from_outside() {
     harness::require_root();
     if !std::path::Path::new(GOPATH_DEBIAN)
         .join("src/github.com/prometheus/client_golang")
@@ -114,7 +114,17 @@ fn client_golang_go_series_match_from_outside_stripped() {
         !toolchains.is_empty(),
         "no Go toolchains configured (PERISCOPE_GO_TOOLCHAINS)"
     );
-    for tc in toolchains {
+    // Stripped with every version; plain and cgo (externally linked PIE-less binary
+    // with .symtab) with the oldest and newest, to keep the suite short.
+    let mut runs = Vec::new();
+    for (i, tc) in toolchains.iter().enumerate() {
+        runs.push((tc.clone(), "stripped"));
+        if i == 0 || i + 1 == toolchains.len() {
+            runs.push((tc.clone(), "plain"));
+            runs.push((tc.clone(), "cgo"));
+        }
+    }
+    for (tc, flavor) in runs {
         let dir = TempDir::new("go-memstats");
         let src = dir.path().join("src/cgprog");
         std::fs::create_dir_all(&src).unwrap();
@@ -122,7 +132,13 @@ fn client_golang_go_series_match_from_outside_stripped() {
         let bin = dir.path().join("cgprog");
         let out = Command::new(&tc.go)
             .current_dir(&src)
-            .args(["build", "-ldflags=-s -w", "-o"])
+            .arg("build")
+            .args(match flavor {
+                "stripped" => vec!["-ldflags=-s -w"],
+                "cgo" => vec!["-ldflags=-linkmode=external"],
+                _ => vec![],
+            })
+            .arg("-o")
             .arg(&bin)
             .arg(".")
             .env("GO111MODULE", "off")
@@ -132,7 +148,7 @@ fn client_golang_go_series_match_from_outside_stripped() {
             )
             .env("GOTOOLCHAIN", "local")
             .env("GOFLAGS", "")
-            .env("CGO_ENABLED", "0")
+            .env("CGO_ENABLED", if flavor == "cgo" { "1" } else { "0" })
             .output()
             .expect("run go build");
         assert!(
@@ -239,12 +255,12 @@ fn client_golang_go_series_match_from_outside_stripped() {
         }
         assert!(
             errors.is_empty(),
-            "Go {} stripped: agent vs client_golang:\n{}",
+            "Go {} {flavor}: agent vs client_golang:\n{}",
             tc.version,
             errors.join("\n")
         );
         eprintln!(
-            "Go {}: {} go_* samples agree (GC cycles {})",
+            "Go {} {flavor}: {} go_* samples agree (GC cycles {})",
             tc.version,
             theirs.len(),
             theirs.get("go_gc_duration_seconds_count").unwrap_or(&0.0)
