@@ -716,6 +716,9 @@ impl Targets {
                 let mut proc = GoProcess::new(pid, &plan, self.leak);
                 proc.sample_allgs = !self.go_events;
                 let seeded = proc.seed_from_memory(&plan.offsets);
+                if let Err(why) = proc.enable_memory_stats() {
+                    tracing::info!("PID {pid}: Go heap statistics unavailable: {why}");
+                }
                 tracing::info!(
                     "PID {pid}: Go {} runtime probes attached at {n} sites; {}",
                     plan.version,

@@ -28,6 +28,8 @@ pub fn prerequisites() -> Result<(std::path::PathBuf, String)> {
             // from a forked child on dup2'ed fds 0/1 (inetd-style).
             "systemd",
             "busybox",
+            // client_golang sources for GOPATH builds: the truth for go_* series.
+            "golang-github-prometheus-client-golang-dev",
         ],
         "real servers, clients and metrics consumers (promtool, Prometheus) the end-to-end tests use",
     )?;

@@ -516,6 +516,7 @@ pub fn encode_go(enc: &mut Encoder, services: &[ServiceMetrics]) {
         None,
         &info,
     );
+    encode_go_memstats(enc, &go);
     let gc: Vec<SummarySeries> = go
         .iter()
         .map(|(s, g)| {
@@ -549,6 +550,7 @@ pub fn encode_go(enc: &mut Encoder, services: &[ServiceMetrics]) {
         let mut labels = service_labels(&s.resource);
         labels.push(("site".into(), site.site.label()));
         labels.push(("function".into(), site.site.function.clone()));
+        labels.push(("package".into(), site.site.package().to_string()));
         labels.push(("file".into(), site.site.file.clone()));
         labels.push(("line".into(), site.site.line.to_string()));
         labels
@@ -582,6 +584,206 @@ pub fn encode_go(enc: &mut Encoder, services: &[ServiceMetrics]) {
         "1 for each creation site whose live goroutines grew steadily over the leak window.",
         None,
         &suspects,
+    );
+}
+
+/// client_golang's `go_memstats_*` (names, help and types of its Go collector, whose values
+/// come from runtime/metrics; see runtime/gomem.rs), its newer GOGC / GOMEMLIMIT /
+/// GOMAXPROCS gauges, for the processes whose statistics could be read from memory.
+fn encode_go_memstats(enc: &mut Encoder, go: &[(&ServiceMetrics, &crate::runtime::go::GoStats)]) {
+    use crate::runtime::gomem::GoMemStats;
+    let mem: Vec<(&ServiceMetrics, &GoMemStats)> = go
+        .iter()
+        .filter_map(|(s, g)| g.mem.as_ref().map(|m| (*s, m)))
+        .collect();
+    let fam = |f: &dyn Fn(&GoMemStats) -> f64| -> Vec<Sample> {
+        mem.iter()
+            .map(|(s, m)| Sample {
+                labels: service_labels(&s.resource),
+                value: f(m),
+            })
+            .collect()
+    };
+    type Field = fn(&GoMemStats) -> f64;
+    // (name, help, is a counter, value); counters are named without `_total`.
+    const SERIES: &[(&str, &str, bool, Field)] = &[
+        (
+            "go_memstats_alloc_bytes",
+            "Number of bytes allocated and still in use.",
+            false,
+            |m| m.heap_alloc as f64,
+        ),
+        (
+            "go_memstats_alloc_bytes",
+            "Total number of bytes allocated, even if freed.",
+            true,
+            |m| m.total_alloc as f64,
+        ),
+        (
+            "go_memstats_sys_bytes",
+            "Number of bytes obtained from system.",
+            false,
+            |m| m.sys as f64,
+        ),
+        (
+            "go_memstats_lookups",
+            "Total number of pointer lookups.",
+            true,
+            |_| 0.0,
+        ),
+        (
+            "go_memstats_mallocs",
+            "Total number of mallocs.",
+            true,
+            |m| m.mallocs as f64,
+        ),
+        ("go_memstats_frees", "Total number of frees.", true, |m| {
+            m.frees as f64
+        }),
+        (
+            "go_memstats_heap_alloc_bytes",
+            "Number of heap bytes allocated and still in use.",
+            false,
+            |m| m.heap_alloc as f64,
+        ),
+        (
+            "go_memstats_heap_sys_bytes",
+            "Number of heap bytes obtained from system.",
+            false,
+            |m| m.heap_sys as f64,
+        ),
+        (
+            "go_memstats_heap_idle_bytes",
+            "Number of heap bytes waiting to be used.",
+            false,
+            |m| m.heap_idle as f64,
+        ),
+        (
+            "go_memstats_heap_inuse_bytes",
+            "Number of heap bytes that are in use.",
+            false,
+            |m| m.heap_inuse as f64,
+        ),
+        (
+            "go_memstats_heap_released_bytes",
+            "Number of heap bytes released to OS.",
+            false,
+            |m| m.heap_released as f64,
+        ),
+        (
+            "go_memstats_heap_objects",
+            "Number of allocated objects.",
+            false,
+            |m| m.heap_objects as f64,
+        ),
+        (
+            "go_memstats_stack_inuse_bytes",
+            "Number of bytes in use by the stack allocator.",
+            false,
+            |m| m.stack_inuse as f64,
+        ),
+        (
+            "go_memstats_stack_sys_bytes",
+            "Number of bytes obtained from system for stack allocator.",
+            false,
+            |m| m.stack_sys as f64,
+        ),
+        (
+            "go_memstats_mspan_inuse_bytes",
+            "Number of bytes in use by mspan structures.",
+            false,
+            |m| m.mspan_inuse as f64,
+        ),
+        (
+            "go_memstats_mspan_sys_bytes",
+            "Number of bytes used for mspan structures obtained from system.",
+            false,
+            |m| m.mspan_sys as f64,
+        ),
+        (
+            "go_memstats_mcache_inuse_bytes",
+            "Number of bytes in use by mcache structures.",
+            false,
+            |m| m.mcache_inuse as f64,
+        ),
+        (
+            "go_memstats_mcache_sys_bytes",
+            "Number of bytes used for mcache structures obtained from system.",
+            false,
+            |m| m.mcache_sys as f64,
+        ),
+        (
+            "go_memstats_buck_hash_sys_bytes",
+            "Number of bytes used by the profiling bucket hash table.",
+            false,
+            |m| m.buck_hash_sys as f64,
+        ),
+        (
+            "go_memstats_gc_sys_bytes",
+            "Number of bytes used for garbage collection system metadata.",
+            false,
+            |m| m.gc_sys as f64,
+        ),
+        (
+            "go_memstats_other_sys_bytes",
+            "Number of bytes used for other system allocations.",
+            false,
+            |m| m.other_sys as f64,
+        ),
+        (
+            "go_memstats_next_gc_bytes",
+            "Number of heap bytes when next garbage collection will take place.",
+            false,
+            |m| m.next_gc as f64,
+        ),
+        // runtime/debug.ReadGCStats leaves LastGC at the zero time.Time before the first
+        // GC, whose UnixNano client_golang exports as is: match it.
+        (
+            "go_memstats_last_gc_time_seconds",
+            "Number of seconds since 1970 of last garbage collection.",
+            false,
+            |m| {
+                if m.last_gc_unix_ns == 0 {
+                    -6_795_364_578.871_345
+                } else {
+                    m.last_gc_unix_ns as f64 / 1e9
+                }
+            },
+        ),
+        (
+            "go_gc_gogc_percent",
+            "Heap size target percentage configured by the user, otherwise 100. This value is set by the GOGC environment variable, and the runtime/debug.SetGCPercent function. Sourced from /gc/gogc:percent.",
+            false,
+            |m| m.gogc as f64,
+        ),
+        (
+            "go_gc_gomemlimit_bytes",
+            "Go runtime memory limit configured by the user, otherwise math.MaxInt64. This value is set by the GOMEMLIMIT environment variable, and the runtime/debug.SetMemoryLimit function. Sourced from /gc/gomemlimit:bytes.",
+            false,
+            |m| m.memory_limit as f64,
+        ),
+    ];
+    for &(name, help, counter, f) in SERIES {
+        if counter {
+            enc.counter(name, help, &fam(&f));
+        } else {
+            enc.gauge(name, help, None, &fam(&f));
+        }
+    }
+    let procs: Vec<Sample> = mem
+        .iter()
+        .filter_map(|(s, m)| {
+            Some(Sample {
+                labels: service_labels(&s.resource),
+                value: m.gomaxprocs? as f64,
+            })
+        })
+        .collect();
+    enc.gauge(
+        "go_sched_gomaxprocs_threads",
+        "The current runtime.GOMAXPROCS setting, or the number of operating system threads that can execute user-level Go code simultaneously. Sourced from /sched/gomaxprocs:threads.",
+        None,
+        &procs,
     );
 }
 
@@ -663,6 +865,50 @@ mod tests {
         assert!(text.contains("# UNIT http_server_request_duration_seconds seconds"));
         assert!(text.contains(" # {trace_id=\"01010101010101010101010101010101\",span_id=\"0202020202020202\"} 0.02 1700000000.000"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// client_golang's go_memstats_* names and types (counters as `_total`), and nothing
+    /// from memory when the statistics could not be read.
+    #[test]
+    fn go_memstats_families_as_client_golang() {
+        use crate::runtime::{go::GoStats, gomem::GoMemStats};
+        let mut services = sample_services();
+        services[0].go = Some(GoStats {
+            version: "go1.25.5".into(),
+            mem: Some(GoMemStats {
+                heap_alloc: 1234,
+                total_alloc: 5678,
+                last_gc_unix_ns: 1_700_000_000_500_000_000,
+                gomaxprocs: Some(4),
+                gogc: 100,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut enc = Encoder::new(Format::Text);
+        encode_go(&mut enc, &services);
+        let text = enc.finish();
+        for (name, kind) in [
+            ("go_memstats_alloc_bytes", "gauge"),
+            ("go_memstats_alloc_bytes_total", "counter"),
+            ("go_memstats_mallocs_total", "counter"),
+            ("go_memstats_heap_inuse_bytes", "gauge"),
+            ("go_memstats_next_gc_bytes", "gauge"),
+            ("go_memstats_last_gc_time_seconds", "gauge"),
+            ("go_sched_gomaxprocs_threads", "gauge"),
+            ("go_gc_gogc_percent", "gauge"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name}\n{text}"
+            );
+        }
+        assert!(text.contains("go_memstats_alloc_bytes{service_name=\"shop \\\"api\\\"\",service_instance_id=\"node1:7\"} 1234"), "{text}");
+        assert!(text.contains("} 1700000000.5\n"), "{text}");
+        services[0].go.as_mut().unwrap().mem = None;
+        let mut enc = Encoder::new(Format::Text);
+        encode_go(&mut enc, &services);
+        assert!(!enc.finish().contains("go_memstats"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use periscope_common::{GO_FLAG_STW_REASON, GoProcInfo};
 use thiserror::Error;
 
 use super::gobin::{GoBinError, GoBinary, GoOffsets};
+use super::gomem::{GoMemStats, MemReader};
 
 /// When a Go probe is attached, beyond its function being in the binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,6 +256,19 @@ impl Site {
     pub fn label(&self) -> String {
         format!("{} {}:{}", self.function, self.file, self.line)
     }
+
+    /// The Go package of the creating function, from its symbol name: the import path up to
+    /// the first `.` after the last `/` (`net/http.(*conn).serve` -> `net/http`,
+    /// `main.leak` -> `main`). A package whose last path element has a dot (`gopkg.in/
+    /// yaml.v3`) is cut at that dot, as Go's symbol names do not mark the boundary.
+    pub fn package(&self) -> &str {
+        let f = self.function.as_str();
+        let tail = f.rfind('/').map_or(0, |i| i + 1);
+        match f[tail..].find('.') {
+            Some(dot) => &f[..tail + dot],
+            None => f,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -293,6 +307,10 @@ pub struct GoStats {
     pub gc_pause_quantiles: Option<[f64; 5]>,
     /// Top sites by live goroutines, plus every suspected one.
     pub sites: Vec<SiteSnapshot>,
+    /// Heap and GC statistics read from the process's memory (`gomem.rs`); when present,
+    /// `gc_cycles`, `gc_pause_sum_s` and `gc_pause_quantiles` are the runtime's own
+    /// (since process start) rather than counted from events since attach.
+    pub mem: Option<GoMemStats>,
 }
 
 /// Leak detection settings.
@@ -369,6 +387,10 @@ pub struct GoProcess {
     last_sample_ns: u64,
     /// Sites that became suspected since the last call to `take_new_suspects`.
     new_suspects: Vec<(Arc<Site>, i64, i64)>,
+    /// Reads heap and GC statistics from memory; `None` when this binary's globals or
+    /// layouts are unknown (the reason is logged once at attach).
+    mem_reader: Option<MemReader>,
+    mem_file: Option<File>,
 }
 
 /// Goroutine states (runtime2.go); `_Gscan` is a bit on top of them.
@@ -399,7 +421,30 @@ impl GoProcess {
             leak,
             last_sample_ns: 0,
             new_suspects: Vec::new(),
+            mem_reader: None,
+            mem_file: None,
         }
+    }
+
+    /// Enables reading heap and GC statistics from memory; the error says why they are
+    /// not available for this binary.
+    pub fn enable_memory_stats(&mut self) -> Result<(), String> {
+        let reader = MemReader::new(&self.bin, &self.offsets).map_err(|e| e.to_string())?;
+        let file = File::open(format!("/proc/{}/mem", self.pid)).map_err(|e| e.to_string())?;
+        reader
+            .read(&file, self.bias)
+            .ok_or("reading the runtime's statistics failed")?;
+        self.mem_reader = Some(reader);
+        self.mem_file = Some(file);
+        Ok(())
+    }
+
+    /// Reads the heap and GC statistics now (`None` without a reader or when the read
+    /// fails, e.g. the process is exiting).
+    pub fn read_memory_stats(&self) -> Option<GoMemStats> {
+        self.mem_reader
+            .as_ref()?
+            .read(self.mem_file.as_ref()?, self.bias)
     }
 
     fn is_system(&mut self, startpc: u64) -> bool {
@@ -636,16 +681,26 @@ impl GoProcess {
             let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1e9;
             [q(0.0), q(0.25), q(0.5), q(0.75), q(1.0)]
         });
+        let mem = self.read_memory_stats();
+        let (gc_cycles, gc_pause_sum_s, quantiles) = match &mem {
+            Some(m) => (
+                m.num_gc,
+                m.pause_total_ns as f64 / 1e9,
+                Some(m.pause_quantiles_ns.map(|v| v as f64 / 1e9)),
+            ),
+            None => (self.gc_cycles, self.gc_pause_sum_ns as f64 / 1e9, quantiles),
+        };
         GoStats {
             version: self.version.clone(),
             goroutines: self.live.len() as i64 - self.system_live,
             goroutines_created: self.created,
             goroutines_exited: self.exited,
             untracked: self.untracked,
-            gc_cycles: self.gc_cycles,
-            gc_pause_sum_s: self.gc_pause_sum_ns as f64 / 1e9,
+            gc_cycles,
+            gc_pause_sum_s,
             gc_pause_quantiles: quantiles,
             sites,
+            mem,
         }
     }
 }
@@ -682,6 +737,23 @@ mod tests {
 
     fn window(v: &[i64]) -> VecDeque<i64> {
         v.iter().copied().collect()
+    }
+
+    #[test]
+    fn package_of_creating_function() {
+        let site = |f: &str| Site {
+            function: f.into(),
+            file: String::new(),
+            line: 0,
+        };
+        assert_eq!(site("main.leak").package(), "main");
+        assert_eq!(site("main.main.func1").package(), "main");
+        assert_eq!(site("net/http.(*conn).serve").package(), "net/http");
+        assert_eq!(
+            site("github.com/a/b/pkg.(*T).Run.func2").package(),
+            "github.com/a/b/pkg"
+        );
+        assert_eq!(site("0x4567").package(), "0x4567");
     }
 
     #[test]

@@ -6,4 +6,5 @@
 
 pub mod go;
 pub mod gobin;
+pub mod gomem;
 pub mod process;

@@ -70,6 +70,14 @@ pub const GO_GC_PAUSE_DURATION: &str = "periscope.go.gc.pause.duration";
 pub const GO_GOROUTINE_BY_SITE: &str = "periscope.go.goroutine.by_site";
 /// Value 1, same attributes as [`GO_GOROUTINE_BY_SITE`], one point per suspected site.
 pub const GO_GOROUTINE_LEAK_SUSPECTED: &str = "periscope.go.goroutine.leak_suspected";
+// OTel Go runtime semconv, from the heap statistics read from memory (runtime/gomem.rs).
+pub const GO_MEMORY_USED: &str = "go.memory.used";
+pub const GO_MEMORY_LIMIT: &str = "go.memory.limit";
+pub const GO_MEMORY_ALLOCATED: &str = "go.memory.allocated";
+pub const GO_MEMORY_ALLOCATIONS: &str = "go.memory.allocations";
+pub const GO_MEMORY_GC_GOAL: &str = "go.memory.gc.goal";
+pub const GO_PROCESSOR_LIMIT: &str = "go.processor.limit";
+pub const GO_CONFIG_GOGC: &str = "go.config.gogc";
 
 /// Most data points in one request. A histogram point with bounds, counts, attributes and a
 /// few exemplars encodes to roughly 0.3–1 KiB, so this keeps requests near 1 MiB at worst.
@@ -109,7 +117,7 @@ const fn fam(
     }
 }
 
-const FAMILIES: [Family; 18] = [
+const FAMILIES: [Family; 25] = [
     fam(
         HTTP_SERVER_REQUEST_DURATION,
         "s",
@@ -218,6 +226,50 @@ const FAMILIES: [Family; 18] = [
         "1 for each goroutine creation site suspected of leaking.",
         Kind::Gauge,
     ),
+    // Semconv makes the gauges below UpDownCounters (non-monotonic sums); they are
+    // observed values, exported as gauges.
+    fam(
+        GO_MEMORY_USED,
+        "By",
+        "Memory used by the Go runtime (total mapped minus released heap).",
+        Kind::Gauge,
+    ),
+    fam(
+        GO_MEMORY_LIMIT,
+        "By",
+        "Go runtime memory limit configured by the user, if a limit exists.",
+        Kind::Gauge,
+    ),
+    fam(
+        GO_MEMORY_ALLOCATED,
+        "By",
+        "Memory allocated to the heap by the application.",
+        Kind::Sum,
+    ),
+    fam(
+        GO_MEMORY_ALLOCATIONS,
+        "{allocation}",
+        "Count of allocations to the heap by the application.",
+        Kind::Sum,
+    ),
+    fam(
+        GO_MEMORY_GC_GOAL,
+        "By",
+        "Heap size target for the end of the GC cycle.",
+        Kind::Gauge,
+    ),
+    fam(
+        GO_PROCESSOR_LIMIT,
+        "{thread}",
+        "The number of OS threads that can execute user-level Go code simultaneously (GOMAXPROCS).",
+        Kind::Gauge,
+    ),
+    fam(
+        GO_CONFIG_GOGC,
+        "%",
+        "Heap size target percentage configured by the user, otherwise 100.",
+        Kind::Gauge,
+    ),
 ];
 const ROUTE_OVERFLOW_FAMILY: usize = 6;
 const SERIES_OVERFLOW_FAMILY: usize = 7;
@@ -231,7 +283,14 @@ const GC_CYCLES_FAMILY: usize = 14;
 const GC_PAUSE_FAMILY: usize = 15;
 const BY_SITE_FAMILY: usize = 16;
 const LEAK_SUSPECTED_FAMILY: usize = 17;
-const _: () = assert!(LEAK_SUSPECTED_FAMILY + 1 == FAMILIES.len());
+const MEMORY_USED_FAMILY: usize = 18;
+const MEMORY_LIMIT_FAMILY: usize = 19;
+const MEMORY_ALLOCATED_FAMILY: usize = 20;
+const MEMORY_ALLOCATIONS_FAMILY: usize = 21;
+const GC_GOAL_FAMILY: usize = 22;
+const PROCESSOR_LIMIT_FAMILY: usize = 23;
+const GOGC_FAMILY: usize = 24;
+const _: () = assert!(GOGC_FAMILY + 1 == FAMILIES.len());
 
 /// The three histograms of a series with the index of their family.
 fn histograms(kind: HttpKind, stats: &HttpStats) -> [(usize, &Histogram); 3] {
@@ -276,6 +335,8 @@ struct RuntimeCounters {
     cpu_user_s: f64,
     cpu_system_s: f64,
     gc_cycles: u64,
+    mem_allocated: u64,
+    mem_allocations: u64,
 }
 
 /// What delivering a request moves forward.
@@ -461,20 +522,32 @@ impl Collector {
             // stale), and only once something was sampled.
             let process_known = svc.process != ProcessStats::default();
             if svc.exited_unix_ns.is_none() && (process_known || svc.go.is_some()) {
+                let mem = svc.go.as_ref().and_then(|g| g.mem.as_ref());
                 let now = RuntimeCounters {
                     cpu_user_s: svc.process.cpu_user_s,
                     cpu_system_s: svc.process.cpu_system_s,
                     gc_cycles: svc.go.as_ref().map_or(0, |g| g.gc_cycles),
+                    mem_allocated: mem.map_or(0, |m| m.total_alloc),
+                    mem_allocations: mem.map_or(0, |m| m.mallocs),
                 };
                 // /proc's CPU times count from the process start, not from our attach.
                 let cpu_start = match svc.process.start_time_s {
                     t if t > 0.0 => (t * 1e9) as u64,
                     _ => svc.start_unix_ns,
                 };
+                // Read from the runtime's memory, the GC and allocation counts start with
+                // the process too; counted from events, at attach.
+                let go_start = if mem.is_some() {
+                    cpu_start
+                } else {
+                    svc.start_unix_ns
+                };
                 let mut sums = RuntimeSums {
                     cpu_user: Some((now.cpu_user_s, cpu_start)),
                     cpu_system: Some((now.cpu_system_s, cpu_start)),
-                    gc_cycles: Some((now.gc_cycles, svc.start_unix_ns)),
+                    gc_cycles: Some((now.gc_cycles, go_start)),
+                    mem_allocated: mem.map(|_| (now.mem_allocated, cpu_start)),
+                    mem_allocations: mem.map(|_| (now.mem_allocations, cpu_start)),
                 };
                 let mut commit = None;
                 if let Some(st) = state.as_mut().filter(|_| counter_delta) {
@@ -501,9 +574,21 @@ impl Collector {
                             now.gc_cycles
                                 .checked_sub(before.gc_cycles)
                                 .unwrap_or(now.gc_cycles),
-                            window(svc.start_unix_ns),
+                            window(go_start),
                         ))
                         .filter(|&(d, _)| d > 0),
+                        mem_allocated: mem
+                            .map(|_| {
+                                let d = now.mem_allocated.checked_sub(before.mem_allocated);
+                                (d.unwrap_or(now.mem_allocated), window(cpu_start))
+                            })
+                            .filter(|&(d, _)| d > 0),
+                        mem_allocations: mem
+                            .map(|_| {
+                                let d = now.mem_allocations.checked_sub(before.mem_allocations);
+                                (d.unwrap_or(now.mem_allocations), window(cpu_start))
+                            })
+                            .filter(|&(d, _)| d > 0),
                     };
                     if sums.is_empty() {
                         st.runtime = Mark {
@@ -594,11 +679,17 @@ struct RuntimeSums {
     cpu_user: Option<(f64, u64)>,
     cpu_system: Option<(f64, u64)>,
     gc_cycles: Option<(u64, u64)>,
+    mem_allocated: Option<(u64, u64)>,
+    mem_allocations: Option<(u64, u64)>,
 }
 
 impl RuntimeSums {
     fn is_empty(&self) -> bool {
-        self.cpu_user.is_none() && self.cpu_system.is_none() && self.gc_cycles.is_none()
+        self.cpu_user.is_none()
+            && self.cpu_system.is_none()
+            && self.gc_cycles.is_none()
+            && self.mem_allocated.is_none()
+            && self.mem_allocations.is_none()
     }
 }
 
@@ -666,6 +757,34 @@ fn runtime_points(
     ));
     if let Some((v, start)) = sums.gc_cycles {
         out.push((GC_CYCLES_FAMILY, number(Vec::new(), start, int_value(v))));
+    }
+    for (f, sum) in [
+        (MEMORY_ALLOCATED_FAMILY, sums.mem_allocated),
+        (MEMORY_ALLOCATIONS_FAMILY, sums.mem_allocations),
+    ] {
+        if let Some((v, start)) = sum {
+            out.push((f, number(Vec::new(), start, int_value(v))));
+        }
+    }
+    if let Some(m) = &g.mem {
+        let gauges = [
+            (
+                MEMORY_USED_FAMILY,
+                Some(m.sys.saturating_sub(m.heap_released)),
+            ),
+            (
+                MEMORY_LIMIT_FAMILY,
+                Some(m.memory_limit).filter(|&l| l != crate::runtime::gomem::NO_MEMORY_LIMIT),
+            ),
+            (GC_GOAL_FAMILY, Some(m.next_gc)),
+            (PROCESSOR_LIMIT_FAMILY, m.gomaxprocs),
+        ];
+        for (f, v) in gauges {
+            if let Some(v) = v {
+                out.push((f, number(Vec::new(), 0, int_value(v))));
+            }
+        }
+        out.push((GOGC_FAMILY, number(Vec::new(), 0, int_value(m.gogc))));
     }
     // Quantiles only when pauses were seen: zeros would claim pauses of 0 s.
     let quantile_values = g

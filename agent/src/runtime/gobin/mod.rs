@@ -131,6 +131,59 @@ pub struct GoOffsets {
     pub mstats_last_gc_unix: u32,
     /// `runtime.gcControllerState.heapLive` (`runtime.gcController` is of this type).
     pub gc_controller_heap_live: u32,
+    /// Heap, GC-pacer and allocator fields for the memory statistics (`gomem.rs`);
+    /// named `<struct>_<member>` after fields.rs (`hsd` = `runtime.heapStatsDelta`,
+    /// `gcc` = `runtime.gcControllerState`, `chs` = `runtime.consistentHeapStats`).
+    pub mstats_pause_total_ns: Option<u32>,
+    pub mstats_pause_end: Option<u32>,
+    pub mstats_numforcedgc: Option<u32>,
+    pub mstats_last_gc_nanotime: Option<u32>,
+    pub mstats_heap_stats: Option<u32>,
+    pub mstats_stacks_sys: Option<u32>,
+    pub mstats_mspan_sys: Option<u32>,
+    pub mstats_mcache_sys: Option<u32>,
+    pub mstats_buckhash_sys: Option<u32>,
+    pub mstats_gc_misc_sys: Option<u32>,
+    pub mstats_other_sys: Option<u32>,
+    pub chs_stats: Option<u32>,
+    pub hsd_committed: Option<u32>,
+    pub hsd_released: Option<u32>,
+    pub hsd_in_heap: Option<u32>,
+    pub hsd_in_stacks: Option<u32>,
+    pub hsd_in_work_bufs: Option<u32>,
+    pub hsd_in_ptr_scalar_bits: Option<u32>,
+    pub hsd_tiny_alloc_count: Option<u32>,
+    pub hsd_large_alloc: Option<u32>,
+    pub hsd_large_alloc_count: Option<u32>,
+    pub hsd_small_alloc_count: Option<u32>,
+    pub hsd_large_free: Option<u32>,
+    pub hsd_large_free_count: Option<u32>,
+    pub hsd_small_free_count: Option<u32>,
+    pub gcc_gc_percent: Option<u32>,
+    pub gcc_memory_limit: Option<u32>,
+    pub gcc_heap_marked: Option<u32>,
+    pub gcc_heap_in_use: Option<u32>,
+    pub gcc_heap_free: Option<u32>,
+    pub gcc_heap_released: Option<u32>,
+    pub gcc_total_alloc: Option<u32>,
+    pub gcc_total_free: Option<u32>,
+    pub gcc_mapped_ready: Option<u32>,
+    pub gcc_gc_percent_heap_goal: Option<u32>,
+    pub gcc_sweep_dist_min_trigger: Option<u32>,
+    pub gcc_triggered: Option<u32>,
+    pub gcc_heap_scan: Option<u32>,
+    pub gcc_last_heap_goal: Option<u32>,
+    pub mheap_sweepgen: Option<u32>,
+    pub mheap_pages_in_use: Option<u32>,
+    pub mheap_pages_swept: Option<u32>,
+    pub mheap_pages_swept_basis: Option<u32>,
+    pub mheap_sweep_heap_live_basis: Option<u32>,
+    pub mheap_sweep_pages_per_byte: Option<u32>,
+    pub mheap_reclaim_index: Option<u32>,
+    pub mheap_reclaim_credit: Option<u32>,
+    pub mheap_spanalloc: Option<u32>,
+    pub mheap_cachealloc: Option<u32>,
+    pub fixalloc_inuse: Option<u32>,
     /// `net/http.conn.rwc`: the server connection's `net.Conn` (an interface: itab, data).
     /// This and the three below can be `None` when read from the DWARF of a program that
     /// does not link net/http; table rows have them for every release.
@@ -192,6 +245,56 @@ impl GoOffsets {
             mstats_pause_ns: get("mstats_pause_ns")??,
             mstats_last_gc_unix: get("mstats_last_gc_unix")??,
             gc_controller_heap_live: get("gc_controller_heap_live")??,
+            mstats_pause_total_ns: get("mstats_pause_total_ns")?,
+            mstats_pause_end: get("mstats_pause_end")?,
+            mstats_numforcedgc: get("mstats_numforcedgc")?,
+            mstats_last_gc_nanotime: get("mstats_last_gc_nanotime")?,
+            mstats_heap_stats: get("mstats_heap_stats")?,
+            mstats_stacks_sys: get("mstats_stacks_sys")?,
+            mstats_mspan_sys: get("mstats_mspan_sys")?,
+            mstats_mcache_sys: get("mstats_mcache_sys")?,
+            mstats_buckhash_sys: get("mstats_buckhash_sys")?,
+            mstats_gc_misc_sys: get("mstats_gc_misc_sys")?,
+            mstats_other_sys: get("mstats_other_sys")?,
+            chs_stats: get("chs_stats")?,
+            hsd_committed: get("hsd_committed")?,
+            hsd_released: get("hsd_released")?,
+            hsd_in_heap: get("hsd_in_heap")?,
+            hsd_in_stacks: get("hsd_in_stacks")?,
+            hsd_in_work_bufs: get("hsd_in_work_bufs")?,
+            hsd_in_ptr_scalar_bits: get("hsd_in_ptr_scalar_bits")?,
+            hsd_tiny_alloc_count: get("hsd_tiny_alloc_count")?,
+            hsd_large_alloc: get("hsd_large_alloc")?,
+            hsd_large_alloc_count: get("hsd_large_alloc_count")?,
+            hsd_small_alloc_count: get("hsd_small_alloc_count")?,
+            hsd_large_free: get("hsd_large_free")?,
+            hsd_large_free_count: get("hsd_large_free_count")?,
+            hsd_small_free_count: get("hsd_small_free_count")?,
+            gcc_gc_percent: get("gcc_gc_percent")?,
+            gcc_memory_limit: get("gcc_memory_limit")?,
+            gcc_heap_marked: get("gcc_heap_marked")?,
+            gcc_heap_in_use: get("gcc_heap_in_use")?,
+            gcc_heap_free: get("gcc_heap_free")?,
+            gcc_heap_released: get("gcc_heap_released")?,
+            gcc_total_alloc: get("gcc_total_alloc")?,
+            gcc_total_free: get("gcc_total_free")?,
+            gcc_mapped_ready: get("gcc_mapped_ready")?,
+            gcc_gc_percent_heap_goal: get("gcc_gc_percent_heap_goal")?,
+            gcc_sweep_dist_min_trigger: get("gcc_sweep_dist_min_trigger")?,
+            gcc_triggered: get("gcc_triggered")?,
+            gcc_heap_scan: get("gcc_heap_scan")?,
+            gcc_last_heap_goal: get("gcc_last_heap_goal")?,
+            mheap_sweepgen: get("mheap_sweepgen")?,
+            mheap_pages_in_use: get("mheap_pages_in_use")?,
+            mheap_pages_swept: get("mheap_pages_swept")?,
+            mheap_pages_swept_basis: get("mheap_pages_swept_basis")?,
+            mheap_sweep_heap_live_basis: get("mheap_sweep_heap_live_basis")?,
+            mheap_sweep_pages_per_byte: get("mheap_sweep_pages_per_byte")?,
+            mheap_reclaim_index: get("mheap_reclaim_index")?,
+            mheap_reclaim_credit: get("mheap_reclaim_credit")?,
+            mheap_spanalloc: get("mheap_spanalloc")?,
+            mheap_cachealloc: get("mheap_cachealloc")?,
+            fixalloc_inuse: get("fixalloc_inuse")?,
             http_conn_rwc: get("http_conn_rwc")?,
             persist_conn_conn: get("persist_conn_conn")?,
             netfd_pfd: get("netfd_pfd")?,
@@ -673,5 +776,218 @@ impl GoBinary {
                 version: version.raw.clone(),
                 why: format!("{dwarf_why} and the table has no go1.{}", version.minor),
             })
+    }
+}
+
+/// Link-time addresses (add the load bias for PIE) of the runtime globals the memory
+/// statistics read; see [`GoBinary::runtime_globals`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuntimeGlobals {
+    /// `runtime.memstats` (`runtime.mstats`).
+    pub memstats: Option<u64>,
+    /// `runtime.gcController` (`runtime.gcControllerState`).
+    pub gc_controller: Option<u64>,
+    /// `runtime.mheap_` (`runtime.mheap`).
+    pub mheap: Option<u64>,
+    /// `runtime.allp` (`[]*p`; its length is GOMAXPROCS).
+    pub allp: Option<u64>,
+}
+
+impl GoBinary {
+    /// The runtime globals behind the memory statistics found without symbols, from the
+    /// machine code of runtime functions that every Go program has and that touch them
+    /// (see [`GoBinary::global_from_fields`]; checked against `.symtab` in Go 1.21–1.27).
+    pub fn runtime_globals_from_code(&self, o: &GoOffsets) -> RuntimeGlobals {
+        // Outside the releases checked the vote can pick a wrong address (Go 1.19's
+        // gcMarkTermination touches too few gcController fields); nothing beats wrong.
+        if !self.version.as_ref().is_some_and(|v| v.at_least(1, 21)) {
+            return RuntimeGlobals::default();
+        }
+        let memstats_fields: Vec<u32> = [
+            Some(o.mstats_last_gc_unix),
+            o.mstats_pause_total_ns,
+            Some(o.mstats_pause_ns),
+            o.mstats_pause_end,
+            Some(o.mstats_numgc),
+            o.mstats_numforcedgc,
+            o.mstats_last_gc_nanotime,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        // (*mheap).allocSpan updates the pacer's view of mapped memory: memoryLimit,
+        // heapInUse, heapReleased, heapFree and mappedReady (1.21-1.27). gcMarkTermination
+        // touches more gcController fields but also dense runs of other globals, which
+        // outvote it.
+        let gcc_fields: Vec<u32> = [
+            o.gcc_memory_limit,
+            o.gcc_heap_in_use,
+            o.gcc_heap_free,
+            o.gcc_heap_released,
+            o.gcc_total_alloc,
+            o.gcc_total_free,
+            o.gcc_mapped_ready,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        // gcSweep touches mheap_.lock, sweepgen, pagesSwept and reclaimCredit (1.21-1.27).
+        // The fields between them sit 8 bytes apart, so with them every shifted address
+        // would collect nearly as many votes; these four do not line up when shifted.
+        let mheap_fields: Vec<u32> = [
+            Some(0), // mheap.lock
+            o.mheap_sweepgen,
+            o.mheap_pages_swept,
+            o.mheap_reclaim_credit,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        RuntimeGlobals {
+            memstats: self.global_from_fields(&["runtime.gcMarkTermination"], &memstats_fields, 4),
+            gc_controller: self.global_from_fields(&["runtime.(*mheap).allocSpan"], &gcc_fields, 4),
+            mheap: self.global_from_fields(&["runtime.gcSweep"], &mheap_fields, 4),
+            allp: self.allp_from_code(),
+        }
+    }
+
+    /// The runtime globals behind the memory statistics: from `.symtab` when present, else
+    /// from code ([`GoBinary::runtime_globals_from_code`]).
+    pub fn runtime_globals(&self, o: &GoOffsets) -> RuntimeGlobals {
+        let code = self.runtime_globals_from_code(o);
+        RuntimeGlobals {
+            memstats: self.symbol_address("runtime.memstats").or(code.memstats),
+            gc_controller: self
+                .symbol_address("runtime.gcController")
+                .or(code.gc_controller),
+            mheap: self.symbol_address("runtime.mheap_").or(code.mheap),
+            allp: self.symbol_address("runtime.allp").or(code.allp),
+        }
+    }
+
+    /// A global struct found from the code of `funcs` (amd64), knowing the offsets of some
+    /// of its fields: every RIP-relative operand `t` proposes `t - off` as the struct's
+    /// address for each field offset `off`; the address proposed by the most distinct
+    /// fields wins, if at least `min_fields` agree, no other address does as well, and the
+    /// struct lies in writable data. A global's fields are reached as `global+off(SB)`,
+    /// so the true address collects one vote per field the code touches, while chance
+    /// agreements between unrelated operands stay at one or two.
+    pub fn global_from_fields(
+        &self,
+        funcs: &[&str],
+        fields: &[u32],
+        min_fields: u32,
+    ) -> Option<u64> {
+        if self.elf.arch != Arch::Amd64 || fields.is_empty() || fields.len() > 64 {
+            return None;
+        }
+        let mut targets = std::collections::BTreeSet::new();
+        for name in funcs {
+            let f = self.find_function(name)?;
+            let refs = disasm::rip_refs_amd64(self.code(&f)?, f.entry).ok()?;
+            targets.extend(refs.iter().map(|r| r.target));
+        }
+        let mut votes: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+        for &t in &targets {
+            for (i, &off) in fields.iter().enumerate() {
+                if let Some(base) = t.checked_sub(u64::from(off)) {
+                    *votes.entry(base).or_default() |= 1 << i;
+                }
+            }
+        }
+        let span = u64::from(fields.iter().copied().max().unwrap_or(0)) + 8;
+        let mut ranked: Vec<(u32, u64)> = votes
+            .into_iter()
+            .map(|(base, mask)| (mask.count_ones(), base))
+            .filter(|&(n, base)| n >= min_fields && self.elf.is_writable_data(base, span))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        match ranked.as_slice() {
+            [(n, base), rest @ ..] if rest.first().is_none_or(|r| r.0 < *n) => Some(*base),
+            _ => None,
+        }
+    }
+
+    /// `runtime.allp` without symbols (amd64): `runtime.gcMarkTinyAllocs` ranges over it
+    /// (`for _, p := range allp`), which loads the slice's pointer and length with two
+    /// 8-byte RIP-relative reads at `A` and `A+8` and touches no other slice (checked in
+    /// Go 1.21–1.27). The unique such `A` in writable data, or `None`.
+    pub fn allp_from_code(&self) -> Option<u64> {
+        if self.elf.arch != Arch::Amd64 {
+            return None;
+        }
+        let f = self.find_function("runtime.gcMarkTinyAllocs")?;
+        let refs = disasm::rip_refs_amd64(self.code(&f)?, f.entry).ok()?;
+        let reads: std::collections::BTreeSet<u64> = refs
+            .iter()
+            .filter(|r| r.kind == disasm::RipUse::Read && r.size == 8)
+            .map(|r| r.target)
+            .collect();
+        let mut found = reads
+            .iter()
+            .copied()
+            .filter(|a| reads.contains(&(a + 8)) && self.elf.is_writable_data(*a, 24));
+        match (found.next(), found.next()) {
+            (Some(a), None) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The allocator's object size per size class (`runtime.class_to_size`, since Go 1.24
+    /// `internal/runtime/gc.SizeClassToSize`, a `[n]uint16`), `n` entries: from `.symtab`,
+    /// else found in the binary's writable data by its fixed start (class 0 is
+    /// unused, then 8, 16, 24, 32, 48 bytes) and checked to rise strictly to 32 KiB.
+    pub fn size_classes(&self, n: usize) -> Option<Vec<u32>> {
+        let parse = |b: &[u8]| -> Option<Vec<u32>> {
+            let v: Vec<u32> = b
+                .chunks_exact(2)
+                .take(n)
+                .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
+                .collect();
+            let ok = v.len() == n
+                && v[0] == 0
+                && v.windows(2).skip(1).all(|w| w[0] < w[1])
+                && v.last() == Some(&32768);
+            ok.then_some(v)
+        };
+        for sym in [
+            "runtime.class_to_size",
+            "internal/runtime/gc.SizeClassToSize",
+        ] {
+            if let Some(a) = self.symbol_address(sym) {
+                return parse(self.bytes_at(a, n * 2)?);
+            }
+        }
+        let prefix: Vec<u8> = [0u16, 8, 16, 24, 32, 48]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let data = self.data();
+        let mut found = None;
+        // The table is a package-level variable (.noptrdata, writable, in 1.21-1.27), so
+        // only writable segments are searched: the read-only one holds the pclntab and is
+        // most of a big binary.
+        for s in self
+            .elf
+            .segments
+            .iter()
+            .filter(|s| s.is_write() && !s.is_exec())
+        {
+            let start = usize::try_from(s.offset).ok()?;
+            let end = start.checked_add(usize::try_from(s.filesz).ok()?)?;
+            let bytes = data.get(start..end)?;
+            for at in memchr::memmem::find_iter(bytes, &prefix) {
+                if at % 2 != 0 {
+                    continue;
+                }
+                if let Some(v) = bytes.get(at..).and_then(parse) {
+                    if found.as_ref().is_some_and(|f| f != &v) {
+                        return None;
+                    }
+                    found = Some(v);
+                }
+            }
+        }
+        found
     }
 }

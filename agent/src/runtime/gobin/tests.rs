@@ -1044,6 +1044,20 @@ fn attach_cost() {
     }
     let offsets = g.offsets();
     let t_all = t.elapsed();
+    // The heap statistics' share of attach: three function decodes and the size-class
+    // search over the non-executable data (timed on any release, whatever it finds).
+    let t = std::time::Instant::now();
+    let _ = g.global_from_fields(&["runtime.gcMarkTermination"], &[3592, 3600, 7704], 3);
+    let _ = g.global_from_fields(&["runtime.(*mheap).allocSpan"], &[8, 272, 280], 3);
+    let _ = g.global_from_fields(&["runtime.gcSweep"], &[0, 65856, 65896], 3);
+    let _ = g.allp_from_code();
+    let t_globals = t.elapsed();
+    let classes = g.size_classes(68).map(|c| c.len());
+    println!(
+        "attach_cost: heap statistics globals {:.1} ms, + size classes {:.1} ms (classes: {classes:?})",
+        t_globals.as_secs_f64() * 1e3,
+        t.elapsed().as_secs_f64() * 1e3
+    );
     println!(
         "attach_cost: {} ({} MB, {}, {} functions, text from {:?}): open {:.1} ms, open + 8 \
          lookups/RET decodes + offsets {:.1} ms; {rets} RETs; offsets: {}",
@@ -1137,4 +1151,54 @@ fn survey_installed_go_binaries() {
             Err(e) => println!("{}: error: {e}", p.display()),
         }
     }
+}
+
+/// The memory statistics' globals (`runtime.memstats`, `gcController`, `mheap_`, `allp`)
+/// found from code in every amd64 build, checked like `allgs`: exactly the symbol with
+/// .symtab, the same section and offset as the unstripped twin's symbol when stripped. And
+/// the size classes found by content equal the `class_to_size` symbol.
+#[test]
+fn runtime_globals_from_code_match_symtab() {
+    let mut checked = Vec::new();
+    for b in amd64() {
+        let g = open(b);
+        let src = b.flavor.symbols_from();
+        let twin_bin = binaries()
+            .iter()
+            .find(|x| x.version == b.version && x.flavor == src)
+            .unwrap();
+        let twin = open(twin_bin);
+        let o = g.offsets().unwrap();
+        let code = g.runtime_globals_from_code(&o);
+        if !g.go_version().unwrap().at_least(1, 21) {
+            assert_eq!(code, RuntimeGlobals::default(), "unchecked releases: none");
+            continue;
+        }
+        for (sym, got) in [
+            ("runtime.memstats", code.memstats),
+            ("runtime.gcController", code.gc_controller),
+            ("runtime.mheap_", code.mheap),
+            ("runtime.allp", code.allp),
+        ] {
+            let at = twin
+                .symbol_address(sym)
+                .unwrap_or_else(|| panic!("no {sym} symbol in {:?}", twin_bin.path));
+            let want = if b.flavor.stripped() {
+                let (name, off) = data_section_offset(&twin, at).expect("in a data section");
+                g.elf.section(&name).expect("same sections").addr + off
+            } else {
+                at
+            };
+            assert_eq!(got, Some(want), "{sym} from code in {:?}", b.path);
+        }
+        let n = (o.hsd_large_free.unwrap() - o.hsd_small_alloc_count.unwrap()) as usize / 8;
+        let classes = twin.size_classes(n).expect("class_to_size symbol");
+        assert_eq!(classes.len(), 68);
+        assert_eq!(g.size_classes(n).as_ref(), Some(&classes), "{:?}", b.path);
+        if !b.flavor.stripped() {
+            assert!(crate::runtime::gomem::MemReader::new(&g, &o).is_ok());
+        }
+        checked.push(format!("{}-{:?}", b.version, b.flavor));
+    }
+    eprintln!("runtime globals verified in {checked:?}");
 }

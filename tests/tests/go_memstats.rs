@@ -1,0 +1,269 @@
+//! Issue 15: every `go_*` series a client_golang program shows about itself, the agent
+//! shows from outside, read from the stripped program's memory.
+//!
+//! The program is built from Debian's client_golang sources (1.14, GOPATH mode) with each
+//! Go version CI installs, stripped. It allocates a known 12.5 MiB it keeps, forces a GC
+//! and then holds still; the test scrapes the program's own /metrics and the agent's
+//! back to back. Counts must be equal (GC cycles, pause total, lookups); the gauges and
+//! byte counters may differ by what the program's own scrape allocates between the two
+//! reads (client_golang builds its answer on the heap), bounded here at 256 KiB.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use periscope_e2e::harness::{self, Agent, Process, TempDir, free_port, go_toolchains};
+
+const PROGRAM: &str = r#"package main
+
+import (
+	"net/http"
+	"os"
+	"runtime"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+var keep [][]byte
+
+func main() {
+	for i := 0; i < 200; i++ {
+		keep = append(keep, make([]byte, 64<<10))
+	}
+	runtime.GC()
+	http.Handle("/metrics", promhttp.Handler())
+	http.ListenAndServe(os.Args[1], nil)
+}
+"#;
+
+const GOPATH_DEBIAN: &str = "/usr/share/gocode";
+
+fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: x\r\nAccept: text/plain\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    (head.split(' ').nth(1) == Some("200")).then(|| body.to_string())
+}
+
+/// `name{labels other than the agent's service labels}` -> value, for `go_*` samples.
+fn go_samples(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("go_")) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (name, labels) = match key.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (key, ""),
+        };
+        let kept: Vec<&str> = labels
+            .split(',')
+            .filter(|l| {
+                !l.is_empty()
+                    && !l.starts_with("service_name=")
+                    && !l.starts_with("service_instance_id=")
+            })
+            .collect();
+        let key = if kept.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}{{{}}}", kept.join(","))
+        };
+        if let Ok(v) = value.parse::<f64>() {
+            out.insert(key, v);
+        }
+    }
+    out
+}
+
+fn types(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE go_"))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, t)| (format!("go_{n}"), t.to_string()))
+        .collect()
+}
+
+#[test]
+fn client_golang_go_series_match_from_outside() {
+    harness::require_root();
+    if !std::path::Path::new(GOPATH_DEBIAN)
+        .join("src/github.com/prometheus/client_golang")
+        .exists()
+    {
+        eprintln!(
+            "SKIPPED: apt-get install golang-github-prometheus-client-golang-dev (client_golang sources)"
+        );
+        return;
+    }
+    let _serial = harness::serial();
+    let toolchains = go_toolchains();
+    assert!(
+        !toolchains.is_empty(),
+        "no Go toolchains configured (PERISCOPE_GO_TOOLCHAINS)"
+    );
+    // Stripped with every version; plain and cgo (externally linked PIE-less binary
+    // with .symtab) with the oldest and newest, to keep the suite short.
+    let mut runs = Vec::new();
+    for (i, tc) in toolchains.iter().enumerate() {
+        runs.push((tc.clone(), "stripped"));
+        if i == 0 || i + 1 == toolchains.len() {
+            runs.push((tc.clone(), "plain"));
+            runs.push((tc.clone(), "cgo"));
+        }
+    }
+    for (tc, flavor) in runs {
+        let dir = TempDir::new("go-memstats");
+        let src = dir.path().join("src/cgprog");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("main.go"), PROGRAM).unwrap();
+        let bin = dir.path().join("cgprog");
+        let out = Command::new(&tc.go)
+            .current_dir(&src)
+            .arg("build")
+            .args(match flavor {
+                "stripped" => vec!["-ldflags=-s -w"],
+                "cgo" => vec!["-ldflags=-linkmode=external"],
+                _ => vec![],
+            })
+            .arg("-o")
+            .arg(&bin)
+            .arg(".")
+            .env("GO111MODULE", "off")
+            .env(
+                "GOPATH",
+                format!("{}:{GOPATH_DEBIAN}", dir.path().display()),
+            )
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "")
+            .env("CGO_ENABLED", if flavor == "cgo" { "1" } else { "0" })
+            .output()
+            .expect("run go build");
+        assert!(
+            out.status.success(),
+            "Go {}: GOPATH build with client_golang failed: {}",
+            tc.version,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let prog_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new(&bin);
+        cmd.arg(prog_addr.to_string());
+        let prog = Process::spawn("cgprog", cmd);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while get(prog_addr, "/metrics").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "Go {}: program not up",
+                tc.version
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        let agent_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let _agent = Agent::start([
+            "--pid".to_string(),
+            prog.pid().to_string(),
+            "--prometheus".into(),
+            agent_addr.to_string(),
+        ]);
+        // Wait until the agent publishes the statistics, then compare at one moment.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut warm = false;
+        let (mine, theirs, agent_text) = loop {
+            // Twice the agent's publishing period after the program's last change.
+            thread::sleep(Duration::from_millis(2500));
+            let theirs_text = get(prog_addr, "/metrics").expect("program /metrics");
+            let agent_text = get(agent_addr, "/metrics").unwrap_or_default();
+            let (theirs, mine) = (go_samples(&theirs_text), go_samples(&agent_text));
+            // The second round after the agent has the statistics: the program's first
+            // scrapes grow its allocator (spans, stacks); later ones reuse them.
+            if mine.contains_key("go_memstats_alloc_bytes") {
+                if warm {
+                    break (mine, theirs, agent_text);
+                }
+                warm = true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Go {}: agent never showed go_memstats_alloc_bytes:\n{}",
+                tc.version,
+                harness::tail(&agent_text, 3000)
+            );
+        };
+        let (their_types, my_types) = (
+            types(&get(prog_addr, "/metrics").unwrap()),
+            types(&agent_text),
+        );
+        let mut errors = Vec::new();
+        for (key, want) in &theirs {
+            // go_goroutines is checked by go_runtime.rs (sampled goroutine walk);
+            // go_threads counts live threads, client_golang the Ms created.
+            if key == "go_goroutines" || key == "go_threads" {
+                continue;
+            }
+            let Some(got) = mine.get(key) else {
+                errors.push(format!("{key}: missing (program: {want})"));
+                continue;
+            };
+            let exact = key.starts_with("go_gc_duration_seconds")
+                || key.contains("lookups")
+                || key.starts_with("go_info")
+                || key.contains("last_gc");
+            let tol = if exact {
+                want.abs() * 1e-9
+            } else if key.contains("mspan") || key.contains("mcache") {
+                // Allocator metadata: a scrape can take a few spans.
+                32.0 * 1024.0
+            } else if key.contains("stack_") {
+                // Serving the program's own scrape can take a goroutine stack.
+                64.0 * 1024.0
+            } else if key.contains("heap_idle")
+                || key.contains("heap_inuse")
+                || key.contains("heap_released")
+            {
+                // The background scavenger releases pages between the two reads.
+                1024.0 * 1024.0
+            } else if key.contains("objects") || key.contains("mallocs") || key.contains("frees") {
+                4096.0
+            } else {
+                256.0 * 1024.0
+            };
+            if (got - want).abs() > tol {
+                errors.push(format!(
+                    "{key}: agent {got}, program {want} (tolerance {tol})"
+                ));
+            }
+        }
+        for (name, t) in &their_types {
+            if my_types.get(name) != Some(t) {
+                errors.push(format!(
+                    "{name}: type {:?}, program {t}",
+                    my_types.get(name)
+                ));
+            }
+        }
+        assert!(
+            errors.is_empty(),
+            "Go {} {flavor}: agent vs client_golang:\n{}",
+            tc.version,
+            errors.join("\n")
+        );
+        eprintln!(
+            "Go {} {flavor}: {} go_* samples agree (GC cycles {})",
+            tc.version,
+            theirs.len(),
+            theirs.get("go_gc_duration_seconds_count").unwrap_or(&0.0)
+        );
+    }
+}
