@@ -110,3 +110,131 @@ fn backend_restart_delivers_queued_and_new_spans() {
         );
     }
 }
+
+/// CPU seconds (user + system) `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may contain spaces): utime is the 12th, stime
+    // the 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn metrics_status(addr: std::net::SocketAddr) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Issue 16: out of file descriptors, the metrics endpoint's accept loop retried at once
+/// and spun a core for as long as it lasted. Now it backs off (one warning) and serves
+/// again once descriptors are free.
+#[test]
+fn metrics_endpoint_out_of_fds_backs_off() {
+    harness::require_root();
+    let _serial = harness::serial();
+    let server = start_python_http_server();
+    let port = harness::free_port();
+    let agent = Agent::start([
+        "--pid".to_string(),
+        server.pid().to_string(),
+        "--prometheus".into(),
+        port.to_string(),
+    ]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(metrics_status(addr), Some(200));
+
+    // Leave the agent 4 free descriptors, then take them with idle connections.
+    let open = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+        .unwrap()
+        .count() as u64;
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY (both calls): prlimit on a live child with valid pointers. Only the soft
+    // limit changes: raising a hard limit needs CAP_SYS_RESOURCE, which CI may not have.
+    let rc = unsafe {
+        libc::prlimit(
+            agent.pid() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let low = libc::rlimit {
+        rlim_cur: open + 4,
+        rlim_max: old.rlim_max,
+    };
+    let rc = unsafe {
+        libc::prlimit(
+            agent.pid() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &low,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let idle: Vec<std::net::TcpStream> = (0..16)
+        .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent
+        .output()
+        .stderr()
+        .contains("metrics endpoint: cannot accept connections")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no accept failure reported:\n{}",
+            harness::tail(&agent.output().stderr(), 3000)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let before = cpu_seconds(agent.pid());
+    thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(agent.pid()) - before;
+    // A spinning accept loop burns the whole 3 s of a core.
+    assert!(
+        used < 1.0,
+        "agent used {used:.2} s of CPU in 3 s while out of fds"
+    );
+
+    drop(idle);
+    // SAFETY: as above; restores the original limit.
+    unsafe {
+        libc::prlimit(
+            agent.pid() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &old,
+            std::ptr::null_mut(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics_status(addr) != Some(200) {
+        assert!(Instant::now() < deadline, "the endpoint never served again");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert_eq!(
+        exit.stderr
+            .matches("metrics endpoint: cannot accept connections")
+            .count(),
+        1,
+        "one warning per episode:\n{}",
+        harness::tail(&exit.stderr, 3000)
+    );
+}
