@@ -63,6 +63,16 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
+impl Protocol {
+    /// The `--otlp-protocol` / `OTEL_EXPORTER_OTLP_PROTOCOL` value for this protocol.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
 /// One received span with the resource and scope it was sent under.
 #[derive(Clone, Debug)]
 pub struct ReceivedSpan {
@@ -432,7 +442,18 @@ impl Receiver {
     /// Binds 127.0.0.1 on two free ports and starts serving. Panics if it cannot (a test
     /// environment without loopback networking cannot run these tests anyway).
     pub fn start() -> Receiver {
-        Receiver::start_with(None)
+        Receiver::start_with(None, (0, 0))
+    }
+
+    /// Like [`Receiver::start`], on the given gRPC and HTTP ports of 127.0.0.1: a backend
+    /// that comes back where it was (after the first one was dropped).
+    pub fn start_on(grpc_port: u16, http_port: u16) -> Receiver {
+        Receiver::start_with(None, (grpc_port, http_port))
+    }
+
+    /// The (gRPC, HTTP) ports, for [`Receiver::start_on`].
+    pub fn ports(&self) -> (u16, u16) {
+        (self.grpc_addr.port(), self.http_addr.port())
     }
 
     /// Like [`Receiver::start`], both ports over TLS with `pki`'s server certificate
@@ -441,19 +462,23 @@ impl Receiver {
     /// ([`Receiver::tls_failures`]).
     pub fn start_tls(pki: &TestPki, client_auth: ClientAuth) -> Receiver {
         let mtls = client_auth == ClientAuth::Required;
-        Receiver::start_with(Some(ServerTls {
-            grpc: pki.server_config(b"h2", mtls),
-            http: pki.server_config(b"http/1.1", mtls),
-        }))
+        Receiver::start_with(
+            Some(ServerTls {
+                grpc: pki.server_config(b"h2", mtls),
+                http: pki.server_config(b"http/1.1", mtls),
+            }),
+            (0, 0),
+        )
     }
 
-    fn start_with(tls: Option<ServerTls>) -> Receiver {
-        let bind = || {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    fn start_with(tls: Option<ServerTls>, ports: (u16, u16)) -> Receiver {
+        let bind = |port: u16| {
+            let l = std::net::TcpListener::bind(("127.0.0.1", port))
+                .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
             l.set_nonblocking(true).expect("set_nonblocking");
             l
         };
-        let (grpc, http) = (bind(), bind());
+        let (grpc, http) = (bind(ports.0), bind(ports.1));
         let grpc_addr = grpc.local_addr().expect("local_addr");
         let http_addr = http.local_addr().expect("local_addr");
         let shared = Arc::new(Shared::default());

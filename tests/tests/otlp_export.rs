@@ -26,13 +26,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn config(receiver: &Receiver, protocol: Protocol) -> ExportConfig {
     let flags = ExportFlags {
         otlp_endpoint: Some(receiver.endpoint(protocol)),
-        otlp_protocol: Some(
-            match protocol {
-                Protocol::Grpc => "grpc",
-                Protocol::HttpProtobuf => "http/protobuf",
-            }
-            .into(),
-        ),
+        otlp_protocol: Some(protocol.flag().into()),
         otlp_headers: Some("x-tenant=e2e".into()),
         ..Default::default()
     };

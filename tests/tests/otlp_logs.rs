@@ -38,13 +38,7 @@ fn resource(pid: u32) -> Arc<Resource> {
 fn config(receiver: &Receiver, protocol: Protocol) -> LogsExportConfig {
     let flags = ExportFlags {
         otlp_endpoint: Some(receiver.endpoint(protocol)),
-        otlp_protocol: Some(
-            match protocol {
-                Protocol::Grpc => "grpc",
-                Protocol::HttpProtobuf => "http/protobuf",
-            }
-            .into(),
-        ),
+        otlp_protocol: Some(protocol.flag().into()),
         otlp_headers: Some("x-tenant=e2e".into()),
         ..Default::default()
     };

@@ -51,13 +51,7 @@ fn config(receiver: &Receiver, protocol: Protocol, env: &[(&str, &str)]) -> Metr
     let interval_from_env = env.iter().any(|(k, _)| *k == OTEL_METRIC_EXPORT_INTERVAL);
     let flags = MetricsExportFlags {
         otlp_endpoint: Some(receiver.endpoint(protocol)),
-        otlp_protocol: Some(
-            match protocol {
-                Protocol::Grpc => "grpc",
-                Protocol::HttpProtobuf => "http/protobuf",
-            }
-            .into(),
-        ),
+        otlp_protocol: Some(protocol.flag().into()),
         otlp_headers: Some("x-tenant=e2e".into()),
         otlp_timeout: None,
         export_interval: (!interval_from_env).then_some(Duration::from_secs(3600)),

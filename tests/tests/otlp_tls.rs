@@ -33,19 +33,12 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Grpc => "grpc",
-        Protocol::HttpProtobuf => "http/protobuf",
-    }
-}
-
 /// The flags `main` would build from `--otlp-endpoint URL --otlp-protocol P
 /// --otlp-certificate CA`.
 fn flags(receiver: &Receiver, p: Protocol, pki: &TestPki) -> ExportFlags {
     ExportFlags {
         otlp_endpoint: Some(receiver.endpoint(p)),
-        otlp_protocol: Some(protocol_name(p).into()),
+        otlp_protocol: Some(p.flag().into()),
         otlp_certificate: Some(pki.ca_file()),
         ..Default::default()
     }
@@ -177,7 +170,7 @@ fn client_certificates_for_mtls() {
         let endpoint = receiver.endpoint(p);
         let env = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol_name(p)),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", p.flag()),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
             ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.as_str()),
             ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.as_str()),
@@ -285,7 +278,7 @@ fn agent_exports_spans(p: Protocol, ca_by_env: bool) {
         "--otlp-endpoint".into(),
         receiver.endpoint(p),
         "--otlp-protocol".into(),
-        protocol_name(p).into(),
+        p.flag().into(),
     ];
     let ca = pki.ca_file().display().to_string();
     let mut env = vec![("OTEL_BSP_SCHEDULE_DELAY", "100")];

@@ -38,14 +38,6 @@ const SETTLE: Duration = Duration::from_millis(1500);
 /// Allowed skew between span timestamps and the client's wall clock.
 const CLOCK_SLACK: Duration = Duration::from_secs(1);
 
-/// The `--otlp-protocol` value for `p`.
-fn protocol_flag(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Grpc => "grpc",
-        Protocol::HttpProtobuf => "http/protobuf",
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Target {
     Python,
@@ -102,7 +94,7 @@ fn run(target: Target, proto: Protocol, seed: u64) {
         "--otlp-endpoint".to_string(),
         receiver.endpoint(proto),
         "--otlp-protocol".to_string(),
-        protocol_flag(proto).to_string(),
+        proto.flag().to_string(),
     ]);
 
     // Untraced traffic at the same time as the traced traffic.
@@ -140,7 +132,7 @@ fn run(target: Target, proto: Protocol, seed: u64) {
         panic!(
             "{target:?} over {}: {} problem(s) with {} span(s) for {} requests:\n  {}{}\n\
              --- agent stderr (tail) ---\n{}",
-            protocol_flag(proto),
+            proto.flag(),
             problems.len(),
             spans.len(),
             REQUESTS,

@@ -1,6 +1,9 @@
 //! `cargo xtask build`: the kernel object first, then the agent that embeds it.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result};
 
@@ -77,5 +80,57 @@ pub fn build_all() -> Result<PathBuf> {
             ])
             .env("PERISCOPE_EBPF_OBJECT", &obj),
     )?;
-    Ok(root.join("target/release/periscope"))
+    let bin = root.join("target/release/periscope");
+    split_debuginfo(&bin)?;
+    Ok(bin)
+}
+
+/// Ships the binary without its debug info (85 MB with it, most of it DWARF line tables),
+/// keeping that in `periscope.debug` beside it, linked by `.gnu_debuglink` so gdb and
+/// addr2line still find it — as distributions ship `-dbgsym` packages. Symbols stay in the
+/// binary, so a panic's backtrace still names functions.
+fn split_debuginfo(bin: &Path) -> Result<()> {
+    let debug = bin.with_extension("debug");
+    let has_debug = object_has_debug_info(bin)?;
+    if !has_debug {
+        // Already split (cargo left the binary as it was): nothing to do.
+        return Ok(());
+    }
+    tools::run(
+        Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(bin)
+            .arg(&debug),
+    )
+    .context("objcopy --only-keep-debug (binutils)")?;
+    let stripped = bin.with_extension("stripped");
+    tools::run(
+        Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(format!("--add-gnu-debuglink={}", debug.display()))
+            .arg(bin)
+            .arg(&stripped),
+    )
+    .context("objcopy --strip-debug (binutils)")?;
+    // A rename, not a write in place: target/release/periscope is a hard link to cargo's
+    // own copy under deps/, which must keep its debug info for the next incremental link.
+    std::fs::rename(&stripped, bin)?;
+    eprintln!(
+        "xtask: {} is {} MB without debug info ({} MB of it in {})",
+        bin.display(),
+        std::fs::metadata(bin)?.len() >> 20,
+        std::fs::metadata(&debug)?.len() >> 20,
+        debug.display()
+    );
+    Ok(())
+}
+
+/// True when the ELF file has a `.debug_info` section.
+fn object_has_debug_info(path: &Path) -> Result<bool> {
+    let out = Command::new("objdump")
+        .arg("-h")
+        .arg(path)
+        .output()
+        .context("objdump -h (binutils)")?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains(".debug_info"))
 }

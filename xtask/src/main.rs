@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod gooffsets;
 mod kernels;
 mod test;
@@ -37,6 +38,15 @@ enum Cmd {
     Demo,
     /// Overhead of tracing under wrk, with/without the agent, side by side.
     Bench,
+    /// Build the libFuzzer targets in fuzz/ and run each from its seed corpus.
+    Fuzz {
+        /// Seconds per target (default 60).
+        #[arg(long, conflicts_with = "runs")]
+        seconds: Option<u64>,
+        /// Executions per target instead of a time budget.
+        #[arg(long)]
+        runs: Option<u64>,
+    },
     /// Regenerate agent/src/runtime/gobin/offsets.rs from the DWARF of every installed
     /// Go toolchain (.tools/go/*, /usr/lib/go-1.*).
     GoOffsets,
@@ -52,6 +62,10 @@ fn main() -> Result<()> {
         Cmd::Kernels { filter } => kernels::kernels(filter.as_deref())?,
         Cmd::Demo => demo::demo()?,
         Cmd::Bench => bench::bench()?,
+        Cmd::Fuzz { seconds, runs } => fuzz::fuzz(match runs {
+            Some(n) => fuzz::Budget::Runs(n),
+            None => fuzz::Budget::Seconds(seconds.unwrap_or(60)),
+        })?,
         Cmd::GoOffsets => {
             let root = tools::repo_root();
             tools::go_toolchains(test::GO_VERSIONS)?;

@@ -2,10 +2,9 @@
 //! becomes a suspected leak), sent to `/v1/logs` (HTTP/protobuf) or the gRPC LogsService.
 //!
 //! Same shape as the span export, cut down for a trickle of records: [`LogSink::send`] only
-//! `try_send`s into a bounded queue (a full queue drops and counts), and one task batches
-//! (size or delay) and sends. A failed batch is retried a few times with backoff, within the
-//! shutdown deadline once shutdown began, then dropped and counted. There is no outage
-//! mode: at this rate there is nothing to protect the queue from.
+//! `try_send`s into a bounded queue (a full queue drops and counts), and the batch worker
+//! shared with spans (`export::batch`) batches (size or delay), sends, and holds a batch that
+//! failed in a retryable way until the backend takes it.
 //!
 //! Configuration follows the OTLP exporter spec like the other signals (flag >
 //! `OTEL_EXPORTER_OTLP_LOGS_*` > `OTEL_EXPORTER_OTLP_*` > default), through the same
@@ -24,12 +23,13 @@ use opentelemetry_proto::tonic::logs::v1::{
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::export::batch;
 use crate::export::config::{
     BatchConfig, ConfigError, DEFAULT_MAX_EXPORT_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE, ExportFlags,
     OtlpConfig, Signal, resolve_otlp,
 };
 use crate::export::otlp::{SCOPE_NAME, SCOPE_VERSION, report_client_error, resource_to_proto};
-use crate::export::transport::LogsTransport;
+use crate::export::transport::{self, LogsTransport};
 use crate::resource::Resource;
 use crate::span::Value;
 
@@ -76,9 +76,6 @@ const LOGS_SIGNAL: Signal = Signal {
     path: "/v1/logs",
 };
 
-/// Attempts per batch (1 + 2 retries), for retryable failures only.
-const MAX_ATTEMPTS: u32 = 3;
-const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
 /// How long [`LogsHandle::shutdown`] waits past its deadline before aborting the task.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
 
@@ -264,10 +261,29 @@ pub struct LogsExportStats {
     pub failed_exports: AtomicU64,
 }
 
-enum Msg {
-    Record(Box<LogRecord>),
-    /// Sent by shutdown behind every record already queued.
-    Flush,
+type Msg = batch::Msg<LogRecord>;
+
+impl batch::Item for LogRecord {
+    type Service = transport::Logs;
+    const NOUN: &'static str = "log records";
+    fn to_request(batch: &[LogRecord]) -> ExportLogsServiceRequest {
+        to_request(batch)
+    }
+}
+
+impl batch::Counters for LogsExportStats {
+    fn exported(&self) -> &AtomicU64 {
+        &self.exported
+    }
+    fn dropped(&self) -> &AtomicU64 {
+        &self.dropped
+    }
+    fn rejected(&self) -> &AtomicU64 {
+        &self.rejected
+    }
+    fn failed_exports(&self) -> &AtomicU64 {
+        &self.failed_exports
+    }
 }
 
 /// Where the agent puts log records. Clone freely; `send` never blocks.
@@ -281,7 +297,7 @@ impl LogSink {
     /// Queues `record`; when the queue is full (or the exporter stopped) it is dropped and
     /// counted in [`LogsExportStats::dropped`].
     pub fn send(&self, record: LogRecord) {
-        if self.tx.try_send(Msg::Record(Box::new(record))).is_err() {
+        if self.tx.try_send(Msg::Item(record)).is_err() {
             self.stats.dropped.fetch_add(1, Relaxed);
         }
     }
@@ -341,13 +357,14 @@ pub fn start(cfg: LogsExportConfig, rt: &tokio::runtime::Handle) -> (LogSink, Lo
     let stats = Arc::new(LogsExportStats::default());
     let (tx, rx) = mpsc::channel(cfg.batch.max_queue_size.max(1));
     let (deadline_tx, deadline_rx) = watch::channel(None);
-    let worker = Worker {
+    let worker = batch::BatchWorker::<LogRecord, _>::new(
         transport,
-        timeout: cfg.otlp.timeout(),
-        batch: cfg.batch,
-        stats: stats.clone(),
-        deadline: deadline_rx,
-    };
+        cfg.otlp.timeout(),
+        cfg.batch,
+        stats.clone(),
+        deadline_rx,
+        "OTLP logs export",
+    );
     let task = rt.spawn(worker.run(rx));
     let sink = LogSink {
         tx: tx.clone(),
@@ -416,109 +433,6 @@ fn record_to_proto(r: &LogRecord) -> ProtoLogRecord {
             .collect(),
         event_name: r.event_name.unwrap_or_default().to_owned(),
         ..Default::default()
-    }
-}
-
-struct Worker {
-    transport: Option<LogsTransport>,
-    timeout: Duration,
-    batch: BatchConfig,
-    stats: Arc<LogsExportStats>,
-    /// Set once by shutdown: the instant by which the task must be done.
-    deadline: watch::Receiver<Option<Instant>>,
-}
-
-impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let far = || Instant::now() + Duration::from_secs(86_400);
-        let max_batch = self.batch.max_export_batch_size.max(1);
-        let mut batch: Vec<LogRecord> = Vec::new();
-        let mut batch_due: Option<Instant> = None;
-        let mut watching = true;
-        loop {
-            let until = *self.deadline.borrow();
-            tokio::select! {
-                biased;
-                _ = tokio::time::sleep_until(until.unwrap_or_else(far)), if until.is_some() => {
-                    self.stats.dropped.fetch_add(batch.len() as u64, Relaxed);
-                    break;
-                }
-                changed = self.deadline.changed(), if watching => watching = changed.is_ok(),
-                _ = tokio::time::sleep_until(batch_due.unwrap_or_else(far)), if batch_due.is_some() => {
-                    batch_due = None;
-                    self.export(std::mem::take(&mut batch)).await;
-                }
-                msg = rx.recv() => match msg {
-                    Some(Msg::Record(r)) => {
-                        if batch.is_empty() {
-                            batch_due = Some(Instant::now() + self.batch.schedule_delay);
-                        }
-                        batch.push(*r);
-                        if batch.len() >= max_batch {
-                            batch_due = None;
-                            self.export(std::mem::take(&mut batch)).await;
-                        }
-                    }
-                    Some(Msg::Flush) | None => {
-                        if !batch.is_empty() {
-                            self.export(std::mem::take(&mut batch)).await;
-                        }
-                        break;
-                    }
-                },
-            }
-        }
-        rx.close();
-        while let Ok(msg) = rx.try_recv() {
-            if let Msg::Record(_) = msg {
-                self.stats.dropped.fetch_add(1, Relaxed);
-            }
-        }
-    }
-
-    /// Sends one batch, retrying retryable failures; accounts for every record either way.
-    async fn export(&mut self, batch: Vec<LogRecord>) {
-        let n = batch.len() as u64;
-        let Some(transport) = &mut self.transport else {
-            self.stats.dropped.fetch_add(n, Relaxed);
-            self.stats.failed_exports.fetch_add(1, Relaxed);
-            return;
-        };
-        let req = to_request(&batch);
-        let mut backoff = INITIAL_BACKOFF;
-        for attempt in 1..=MAX_ATTEMPTS {
-            let until = *self.deadline.borrow();
-            let timeout = until.map_or(self.timeout, |u| {
-                self.timeout
-                    .min(u.saturating_duration_since(Instant::now()))
-            });
-            if timeout.is_zero() {
-                break;
-            }
-            match transport.export(&req, timeout).await {
-                Ok(rejected) => {
-                    let rejected = rejected.min(n);
-                    self.stats.exported.fetch_add(n - rejected, Relaxed);
-                    self.stats.rejected.fetch_add(rejected, Relaxed);
-                    return;
-                }
-                Err(e) => {
-                    let wait = e
-                        .retry_after()
-                        .unwrap_or(backoff)
-                        .min(Duration::from_secs(5));
-                    let past_deadline = until.is_some_and(|u| Instant::now() + wait >= u);
-                    if !e.is_retryable() || attempt == MAX_ATTEMPTS || past_deadline {
-                        tracing::warn!("OTLP logs export failed, {n} records dropped: {e}");
-                        break;
-                    }
-                    tokio::time::sleep(wait).await;
-                    backoff *= 2;
-                }
-            }
-        }
-        self.stats.dropped.fetch_add(n, Relaxed);
-        self.stats.failed_exports.fetch_add(1, Relaxed);
     }
 }
 

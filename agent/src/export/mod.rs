@@ -7,17 +7,18 @@
 //! drops the span and counts it, in that output's [`ExportStats`]. One queue per output (rather
 //! than one shared queue) keeps a dead OTLP backend from silencing the console.
 //!
-//! The OTLP output batches (size or delay), retries a failed batch with backoff while the
-//! backend is healthy, and during an outage makes one attempt per batch (spaced by the
-//! backend's Retry-After or a capped backoff), logging one warning when the outage starts and
-//! one line when it ends. Nothing is ever queued beyond the queue's capacity plus the one batch
-//! in flight. Console outputs run on their own threads because writing to stdout may block.
+//! The OTLP output runs the shared batch worker (`batch`): batches by size or delay, holds a
+//! batch that failed in a retryable way and retries it (so an outage is buffered by the
+//! bounded queue and delivered on recovery), one warning per outage and one line when it
+//! ends. Nothing is ever queued beyond the queue's capacity plus the one batch in flight.
+//! Console outputs run on their own threads because writing to stdout may block.
 //!
 //! Layout: `config` (flags + env, shared by every OTLP signal), `otlp` (conversion +
 //! transports), `tls` (CA bundle, platform roots and client identity for https:// endpoints),
-//! `console` (line formats), `metrics` and `logs` (the other two OTLP signals), this file
-//! (queues, batching, retry, shutdown).
+//! `console` (line formats), `batch` (the OTLP batch worker, shared with logs), `metrics` and
+//! `logs` (the other two OTLP signals), this file (queues, outputs, shutdown).
 
+mod batch;
 pub mod config;
 pub mod console;
 pub mod logs;
@@ -40,14 +41,10 @@ pub use config::{
     Protocol, TlsConfig, TlsFile,
 };
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
 use crate::span::Span;
 
-/// Attempts per batch while the backend is healthy (1 + 3 retries).
-const MAX_ATTEMPTS: u32 = 4;
-const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
-/// Cap on any wait between attempts, including a server's Retry-After: waiting longer only
-/// drops more spans at the queue, it does not save any.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long [`ExportHandle::shutdown`] waits past its deadline before aborting an output.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
 
@@ -101,10 +98,32 @@ impl ExportStats {
     }
 }
 
-enum Msg {
-    Span(Span),
-    /// Sent by shutdown behind every span already queued: drain up to here, then stop.
-    Flush,
+type Msg = batch::Msg<Span>;
+
+impl batch::Item for Span {
+    type Service = transport::Traces;
+    const NOUN: &'static str = "spans";
+    fn to_request(batch: &[Span]) -> ExportTraceServiceRequest {
+        otlp::to_request(batch)
+    }
+}
+
+impl batch::Counters for ExportStats {
+    fn exported(&self) -> &AtomicU64 {
+        &self.exported
+    }
+    fn dropped(&self) -> &AtomicU64 {
+        &self.dropped
+    }
+    fn rejected(&self) -> &AtomicU64 {
+        &self.rejected
+    }
+    fn failed_exports(&self) -> &AtomicU64 {
+        &self.failed_exports
+    }
+    fn dequeued(&self) {
+        self.queue_depth.fetch_sub(1, Relaxed);
+    }
 }
 
 struct Queue {
@@ -116,7 +135,7 @@ impl Queue {
     fn offer(&self, span: Span) {
         // Count before sending so the worker's decrement can never run first.
         self.stats.queue_depth.fetch_add(1, Relaxed);
-        if self.tx.try_send(Msg::Span(span)).is_err() {
+        if self.tx.try_send(Msg::Item(span)).is_err() {
             self.stats.queue_depth.fetch_sub(1, Relaxed);
             self.stats.dropped.fetch_add(1, Relaxed);
         }
@@ -236,17 +255,14 @@ pub fn start_with_console(
                 None
             }
         };
-        let worker = OtlpWorker {
+        let worker = batch::BatchWorker::<Span, _>::new(
             transport,
-            timeout: otlp.timeout(),
-            batch: cfg.batch,
+            otlp.timeout(),
+            cfg.batch,
             stats,
-            deadline: deadline_rx.clone(),
-            healthy: true,
-            dropped_before_outage: 0,
-            next_attempt: None,
-            outage_backoff: INITIAL_BACKOFF,
-        };
+            deadline_rx.clone(),
+            "OTLP export",
+        );
         workers.push(Worker::Task(rt.spawn(worker.run(rx))));
     }
     for format in &cfg.console {
@@ -286,7 +302,7 @@ pub fn start_with_console(
 fn drain_dropped(rx: &mut mpsc::Receiver<Msg>, stats: &ExportStats) {
     rx.close();
     while let Ok(msg) = rx.try_recv() {
-        if let Msg::Span(_) = msg {
+        if let Msg::Item(_) = msg {
             stats.queue_depth.fetch_sub(1, Relaxed);
             stats.dropped.fetch_add(1, Relaxed);
         }
@@ -312,7 +328,7 @@ fn run_console(
             Err(mpsc::error::TryRecvError::Disconnected) => None,
         };
         let span = match msg {
-            Some(Msg::Span(span)) => span,
+            Some(Msg::Item(span)) => span,
             Some(Msg::Flush) | None => break,
         };
         stats.queue_depth.fetch_sub(1, Relaxed);
@@ -330,199 +346,12 @@ fn run_console(
     drain_dropped(&mut rx, stats);
 }
 
-struct OtlpWorker {
-    /// `None` when the client could not be created: everything is dropped and counted.
-    transport: Option<transport::TraceTransport>,
-    timeout: Duration,
-    batch: BatchConfig,
-    stats: Arc<ExportStats>,
-    /// Set once by shutdown: the instant by which the worker must be done.
-    deadline: watch::Receiver<Option<Instant>>,
-    healthy: bool,
-    /// `stats.dropped` when the current outage began, to report its size on recovery.
-    dropped_before_outage: u64,
-    /// During an outage: no attempt before this instant (batches due earlier are dropped).
-    next_attempt: Option<Instant>,
-    outage_backoff: Duration,
-}
-
-impl OtlpWorker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let far = || Instant::now() + Duration::from_secs(86_400);
-        let mut batch: Vec<Span> = Vec::with_capacity(self.batch.max_export_batch_size);
-        let mut batch_due: Option<Instant> = None;
-        let mut watching = true;
-        loop {
-            let until = *self.deadline.borrow();
-            tokio::select! {
-                // Deadline first: a queue that keeps refilling must not keep us past it.
-                biased;
-                _ = tokio::time::sleep_until(until.unwrap_or_else(far)), if until.is_some() => {
-                    if !batch.is_empty() {
-                        tracing::warn!(
-                            "OTLP export: shutdown deadline reached, dropping {} unsent spans",
-                            batch.len()
-                        );
-                    }
-                    self.stats.dropped.fetch_add(batch.len() as u64, Relaxed);
-                    break;
-                }
-                changed = self.deadline.changed(), if watching => {
-                    // The handle was dropped without shutdown: nothing more to watch.
-                    watching = changed.is_ok();
-                }
-                _ = tokio::time::sleep_until(batch_due.unwrap_or_else(far)), if batch_due.is_some() => {
-                    batch_due = None;
-                    self.export(std::mem::take(&mut batch)).await;
-                }
-                msg = rx.recv() => match msg {
-                    Some(Msg::Span(span)) => {
-                        self.stats.queue_depth.fetch_sub(1, Relaxed);
-                        if batch.is_empty() {
-                            batch_due = Some(Instant::now() + self.batch.schedule_delay);
-                        }
-                        batch.push(span);
-                        if batch.len() >= self.batch.max_export_batch_size {
-                            batch_due = None;
-                            self.export(std::mem::take(&mut batch)).await;
-                        }
-                    }
-                    Some(Msg::Flush) | None => {
-                        if !batch.is_empty() {
-                            self.export(std::mem::take(&mut batch)).await;
-                        }
-                        break;
-                    }
-                },
-            }
-        }
-        drain_dropped(&mut rx, &self.stats);
-    }
-
-    /// Exports one batch, retrying while healthy; accounts for every span either way.
-    async fn export(&mut self, batch: Vec<Span>) {
-        let n = batch.len() as u64;
-        if n == 0 {
-            return;
-        }
-        let Some(transport) = self.transport.as_mut() else {
-            self.stats.dropped.fetch_add(n, Relaxed);
-            return;
-        };
-        if self.next_attempt.is_some_and(|t| Instant::now() < t) {
-            // Still backing off from the last failure of this outage.
-            self.stats.dropped.fetch_add(n, Relaxed);
-            return;
-        }
-        let req = otlp::to_request(&batch);
-        drop(batch);
-
-        let attempts = if self.healthy { MAX_ATTEMPTS } else { 1 };
-        let mut backoff = INITIAL_BACKOFF;
-        let mut attempt = 1;
-        let result = loop {
-            let until = *self.deadline.borrow();
-            let timeout = until.map_or(self.timeout, |u| {
-                self.timeout
-                    .min(u.saturating_duration_since(Instant::now()))
-            });
-            if timeout.is_zero() {
-                break Err(None);
-            }
-            // An attempt already in flight when shutdown begins must not outlive its deadline.
-            let result = tokio::select! {
-                r = transport.export(&req, timeout) => r,
-                () = deadline_passed(&mut self.deadline) => break Err(None),
-            };
-            match result {
-                Ok(rejected) => break Ok(rejected),
-                Err(e) if e.is_retryable() && attempt < attempts => {
-                    let wait = jitter(e.retry_after().unwrap_or(backoff).min(MAX_BACKOFF));
-                    if until.is_some_and(|u| Instant::now() + wait >= u) {
-                        break Err(Some(e));
-                    }
-                    // Wake early if shutdown begins, to recompute the time left (a dropped
-                    // handle disables that branch rather than ending the wait).
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        Ok(()) = self.deadline.changed() => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    attempt += 1;
-                }
-                Err(e) => break Err(Some(e)),
-            }
-        };
-
-        match result {
-            Ok(rejected) => {
-                let rejected = rejected.min(n);
-                self.stats.exported.fetch_add(n - rejected, Relaxed);
-                self.stats.rejected.fetch_add(rejected, Relaxed);
-                if !self.healthy {
-                    let dropped = self.stats.dropped.load(Relaxed) - self.dropped_before_outage;
-                    tracing::info!(
-                        "OTLP export to {} recovered; {dropped} spans were dropped during the outage",
-                        transport.endpoint()
-                    );
-                    self.healthy = true;
-                    self.next_attempt = None;
-                    self.outage_backoff = INITIAL_BACKOFF;
-                }
-            }
-            Err(e) => {
-                self.stats.failed_exports.fetch_add(1, Relaxed);
-                let before = self.stats.dropped.fetch_add(n, Relaxed);
-                match e {
-                    // Shutdown ran out of time: not an outage.
-                    None => tracing::warn!(
-                        "OTLP export: shutdown deadline reached, dropping {n} unsent spans"
-                    ),
-                    Some(e) if self.healthy => {
-                        tracing::warn!(
-                            "{e}; dropping spans until the backend recovers (logged once per outage)"
-                        );
-                        self.healthy = false;
-                        self.dropped_before_outage = before;
-                        self.schedule_next_attempt(e.retry_after());
-                    }
-                    Some(e) => self.schedule_next_attempt(e.retry_after()),
-                }
-            }
-        }
-    }
-
-    fn schedule_next_attempt(&mut self, retry_after: Option<Duration>) {
-        let wait = retry_after.unwrap_or(self.outage_backoff).min(MAX_BACKOFF);
-        self.next_attempt = Some(Instant::now() + jitter(wait));
-        self.outage_backoff = (self.outage_backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
-/// Resolves once shutdown has set a deadline and it has passed; never if no shutdown comes.
-async fn deadline_passed(deadline: &mut watch::Receiver<Option<Instant>>) {
-    loop {
-        let until = *deadline.borrow_and_update();
-        if let Some(until) = until {
-            return tokio::time::sleep_until(until).await;
-        }
-        if deadline.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
-}
-
 /// True the first time `msg` is offered in this process: for problems that every signal
 /// (or every resolution) would otherwise report again, such as one bad CA file.
 pub(crate) fn first_report(msg: &str) -> bool {
     static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     seen.get_or_insert_with(HashSet::new).insert(msg.to_owned())
-}
-
-/// Up to ±20 %, so that many agents restarted together do not retry in lockstep.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.8 + fastrand::f64() * 0.4)
 }
 
 #[cfg(test)]

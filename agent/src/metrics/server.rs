@@ -6,11 +6,12 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
+    time::Duration,
 };
 
 use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use thiserror::Error;
 
 use super::{
@@ -272,23 +273,76 @@ pub fn start(
                 return;
             }
         };
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let sources = sources.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let sources = sources.clone();
-                    async move { Ok::<_, std::convert::Infallible>(respond(&req, &sources)) }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+        serve(listener, sources).await;
     });
     Ok(local)
+}
+
+/// Connections served at once; more wait in the kernel's backlog (a scraper opens one).
+const MAX_CONNECTIONS: usize = 32;
+/// A client must send its request headers within this…
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// …and be done (response read) within this, or its connection is closed.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest pause between accept attempts while the process is out of descriptors.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The accept loop. Out of file descriptors (or kernel memory), `accept` fails at once for
+/// as long as the condition lasts: retrying at once would spin a core, so it backs off and
+/// says so once per episode. Slow or idle clients are cut off by the timeouts above and
+/// can hold at most [`MAX_CONNECTIONS`] connections.
+async fn serve(listener: tokio::net::TcpListener, sources: Sources) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff: Option<Duration> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                if backoff.take().is_some() {
+                    tracing::info!("metrics endpoint: accepting connections again");
+                }
+                stream
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                let wait = match backoff {
+                    None => {
+                        tracing::warn!(
+                            "metrics endpoint: cannot accept connections: {e}; retrying (logged once until it recovers)"
+                        );
+                        Duration::from_millis(10)
+                    }
+                    Some(d) => (d * 2).min(MAX_ACCEPT_BACKOFF),
+                };
+                backoff = Some(wait);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            // The peer went away before we accepted it (ECONNABORTED) and the like.
+            Err(_) => continue,
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let sources = sources.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &sources)) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
+        });
+    }
+}
+
+fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 fn respond(req: &Request<hyper::body::Incoming>, sources: &Sources) -> Response<Full<Bytes>> {

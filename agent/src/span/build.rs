@@ -24,13 +24,16 @@ const KNOWN_METHODS: &[&str] = &[
 ];
 
 /// Replaces every query value by `REDACTED`, keeping keys (they carry the shape, values
-/// carry tokens and personal data).
+/// carry tokens and personal data). A component without `=` is all value (`?<token>` is
+/// how some APIs pass a key or a signed-link secret), so it is redacted whole; empty
+/// components stay empty.
 pub fn redact_query(query: &str) -> String {
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
             Some((k, _)) => format!("{k}=REDACTED"),
-            None => pair.to_string(),
+            None if pair.is_empty() => String::new(),
+            None => "REDACTED".to_string(),
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -325,7 +328,7 @@ mod tests {
     fn redacts_query_values_keeps_keys() {
         assert_eq!(
             redact_query("a=1&token=secret&flag"),
-            "a=REDACTED&token=REDACTED&flag"
+            "a=REDACTED&token=REDACTED&REDACTED"
         );
     }
 

@@ -1,0 +1,240 @@
+//! Faults production throws at the agent, with the real agent and a real receiver: the OTLP
+//! backend going away and coming back. What is asserted is accounting, not timing: every
+//! span is either delivered exactly once or counted as dropped, and nothing that fit in
+//! the queue is lost.
+
+use std::{
+    collections::HashMap,
+    thread,
+    time::{Duration, Instant},
+};
+
+use periscope_e2e::{
+    client::{Batch, ConnMode, Request, run_batch},
+    harness::{self, Agent, start_python_http_server},
+    receiver::{Protocol, Receiver},
+};
+
+fn requests(prefix: &str, n: usize) -> Batch {
+    Batch {
+        mode: ConnMode::Fresh,
+        requests: (0..n)
+            .map(|i| Request::get(&format!("/{prefix}/{i}")).expect(404))
+            .collect(),
+    }
+}
+
+/// `key=value` from the last status line that has it.
+fn status_value(stderr: &str, key: &str) -> Option<u64> {
+    stderr.lines().rev().find_map(|l| {
+        l.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    })
+}
+
+/// Issue 16: with the backend down for a while, the spans of the requests sent 2 s after it
+/// came back were dropped too, and export resumed only ~30 s later. Now the queue holds
+/// the outage (it is far from full here), and every span is delivered exactly once.
+#[test]
+fn backend_restart_delivers_queued_and_new_spans() {
+    harness::require_root();
+    let _serial = harness::serial();
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let receiver = Receiver::start();
+        let (grpc_port, http_port) = receiver.ports();
+        let server = start_python_http_server();
+        let agent = Agent::start_with_env(
+            [
+                "--pid".to_string(),
+                server.pid().to_string(),
+                "--otlp-endpoint".into(),
+                receiver.endpoint(protocol),
+                "--otlp-protocol".into(),
+                protocol.flag().into(),
+                "--status-interval".into(),
+                "1".into(),
+            ],
+            &[
+                ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+                ("OTEL_METRICS_EXPORTER", "none"),
+            ],
+        );
+        run_batch(server.addr, &requests("before", 20));
+        let got = receiver.wait_for_spans(20, Duration::from_secs(20));
+        assert_eq!(got.len(), 20, "{protocol:?}: spans before the outage");
+
+        // The backend goes away: its ports are closed, its connections reset.
+        drop(receiver);
+        let down = Instant::now();
+        for i in 0..6 {
+            run_batch(server.addr, &requests(&format!("during{i}"), 5));
+            thread::sleep(Duration::from_millis(500));
+        }
+        // Long enough for the exporter to have given up on quick retries.
+        while down.elapsed() < Duration::from_secs(6) {
+            thread::sleep(Duration::from_millis(100));
+        }
+        let receiver = Receiver::start_on(grpc_port, http_port);
+        thread::sleep(Duration::from_secs(2));
+        run_batch(server.addr, &requests("after", 100));
+
+        let spans = receiver.wait_for_spans(130, Duration::from_secs(30));
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for s in &spans {
+            *seen
+                .entry(s.attr("url.path").unwrap_or_default())
+                .or_default() += 1;
+        }
+        let during = seen.keys().filter(|p| p.starts_with("/during")).count();
+        let after = seen.keys().filter(|p| p.starts_with("/after/")).count();
+        let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert_eq!(
+            (during, after, dup.len()),
+            (30, 100, 0),
+            "{protocol:?}: spans sent during the outage and after recovery, each once ({} received; duplicates {dup:?})\nagent stderr:\n{}",
+            spans.len(),
+            harness::tail(&agent.output().stderr(), 4000)
+        );
+        let exit = agent.stop();
+        assert!(exit.status.success(), "{}", exit.stderr);
+        assert_eq!(
+            status_value(&exit.stderr, "otlp_dropped"),
+            Some(0),
+            "{protocol:?}: nothing dropped\n{}",
+            harness::tail(&exit.stderr, 2000)
+        );
+        assert!(
+            exit.stderr.contains("recovered"),
+            "{protocol:?}: the outage's end is logged\n{}",
+            harness::tail(&exit.stderr, 2000)
+        );
+    }
+}
+
+/// CPU seconds (user + system) `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may contain spaces): utime is the 12th, stime
+    // the 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn metrics_status(addr: std::net::SocketAddr) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Issue 16: out of file descriptors, the metrics endpoint's accept loop retried at once
+/// and spun a core for as long as it lasted. Now it backs off (one warning) and serves
+/// again once descriptors are free.
+#[test]
+fn metrics_endpoint_out_of_fds_backs_off() {
+    harness::require_root();
+    let _serial = harness::serial();
+    let server = start_python_http_server();
+    let port = harness::free_port();
+    let agent = Agent::start([
+        "--pid".to_string(),
+        server.pid().to_string(),
+        "--prometheus".into(),
+        port.to_string(),
+    ]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(metrics_status(addr), Some(200));
+
+    // Leave the agent 4 free descriptors, then take them with idle connections.
+    let open = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+        .unwrap()
+        .count() as u64;
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY (both calls): prlimit on a live child with valid pointers. Only the soft
+    // limit changes: raising a hard limit needs CAP_SYS_RESOURCE, which CI may not have.
+    let rc = unsafe {
+        libc::prlimit(
+            agent.pid() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let low = libc::rlimit {
+        rlim_cur: open + 4,
+        rlim_max: old.rlim_max,
+    };
+    let rc = unsafe {
+        libc::prlimit(
+            agent.pid() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &low,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let idle: Vec<std::net::TcpStream> = (0..16)
+        .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent
+        .output()
+        .stderr()
+        .contains("metrics endpoint: cannot accept connections")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no accept failure reported:\n{}",
+            harness::tail(&agent.output().stderr(), 3000)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let before = cpu_seconds(agent.pid());
+    thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(agent.pid()) - before;
+    // A spinning accept loop burns the whole 3 s of a core.
+    assert!(
+        used < 1.0,
+        "agent used {used:.2} s of CPU in 3 s while out of fds"
+    );
+
+    drop(idle);
+    // SAFETY: as above; restores the original limit.
+    unsafe {
+        libc::prlimit(
+            agent.pid() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &old,
+            std::ptr::null_mut(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics_status(addr) != Some(200) {
+        assert!(Instant::now() < deadline, "the endpoint never served again");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert_eq!(
+        exit.stderr
+            .matches("metrics endpoint: cannot accept connections")
+            .count(),
+        1,
+        "one warning per episode:\n{}",
+        harness::tail(&exit.stderr, 3000)
+    );
+}
