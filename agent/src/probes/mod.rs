@@ -24,9 +24,9 @@ use periscope_common::{GoProcInfo, TargetInfo, sock_key};
 
 use crate::runtime::go::{GO_PROBES, GoPlan};
 
+pub mod btf;
 pub mod format;
 pub mod silence;
-pub mod btf;
 use thiserror::Error;
 
 /// The kernel object built by `cargo xtask build` (see build.rs).
