@@ -76,5 +76,11 @@ pub fn test(filter: Option<String>) -> Result<()> {
         let go = tools::go_toolchains(GO_VERSIONS)?;
         crate::kernels::run_all(&agent, &go, None)?;
     }
+    if filter.as_deref().is_none_or(|f| f.contains("fuzz")) {
+        // A short run per target from the checked-in corpus: a regression of a fixed
+        // crash, or a new one close to the seeds, fails CI. Long runs: `cargo xtask fuzz`.
+        eprintln!("xtask: fuzz targets, 15 s each");
+        crate::fuzz::fuzz(crate::fuzz::Budget::Seconds(15))?;
+    }
     Ok(())
 }
