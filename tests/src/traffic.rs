@@ -4,9 +4,9 @@
 //! split over many writes, byte by byte, several pipelined in one write, header blocks
 //! larger than the agent's capture, bodies up to 1 MiB with `Content-Length` or chunked,
 //! `Expect: 100-continue`, HTTP/1.0, `Connection: close`, many requests per connection,
-//! connections in parallel. Every request carries a unique id in its query (`?r<id>`,
-//! no `=` so the agent keeps it unredacted) so that each server access log line names
-//! the request it belongs to. The same seed gives the same traffic.
+//! connections in parallel. Every request carries a unique id in its query (`?r<id>=1`:
+//! the agent redacts query values but keeps keys) so that each server access log line
+//! names the request it belongs to. The same seed gives the same traffic.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -210,7 +210,7 @@ pub fn plan(seed: u64, conns: usize, total: usize, profile: &Profile) -> Vec<Con
             let http10 = rng.chance(5);
             requests.push(GenRequest {
                 id: next_id,
-                target: format!("{path}?r{next_id}"),
+                target: format!("{path}?r{next_id}=1"),
                 method,
                 http10,
                 body,

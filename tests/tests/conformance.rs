@@ -75,10 +75,11 @@ struct SpanLine {
     response_body: u64,
 }
 
-/// The id in a target's `?r<id>` query.
+/// The id in a target's `?r<id>=1` query (the key: span queries keep keys, not values).
 fn id_of(target: &str) -> Option<u64> {
     let q = target.split_once('?')?.1;
-    q.strip_prefix('r')?.parse().ok()
+    let key = q.split(['=', '&']).next()?;
+    key.strip_prefix('r')?.parse().ok()
 }
 
 fn spans_by_id(stdout: &str) -> (HashMap<u64, Vec<SpanLine>>, usize) {
