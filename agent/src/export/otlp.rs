@@ -208,9 +208,20 @@ pub(crate) fn grpc_request<T>(
 
 /// A failed gRPC export call as an [`ExportError`] (retry classification by code).
 pub(crate) fn grpc_error(endpoint: &str, status: &tonic::Status) -> ExportError {
+    // A status with a source was made on our side from a transport failure (refused,
+    // reset, a connection that broke mid-call), which tonic sometimes codes as Unknown or
+    // Internal: the server never answered, so it is an outage like UNAVAILABLE.
+    let code = match status.code() {
+        tonic::Code::Unknown | tonic::Code::Internal
+            if std::error::Error::source(status).is_some() =>
+        {
+            tonic::Code::Unavailable
+        }
+        code => code,
+    };
     ExportError::Grpc {
         endpoint: endpoint.to_owned(),
-        code: status.code(),
+        code,
         message: grpc_message(status),
     }
 }
