@@ -6,7 +6,7 @@
 //! path ever waits for an exporter.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     fs,
     os::fd::AsRawFd,
     process::ExitCode,
@@ -513,6 +513,8 @@ fn run(cli: Cli) -> Result<()> {
         logs: logs_export.as_ref().map(|(sink, _)| sink.clone()),
         metrics: metrics.clone(),
         silence: Default::default(),
+        tls_hooked: HashSet::new(),
+        tls_recheck: HashMap::new(),
     };
     if let Some(kube) = &kube {
         // Bounded: a slow or down API server delays startup by at most this, and the
@@ -675,7 +677,15 @@ struct Targets {
     metrics: Arc<Metrics>,
     /// Targets that make syscalls while no event arrives for them.
     silence: probes::silence::SilenceWatch,
+    /// Targets whose OpenSSL is hooked.
+    tls_hooked: HashSet<u32>,
+    /// Targets without OpenSSL yet, and when to look again: a library may be loaded
+    /// after start (Python imports `ssl` when first used).
+    tls_recheck: HashMap<u32, Instant>,
 }
+
+/// How often a target without OpenSSL is looked at again.
+const TLS_RECHECK: Duration = Duration::from_secs(2);
 
 impl Targets {
     /// Starts tracing `pid`: kernel filter, resource, the sockets it already has, and
@@ -691,12 +701,45 @@ impl Targets {
         for fd in probes::existing_tcp_sockets(pid).unwrap_or_default() {
             self.probes.add_socket(pid, fd, ROLE_UNKNOWN)?;
         }
+        self.attach_tls(pid);
         if self.go_runtime {
             self.attach_go(pid);
         } else if periscope::runtime::gobin::GoBinary::open(format!("/proc/{pid}/exe")).is_ok() {
             self.tracker.disable_thread_context(pid);
         }
         Ok(res.service_name.clone())
+    }
+
+    /// Hooks the OpenSSL the process maps, if any; one line either way it goes.
+    fn attach_tls(&mut self, pid: u32) {
+        self.tls_recheck.remove(&pid);
+        match self.probes.attach_tls(pid) {
+            Ok(Some(lib)) => {
+                tracing::info!("PID {pid}: TLS plaintext probes attached to {}", lib.name);
+                self.tls_hooked.insert(pid);
+            }
+            Ok(None) => {
+                self.tls_recheck.insert(pid, Instant::now() + TLS_RECHECK);
+            }
+            Err(e) => {
+                eprintln!("periscope: warning: PID {pid}: HTTPS not traced: {e}");
+            }
+        }
+    }
+
+    /// Looks again at targets that had no OpenSSL (bounded: a few per pass).
+    fn tls_housekeeping(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u32> = self
+            .tls_recheck
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(pid, _)| *pid)
+            .take(16)
+            .collect();
+        for pid in due {
+            self.attach_tls(pid);
+        }
     }
 
     fn attach_go(&mut self, pid: u32) {
@@ -750,6 +793,10 @@ impl Targets {
         self.probes.remove_sockets(pid, fds);
         self.probes.purge_process(pid);
         self.probes.remove_target(pid);
+        self.tls_recheck.remove(&pid);
+        if self.tls_hooked.remove(&pid) {
+            self.probes.detach_tls(pid);
+        }
         if self.go.remove(&pid).is_some() {
             self.probes.detach_go(pid);
         }
@@ -954,6 +1001,7 @@ fn event_loop(
                 last_go_publish = Instant::now();
             }
             t.go_housekeeping(go_due);
+            t.tls_housekeeping();
             publish(&t, reorder.late);
             if t.tracker.process_count() == 0 && !discovering {
                 return Ok(());

@@ -251,6 +251,12 @@ pub const SYS_WRITEV: u32 = 6;
 pub const SYS_SENDTO: u32 = 7;
 pub const SYS_SENDMSG: u32 = 8;
 pub const SYS_SENDFILE: u32 = 9;
+/// Plaintext read through OpenSSL's `SSL_read`/`SSL_read_ex` (a uprobe, not a syscall):
+/// the data of a TLS connection, under the fd of its socket ([`NO_FD`] when the socket
+/// could not be told yet).
+pub const SYS_SSL_READ: u32 = 10;
+/// Plaintext written through `SSL_write`/`SSL_write_ex`.
+pub const SYS_SSL_WRITE: u32 = 11;
 
 /// [`EventKind::ConnClose`].
 #[repr(C)]

@@ -1,6 +1,6 @@
 //! Periscope's kernel programs.
 //!
-//! Only syscall and sched tracepoints are used here: they load on every kernel we care
+//! Syscall and sched tracepoints carry the socket data path: they load on every kernel we care
 //! about, including ones without kprobes or fentry (see ../shared/TOOLCHAIN.md). Every
 //! program starts with the cheapest possible filter — one hash lookup keyed by the
 //! current tgid (or tgid+fd) — so syscalls of processes we do not trace cost almost
@@ -19,6 +19,7 @@ mod net;
 mod sched;
 mod task;
 mod tcp;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

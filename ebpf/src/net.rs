@@ -59,7 +59,7 @@ pub(crate) struct Stash {
 
 impl Stash {
     #[inline(always)]
-    fn new(syscall: u32, fd: u32, ptr: u64, iovcnt: u64) -> Self {
+    pub(crate) fn new(syscall: u32, fd: u32, ptr: u64, iovcnt: u64) -> Self {
         Stash {
             syscall,
             fd,
@@ -272,6 +272,10 @@ fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
     if !is_sock(tgid, fd) && !(is_target(tgid) && adopt(pid_tgid, fd)) {
         return 0;
     }
+    // Ciphertext of an OpenSSL call: its plaintext comes from the TLS uprobes.
+    if crate::tls::inner_syscall(pid_tgid, fd) {
+        return 0;
+    }
     let (ptr, iovcnt) = match syscall {
         SYS_READV | SYS_WRITEV => (arg(ctx, 1), arg(ctx, 2)),
         SYS_RECVMSG | SYS_SENDMSG => {
@@ -429,7 +433,7 @@ fn copy_user<const LEN_MASK: usize>(
     }
 }
 
-fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result<(), i64> {
+pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result<(), i64> {
     let buf = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     let mut head: usize = 0;
     let mut tail: usize = 0;

@@ -134,6 +134,7 @@ impl Tracker {
         let ends = Endpoints {
             local: local_addr(open),
             peer: peer_addr(open),
+            tls: false,
         };
         let role = self.adopted_role(pid, ends.local);
         self.conns.insert((pid, fd), Conn::new(role, ends));

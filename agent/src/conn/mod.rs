@@ -18,7 +18,7 @@ use std::{
 
 use periscope_common::{
     AF_INET, AF_INET6, ConnOpenEvent, DIR_INGRESS, DataEvent, GoConnEvent, GoroutineEvent, NO_FD,
-    ROLE_CLIENT, ROLE_SERVER,
+    ROLE_CLIENT, ROLE_SERVER, SYS_SSL_READ, SYS_SSL_WRITE,
 };
 
 use crate::{
@@ -88,6 +88,28 @@ struct Conn {
     /// request kinds are unknown (HEAD), the parser may swallow a response as another's
     /// body, but a server starts most responses with their own write.
     lost_response_starts: u64,
+    /// TLS on this connection (see `Tls`).
+    tls: Tls,
+    /// Bytes were fed to the parsers: only a connection's first bytes can say TLS.
+    fed: bool,
+}
+
+/// What is known of TLS on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tls {
+    /// Plain bytes, as far as seen.
+    No,
+    /// A TLS record was seen and no plaintext has come from the TLS probes (yet): the
+    /// socket's bytes are ciphertext and are not parsed.
+    Opaque,
+    /// Plaintext comes from the TLS probes; the socket's own bytes are ignored.
+    Plain,
+}
+
+/// Whether a stream's first bytes are a TLS record: handshake (22), alert (21), change
+/// cipher spec (20) or application data (23), protocol version 3.x with x <= 4.
+pub fn looks_like_tls(head: &[u8]) -> bool {
+    matches!(head, [20..=23, 3, 0..=4, ..])
 }
 
 impl Conn {
@@ -118,7 +140,23 @@ impl Conn {
             lost_requests: 0,
             lost_responses: 0,
             lost_response_starts: 0,
+            tls: Tls::No,
+            fed: false,
         }
+    }
+
+    /// Plaintext of this connection arrives from the TLS probes: parse it from a clean
+    /// start, whatever the socket's own bytes did to the parsers.
+    fn become_tls_plain(&mut self) {
+        if self.tls == Tls::No {
+            let mut fresh = Conn::new(self.role, self.ends);
+            fresh.go_server_goid = self.go_server_goid;
+            fresh.go_caller = self.go_caller;
+            fresh.from_start = self.from_start;
+            *self = fresh;
+        }
+        self.tls = Tls::Plain;
+        self.ends.tls = true;
     }
 
     /// Exchanges of a desynced connection that got no span. Either stream may have
@@ -169,6 +207,12 @@ pub struct TrackerStats {
     pub conns_adopted: u64,
     /// Socket fds duplicated onto other fds.
     pub conns_duplicated: u64,
+    /// Connections found to carry TLS.
+    pub tls_conns: u64,
+    /// Of those, the ones whose plaintext came from the TLS probes.
+    pub tls_conns_plaintext: u64,
+    /// TLS plaintext whose socket could not be told (dropped).
+    pub tls_unplaced: u64,
 }
 
 /// What the tracker needs besides events: where metrics go, how routes and sampling
@@ -523,6 +567,7 @@ impl Tracker {
         let mut ends = Endpoints {
             local: local_addr(ev),
             peer: peer_addr(ev),
+            tls: false,
         };
         if role == Role::Server && ev.listen_fd != NO_FD {
             ends.local = self.listener_addr(pid, ev.listen_fd);
@@ -701,6 +746,11 @@ impl Tracker {
 
     fn data(&mut self, ev: &DataEvent, head: &[u8], tail: &[u8], sink: &mut dyn FnMut(Span)) {
         let pid = ev.header.tgid();
+        let from_tls = matches!(ev.syscall, SYS_SSL_READ | SYS_SSL_WRITE);
+        if ev.fd == NO_FD {
+            self.stats.tls_unplaced += u64::from(from_tls);
+            return;
+        }
         // The connection's primary fd (a dup'ed fd names its original's connection).
         let fd = self.aliases.resolve(pid, ev.fd);
         let key = (pid, fd);
@@ -714,6 +764,7 @@ impl Tracker {
                 .map(|r| Endpoints {
                     local: Some(r.local),
                     peer: Some(r.remote),
+                    tls: false,
                 })
                 .unwrap_or_default();
             self.conns.insert(key, Conn::new(Role::Unknown, ends));
@@ -723,6 +774,22 @@ impl Tracker {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
+        // TLS: the socket's bytes are ciphertext; plaintext comes from the TLS probes.
+        if from_tls {
+            if conn.tls != Tls::Plain {
+                self.stats.tls_conns += u64::from(conn.tls == Tls::No);
+                self.stats.tls_conns_plaintext += 1;
+                conn.become_tls_plain();
+            }
+        } else if conn.tls != Tls::No || (!conn.fed && looks_like_tls(head)) {
+            if conn.tls == Tls::No {
+                self.stats.tls_conns += 1;
+                conn.tls = Tls::Opaque;
+                conn.ends.tls = true;
+            }
+            self.conns.insert(key, conn);
+            return;
+        }
         if conn.role == Role::Unknown {
             classify(&mut conn, ev.direction, head);
         }
@@ -742,6 +809,7 @@ impl Tracker {
         let was_http = !parser.is_passthrough();
         let losses = parser.losses();
         let resyncs = parser.stats().resyncs;
+        conn.fed = true;
         parser.feed(&chunk, &mut out);
         if was_http && parser.is_passthrough() && parser.stats().messages == 0 {
             self.stats.non_http_streams += 1;

@@ -138,6 +138,28 @@ pub fn render(src: &Sources, format: Format) -> String {
         &one(snap.tracker.non_http_streams),
     );
     enc.counter(
+        "periscope_tls_connections",
+        "Connections of traced processes found to carry TLS; plaintext=true when their plaintext came from the OpenSSL probes (they get spans), false when it did not (TLS not hooked: counted, no spans).",
+        &[
+            Sample {
+                labels: [agent_labels(), vec![("plaintext".into(), "true".into())]].concat(),
+                value: snap.tracker.tls_conns_plaintext as f64,
+            },
+            Sample {
+                labels: [agent_labels(), vec![("plaintext".into(), "false".into())]].concat(),
+                value: snap
+                    .tracker
+                    .tls_conns
+                    .saturating_sub(snap.tracker.tls_conns_plaintext) as f64,
+            },
+        ],
+    );
+    enc.counter(
+        "periscope_tls_plaintext_unplaced",
+        "TLS plaintext reads/writes dropped because the socket they belong to could not be told.",
+        &one(snap.tracker.tls_unplaced),
+    );
+    enc.counter(
         "periscope_unmatched_messages",
         "Requests without a response or responses without a request.",
         &one(snap.tracker.requests_without_response + snap.tracker.responses_without_request),

@@ -27,6 +27,7 @@ use crate::runtime::go::{GO_PROBES, GoPlan};
 pub mod btf;
 pub mod format;
 pub mod silence;
+pub mod tls;
 use thiserror::Error;
 
 /// The kernel object built by `cargo xtask build` (see build.rs).
@@ -320,6 +321,8 @@ pub enum ProbeError {
     Undeclared(String),
     #[error("PID {0}: cannot read its executable: {1}")]
     GoTarget(u32, #[source] io::Error),
+    #[error("PID {0}: cannot read its OpenSSL library {1}: {2}")]
+    TlsLibrary(u32, String, #[source] io::Error),
     #[error("eBPF program {0} was not loaded on this kernel: {1}")]
     NotLoaded(&'static str, String),
     #[error("eBPF map {0} missing from the object")]
@@ -410,6 +413,16 @@ pub fn optional_cost(program: &str) -> Option<&'static str> {
         "task_newtask" => "forked children are not followed and thread counts miss new threads",
         "sched_process_exec" => "--exe/--port/node-wide discovery misses new processes",
         "sched_process_exit" => "exited targets are noticed only by polling /proc",
+        "tls_read_enter"
+        | "tls_read_ex_enter"
+        | "tls_write_enter"
+        | "tls_write_ex_enter"
+        | "tls_ret"
+        | "tls_set_fd"
+        | "tls_handshake_enter"
+        | "tls_handshake_ret" => {
+            "HTTPS through OpenSSL gets no spans (its sockets are still counted)"
+        }
         _ => return None,
     })
 }
@@ -456,6 +469,9 @@ pub struct Probes {
     /// Uprobe links per Go executable (device, inode), shared by every traced process
     /// running it, with the pids using them; detached when the last one goes.
     go_links: StdHashMap<(u64, u64), GoLinks>,
+    /// Uprobe links per OpenSSL library file (device, inode), shared by every traced
+    /// process that maps it, with those pids.
+    tls_links: StdHashMap<(u64, u64), GoLinks>,
     targets: HashMap<MapData, u32, TargetInfo>,
     socks: HashMap<MapData, u64, u32>,
     stats: PerCpuArray<MapData, u64>,
@@ -569,7 +585,9 @@ impl Probes {
         // Every program in the object must be declared in PROBES: a program built but
         // never attached would fail silently.
         if let Some((name, _)) = ebpf.programs().find(|(name, _)| {
-            !PROBES.iter().any(|p| p.0 == *name) && !GO_PROBES.iter().any(|p| p.0 == *name)
+            !PROBES.iter().any(|p| p.0 == *name)
+                && !GO_PROBES.iter().any(|p| p.0 == *name)
+                && !tls::TLS_PROGRAMS.contains(name)
         }) {
             return Err(ProbeError::Undeclared(name.to_string()));
         }
@@ -587,6 +605,23 @@ impl Probes {
             report.push(ProgramReport {
                 name,
                 what: "Go runtime",
+                essential: false,
+                failure,
+            });
+        }
+        // OpenSSL uprobes likewise, attached per library file when a traced process
+        // maps one (attach_tls).
+        for &name in tls::TLS_PROGRAMS {
+            let failure = match ebpf.program_mut(name) {
+                None => Some("not in the eBPF object".to_string()),
+                Some(p) => match <&mut UProbe>::try_from(p) {
+                    Err(e) => Some(program_failure(name, &e)),
+                    Ok(prog) => prog.load().err().map(|e| program_failure(name, &e)),
+                },
+            };
+            report.push(ProgramReport {
+                name,
+                what: "TLS plaintext (OpenSSL)",
                 essential: false,
                 failure,
             });
@@ -633,6 +668,7 @@ impl Probes {
                 go_procs,
                 go_conn_types,
                 go_links: StdHashMap::new(),
+                tls_links: StdHashMap::new(),
                 targets,
                 socks,
                 stats,
@@ -817,6 +853,124 @@ impl Probes {
             return;
         }
         let (links, _) = self.go_links.remove(&key).expect("found above");
+        for (name, link) in links {
+            if let Some(p) = self.ebpf.program_mut(name)
+                && let Ok(p) = <&mut UProbe>::try_from(p)
+            {
+                let _ = p.detach(link);
+            }
+        }
+    }
+
+    /// Attaches the OpenSSL uprobes for one process, once per library file (like the Go
+    /// probes, for every process; the programs keep to traced ones). Returns the library
+    /// hooked, `None` when the process maps no OpenSSL.
+    pub fn attach_tls(&mut self, pid: u32) -> Result<Option<tls::SslLibrary>, ProbeError> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(lib) = tls::find(pid) else {
+            return Ok(None);
+        };
+        for &name in tls::TLS_PROGRAMS {
+            if let Some(r) = self.report.iter().find(|r| r.name == name)
+                && let Some(why) = &r.failure
+            {
+                return Err(ProbeError::NotLoaded(name, why.clone()));
+            }
+        }
+        let meta = fs::metadata(&lib.path)
+            .map_err(|e| ProbeError::TlsLibrary(pid, lib.name.clone(), e))?;
+        let key = (meta.dev(), meta.ino());
+        if let Some((_, pids)) = self.tls_links.get_mut(&key) {
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+            return Ok(Some(lib));
+        }
+        let mut links = Vec::new();
+        let mut attach = |name: &'static str, symbol: &str| {
+            let p = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingMap(name))?;
+            let p: &mut UProbe = p.try_into().map_err(|source| ProbeError::Program {
+                name,
+                what: "TLS plaintext (OpenSSL)",
+                source,
+            })?;
+            p.attach(symbol, &lib.path, UProbeScope::AllProcesses)
+                .map_err(|source| ProbeError::Program {
+                    name,
+                    what: "TLS plaintext (OpenSSL)",
+                    source,
+                })
+        };
+        let mut failed = None;
+        for &(entry, symbol, required) in tls::TLS_ENTRIES {
+            // The return probe first: an entry without its return would leave a call
+            // stashed per thread until the next one overwrites it.
+            match attach(tls::TLS_RET, symbol).and_then(|ret| Ok((ret, attach(entry, symbol)?))) {
+                Ok((ret, ent)) => {
+                    links.push((tls::TLS_RET, ret));
+                    links.push((entry, ent));
+                }
+                Err(e) if required => {
+                    failed = Some(e);
+                    break;
+                }
+                // OpenSSL before 1.1.1 has no _ex calls.
+                Err(_) => {}
+            }
+        }
+        if failed.is_none() {
+            for &(entry, ret, symbol) in tls::TLS_SOCKET_HINTS {
+                // Return first, as above.
+                let ret_link = if ret.is_empty() {
+                    None
+                } else {
+                    match attach(ret, symbol) {
+                        Ok(l) => Some((ret, l)),
+                        Err(e) => {
+                            tracing::debug!("PID {pid}: {symbol} not hooked: {e}");
+                            continue;
+                        }
+                    }
+                };
+                match attach(entry, symbol) {
+                    Ok(l) => {
+                        links.extend(ret_link);
+                        links.push((entry, l));
+                    }
+                    Err(e) => {
+                        tracing::debug!("PID {pid}: {symbol} not hooked: {e}");
+                        links.extend(ret_link);
+                    }
+                }
+            }
+        }
+        self.tls_links.insert(key, (links, vec![pid]));
+        if let Some(e) = failed {
+            self.detach_tls(pid);
+            return Err(e);
+        }
+        Ok(Some(lib))
+    }
+
+    /// The process no longer needs its OpenSSL probes; the last one out detaches them.
+    pub fn detach_tls(&mut self, pid: u32) {
+        let Some(key) = self
+            .tls_links
+            .iter()
+            .find(|(_, (_, pids))| pids.contains(&pid))
+            .map(|(k, _)| *k)
+        else {
+            return;
+        };
+        let (_, pids) = self.tls_links.get_mut(&key).expect("found above");
+        pids.retain(|&p| p != pid);
+        if !pids.is_empty() {
+            return;
+        }
+        let (links, _) = self.tls_links.remove(&key).expect("found above");
         for (name, link) in links {
             if let Some(p) = self.ebpf.program_mut(name)
                 && let Ok(p) = <&mut UProbe>::try_from(p)

@@ -17,6 +17,8 @@ use crate::{
 pub struct Endpoints {
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    /// The connection is TLS: its spans say `https`.
+    pub tls: bool,
 }
 
 const KNOWN_METHODS: &[&str] = &[
@@ -222,9 +224,10 @@ pub fn build(
         Value::Str(if req.version_minor == 0 { "1.0" } else { "1.1" }.to_string()),
     );
     let host = req.host.as_deref().map(split_host);
+    let scheme = if ends.tls { "https" } else { "http" };
     match kind {
         SpanKind::Server => {
-            push("url.scheme", Value::Str("http".into()));
+            push("url.scheme", Value::Str(scheme.into()));
             push("url.path", Value::Str(path.to_string()));
             if let Some(r) = route {
                 push("http.route", Value::Str(r.to_string()));
@@ -256,8 +259,8 @@ pub fn build(
                 .or_else(|| ends.peer.map(|a| a.to_string()))
                 .unwrap_or_default();
             let full = match query {
-                Some(q) => format!("http://{authority}{path}?{}", redact_query(q)),
-                None => format!("http://{authority}{path}"),
+                Some(q) => format!("{scheme}://{authority}{path}?{}", redact_query(q)),
+                None => format!("{scheme}://{authority}{path}"),
             };
             push("url.full", Value::Str(full));
             if let Some((h, p)) = host {
