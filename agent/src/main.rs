@@ -129,6 +129,12 @@ struct Cli {
     #[arg(long)]
     no_go_runtime: bool,
 
+    /// Do not read Go heap, GC and scheduler statistics from the program's memory
+    /// (go_memstats_*, the runtime's own go_goroutines / go_threads); goroutines and GC
+    /// then come from the runtime probes only. For measuring what the reads cost.
+    #[arg(long)]
+    no_go_runtime_memory: bool,
+
     /// Report every goroutine creation and exit from uprobes (exact, with the parent
     /// goroutine) instead of sampling the runtime's goroutine list twice a second.
     /// Costs a uprobe trap per goroutine: expensive for goroutine-heavy programs.
@@ -510,6 +516,7 @@ fn run(cli: Cli) -> Result<()> {
         follow,
         go_runtime: !cli.no_go_runtime,
         go_events: cli.go_goroutine_events,
+        go_memory: !cli.no_go_runtime_memory,
         logs: logs_export.as_ref().map(|(sink, _)| sink.clone()),
         metrics: metrics.clone(),
         silence: Default::default(),
@@ -672,6 +679,8 @@ struct Targets {
     go_runtime: bool,
     /// Per-goroutine probes instead of sampling allgs.
     go_events: bool,
+    /// Read heap/GC/scheduler statistics from the program's memory.
+    go_memory: bool,
     /// OTLP log records (goroutine-leak warnings), when an OTLP endpoint is set.
     logs: Option<export::logs::LogSink>,
     metrics: Arc<Metrics>,
@@ -759,7 +768,9 @@ impl Targets {
                 let mut proc = GoProcess::new(pid, &plan, self.leak);
                 proc.sample_allgs = !self.go_events;
                 let seeded = proc.seed_from_memory(&plan.offsets);
-                if let Err(why) = proc.enable_memory_stats() {
+                if !self.go_memory {
+                    tracing::info!("PID {pid}: Go heap statistics off (--no-go-runtime-memory)");
+                } else if let Err(why) = proc.enable_memory_stats() {
                     tracing::info!("PID {pid}: Go heap statistics unavailable: {why}");
                 }
                 tracing::info!(

@@ -7,6 +7,13 @@
 //! back to back. Counts must be equal (GC cycles, pause total, lookups); the gauges and
 //! byte counters may differ by what the program's own scrape allocates between the two
 //! reads (client_golang builds its answer on the heap), bounded here at 256 KiB.
+//!
+//! Goroutines: the program parks exactly [`PARKED`] goroutines, so between scrapes it has
+//! those plus main; while it answers its own scrape, up to five more (the connection's
+//! goroutine, net/http's background reader, and client_golang's Gather: one worker per
+//! collector, two here, and the goroutine that closes their channel). The agent's
+//! go_goroutines (read as runtime.NumGoroutine computes it) must be exactly the idle
+//! count, and the program's within those five of it (46 seen with Go 1.21).
 
 use std::{
     collections::BTreeMap,
@@ -35,11 +42,18 @@ func main() {
 	for i := 0; i < 200; i++ {
 		keep = append(keep, make([]byte, 64<<10))
 	}
+	park := make(chan struct{})
+	for i := 0; i < 40; i++ {
+		go func() { <-park }()
+	}
 	runtime.GC()
 	http.Handle("/metrics", promhttp.Handler())
 	http.ListenAndServe(os.Args[1], nil)
 }
 "#;
+
+/// Goroutines the program parks (see PROGRAM).
+const PARKED: f64 = 40.0;
 
 const GOPATH_DEBIAN: &str = "/usr/share/gocode";
 
@@ -207,15 +221,31 @@ fn client_golang_go_series_match_from_outside() {
         );
         let mut errors = Vec::new();
         for (key, want) in &theirs {
-            // go_goroutines is checked by go_runtime.rs (sampled goroutine walk);
-            // go_threads counts live threads, client_golang the Ms created.
-            if key == "go_goroutines" || key == "go_threads" {
-                continue;
-            }
             let Some(got) = mine.get(key) else {
                 errors.push(format!("{key}: missing (program: {want})"));
                 continue;
             };
+            if key == "go_goroutines" {
+                // Idle: the parked ones and main; the program counts its scrape's too.
+                if *got != PARKED + 1.0 || !(0.0..=5.0).contains(&(want - got)) {
+                    errors.push(format!(
+                        "{key}: agent {got}, program {want} (want agent {}, program {} to {})",
+                        PARKED + 1.0,
+                        PARKED + 1.0,
+                        PARKED + 6.0
+                    ));
+                }
+                continue;
+            }
+            if key == "go_threads" {
+                // Ms are not freed here (no LockOSThread), but the program's scrape may
+                // start one (a goroutine blocked in a syscall hands its P to a new M)
+                // after the agent's last read.
+                if !(0.0..=1.0).contains(&(want - got)) {
+                    errors.push(format!("{key}: agent {got}, program {want} (0 or 1 more)"));
+                }
+                continue;
+            }
             let exact = key.starts_with("go_gc_duration_seconds")
                 || key.contains("lookups")
                 || key.starts_with("go_info")
@@ -260,10 +290,14 @@ fn client_golang_go_series_match_from_outside() {
             errors.join("\n")
         );
         eprintln!(
-            "Go {} {flavor}: {} go_* samples agree (GC cycles {})",
+            "Go {} {flavor}: {} go_* samples agree (GC cycles {}, goroutines {} / {}, threads {} / {})",
             tc.version,
             theirs.len(),
-            theirs.get("go_gc_duration_seconds_count").unwrap_or(&0.0)
+            theirs.get("go_gc_duration_seconds_count").unwrap_or(&0.0),
+            mine.get("go_goroutines").unwrap_or(&0.0),
+            theirs.get("go_goroutines").unwrap_or(&0.0),
+            mine.get("go_threads").unwrap_or(&0.0),
+            theirs.get("go_threads").unwrap_or(&0.0)
         );
     }
 }

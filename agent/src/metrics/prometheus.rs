@@ -495,9 +495,16 @@ pub fn encode_go(enc: &mut Encoder, services: &[ServiceMetrics]) {
     );
     enc.gauge(
         "go_threads",
-        "Number of OS threads of the Go process (live, from sched events).",
+        "Number of OS threads created.",
         None,
-        &fam(&|s, _| s.process.threads as f64),
+        // The runtime's thread count (client_golang's meaning) when read from memory, else
+        // the live threads seen from sched events.
+        &fam(&|s, g| {
+            g.mem
+                .as_ref()
+                .and_then(|m| m.threads)
+                .map_or(s.process.threads as f64, |t| t as f64)
+        }),
     );
     let info: Vec<Sample> = go
         .iter()

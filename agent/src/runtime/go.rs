@@ -692,7 +692,13 @@ impl GoProcess {
         };
         GoStats {
             version: self.version.clone(),
-            goroutines: self.live.len() as i64 - self.system_live,
+            // The runtime's own count when it can be read (exact, and right from attach);
+            // the events' count misses goroutines started before attach when allgs
+            // could not be walked.
+            goroutines: mem
+                .as_ref()
+                .and_then(|m| m.goroutines)
+                .unwrap_or(self.live.len() as i64 - self.system_live),
             goroutines_created: self.created,
             goroutines_exited: self.exited,
             untracked: self.untracked,

@@ -33,9 +33,58 @@ pub struct MemReader {
     gc_controller: u64,
     mheap: u64,
     allp: Option<u64>,
+    /// `runtime.sched` and `runtime.allgs`, with the scheduler layout: goroutine and
+    /// thread counts (`None` when any is unknown; the heap statistics do not need them).
+    sched: Option<(u64, u64, SchedLayout)>,
     o: Layout,
     size_classes: Vec<u32>,
 }
+
+/// Where the counts behind `runtime.NumGoroutine` and the thread count live.
+#[derive(Debug, Clone)]
+struct SchedLayout {
+    /// `sched.ngsys` (int32): live system goroutines.
+    ngsys: u64,
+    /// `sched.mnext` and `sched.nmfreed` (int64): Ms created and Ms freed.
+    mnext: u64,
+    nmfreed: u64,
+    /// int32 sizes of the global free lists, from the start of `sched`.
+    sched_free: Vec<u64>,
+    /// int32 size of a P's free list, from the start of the `p`.
+    p_free: u64,
+}
+
+impl SchedLayout {
+    fn new(o: &GoOffsets) -> Option<SchedLayout> {
+        let u = |v: Option<u32>| v.map(u64::from);
+        let gfree = u(o.sched_gfree)?;
+        let p_gfree = u(o.p_gfree)?;
+        // Go < 1.25: one count `n` per free list struct; >= 1.25: each gList carries
+        // its `size` (sched.gFree has two lists, with and without stacks).
+        let (sched_free, p_free) = match (u(o.sched_gfree_n), u(o.p_gfree_n), u(o.glist_size)) {
+            (Some(n), Some(pn), _) => (vec![gfree + n], p_gfree + pn),
+            (None, None, Some(size)) => (
+                vec![
+                    gfree + u(o.sched_gfree_stack)? + size,
+                    gfree + u(o.sched_gfree_nostack)? + size,
+                ],
+                p_gfree + size,
+            ),
+            _ => return None,
+        };
+        Some(SchedLayout {
+            ngsys: u(o.sched_ngsys)?,
+            mnext: u(o.sched_mnext)?,
+            nmfreed: u(o.sched_nmfreed)?,
+            sched_free,
+            p_free,
+        })
+    }
+}
+
+/// Most Ps whose free lists are read (GOMAXPROCS beyond it is not seen in practice; a
+/// bigger `allp` length is taken as a bad read and yields no count).
+const MAX_PROCS: u64 = 4096;
 
 /// The offsets [`MemReader`] needs, all present.
 #[derive(Debug, Clone, Copy)]
@@ -209,6 +258,13 @@ pub struct GoMemStats {
     pub memory_limit: u64,
     /// GOMAXPROCS (`len(allp)`), when `allp` was found.
     pub gomaxprocs: Option<u64>,
+    /// `runtime.NumGoroutine()`: goroutines that exist, system goroutines excluded,
+    /// computed as the runtime's gcount does, when `sched` and `allgs` were found.
+    pub goroutines: Option<i64>,
+    /// Threads (Ms) the runtime has created and not yet freed: mcount, which is the
+    /// length of `allm` that client_golang's go_threads counts via
+    /// runtime.ThreadCreateProfile (the two differ only inside an exiting M's mexit).
+    pub threads: Option<u64>,
 }
 
 impl MemReader {
@@ -220,8 +276,15 @@ impl MemReader {
             gc_controller,
             mheap,
             allp,
+            sched,
+            allgs,
         } = bin.runtime_globals(o);
+        let sched = match (sched, allgs, SchedLayout::new(o)) {
+            (Some(s), Some(g), Some(l)) => Some((s, g, l)),
+            _ => None,
+        };
         Ok(MemReader {
+            sched,
             memstats: memstats.ok_or(MemError::Global("runtime.memstats"))?,
             gc_controller: gc_controller.ok_or(MemError::Global("runtime.gcController"))?,
             mheap: mheap.ok_or(MemError::Global("runtime.mheap_"))?,
@@ -307,6 +370,10 @@ impl MemReader {
             Some(a) => Some(read_u64(mem, a + bias + 8)?),
             None => None,
         };
+        let (goroutines, threads) = match &self.sched {
+            Some((sched, allgs, l)) => self.read_sched(mem, bias, *sched, *allgs, l),
+            None => (None, None),
+        };
         let gc_percent = u32_at(&gcb, o.gc_percent) as u32 as i32;
         Some(GoMemStats {
             heap_alloc: in_objects,
@@ -345,7 +412,68 @@ impl MemReader {
             gogc: i64::from(gc_percent),
             memory_limit: u(&gcb, o.memory_limit),
             gomaxprocs,
+            goroutines,
+            threads,
         })
+    }
+
+    /// runtime.gcount (proc.go, Go 1.21-1.27): `allglen` minus the goroutines on the
+    /// global and per-P free lists minus the system goroutines, at least 1; and mcount:
+    /// `sched.mnext - sched.nmfreed`. The words are read one after another while the
+    /// program runs, as gcount itself reads them without a lock.
+    fn read_sched(
+        &self,
+        mem: &File,
+        bias: u64,
+        sched: u64,
+        allgs: u64,
+        l: &SchedLayout,
+    ) -> (Option<i64>, Option<u64>) {
+        let i32_at = |b: &[u8], off: u64| -> i64 {
+            let i = off as usize;
+            b.get(i..i + 4).map_or(0, |s| {
+                i64::from(i32::from_le_bytes(s.try_into().unwrap_or([0; 4])))
+            })
+        };
+        let len = l
+            .sched_free
+            .iter()
+            .copied()
+            .chain([l.ngsys, l.mnext, l.nmfreed])
+            .max()
+            .unwrap_or(0)
+            + 8;
+        let Some(sb) = read(mem, sched + bias, len) else {
+            return (None, None);
+        };
+        let word = |off: u64| -> i64 {
+            let i = off as usize;
+            sb.get(i..i + 8)
+                .map_or(0, |s| i64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+        };
+        let threads = u64::try_from(word(l.mnext).wrapping_sub(word(l.nmfreed)) as i32).ok();
+        let goroutines = (|| {
+            // allglen is stored right after each append to allgs, so len(allgs) is it.
+            let allglen = read_u64(mem, allgs + bias + 8)?;
+            let mut n = (allglen as i32 as i64) - i32_at(&sb, l.ngsys);
+            for &off in &l.sched_free {
+                n -= i32_at(&sb, off);
+            }
+            let allp = self.allp? + bias;
+            let (ptr, np) = (read_u64(mem, allp)?, read_u64(mem, allp + 8)?);
+            if np > MAX_PROCS {
+                return None;
+            }
+            let ps = read(mem, ptr, np * 8)?;
+            for p in ps.chunks_exact(8) {
+                let p = u64::from_le_bytes(p.try_into().ok()?);
+                let mut b = [0u8; 4];
+                mem.read_exact_at(&mut b, p + l.p_free).ok()?;
+                n -= i64::from(i32::from_le_bytes(b));
+            }
+            Some(n.max(1))
+        })();
+        (goroutines, threads)
     }
 }
 

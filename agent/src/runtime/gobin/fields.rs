@@ -246,6 +246,50 @@ pub(super) const OFFSET_FIELDS: &[(&str, &str, &str, bool)] = &[
     ("mheap_spanalloc", "runtime.mheap", "spanalloc", false),
     ("mheap_cachealloc", "runtime.mheap", "cachealloc", false),
     ("fixalloc_inuse", "runtime.fixalloc", "inuse", false),
+    // The scheduler counts behind runtime.NumGoroutine (proc.go: gcount = allglen minus
+    // the free lists' sizes minus ngsys) and the thread count (mcount = mnext - nmfreed,
+    // the length of allm that runtime.ThreadCreateProfile walks). The free lists' counts
+    // sit in anonymous structs, which Go's DWARF names by their spelled-out type; their
+    // shape changed in Go 1.25 (a `size` in each gList instead of one `n`).
+    ("sched_lock", "runtime.schedt", "lock", false),
+    ("sched_mnext", "runtime.schedt", "mnext", false),
+    ("sched_nmfreed", "runtime.schedt", "nmfreed", false),
+    ("sched_nmidle", "runtime.schedt", "nmidle", false),
+    (
+        "sched_nmidlelocked",
+        "runtime.schedt",
+        "nmidlelocked",
+        false,
+    ),
+    ("sched_nmsys", "runtime.schedt", "nmsys", false),
+    ("sched_ngsys", "runtime.schedt", "ngsys", false),
+    ("sched_gfree", "runtime.schedt", "gFree", false),
+    (
+        "sched_gfree_n",
+        "struct { runtime.lock runtime.mutex; runtime.stack runtime.gList; runtime.noStack runtime.gList; runtime.n int32 }",
+        "n",
+        false,
+    ),
+    (
+        "sched_gfree_stack",
+        "struct { runtime.lock runtime.mutex; runtime.stack runtime.gList; runtime.noStack runtime.gList }",
+        "stack",
+        false,
+    ),
+    (
+        "sched_gfree_nostack",
+        "struct { runtime.lock runtime.mutex; runtime.stack runtime.gList; runtime.noStack runtime.gList }",
+        "noStack",
+        false,
+    ),
+    ("p_gfree", "runtime.p", "gFree", false),
+    (
+        "p_gfree_n",
+        "struct { runtime.gList; runtime.n int32 }",
+        "n",
+        false,
+    ),
+    ("glist_size", "runtime.gList", "size", false),
     ("http_conn_rwc", "net/http.conn", "rwc", false),
     ("persist_conn_conn", "net/http.persistConn", "conn", false),
     ("netfd_pfd", "net.netFD", "pfd", false),

@@ -184,6 +184,23 @@ pub struct GoOffsets {
     pub mheap_spanalloc: Option<u32>,
     pub mheap_cachealloc: Option<u32>,
     pub fixalloc_inuse: Option<u32>,
+    /// Scheduler fields for the goroutine and thread counts (`gomem.rs`): `runtime.schedt`
+    /// members; `sched_gfree_n` / `p_gfree_n` (Go < 1.25) and `sched_gfree_stack`,
+    /// `sched_gfree_nostack`, `glist_size` (Go >= 1.25) are inside `gFree`.
+    pub sched_lock: Option<u32>,
+    pub sched_mnext: Option<u32>,
+    pub sched_nmfreed: Option<u32>,
+    pub sched_nmidle: Option<u32>,
+    pub sched_nmidlelocked: Option<u32>,
+    pub sched_nmsys: Option<u32>,
+    pub sched_ngsys: Option<u32>,
+    pub sched_gfree: Option<u32>,
+    pub sched_gfree_n: Option<u32>,
+    pub sched_gfree_stack: Option<u32>,
+    pub sched_gfree_nostack: Option<u32>,
+    pub p_gfree: Option<u32>,
+    pub p_gfree_n: Option<u32>,
+    pub glist_size: Option<u32>,
     /// `net/http.conn.rwc`: the server connection's `net.Conn` (an interface: itab, data).
     /// This and the three below can be `None` when read from the DWARF of a program that
     /// does not link net/http; table rows have them for every release.
@@ -295,6 +312,20 @@ impl GoOffsets {
             mheap_spanalloc: get("mheap_spanalloc")?,
             mheap_cachealloc: get("mheap_cachealloc")?,
             fixalloc_inuse: get("fixalloc_inuse")?,
+            sched_lock: get("sched_lock")?,
+            sched_mnext: get("sched_mnext")?,
+            sched_nmfreed: get("sched_nmfreed")?,
+            sched_nmidle: get("sched_nmidle")?,
+            sched_nmidlelocked: get("sched_nmidlelocked")?,
+            sched_nmsys: get("sched_nmsys")?,
+            sched_ngsys: get("sched_ngsys")?,
+            sched_gfree: get("sched_gfree")?,
+            sched_gfree_n: get("sched_gfree_n")?,
+            sched_gfree_stack: get("sched_gfree_stack")?,
+            sched_gfree_nostack: get("sched_gfree_nostack")?,
+            p_gfree: get("p_gfree")?,
+            p_gfree_n: get("p_gfree_n")?,
+            glist_size: get("glist_size")?,
             http_conn_rwc: get("http_conn_rwc")?,
             persist_conn_conn: get("persist_conn_conn")?,
             netfd_pfd: get("netfd_pfd")?,
@@ -791,6 +822,10 @@ pub struct RuntimeGlobals {
     pub mheap: Option<u64>,
     /// `runtime.allp` (`[]*p`; its length is GOMAXPROCS).
     pub allp: Option<u64>,
+    /// `runtime.sched` (`runtime.schedt`): goroutine free lists and thread counts.
+    pub sched: Option<u64>,
+    /// `runtime.allgs` (`[]*g`; its length is `allglen`).
+    pub allgs: Option<u64>,
 }
 
 impl GoBinary {
@@ -843,7 +878,22 @@ impl GoBinary {
         .into_iter()
         .flatten()
         .collect();
+        // checkdead reads sched.lock, nmidle, nmidlelocked, nmsys and (mcount, inlined)
+        // mnext and nmfreed (1.21-1.27); it is on every program's exit and idle paths.
+        let sched_fields: Vec<u32> = [
+            o.sched_lock,
+            o.sched_mnext,
+            o.sched_nmfreed,
+            o.sched_nmidle,
+            o.sched_nmidlelocked,
+            o.sched_nmsys,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         RuntimeGlobals {
+            sched: self.global_from_fields(&["runtime.checkdead"], &sched_fields, 4),
+            allgs: self.allgs_address_from_code(),
             memstats: self.global_from_fields(&["runtime.gcMarkTermination"], &memstats_fields, 4),
             gc_controller: self.global_from_fields(&["runtime.(*mheap).allocSpan"], &gcc_fields, 4),
             mheap: self.global_from_fields(&["runtime.gcSweep"], &mheap_fields, 4),
@@ -862,6 +912,8 @@ impl GoBinary {
                 .or(code.gc_controller),
             mheap: self.symbol_address("runtime.mheap_").or(code.mheap),
             allp: self.symbol_address("runtime.allp").or(code.allp),
+            sched: self.symbol_address("runtime.sched").or(code.sched),
+            allgs: self.allgs_address(),
         }
     }
 

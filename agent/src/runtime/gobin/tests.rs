@@ -1156,7 +1156,8 @@ fn survey_installed_go_binaries() {
     }
 }
 
-/// The memory statistics' globals (`runtime.memstats`, `gcController`, `mheap_`, `allp`)
+/// The memory statistics' globals (`runtime.memstats`, `gcController`, `mheap_`, `allp`,
+/// `sched`, `allgs`)
 /// found from code in every amd64 build, checked like `allgs`: exactly the symbol with
 /// .symtab, the same section and offset as the unstripped twin's symbol when stripped. And
 /// the size classes found by content equal the `class_to_size` symbol.
@@ -1182,6 +1183,8 @@ fn runtime_globals_from_code_match_symtab() {
             ("runtime.gcController", code.gc_controller),
             ("runtime.mheap_", code.mheap),
             ("runtime.allp", code.allp),
+            ("runtime.sched", code.sched),
+            ("runtime.allgs", code.allgs),
         ] {
             let at = twin
                 .symbol_address(sym)
