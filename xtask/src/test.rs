@@ -30,6 +30,12 @@ pub fn prerequisites() -> Result<(std::path::PathBuf, String)> {
             "busybox",
             // client_golang sources for GOPATH builds: the truth for go_* series.
             "golang-github-prometheus-client-golang-dev",
+            // More servers for the conformance suite, each checked against its own
+            // access log (apache2 event and prefork, lighttpd, gunicorn, node http).
+            "apache2",
+            "lighttpd",
+            "gunicorn",
+            "nodejs",
         ],
         "real servers, clients and metrics consumers (promtool, Prometheus) the end-to-end tests use",
     )?;
