@@ -763,9 +763,20 @@ impl Targets {
                 return;
             }
         };
+        let mut proc = GoProcess::new(pid, &plan, self.leak);
+        // The runtime's memory must look like goroutines under these offsets before any
+        // probe reads goroutines with them: build info can lie about the Go version, and
+        // wrong offsets would give made-up goroutines and wrong trace parents. HTTP spans
+        // go on without the runtime part.
+        if let Err(e @ go::AllgsError::Walk(_)) = proc.read_allgs(&plan.offsets) {
+            eprintln!(
+                "periscope: warning: PID {pid}: Go runtime metrics off (Go {} per its build info): {e}",
+                plan.version
+            );
+            return;
+        }
         match self.probes.attach_go(pid, &plan) {
             Ok(n) => {
-                let mut proc = GoProcess::new(pid, &plan, self.leak);
                 proc.sample_allgs = !self.go_events;
                 let seeded = proc.seed_from_memory(&plan.offsets);
                 if !self.go_memory {
@@ -777,8 +788,8 @@ impl Targets {
                     "PID {pid}: Go {} runtime probes attached at {n} sites; {}",
                     plan.version,
                     match seeded {
-                        Some(k) => format!("{k} goroutines alive at attach"),
-                        None => "goroutines alive before attach cannot be read (no allgs)".into(),
+                        Ok(k) => format!("{k} goroutines alive at attach"),
+                        Err(e) => format!("goroutines alive before attach cannot be read ({e})"),
                     }
                 );
                 self.metrics.set_go(pid, proc.stats());
@@ -963,15 +974,17 @@ fn event_loop(
         reorder.release(now, stopping, |record| {
             apply(record, &mut t, &mut discovery, telemetry, &mut emit)
         });
-        let publish = |t: &Targets, events_late: u64| {
+        let publish = |t: &Targets, reorder: &periscope::events::reorder::Reorder| {
             telemetry.publish(Snapshot {
                 kernel: t.probes.stats(),
                 tracker: t.tracker.stats(),
                 sampler: t.tracker.sampler_stats(),
                 events_received: received,
                 processes: t.tracker.process_count() as u64,
-                events_late,
+                events_late: reorder.late,
+                events_forced: reorder.forced,
                 silent_targets: t.silence.silent,
+                ..Snapshot::default()
             })
         };
         if last_housekeeping.elapsed() >= HOUSEKEEPING {
@@ -1013,7 +1026,7 @@ fn event_loop(
             }
             t.go_housekeeping(go_due);
             t.tls_housekeeping();
-            publish(&t, reorder.late);
+            publish(&t, &reorder);
             if t.tracker.process_count() == 0 && !discovering {
                 return Ok(());
             }
@@ -1021,7 +1034,7 @@ fn event_loop(
         if stopping {
             // Final drain happened above; publish once more for the exit summary.
             t.go_housekeeping(true);
-            publish(&t, reorder.late);
+            publish(&t, &reorder);
             return Ok(());
         }
         let mut pfd = libc::pollfd {

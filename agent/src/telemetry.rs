@@ -1,7 +1,7 @@
 //! The agent's own telemetry: what it received, lost, parsed and exported.
 //!
 //! The event thread publishes a snapshot here every housekeeping tick; the status line
-//! (and, later, the metrics endpoint) reads it. Every counter is documented because users
+//! and the metrics endpoint reads it. Every counter is documented because users
 //! alert on them: a non-zero `events_lost` means spans are missing.
 
 use std::sync::{
@@ -31,6 +31,12 @@ pub struct Snapshot {
     /// Records applied after a newer one had been (held longer than the reorder window
     /// allows, or pushed out early because the reorder buffer was full).
     pub events_late: u64,
+    /// Records released from the reorder buffer before their hold time because it
+    /// reached its memory cap (they may then be applied out of order).
+    pub events_forced: u64,
+    /// Ring-buffer records that could not be decoded (copied from
+    /// [`Telemetry::decode_errors`] when published).
+    pub decode_errors: u64,
     /// Traced processes that made read/write syscalls for a while without a single
     /// event reaching the agent (see `probes::silence`): the kernel programs do not
     /// see them. Should stay 0.
@@ -38,7 +44,8 @@ pub struct Snapshot {
 }
 
 impl Telemetry {
-    pub fn publish(&self, snap: Snapshot) {
+    pub fn publish(&self, mut snap: Snapshot) {
+        snap.decode_errors = self.decode_errors.load(Ordering::Relaxed);
         *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = snap;
     }
 

@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use periscope_e2e::client::{self, Request};
 use periscope_e2e::harness::{self, Agent, Process, TempDir};
 use periscope_e2e::receiver::{Protocol, ReceivedSpan, Receiver};
 
@@ -129,14 +130,24 @@ fn check(sent: &[Sent], spans: &[ReceivedSpan], pid_ok: &dyn Fn(u16, u32) -> boo
     problems
 }
 
+/// The value of one exact series (name with labels) on a Prometheus text page.
+fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Runs `plan` against the traced `targets` and checks the spans; `moved` are agent
+/// self-metric series (name with labels) that must have counted something by then.
 fn run_against(
     targets: &[u32],
     addr: SocketAddr,
     plan: &[(&'static str, &str)],
     pid_ok: &dyn Fn(u16, u32) -> bool,
+    moved: &[&str],
 ) {
     let receiver = Receiver::start();
-    let mut args = Vec::new();
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
+    let mut args = vec!["--prometheus".to_string(), metrics_addr.to_string()];
     for pid in targets {
         args.extend(["--pid".to_string(), pid.to_string()]);
     }
@@ -153,10 +164,30 @@ fn run_against(
         .map(|(i, (m, p))| exchange(addr, m, p, i % 4 == 1))
         .collect();
     receiver.wait_for_spans(sent.len(), SPAN_TIMEOUT);
+    // The counters that say how sockets were followed moved for real (issue 16: they
+    // were collected and not exported). Published every housekeeping tick: wait for them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut not_moved: Vec<&str> = moved.to_vec();
+    let mut page = String::new();
+    while !not_moved.is_empty() && std::time::Instant::now() < deadline {
+        let (status, body) = client::fetch(metrics_addr, &Request::get("/metrics"));
+        assert_eq!(status, 200, "GET /metrics on {metrics_addr}");
+        page = String::from_utf8_lossy(&body).into_owned();
+        not_moved.retain(|s| series_value(&page, s).is_none_or(|v| v <= 0.0));
+        if !not_moved.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     std::thread::sleep(SETTLE);
     let exit = agent.stop();
     let spans = receiver.spans();
     let mut problems = check(&sent, &spans, pid_ok);
+    for series in not_moved {
+        problems.push(format!(
+            "{series} did not move: {:?}",
+            series_value(&page, series)
+        ));
+    }
     if !exit.status.success() {
         problems.insert(0, format!("agent exited with {}", exit.status));
     }
@@ -203,9 +234,18 @@ fn busybox_httpd_fork_dup2_inetd_style() {
     ];
     let plan: Vec<(&'static str, &str)> = (0..240).map(|i| paths[i % paths.len()]).collect();
     // Spans come from the forked children, never from the accepting parent.
-    run_against(&[server_pid], addr, &plan, &|_, pid| {
-        pid != server_pid && pid != 0
-    });
+    // The children move the accepted socket onto fds 0 and 1 with dup2.
+    run_against(
+        &[server_pid],
+        addr,
+        &plan,
+        &|_, pid| pid != server_pid && pid != 0,
+        &[
+            "periscope_sockets_duplicated_total{stage=\"kernel\"}",
+            "periscope_sockets_duplicated_total{stage=\"agent\"}",
+            "periscope_connections_opened_total",
+        ],
+    );
     server.assert_running();
 }
 
@@ -295,13 +335,25 @@ fn dup_fcntl_scm_rights_sockets_are_followed() {
         .collect();
     let plan: Vec<(&'static str, &str)> = plan.iter().map(|(m, p)| (*m, p.as_str())).collect();
     // Client ports 0 and 1 mod 3 are served by the accepting process, 2 by the worker.
-    run_against(&[server_pid, worker_pid], addr, &plan, &|port, pid| {
-        pid == if port % 3 == 2 {
-            worker_pid
-        } else {
-            server_pid
-        }
-    });
+    // The worker adopts the fds it receives; the others are dup'ed copies.
+    run_against(
+        &[server_pid, worker_pid],
+        addr,
+        &plan,
+        &|port, pid| {
+            pid == if port % 3 == 2 {
+                worker_pid
+            } else {
+                server_pid
+            }
+        },
+        &[
+            "periscope_sockets_adopted_total{stage=\"kernel\"}",
+            "periscope_sockets_adopted_total{stage=\"agent\"}",
+            "periscope_sockets_duplicated_total{stage=\"kernel\"}",
+            "periscope_sockets_duplicated_total{stage=\"agent\"}",
+        ],
+    );
     server.assert_running();
 }
 

@@ -193,7 +193,6 @@ pub struct TrackerStats {
     pub non_http_streams: u64,
     pub conns_opened: u64,
     pub conns_over_limit: u64,
-    pub decode_errors: u64,
     /// Server spans made children of the traced client span that sent the request.
     pub joined: u64,
     /// CLIENT spans for connects that failed.

@@ -204,6 +204,61 @@ pub fn render(src: &Sources, format: Format) -> String {
         &one(snap.events_late),
     );
     enc.counter(
+        "periscope_events_forced",
+        "Kernel events released from the reorder buffer before their hold time because it reached its memory cap (they may be applied out of order).",
+        &one(snap.events_forced),
+    );
+    enc.counter(
+        "periscope_event_decode_errors",
+        "Ring-buffer records that could not be decoded (a kernel object from another build; should stay 0).",
+        &one(snap.decode_errors),
+    );
+    enc.counter(
+        "periscope_sockets_untracked",
+        "Sockets of traced processes not followed because the kernel socket map was full (their traffic gives no spans).",
+        &one(snap.kernel.sockmap_full),
+    );
+    // The same socket counted where the kernel starts following it and where the agent
+    // opens a connection for it: the kernel count running ahead means events were lost.
+    let by_stage = |kernel: u64, agent: u64| -> Vec<Sample> {
+        [("kernel", kernel), ("agent", agent)]
+            .iter()
+            .map(|&(stage, v)| {
+                let mut labels = agent_labels();
+                labels.push(("stage".into(), stage.to_string()));
+                Sample {
+                    labels,
+                    value: v as f64,
+                }
+            })
+            .collect()
+    };
+    enc.counter(
+        "periscope_sockets_adopted",
+        "Sockets a traced process used without accepting or connecting them (inherited, received over a Unix socket, opened before tracing began), adopted when first used; stage=kernel counts the kernel starting to follow one, stage=agent the agent opening a connection for one.",
+        &by_stage(snap.kernel.adopted, snap.tracker.conns_adopted),
+    );
+    enc.counter(
+        "periscope_sockets_duplicated",
+        "Socket fds a traced process duplicated onto another fd (dup, dup2, dup3, fcntl F_DUPFD), by stage as for periscope_sockets_adopted.",
+        &by_stage(snap.kernel.dups, snap.tracker.conns_duplicated),
+    );
+    enc.counter(
+        "periscope_connections_opened",
+        "Connections of traced processes the agent started to follow.",
+        &one(snap.tracker.conns_opened),
+    );
+    enc.counter(
+        "periscope_connections_over_limit",
+        "Connections not followed because the agent's connection table was full (their traffic gives no spans).",
+        &one(snap.tracker.conns_over_limit),
+    );
+    enc.counter(
+        "periscope_event_loop_processes",
+        "Traced processes found to serve several connections on one thread, whose spans then get no thread-based parent.",
+        &one(snap.tracker.event_loop_processes),
+    );
+    enc.counter(
         "periscope_silent_targets",
         "Traced processes that kept making read/write syscalls on sockets while no kernel event arrived for them (the programs do not see them; should stay 0).",
         &one(snap.silent_targets),
@@ -263,6 +318,16 @@ pub fn render(src: &Sources, format: Format) -> String {
         "periscope_spans_dropped",
         "Spans dropped by each output (queue full, backend down).",
         &by_output(&|e| e.dropped.load(Relaxed)),
+    );
+    enc.counter(
+        "periscope_spans_rejected",
+        "Spans the OTLP backend refused in a partial success, by output.",
+        &by_output(&|e| e.rejected.load(Relaxed)),
+    );
+    enc.counter(
+        "periscope_export_failures",
+        "Export batches given up on after their retries, by output (their spans are in periscope_spans_dropped).",
+        &by_output(&|e| e.failed_exports.load(Relaxed)),
     );
     enc.gauge(
         "periscope_export_queue_depth",
@@ -412,5 +477,116 @@ mod tests {
         assert_eq!(parse_addr("[::]:1").unwrap(), "[::]:1".parse().unwrap());
         assert!(parse_addr("nope").is_err());
         assert!(parse_addr("1.2.3.4:99999").is_err());
+    }
+
+    /// Every counter the agent collects about itself is on /metrics with its own value
+    /// (issue 16: the kernel's socket counters, decode errors, forced reorder releases,
+    /// connections over the limit and event-loop processes were collected and never shown).
+    #[test]
+    fn collected_self_counters_are_exported() {
+        use crate::{
+            conn::TrackerStats,
+            export::{ExportStats, OutputKind},
+            probes::KernelStats,
+            telemetry::Snapshot,
+        };
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        let telemetry = Arc::new(Telemetry::default());
+        for _ in 0..3 {
+            telemetry.decode_error();
+        }
+        telemetry.publish(Snapshot {
+            kernel: KernelStats {
+                events: 101,
+                ringbuf_drops: 102,
+                stash_full: 103,
+                read_errors: 104,
+                sockmap_full: 105,
+                adopted: 106,
+                dups: 107,
+            },
+            tracker: TrackerStats {
+                conns_opened: 201,
+                conns_over_limit: 202,
+                event_loop_processes: 203,
+                conns_adopted: 204,
+                conns_duplicated: 205,
+                ..TrackerStats::default()
+            },
+            events_late: 301,
+            events_forced: 302,
+            ..Snapshot::default()
+        });
+        let otlp = Arc::new(ExportStats {
+            output: OutputKind::Otlp,
+            exported: AtomicU64::new(401),
+            dropped: AtomicU64::new(402),
+            rejected: AtomicU64::new(403),
+            failed_exports: AtomicU64::new(404),
+            queue_depth: AtomicU64::new(405),
+        });
+        let src = Sources {
+            metrics: Arc::new(Metrics::default()),
+            telemetry,
+            exports: vec![otlp.clone()],
+        };
+        for format in [Format::Text, Format::OpenMetrics] {
+            let text = render(&src, format);
+            let value = |series: &str| -> Option<f64> {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            };
+            for (series, want) in [
+                ("periscope_kernel_events_total", 101.0),
+                ("periscope_events_lost_total", 102.0),
+                ("periscope_syscalls_untracked_total", 103.0),
+                ("periscope_payload_read_errors_total", 104.0),
+                ("periscope_sockets_untracked_total", 105.0),
+                ("periscope_sockets_adopted_total{stage=\"kernel\"}", 106.0),
+                ("periscope_sockets_adopted_total{stage=\"agent\"}", 204.0),
+                (
+                    "periscope_sockets_duplicated_total{stage=\"kernel\"}",
+                    107.0,
+                ),
+                ("periscope_sockets_duplicated_total{stage=\"agent\"}", 205.0),
+                ("periscope_connections_opened_total", 201.0),
+                ("periscope_connections_over_limit_total", 202.0),
+                ("periscope_event_loop_processes_total", 203.0),
+                ("periscope_events_late_total", 301.0),
+                ("periscope_events_forced_total", 302.0),
+                ("periscope_event_decode_errors_total", 3.0),
+                ("periscope_spans_exported_total{output=\"otlp\"}", 401.0),
+                ("periscope_spans_dropped_total{output=\"otlp\"}", 402.0),
+                ("periscope_spans_rejected_total{output=\"otlp\"}", 403.0),
+                ("periscope_export_failures_total{output=\"otlp\"}", 404.0),
+                ("periscope_export_queue_depth{output=\"otlp\"}", 405.0),
+            ] {
+                assert_eq!(value(series), Some(want), "{series} in {format:?}:\n{text}");
+            }
+            // Each family is declared once, with help text.
+            for family in [
+                "periscope_sockets_untracked",
+                "periscope_sockets_adopted",
+                "periscope_sockets_duplicated",
+                "periscope_connections_opened",
+                "periscope_connections_over_limit",
+                "periscope_event_loop_processes",
+                "periscope_events_forced",
+                "periscope_event_decode_errors",
+                "periscope_spans_rejected",
+                "periscope_export_failures",
+            ] {
+                let helps = text
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("# HELP {family}")))
+                    .count();
+                assert_eq!(helps, 1, "HELP for {family} in {format:?}");
+            }
+        }
+        otlp.rejected.fetch_add(1, Relaxed);
+        assert!(
+            render(&src, Format::Text)
+                .contains("periscope_spans_rejected_total{output=\"otlp\"} 404")
+        );
     }
 }

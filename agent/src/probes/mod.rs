@@ -454,6 +454,10 @@ pub struct KernelStats {
     pub read_errors: u64,
     /// Sockets not followed because the socket map was full.
     pub sockmap_full: u64,
+    /// Sockets a traced process used without accepting or connecting them, adopted.
+    pub adopted: u64,
+    /// Socket fds a traced process duplicated onto other fds.
+    pub dups: u64,
 }
 
 /// The uprobe links on one Go executable, and the traced pids running it.
@@ -752,6 +756,8 @@ impl Probes {
             stash_full: sum(periscope_common::STAT_STASH_FULL),
             read_errors: sum(periscope_common::STAT_READ_ERRORS),
             sockmap_full: sum(periscope_common::STAT_SOCKMAP_FULL),
+            adopted: sum(periscope_common::STAT_ADOPTED),
+            dups: sum(periscope_common::STAT_DUPS),
         }
     }
 

@@ -10,7 +10,6 @@
 use std::{
     collections::{HashMap, VecDeque},
     fs::File,
-    os::unix::fs::FileExt,
     path::PathBuf,
     sync::Arc,
 };
@@ -117,6 +116,16 @@ const MAX_TRACKED_GOROUTINES: usize = 2_000_000;
 pub const RESCAN_NS: u64 = 500_000_000;
 /// GC pauses kept for the quantiles (the runtime keeps 256 as well).
 const PAUSE_HISTORY: usize = 256;
+
+#[derive(Debug, Error)]
+pub enum AllgsError {
+    #[error("allgs not found in this binary")]
+    NotFound,
+    #[error("cannot open the process's memory: {0}")]
+    Open(#[source] std::io::Error),
+    #[error(transparent)]
+    Walk(#[from] super::allgs::WalkError),
+}
 
 #[derive(Debug, Error)]
 pub enum GoError {
@@ -393,10 +402,6 @@ pub struct GoProcess {
     mem_file: Option<File>,
 }
 
-/// Goroutine states (runtime2.go); `_Gscan` is a bit on top of them.
-const G_DEAD: u32 = 6;
-const G_SCAN: u32 = 0x1000;
-
 impl GoProcess {
     pub fn new(pid: u32, plan: &GoPlan, leak: LeakConfig) -> Self {
         Self {
@@ -522,51 +527,28 @@ impl GoProcess {
     }
 
     /// Seeds the live set from the process's memory: `allgs` (a slice of *g) read
-    /// through /proc/PID/mem. Returns how many live goroutines were found, or None when
-    /// `allgs` cannot be located in this binary.
-    pub fn seed_from_memory(&mut self, offsets: &GoOffsets) -> Option<usize> {
-        let allgs = self.bin.allgs_address()?;
-        let mem = File::open(format!("/proc/{}/mem", self.pid)).ok()?;
+    /// through /proc/PID/mem, bounded and checked (see [`super::allgs`]). Returns how
+    /// many live goroutines were found.
+    pub fn seed_from_memory(&mut self, offsets: &GoOffsets) -> Result<usize, AllgsError> {
+        let live = self.read_allgs(offsets)?;
         let bias = self.bias;
-        let read_u64 = |addr: u64| -> Option<u64> {
-            let mut b = [0u8; 8];
-            mem.read_exact_at(&mut b, addr).ok()?;
-            Some(u64::from_le_bytes(b))
-        };
-        let ptr = read_u64(allgs + bias)?;
-        let len = read_u64(allgs + bias + 8)?.min(MAX_TRACKED_GOROUTINES as u64);
-        let mut gptrs = vec![0u8; (len * 8) as usize];
-        mem.read_exact_at(&mut gptrs, ptr).ok()?;
-        // One read per g covering every field we need.
-        let fields = [
-            offsets.g_atomicstatus,
-            offsets.g_goid,
-            offsets.g_gopc,
-            offsets.g_startpc,
-        ];
-        let span = fields.iter().copied().max().unwrap_or(0) as usize + 8;
-        let mut g_bytes = vec![0u8; span];
-        let at = |b: &[u8], off: u32| -> u64 {
-            let o = off as usize;
-            u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]))
-        };
-        let mut found = 0;
-        for chunk in gptrs.chunks_exact(8) {
-            let g = u64::from_le_bytes(chunk.try_into().ok()?);
-            if g == 0 || mem.read_exact_at(&mut g_bytes, g).is_err() {
-                continue;
-            }
-            let status = (at(&g_bytes, offsets.g_atomicstatus) as u32) & !G_SCAN;
-            if status == G_DEAD {
-                continue;
-            }
-            let goid = at(&g_bytes, offsets.g_goid);
-            let gopc = at(&g_bytes, offsets.g_gopc).wrapping_sub(bias);
-            let startpc = at(&g_bytes, offsets.g_startpc).wrapping_sub(bias);
-            self.add(goid, gopc, startpc, false);
-            found += 1;
+        for g in &live {
+            self.add(
+                g.goid,
+                g.gopc.wrapping_sub(bias),
+                g.startpc.wrapping_sub(bias),
+                false,
+            );
         }
-        Some(found)
+        Ok(live.len())
+    }
+
+    /// Walks `allgs` without changing anything: whether the runtime's memory matches
+    /// the struct offsets this binary was given (checked before any probe is attached).
+    pub fn read_allgs(&self, offsets: &GoOffsets) -> Result<Vec<super::allgs::G>, AllgsError> {
+        let allgs = self.bin.allgs_address().ok_or(AllgsError::NotFound)?;
+        let mem = File::open(format!("/proc/{}/mem", self.pid)).map_err(AllgsError::Open)?;
+        Ok(super::allgs::walk(&mem, allgs + self.bias, offsets)?)
     }
 
     /// In sampling mode, rescans allgs once per [`RESCAN_NS`].
@@ -587,8 +569,19 @@ impl GoProcess {
         for s in self.sites.values_mut() {
             s.live = 0;
         }
-        if self.seed_from_memory(offsets).is_some() {
-            return true;
+        match self.seed_from_memory(offsets) {
+            Ok(_) => return true,
+            // The process went away, or its memory stopped looking like goroutines
+            // (overwritten, or the offsets never fit): stop sampling, say so once.
+            Err(AllgsError::Walk(super::allgs::WalkError::Unreadable(_))) => {}
+            Err(e @ AllgsError::Walk(_)) => {
+                eprintln!(
+                    "periscope: warning: PID {}: goroutine sampling stopped: {e}",
+                    self.pid
+                );
+                self.sample_allgs = false;
+            }
+            Err(_) => {}
         }
         self.live = live;
         self.system_live = system_live;

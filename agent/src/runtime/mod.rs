@@ -4,6 +4,7 @@
 //! `process` reads /proc for CPU, memory and fds and keeps the live thread count that
 //! sched tracepoint events maintain; `gobin` analyses Go executables.
 
+pub mod allgs;
 pub mod go;
 pub mod gobin;
 pub mod gomem;
