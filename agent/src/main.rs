@@ -906,9 +906,11 @@ fn event_loop(
             apply(record, &mut t, &mut discovery, telemetry, &mut emit)
         });
         // Sockets whose parser gave up: the kernel stops copying their payload.
-        let mutes: Vec<(u32, u32)> = t.tracker.take_mutes().collect();
-        for (pid, fd) in mutes {
-            let ok = t.probes.set_class(pid, fd, periscope_common::CLASS_MUTED);
+        let mutes: Vec<(u32, u32, u16)> = t.tracker.take_mutes().collect();
+        for (pid, fd, generation) in mutes {
+            let ok = t
+                .probes
+                .set_class(pid, fd, generation, periscope_common::CLASS_MUTED);
             t.tracker.mute_done(ok);
         }
         let publish = |t: &Targets, events_late: u64| {

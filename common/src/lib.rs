@@ -222,9 +222,10 @@ pub struct DataEvent {
     pub tail_len: u32,
     /// The syscall, one of the `SYS_*` ids below (diagnostics only).
     pub syscall: u32,
-    /// The socket's class (`CLASS_*`) after this syscall. For [`CLASS_TLS`],
-    /// [`CLASS_UNKNOWN`] and [`CLASS_MUTED`] no payload follows (`head_len` and
-    /// `tail_len` are 0): the event only says how many bytes moved.
+    /// The socket's class (`CLASS_*`) after this syscall in the low byte, its
+    /// `SockInfo::generation` in the high 16 bits. For [`CLASS_TLS`], [`CLASS_UNKNOWN`]
+    /// and [`CLASS_MUTED`] no payload follows (`head_len` and `tail_len` are 0): the
+    /// event only says how many bytes moved.
     pub class: u32,
 }
 const _: () = assert!(size_of::<DataEvent>() == 56);
@@ -475,7 +476,10 @@ pub struct SockInfo {
     pub class: u8,
     /// `SOCK_*` bits.
     pub flags: u8,
-    pub _pad: u16,
+    /// Set by the kernel when it starts tracking the socket, different (mostly) for the
+    /// next socket on the same fd number: the agent's mute names the socket it means,
+    /// not whatever reuses its fd by the time the mute is written.
+    pub generation: u16,
 }
 const _: () = assert!(size_of::<SockInfo>() == 8);
 const _: () = assert!(CLASSIFY_LEN.is_power_of_two() && CLASSIFY_LEN > MAX_METHOD + 2);

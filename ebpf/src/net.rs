@@ -89,6 +89,15 @@ pub(crate) const STASH_CLOSE: u32 = 103;
 /// dup/dup2/dup3/fcntl(F_DUPFD*) of a tracked socket: `fd` is the old fd.
 const STASH_DUP: u32 = 104;
 
+/// A socket entry with a fresh generation (see `SockInfo::generation`).
+#[inline(always)]
+fn new_sock(role: u32) -> SockInfo {
+    SockInfo {
+        generation: (unsafe { bpf_ktime_get_ns() } >> 10) as u16,
+        ..SockInfo::new(role)
+    }
+}
+
 #[inline(always)]
 fn is_sock(tgid: u32, fd: u32) -> bool {
     unsafe { SOCKS.get(&sock_key(tgid, fd)).is_some() }
@@ -258,7 +267,7 @@ fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
         output(&ev);
         return Ok(());
     }
-    if SOCKS.insert(&sock_key(tgid, fd), &SockInfo::new(role), 0).is_err() {
+    if SOCKS.insert(&sock_key(tgid, fd), &new_sock(role), 0).is_err() {
         count(STAT_SOCKMAP_FULL);
         warn!(ctx, "periscope: socket map full, fd {} not traced", fd);
         return Ok(());
@@ -276,8 +285,13 @@ fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     let fd = arg(ctx, 0) as u32;
     let class = match unsafe { SOCKS.get(&sock_key(tgid, fd)) } {
-        Some(info) => info.class,
-        None if is_target(tgid) && adopt(pid_tgid, fd) => CLASS_UNSEEN,
+        Some(info) => info.class as u32 | (info.generation as u32) << 16,
+        None if is_target(tgid) && adopt(pid_tgid, fd) => match unsafe {
+            SOCKS.get(&sock_key(tgid, fd))
+        } {
+            Some(info) => (info.generation as u32) << 16,
+            None => 0,
+        },
         None => return 0,
     };
     let (ptr, iovcnt) = match syscall {
@@ -292,7 +306,7 @@ fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
         _ => (arg(ctx, 1), 0),
     };
     let mut s = Stash::new(syscall, fd, ptr, iovcnt);
-    s.class = class as u32;
+    s.class = class;
     stash(pid_tgid, s);
     0
 }
@@ -309,7 +323,7 @@ fn adopt(pid_tgid: u64, fd: u32) -> bool {
     if SOCKS
         .insert(
             &sock_key((pid_tgid >> 32) as u32, fd),
-            &SockInfo::new(ROLE_UNKNOWN),
+            &new_sock(ROLE_UNKNOWN),
             0,
         )
         .is_err()
@@ -554,6 +568,7 @@ fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result
         }
     }
     let mut class = s.class as u8;
+    let generation = s.class & 0xffff_0000;
     if class == CLASS_UNSEEN && head > 0 {
         class = classify_first(pid_tgid, s, buf, head, direction == DIR_EGRESS);
         if !class_captures(class) {
@@ -563,7 +578,15 @@ fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result
         }
     }
     unsafe {
-        (*buf).event = data_event(pid_tgid, s, total, direction, head, tail, class as u32);
+        (*buf).event = data_event(
+            pid_tgid,
+            s,
+            total,
+            direction,
+            head,
+            tail,
+            class as u32 | generation,
+        );
     }
     let size = core::mem::size_of::<DataEvent>() + (opaque(head + tail) & OUT_MASK);
     let bytes: &[u8] = unsafe {

@@ -331,7 +331,11 @@ fn garbage_before_good_traffic_costs_no_spans() {
         assert_eq!(
             (good.len(), paths.len()),
             (100, 100),
-            "{name}: every ordinary request after the garbage is one span\nagent stderr:\n{}",
+            "{name}: every ordinary request after the garbage is one span; missing {:?}\nagent stderr:\n{}",
+            (0..100)
+                .map(|i| format!("/good/{i}"))
+                .filter(|p| paths.binary_search(p).is_err())
+                .collect::<Vec<_>>(),
             harness::tail(&agent.output().stderr(), 3000)
         );
         assert!(

@@ -292,7 +292,7 @@ pub struct Tracker {
     /// Fds that name another fd's connection (dup, adopted twice); see `follow`.
     aliases: follow::Aliases,
     /// (pid, fd) of sockets whose payload is of no use any more (see `take_mutes`).
-    mutes: Vec<(u32, u32)>,
+    mutes: Vec<(u32, u32, u16)>,
 }
 
 /// A socket address as the kernel events carry it: IPv4 in the first 4 bytes, IPv6 in
@@ -716,7 +716,7 @@ impl Tracker {
     /// request stream is not HTTP/1.x or was upgraded (WebSocket, CONNECT tunnel), so
     /// its parser ignores every byte. Desynced connections are not muted: their bytes
     /// still count the exchanges that got no span.
-    pub fn take_mutes(&mut self) -> std::vec::Drain<'_, (u32, u32)> {
+    pub fn take_mutes(&mut self) -> std::vec::Drain<'_, (u32, u32, u16)> {
         self.mutes.drain(..)
     }
 
@@ -731,7 +731,7 @@ impl Tracker {
 
     fn data(&mut self, ev: &DataEvent, head: &[u8], tail: &[u8], sink: &mut dyn FnMut(Span)) {
         let pid = ev.header.tgid();
-        if let Some(n) = self.stats.payload_bytes.get_mut(ev.class as usize) {
+        if let Some(n) = self.stats.payload_bytes.get_mut((ev.class & 0xff) as usize) {
             *n += (head.len() + tail.len()) as u64;
         }
         // The connection's primary fd (a dup'ed fd names its original's connection).
@@ -843,7 +843,7 @@ impl Tracker {
         };
         if !suppressed && !head.is_empty() && request_parser.is_passthrough() {
             if self.mutes.len() < MAX_MUTES {
-                self.mutes.push((pid, ev.fd));
+                self.mutes.push((pid, ev.fd, (ev.class >> 16) as u16));
             } else {
                 self.stats.mute_failures += 1;
             }

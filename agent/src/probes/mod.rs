@@ -695,12 +695,17 @@ impl Probes {
 
     /// Writes a tracked socket's class back (`CLASS_MUTED`: the agent's parser gave up,
     /// stop copying its payload). Only an entry that still exists is updated: the fd
-    /// may have been closed since its last event. Returns whether it was.
-    pub fn set_class(&mut self, pid: u32, fd: u32, class: u8) -> bool {
+    /// may have been closed since its last event, and its fd number reused by another
+    /// socket (`generation` tells). Returns whether it was.
+    pub fn set_class(&mut self, pid: u32, fd: u32, generation: u16, class: u8) -> bool {
         let key = sock_key(pid, fd);
         let Ok(mut info) = self.socks.get(&key, 0) else {
             return false;
         };
+        // Another socket on the same fd number since (closed and reused meanwhile).
+        if info.generation != generation {
+            return false;
+        }
         info.class = class;
         // BPF_EXIST: never recreate an entry close(2) removed meanwhile.
         self.socks.insert(key, info, 2).is_ok()
