@@ -172,6 +172,8 @@ pub fn tls_ret(ctx: RetProbeContext) -> u32 {
     };
     let mut s = crate::net::Stash::new(syscall, fd, call.buf, 0);
     s.enter_ns = call.enter_ns;
+    // Plaintext is always captured, and says nothing about the socket's own class.
+    s.class = CLASS_HTTP1 as u32;
     if crate::net::try_emit_data(pid_tgid, &s, moved, call.direction).is_err() {
         count(STAT_READ_ERRORS);
     }
