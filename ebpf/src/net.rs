@@ -294,10 +294,10 @@ fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
         },
         None => return 0,
     };
-    // Ciphertext of an OpenSSL call: its plaintext comes from the TLS uprobes.
-    if crate::tls::inner_syscall(pid_tgid, fd) {
-        return 0;
-    }
+    // Inside an OpenSSL call this syscall names the call's socket. Its bytes are
+    // ciphertext: the classifier finds them TLS and sends only their count; the
+    // plaintext comes from the TLS uprobes.
+    crate::tls::inner_syscall(pid_tgid, fd);
     let (ptr, iovcnt) = match syscall {
         SYS_READV | SYS_WRITEV => (arg(ctx, 1), arg(ctx, 2)),
         SYS_RECVMSG | SYS_SENDMSG => {

@@ -911,7 +911,9 @@ impl Tracker {
         } else {
             &conn.egress
         };
-        if !suppressed && !head.is_empty() && request_parser.is_passthrough() {
+        // A TLS connection's socket carries ciphertext the kernel already keeps to
+        // itself; its plaintext comes from the TLS probes, which a mute does not stop.
+        if !suppressed && !from_tls && !head.is_empty() && request_parser.is_passthrough() {
             if self.mutes.len() < MAX_MUTES {
                 self.mutes.push((pid, ev.fd, (ev.class >> 16) as u16));
             } else {
