@@ -13,7 +13,6 @@
 #![no_std]
 #![no_main]
 
-mod classify;
 mod common;
 mod go;
 mod net;
