@@ -460,8 +460,33 @@ pub struct KernelStats {
     pub dups: u64,
 }
 
-/// The uprobe links on one Go executable, and the traced pids running it.
-type GoLinks = (Vec<(&'static str, UProbeLinkId)>, Vec<u32>);
+/// The uprobe links on one executable or library file, and the traced pids using it.
+type FileLinks = (Vec<(&'static str, UProbeLinkId)>, Vec<u32>);
+
+/// `pid` no longer uses the uprobes of the file it shares in `files`; the last process
+/// out detaches them.
+fn release_links(ebpf: &mut Ebpf, files: &mut StdHashMap<(u64, u64), FileLinks>, pid: u32) {
+    let Some(key) = files
+        .iter()
+        .find(|(_, (_, pids))| pids.contains(&pid))
+        .map(|(k, _)| *k)
+    else {
+        return;
+    };
+    let (_, pids) = files.get_mut(&key).expect("found above");
+    pids.retain(|&p| p != pid);
+    if !pids.is_empty() {
+        return;
+    }
+    let (links, _) = files.remove(&key).expect("found above");
+    for (name, link) in links {
+        if let Some(p) = ebpf.program_mut(name)
+            && let Ok(p) = <&mut UProbe>::try_from(p)
+        {
+            let _ = p.detach(link);
+        }
+    }
+}
 
 /// Loaded and attached kernel programs plus the maps userspace maintains.
 pub struct Probes {
@@ -472,10 +497,10 @@ pub struct Probes {
     go_conn_types: HashMap<MapData, [u64; 2], u32>,
     /// Uprobe links per Go executable (device, inode), shared by every traced process
     /// running it, with the pids using them; detached when the last one goes.
-    go_links: StdHashMap<(u64, u64), GoLinks>,
+    go_links: StdHashMap<(u64, u64), FileLinks>,
     /// Uprobe links per OpenSSL library file (device, inode), shared by every traced
     /// process that maps it, with those pids.
-    tls_links: StdHashMap<(u64, u64), GoLinks>,
+    tls_links: StdHashMap<(u64, u64), FileLinks>,
     targets: HashMap<MapData, u32, TargetInfo>,
     socks: HashMap<MapData, u64, u32>,
     stats: PerCpuArray<MapData, u64>,
@@ -845,27 +870,7 @@ impl Probes {
     pub fn detach_go(&mut self, pid: u32) {
         let _ = self.go_procs.remove(&pid);
         self.remove_go_conn_types(pid);
-        let Some(key) = self
-            .go_links
-            .iter()
-            .find(|(_, (_, pids))| pids.contains(&pid))
-            .map(|(k, _)| *k)
-        else {
-            return;
-        };
-        let (_, pids) = self.go_links.get_mut(&key).expect("found above");
-        pids.retain(|&p| p != pid);
-        if !pids.is_empty() {
-            return;
-        }
-        let (links, _) = self.go_links.remove(&key).expect("found above");
-        for (name, link) in links {
-            if let Some(p) = self.ebpf.program_mut(name)
-                && let Ok(p) = <&mut UProbe>::try_from(p)
-            {
-                let _ = p.detach(link);
-            }
-        }
+        release_links(&mut self.ebpf, &mut self.go_links, pid);
     }
 
     /// Attaches the OpenSSL uprobes for one process, once per library file (like the Go
@@ -963,27 +968,7 @@ impl Probes {
 
     /// The process no longer needs its OpenSSL probes; the last one out detaches them.
     pub fn detach_tls(&mut self, pid: u32) {
-        let Some(key) = self
-            .tls_links
-            .iter()
-            .find(|(_, (_, pids))| pids.contains(&pid))
-            .map(|(k, _)| *k)
-        else {
-            return;
-        };
-        let (_, pids) = self.tls_links.get_mut(&key).expect("found above");
-        pids.retain(|&p| p != pid);
-        if !pids.is_empty() {
-            return;
-        }
-        let (links, _) = self.tls_links.remove(&key).expect("found above");
-        for (name, link) in links {
-            if let Some(p) = self.ebpf.program_mut(name)
-                && let Ok(p) = <&mut UProbe>::try_from(p)
-            {
-                let _ = p.detach(link);
-            }
-        }
+        release_links(&mut self.ebpf, &mut self.tls_links, pid);
     }
 
     /// Forwards kernel-side log records (rare: map-full conditions) to our log.
