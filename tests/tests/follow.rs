@@ -234,15 +234,17 @@ fn busybox_httpd_fork_dup2_inetd_style() {
     ];
     let plan: Vec<(&'static str, &str)> = (0..240).map(|i| paths[i % paths.len()]).collect();
     // Spans come from the forked children, never from the accepting parent.
-    // The children move the accepted socket onto fds 0 and 1 with dup2.
+    // The children move the accepted socket onto fds 0 and 1 with dup2. A child's
+    // socket map entries are not copied at fork, so its dup2 copies nothing: the
+    // child's first read on fd 0 adopts the socket instead.
     run_against(
         &[server_pid],
         addr,
         &plan,
         &|_, pid| pid != server_pid && pid != 0,
         &[
-            "periscope_sockets_duplicated_total{stage=\"kernel\"}",
-            "periscope_sockets_duplicated_total{stage=\"agent\"}",
+            "periscope_sockets_adopted_total{stage=\"kernel\"}",
+            "periscope_sockets_adopted_total{stage=\"agent\"}",
             "periscope_connections_opened_total",
         ],
     );
