@@ -710,7 +710,7 @@ impl Targets {
         for fd in probes::existing_tcp_sockets(pid).unwrap_or_default() {
             self.probes.add_socket(pid, fd, ROLE_UNKNOWN)?;
         }
-        self.attach_tls(pid);
+        self.attach_tls(pid, false);
         if self.go_runtime {
             self.attach_go(pid);
         } else if periscope::runtime::gobin::GoBinary::open(format!("/proc/{pid}/exe")).is_ok() {
@@ -719,10 +719,11 @@ impl Targets {
         Ok(res.service_name.clone())
     }
 
-    /// Hooks the OpenSSL the process maps, if any; one line either way it goes.
-    fn attach_tls(&mut self, pid: u32) {
+    /// Hooks the OpenSSL the process maps, if any: a line when hooked or when that fails;
+    /// none found means a look again in TLS_RECHECK.
+    fn attach_tls(&mut self, pid: u32, recheck: bool) {
         self.tls_recheck.remove(&pid);
-        match self.probes.attach_tls(pid) {
+        match self.probes.attach_tls(pid, recheck) {
             Ok(Some(lib)) => {
                 tracing::info!("PID {pid}: TLS plaintext probes attached to {}", lib.name);
                 self.tls_hooked.insert(pid);
@@ -747,7 +748,7 @@ impl Targets {
             .take(16)
             .collect();
         for pid in due {
-            self.attach_tls(pid);
+            self.attach_tls(pid, true);
         }
     }
 

@@ -620,10 +620,20 @@ impl Probes {
         }) {
             return Err(ProbeError::Undeclared(name.to_string()));
         }
-        let mut report = Vec::with_capacity(PROBES.len() + GO_PROBES.len());
-        // Go uprobes are loaded now and attached per Go process later. A kernel that
-        // refuses one loses that Go feature only (attach_go says which).
-        for &(name, ..) in GO_PROBES {
+        let mut report =
+            Vec::with_capacity(PROBES.len() + GO_PROBES.len() + tls::TLS_PROGRAMS.len());
+        // Uprobes are loaded now and attached later: the Go ones per Go process, the
+        // OpenSSL ones per library file a traced process maps. A kernel that refuses one
+        // loses that feature only (attach_go / attach_tls say which).
+        let uprobes = GO_PROBES
+            .iter()
+            .map(|&(name, ..)| (name, "Go runtime"))
+            .chain(
+                tls::TLS_PROGRAMS
+                    .iter()
+                    .map(|&n| (n, "TLS plaintext (OpenSSL)")),
+            );
+        for (name, what) in uprobes {
             let failure = match ebpf.program_mut(name) {
                 None => Some("not in the eBPF object".to_string()),
                 Some(p) => match <&mut UProbe>::try_from(p) {
@@ -633,24 +643,7 @@ impl Probes {
             };
             report.push(ProgramReport {
                 name,
-                what: "Go runtime",
-                essential: false,
-                failure,
-            });
-        }
-        // OpenSSL uprobes likewise, attached per library file when a traced process
-        // maps one (attach_tls).
-        for &name in tls::TLS_PROGRAMS {
-            let failure = match ebpf.program_mut(name) {
-                None => Some("not in the eBPF object".to_string()),
-                Some(p) => match <&mut UProbe>::try_from(p) {
-                    Err(e) => Some(program_failure(name, &e)),
-                    Ok(prog) => prog.load().err().map(|e| program_failure(name, &e)),
-                },
-            };
-            report.push(ProgramReport {
-                name,
-                what: "TLS plaintext (OpenSSL)",
+                what,
                 essential: false,
                 failure,
             });
@@ -875,10 +868,15 @@ impl Probes {
 
     /// Attaches the OpenSSL uprobes for one process, once per library file (like the Go
     /// probes, for every process; the programs keep to traced ones). Returns the library
-    /// hooked, `None` when the process maps no OpenSSL.
-    pub fn attach_tls(&mut self, pid: u32) -> Result<Option<tls::SslLibrary>, ProbeError> {
+    /// hooked, `None` when the process maps no OpenSSL. `recheck`: the process was looked
+    /// at before, so its executable is known not to export OpenSSL.
+    pub fn attach_tls(
+        &mut self,
+        pid: u32,
+        recheck: bool,
+    ) -> Result<Option<tls::SslLibrary>, ProbeError> {
         use std::os::unix::fs::MetadataExt;
-        let Some(lib) = tls::find(pid) else {
+        let Some(lib) = tls::find(pid, !recheck) else {
             return Ok(None);
         };
         for &name in tls::TLS_PROGRAMS {

@@ -91,8 +91,10 @@ pub fn exports_ssl(path: &std::path::Path) -> bool {
     found == (true, true)
 }
 
-/// Finds the OpenSSL a process uses, if any.
-pub fn find(pid: u32) -> Option<SslLibrary> {
+/// Finds the OpenSSL a process uses, if any. `with_exe`: also look for the SSL symbols
+/// in its executable (parsing it is the costly part, and an executable does not change,
+/// so rechecks of a running process look at its mappings only).
+pub fn find(pid: u32, with_exe: bool) -> Option<SslLibrary> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     if let Some(lib) = libssl_in_maps(&maps) {
         return Some(SslLibrary {
@@ -101,7 +103,7 @@ pub fn find(pid: u32) -> Option<SslLibrary> {
         });
     }
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    exports_ssl(&exe).then(|| SslLibrary {
+    (with_exe && exports_ssl(&exe)).then(|| SslLibrary {
         name: std::fs::read_link(&exe)
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
