@@ -739,9 +739,12 @@ fn process_and_go_metrics_arrive_with_semconv_names_units_and_types() {
         ] {
             assert_eq!(unit(rm, name), want, "{protocol:?} {name}");
         }
+        // Semconv UpDownCounters: non-monotonic sums, cumulative under either preference.
         let one = |name: &str| {
-            let points = gauge(rm, name);
+            let (temporality, monotonic, points) = sum_points(rm, name);
+            assert_eq!((temporality, monotonic), (CUMULATIVE, false), "{name}");
             assert_eq!(points.len(), 1, "{name}");
+            assert!(points[0].start_time_unix_nano > 0, "{name}: start time");
             int(&points[0])
         };
         assert_eq!(one("process.thread.count"), 9);

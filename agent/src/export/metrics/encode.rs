@@ -50,8 +50,8 @@ pub const SERIES_OVERFLOW: &str = "periscope.metric.series.overflow";
 
 // Process metrics: semconv names
 // (<https://opentelemetry.io/docs/specs/semconv/system/process-metrics/>). Semconv makes the
-// four counts UpDownCounters; they are exported as gauges (what they are read as: a sample of
-// /proc or of the live-thread count, not a sum of increments).
+// four counts UpDownCounters: they are exported as an SDK exports an asynchronous
+// UpDownCounter, a non-monotonic cumulative sum.
 pub const PROCESS_THREAD_COUNT: &str = "process.thread.count";
 /// Monotonic sum with `cpu.mode` = `user` | `system`.
 pub const PROCESS_CPU_TIME: &str = "process.cpu.time";
@@ -89,6 +89,10 @@ enum Kind {
     Histogram,
     /// A monotonic sum (counter); delta or cumulative per `counters_delta`.
     Sum,
+    /// A non-monotonic sum: semconv's UpDownCounters (a count of live things). Always
+    /// cumulative from the process start, as the OTel SDKs' delta temporality selector keeps
+    /// UpDownCounters cumulative (a delta of a level means nothing on its own).
+    UpDownSum,
     Gauge,
     /// Always cumulative: OTLP summaries have no temporality.
     Summary,
@@ -170,7 +174,7 @@ const FAMILIES: [Family; 25] = [
         PROCESS_THREAD_COUNT,
         "{thread}",
         "Live OS threads of the process.",
-        Kind::Gauge,
+        Kind::UpDownSum,
     ),
     fam(
         PROCESS_CPU_TIME,
@@ -182,25 +186,25 @@ const FAMILIES: [Family; 25] = [
         PROCESS_MEMORY_USAGE,
         "By",
         "Resident memory of the process.",
-        Kind::Gauge,
+        Kind::UpDownSum,
     ),
     fam(
         PROCESS_MEMORY_VIRTUAL,
         "By",
         "Virtual memory size of the process.",
-        Kind::Gauge,
+        Kind::UpDownSum,
     ),
     fam(
         PROCESS_FILE_DESCRIPTOR_COUNT,
         "{file_descriptor}",
         "Open file descriptors of the process.",
-        Kind::Gauge,
+        Kind::UpDownSum,
     ),
     fam(
         GO_GOROUTINE_COUNT,
         "{goroutine}",
         "Live user goroutines.",
-        Kind::Gauge,
+        Kind::UpDownSum,
     ),
     fam(
         GO_GC_CYCLES,
@@ -226,19 +230,19 @@ const FAMILIES: [Family; 25] = [
         "1 for each goroutine creation site suspected of leaking.",
         Kind::Gauge,
     ),
-    // Semconv makes the gauges below UpDownCounters (non-monotonic sums); they are
-    // observed values, exported as gauges.
+    // OTel Go runtime semconv: go.memory.allocated and .allocations are Counters, the rest
+    // UpDownCounters.
     fam(
         GO_MEMORY_USED,
         "By",
         "Memory used by the Go runtime (total mapped minus released heap).",
-        Kind::Gauge,
+        Kind::UpDownSum,
     ),
     fam(
         GO_MEMORY_LIMIT,
         "By",
         "Go runtime memory limit configured by the user, if a limit exists.",
-        Kind::Gauge,
+        Kind::UpDownSum,
     ),
     fam(
         GO_MEMORY_ALLOCATED,
@@ -256,19 +260,19 @@ const FAMILIES: [Family; 25] = [
         GO_MEMORY_GC_GOAL,
         "By",
         "Heap size target for the end of the GC cycle.",
-        Kind::Gauge,
+        Kind::UpDownSum,
     ),
     fam(
         GO_PROCESSOR_LIMIT,
         "{thread}",
         "The number of OS threads that can execute user-level Go code simultaneously (GOMAXPROCS).",
-        Kind::Gauge,
+        Kind::UpDownSum,
     ),
     fam(
         GO_CONFIG_GOGC,
         "%",
         "Heap size target percentage configured by the user, otherwise 100.",
-        Kind::Gauge,
+        Kind::UpDownSum,
     ),
 ];
 const ROUTE_OVERFLOW_FAMILY: usize = 6;
@@ -935,7 +939,7 @@ impl Packer {
                             aggregation_temporality: temporality(self.hist_delta),
                         })
                     }
-                    Kind::Sum | Kind::Gauge => {
+                    Kind::Sum | Kind::UpDownSum | Kind::Gauge => {
                         let data_points = points
                             .into_iter()
                             .filter_map(|p| match p {
@@ -949,19 +953,26 @@ impl Packer {
                                 }),
                                 Point::Num(mut n) => {
                                     n.time_unix_nano = now;
+                                    if family.kind == Kind::UpDownSum {
+                                        n.start_time_unix_nano = start;
+                                    }
                                     Some(n)
                                 }
                                 _ => None,
                             })
                             .collect();
-                        if family.kind == Kind::Gauge {
-                            metric::Data::Gauge(proto::Gauge { data_points })
-                        } else {
-                            metric::Data::Sum(proto::Sum {
+                        match family.kind {
+                            Kind::Gauge => metric::Data::Gauge(proto::Gauge { data_points }),
+                            Kind::UpDownSum => metric::Data::Sum(proto::Sum {
+                                data_points,
+                                aggregation_temporality: temporality(false),
+                                is_monotonic: false,
+                            }),
+                            _ => metric::Data::Sum(proto::Sum {
                                 data_points,
                                 aggregation_temporality: temporality(self.counter_delta),
                                 is_monotonic: true,
-                            })
+                            }),
                         }
                     }
                     Kind::Summary => {
@@ -1862,6 +1873,55 @@ mod tests {
     }
 
     #[test]
+    fn go_memory_semconv_counters_are_monotonic_and_the_rest_up_down() {
+        let m = Metrics::default();
+        m.add_service(&resource(1, "a"), T0);
+        let mut g = go(3);
+        g.mem = Some(crate::runtime::gomem::GoMemStats {
+            sys: 40 << 20,
+            heap_released: 8 << 20,
+            total_alloc: 900 << 20,
+            mallocs: 12_345,
+            next_gc: 16 << 20,
+            gogc: 100,
+            memory_limit: 1 << 30,
+            gomaxprocs: Some(2),
+            ..Default::default()
+        });
+        m.set_go(1, g);
+        for pref in [
+            TemporalityPreference::Cumulative,
+            TemporalityPreference::Delta,
+        ] {
+            let b = one(Collector::new(pref).collect(m.snapshot(), T0 + SEC));
+            let rm = &b.request.resource_metrics[0];
+            for (name, unit, monotonic, value) in [
+                (GO_MEMORY_USED, "By", false, 32 << 20),
+                (GO_MEMORY_LIMIT, "By", false, 1 << 30),
+                (GO_MEMORY_ALLOCATED, "By", true, 900 << 20),
+                (GO_MEMORY_ALLOCATIONS, "{allocation}", true, 12_345),
+                (GO_MEMORY_GC_GOAL, "By", false, 16 << 20),
+                (GO_PROCESSOR_LIMIT, "{thread}", false, 2),
+                (GO_CONFIG_GOGC, "%", false, 100),
+            ] {
+                let metric = metric(rm, name);
+                assert_eq!(metric.unit, unit, "{name}");
+                let s = sum(metric);
+                assert_eq!(s.is_monotonic, monotonic, "{name}");
+                // Up-down counters stay cumulative whatever the preference.
+                let want = if monotonic && pref == TemporalityPreference::Delta {
+                    AggregationTemporality::Delta
+                } else {
+                    AggregationTemporality::Cumulative
+                };
+                assert_eq!(s.aggregation_temporality, want as i32, "{name} {pref:?}");
+                assert_eq!(s.data_points.len(), 1, "{name}");
+                assert_eq!(int(&s.data_points[0]), value, "{name}");
+            }
+        }
+    }
+
+    #[test]
     fn process_and_go_views_convert_with_semconv_names_units_and_types() {
         let m = Metrics::default();
         let r = resource(1, "a");
@@ -1886,9 +1946,18 @@ mod tests {
         ] {
             assert_eq!(unit(name), want, "{name}");
         }
+        // Semconv UpDownCounters: non-monotonic cumulative sums.
         let g = |name: &str| {
-            let points = &gauge(metric(rm, name)).data_points;
+            let s = sum(metric(rm, name));
+            assert!(!s.is_monotonic, "{name}");
+            assert_eq!(
+                s.aggregation_temporality,
+                AggregationTemporality::Cumulative as i32,
+                "{name}"
+            );
+            let points = &s.data_points;
             assert_eq!(points.len(), 1, "{name}");
+            assert_eq!(points[0].start_time_unix_nano, T0, "{name}");
             assert_eq!(points[0].time_unix_nano, T0 + SEC);
             int(&points[0])
         };
@@ -2061,7 +2130,7 @@ mod tests {
         assert_eq!(cpu(rm, "system"), None);
         assert!(!has(rm, GO_GC_CYCLES));
         assert_eq!(
-            int(&gauge(metric(rm, GO_GOROUTINE_COUNT)).data_points[0]),
+            int(&sum(metric(rm, GO_GOROUTINE_COUNT)).data_points[0]),
             530
         );
 
