@@ -759,6 +759,12 @@ impl Targets {
                 plan
             }
             Ok(None) => return,
+            // A short-lived process can exit between discovery and this read: that is
+            // no warning (a churn of cron-like jobs printed one per job).
+            Err(e) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                tracing::debug!("PID {pid} exited before its Go runtime was read: {e}");
+                return;
+            }
             Err(e) => {
                 eprintln!("periscope: warning: PID {pid}: Go runtime metrics unavailable: {e}");
                 return;
