@@ -473,18 +473,32 @@ const HEAD_MASK: usize = 2 * MAX_HEAD - 1;
 const TAIL_MASK: usize = 2 * MAX_TAIL - 1;
 const OUT_MASK: usize = SCRATCH_PAYLOAD - 1;
 
-/// `v`, hidden from the optimizer, so that a mask applied to it is really executed.
+/// Where [`launder`] parks a value: the scratch payload's last 8 bytes, past anything a
+/// copy writes (`MAX_HEAD + MAX_TAIL` bytes at most).
+const LAUNDER_OFF: usize = SCRATCH_PAYLOAD - 8;
+const _: () = assert!(MAX_PAYLOAD <= LAUNDER_OFF);
+
+/// `v`, hidden from both the optimizer and the verifier, so that a mask applied to it
+/// is really executed and is all the verifier knows about it.
 ///
 /// LLVM drops a mask it can prove redundant (`head & HEAD_MASK` when `head <= MAX_HEAD`
 /// on every real path). Verifiers before Linux ~6.8 also walk branches that cannot
-/// happen, where the register holding `head` then has impossible bounds (Debian's
-/// 6.1: `umin=2048, umax=2047`); adding such a register to the scratch-buffer pointer
-/// turns the pointer into a scalar, and the copy is rejected ("R1 type=scalar
-/// expected=... map_value"). An executed mask gives the register sane bounds again.
+/// happen, where the register holding `head` then has impossible bounds (Debian's 6.1:
+/// `umin=2048, umax=2047`); adding such a register to the scratch-buffer pointer turns
+/// the pointer into a scalar, and the copy is rejected ("R1 type=scalar expected=...
+/// map_value"). A volatile stack slot is not enough: the verifier tracks spilled
+/// scalars, the impossible bounds survive it and `& HEAD_MASK` keeps bit 11 set
+/// (`var_off=(0x800; 0x7ff)`), which is how 6.1 rejected `sys_exit_read` in the iovec
+/// loop once the classifier changed the register allocation. A value read back from
+/// map memory is an unknown scalar on every kernel, whatever the compiler emits.
 #[inline(always)]
-fn opaque(v: usize) -> usize {
-    // SAFETY: a volatile read of a local.
-    unsafe { core::ptr::read_volatile(&v) }
+fn launder(buf: *mut DataEventBuf, v: usize) -> usize {
+    // SAFETY: `buf` is the per-CPU scratch value; LAUNDER_OFF + 8 <= SCRATCH_PAYLOAD.
+    unsafe {
+        let slot = (*buf).payload.as_mut_ptr().add(LAUNDER_OFF).cast::<u64>();
+        core::ptr::write_volatile(slot, v as u64);
+        core::ptr::read_volatile(slot as *const u64) as usize
+    }
 }
 
 /// Copies `len` user bytes from `src` to `payload[off..]`. The masks are what the
@@ -497,8 +511,8 @@ fn copy_user<const LEN_MASK: usize>(
     len: usize,
     src: u64,
 ) -> Result<(), i64> {
-    let off = opaque(off) & HEAD_MASK;
-    let len = opaque(len) & LEN_MASK;
+    let off = launder(buf, off) & HEAD_MASK;
+    let len = launder(buf, len) & LEN_MASK;
     if len == 0 {
         return Ok(());
     }
@@ -592,7 +606,7 @@ pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32
             class as u32 | generation,
         );
     }
-    let size = core::mem::size_of::<DataEvent>() + (opaque(head + tail) & OUT_MASK);
+    let size = core::mem::size_of::<DataEvent>() + (launder(buf, head + tail) & OUT_MASK);
     let bytes: &[u8] = unsafe {
         core::slice::from_raw_parts(buf as *const u8, core::mem::size_of::<DataEventBuf>())
     };
