@@ -563,6 +563,7 @@ mod tests {
                 sockmap_full: 105,
                 adopted: 106,
                 dups: 107,
+                ..KernelStats::default()
             },
             tracker: TrackerStats {
                 conns_opened: 201,
