@@ -327,7 +327,12 @@ pub fn bench() -> Result<()> {
         &["wrk", "nginx"],
         "load generator and a reference server for the benchmark",
     )?;
-    let agent = build::build_all()?;
+    // Another build of the agent (say main's, for a side-by-side with a branch), or this tree's.
+    let agent = match std::env::var_os("PERISCOPE_BENCH_AGENT") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => build::build_all()?,
+    };
+    println!("periscope bench: agent {}", agent.display());
     let go = tools::go_toolchains(&["1.25"])?;
     let dir = tools::repo_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
