@@ -981,6 +981,14 @@ fn event_loop(
         reorder.release(now, stopping, |record| {
             apply(record, &mut t, &mut discovery, telemetry, &mut emit)
         });
+        // Sockets whose parser gave up: the kernel stops copying their payload.
+        let mutes: Vec<(u32, u32, u16)> = t.tracker.take_mutes().collect();
+        for (pid, fd, generation) in mutes {
+            let ok = t
+                .probes
+                .set_class(pid, fd, generation, periscope_common::CLASS_MUTED);
+            t.tracker.mute_done(ok);
+        }
         let publish = |t: &Targets, reorder: &periscope::events::reorder::Reorder| {
             telemetry.publish(Snapshot {
                 kernel: t.probes.stats(),

@@ -222,7 +222,11 @@ pub struct DataEvent {
     pub tail_len: u32,
     /// The syscall, one of the `SYS_*` ids below (diagnostics only).
     pub syscall: u32,
-    pub _pad: u32,
+    /// The socket's class (`CLASS_*`) after this syscall in the low byte, its
+    /// `SockInfo::generation` in the high 16 bits. For [`CLASS_TLS`], [`CLASS_UNKNOWN`]
+    /// and [`CLASS_MUTED`] no payload follows (`head_len` and `tail_len` are 0): the
+    /// event only says how many bytes moved.
+    pub class: u32,
 }
 const _: () = assert!(size_of::<DataEvent>() == 56);
 
@@ -411,8 +415,14 @@ pub const STAT_SOCKMAP_FULL: u32 = 4;
 pub const STAT_ADOPTED: u32 = 5;
 /// Socket fds duplicated by a traced process (dup, dup2, dup3, fcntl F_DUPFD).
 pub const STAT_DUPS: u32 = 6;
-pub const STAT_COUNT: u32 = 8;
-const _: () = assert!(STAT_DUPS < STAT_COUNT);
+/// Sockets classified on their first bytes, one counter per class:
+/// `STAT_CLASSIFIED + class - 1` for [`CLASS_HTTP1`]..=[`CLASS_DEFERRED`].
+pub const STAT_CLASSIFIED: u32 = 8;
+/// Bytes moved on sockets whose payload is not copied to userspace (classes
+/// [`CLASS_TLS`], [`CLASS_UNKNOWN`], [`CLASS_MUTED`]), first chunk included.
+pub const STAT_PAYLOAD_SUPPRESSED: u32 = STAT_CLASSIFIED + CLASS_DEFERRED as u32;
+pub const STAT_COUNT: u32 = 16;
+const _: () = assert!(STAT_DUPS < STAT_COUNT && STAT_PAYLOAD_SUPPRESSED < STAT_COUNT);
 
 /// Offsets into tracepoint records, patched into the kernel object's `TP_FIELDS` at
 /// load time from tracefs (`events/<sys>/<name>/format`): record layouts differ between
@@ -461,6 +471,201 @@ pub struct TargetInfo {
 }
 const _: () = assert!(size_of::<TargetInfo>() == 8);
 
+/// Value of the tracked-socket map (`SOCKS`): what the kernel knows of one socket fd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    /// [`ROLE_SERVER`], [`ROLE_CLIENT`] or [`ROLE_UNKNOWN`] (adopted or found at attach
+    /// time: possibly joined mid-stream).
+    pub role: u32,
+    /// A `CLASS_*` id: what its first bytes say it speaks, or that the agent muted it.
+    pub class: u8,
+    /// `SOCK_*` bits.
+    pub flags: u8,
+    /// Set by the kernel when it starts tracking the socket, different (mostly) for the
+    /// next socket on the same fd number: the agent's mute names the socket it means,
+    /// not whatever reuses its fd by the time the mute is written.
+    pub generation: u16,
+}
+const _: () = assert!(size_of::<SockInfo>() == 8);
+const _: () = assert!(CLASSIFY_LEN.is_power_of_two() && CLASSIFY_LEN > MAX_METHOD + 2);
+/// The class was decided on bytes the process wrote (else: read).
+pub const SOCK_CLASSIFIED_EGRESS: u8 = 1;
+
+impl SockInfo {
+    pub fn new(role: u32) -> Self {
+        Self {
+            role,
+            ..Self::default()
+        }
+    }
+}
+
+/// Socket classes (`SockInfo::class`, `DataEvent::class`). Never renumber.
+/// No data moved yet: the next data syscall classifies the socket.
+pub const CLASS_UNSEEN: u8 = 0;
+/// An HTTP/1.x request or status line: payload captured.
+pub const CLASS_HTTP1: u8 = 1;
+/// The HTTP/2 client preface: payload captured.
+pub const CLASS_HTTP2: u8 = 2;
+/// A TLS record header: ciphertext, never copied (plaintext comes from TLS uprobes).
+pub const CLASS_TLS: u8 = 3;
+/// Anything else (binary protocols, Redis, garbage): never copied.
+pub const CLASS_UNKNOWN: u8 = 4;
+/// The first bytes could not decide (too short, or a socket joined mid-stream):
+/// payload captured and the agent's parser decides (it may mute the socket).
+pub const CLASS_DEFERRED: u8 = 5;
+/// The agent's parser gave up on this socket (not HTTP, or an upgraded/tunnelled
+/// stream) and told the kernel to stop copying its payload.
+pub const CLASS_MUTED: u8 = 6;
+
+/// Whether a socket of this class has its payload copied to userspace.
+#[inline(always)]
+pub fn class_captures(class: u8) -> bool {
+    !matches!(class, CLASS_TLS | CLASS_UNKNOWN | CLASS_MUTED)
+}
+
+/// How many first bytes [`classify`] looks at (a power of two, for index masks): more
+/// than the longest method token the agent's HTTP/1 parser accepts (20), a space and
+/// one byte of the target.
+pub const CLASSIFY_LEN: usize = 32;
+
+/// What a socket's first bytes say, before the kernel maps it to a stored class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    Http1,
+    Http2,
+    Tls,
+    Unknown,
+    /// The bytes are a strict prefix of something we would capture: too short to tell.
+    NeedMore,
+}
+
+/// Methods taken as HTTP/1 whatever their target looks like (absolute-form and
+/// authority-form targets included), each with its space.
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"HEAD ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+const H1_RESPONSE: &[u8] = b"HTTP/1.";
+/// The agent's HTTP/1 parser takes any method token up to this long.
+const MAX_METHOD: usize = 20;
+
+/// How `first[..len]` relates to `pat`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prefix {
+    /// `first` starts with all of `pat`.
+    Whole,
+    /// `first` is shorter than `pat` and is a prefix of it.
+    Part,
+    No,
+}
+
+#[inline(always)]
+fn prefix(first: &[u8; CLASSIFY_LEN], len: usize, pat: &[u8]) -> Prefix {
+    // Indices are below `pat.len()` (a constant <= CLASSIFY_LEN after inlining), so
+    // the kernel build has no bounds checks left to fail.
+    for (i, (&p, &b)) in pat.iter().zip(first.iter()).enumerate() {
+        if i >= len {
+            return Prefix::Part;
+        }
+        if p != b {
+            return Prefix::No;
+        }
+    }
+    Prefix::Whole
+}
+
+/// Decides what a socket speaks from the first bytes it moved: `first[..len]` (`len`
+/// at most [`CLASSIFY_LEN`]; later bytes are ignored). Pure, bounded and without
+/// loops over `len`, so that the kernel programs run it as is; the agent's unit tests
+/// and fuzzers run the very same code. A short first chunk that could still become a
+/// request or status line (a client writing byte by byte) is `NeedMore`, never
+/// `Unknown`: muting HTTP by mistake would lose spans, keeping garbage only costs copies.
+#[inline(always)]
+pub fn classify(first: &[u8; CLASSIFY_LEN], len: usize) -> Class {
+    let len = if len > CLASSIFY_LEN {
+        CLASSIFY_LEN
+    } else {
+        len
+    };
+    if len == 0 {
+        return Class::NeedMore;
+    }
+    // TLS record header: content type (change_cipher_spec, alert, handshake,
+    // application_data), then protocol version 3.0 (SSL 3) to 3.4.
+    if (0x14..=0x17).contains(&first[0]) {
+        if len < 2 || (first[1] == 3 && len < 3) {
+            return Class::NeedMore;
+        }
+        if first[1] == 3 && first[2] <= 4 {
+            return Class::Tls;
+        }
+        return Class::Unknown;
+    }
+    match prefix(first, len, H2_PREFACE) {
+        Prefix::Whole => return Class::Http2,
+        // Would pass for an extension method below, but it is HTTP/2's start.
+        Prefix::Part => return Class::NeedMore,
+        Prefix::No => {}
+    }
+    let mut need_more = false;
+    match prefix(first, len, H1_RESPONSE) {
+        Prefix::Whole => return Class::Http1,
+        Prefix::Part => need_more = true,
+        Prefix::No => {}
+    }
+    for m in METHODS {
+        match prefix(first, len, m) {
+            Prefix::Whole => return Class::Http1,
+            Prefix::Part => need_more = true,
+            Prefix::No => {}
+        }
+    }
+    // Any other method token (WebDAV, PURGE, ...) with an origin-form or `*` target:
+    // `TOKEN SP /` or `TOKEN SP *`.
+    let mut token = 0;
+    for (i, &b) in first.iter().enumerate() {
+        if i >= len || !(b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+            break;
+        }
+        token = i + 1;
+    }
+    if token == len && token <= MAX_METHOD {
+        need_more = true;
+    } else if token > 0 && token <= MAX_METHOD && first[token & (CLASSIFY_LEN - 1)] == b' ' {
+        if token + 1 >= len {
+            need_more = true;
+        } else {
+            let t = first[(token + 1) & (CLASSIFY_LEN - 1)];
+            if t == b'/' || t == b'*' {
+                return Class::Http1;
+            }
+        }
+    }
+    if need_more {
+        Class::NeedMore
+    } else {
+        Class::Unknown
+    }
+}
+
+/// [`classify`] on a slice (userspace).
+pub fn classify_bytes(bytes: &[u8]) -> Class {
+    let mut first = [0u8; CLASSIFY_LEN];
+    let len = bytes.len().min(CLASSIFY_LEN);
+    first[..len].copy_from_slice(&bytes[..len]);
+    classify(&first, len)
+}
+
 /// Key of the tracked-socket map.
 pub fn sock_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
@@ -474,4 +679,111 @@ mod user {
     unsafe impl aya::Pod for super::GoProcInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockInfo {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    /// First bytes of real traffic (captured from the programs named), and what the
+    /// kernel must decide on each.
+    const TABLE: &[(&str, &[u8], Class)] = &[
+        (
+            "curl 8 request",
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n",
+            Class::Http1,
+        ),
+        (
+            "nginx 1.22 response",
+            b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 05 Dec 2026 14:00:00 GMT\r\n",
+            Class::Http1,
+        ),
+        (
+            "python http.server HTTP/1.0 response",
+            b"HTTP/1.0 404 File not found\r\n",
+            Class::Http1,
+        ),
+        (
+            "h2 client preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00",
+            Class::Http2,
+        ),
+        (
+            "openssl s_client TLS 1.2 ClientHello record",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x8a\x1f",
+            Class::Tls,
+        ),
+        (
+            "TLS application data",
+            b"\x17\x03\x03\x00\x1c\xde\xad",
+            Class::Tls,
+        ),
+        ("redis RESP PING", b"*1\r\n$4\r\nPING\r\n", Class::Unknown),
+        ("redis reply", b"+PONG\r\n", Class::Unknown),
+        ("redis inline", b"PING\r\n", Class::Unknown),
+        ("random bytes", b"\x9c\x04\xf1\x00\x7f\x13\x88\xfe\x01", Class::Unknown),
+        ("SSH banner", b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n", Class::Unknown),
+        ("lowercase method", b"get / HTTP/1.1\r\n", Class::Unknown),
+        ("WebDAV PROPFIND", b"PROPFIND /dav/ HTTP/1.1\r\n", Class::Http1),
+        ("proxy absolute form", b"GET http://example.com/ HTTP/1.1\r\n", Class::Http1),
+        ("CONNECT authority form", b"CONNECT example.com:443 HTTP/1.1\r\n", Class::Http1),
+        ("OPTIONS asterisk", b"OPTIONS * HTTP/1.1\r\n", Class::Http1),
+        ("token without a target", b"SET key value\r\n", Class::Unknown),
+        ("HTTP/2 status line is not HTTP/1", b"HTTP/2 200\r\n", Class::Unknown),
+        // A slow client writes its request byte by byte: never muted for that.
+        ("one byte of GET", b"G", Class::NeedMore),
+        ("GET without its space", b"GET", Class::NeedMore),
+        ("start of a status line", b"HTTP/", Class::NeedMore),
+        ("start of the h2 preface", b"PRI * HTT", Class::NeedMore),
+        ("start of a TLS header", b"\x16\x03", Class::NeedMore),
+        ("extension token cut", b"PROPFIND", Class::NeedMore),
+        ("extension token and space", b"PROPFIND ", Class::NeedMore),
+        ("TLS type with another version", b"\x16\x01\x00", Class::Unknown),
+        ("too long a token", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ /", Class::Unknown),
+    ];
+
+    #[test]
+    fn classifies_real_first_bytes() {
+        for (name, bytes, want) in TABLE {
+            assert_eq!(classify_bytes(bytes), *want, "{name}");
+        }
+    }
+
+    /// Whatever bytes follow, a prefix that decided keeps its decision: the kernel sees
+    /// only the first syscall's bytes, the agent's fuzzers whole streams.
+    #[test]
+    fn decision_is_stable_under_longer_input() {
+        for (name, bytes, want) in TABLE {
+            if *want == Class::NeedMore {
+                continue;
+            }
+            let mut longer = std::vec::Vec::from(*bytes);
+            longer.extend_from_slice(&[0xAA; 40]);
+            assert_eq!(classify_bytes(&longer), *want, "{name}");
+        }
+    }
+
+    /// No input of any length panics, and deciding never needs more than the window.
+    #[test]
+    fn total_on_every_short_input() {
+        let mut x: u32 = 0x1234_5678;
+        for n in 0..=64 {
+            for _ in 0..2000 {
+                let mut v = std::vec::Vec::with_capacity(n);
+                for _ in 0..n {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    v.push(x as u8);
+                }
+                let c = classify_bytes(&v);
+                if n >= CLASSIFY_LEN {
+                    assert_ne!(c, Class::NeedMore, "{v:?}");
+                }
+            }
+        }
+    }
 }

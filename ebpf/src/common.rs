@@ -95,6 +95,13 @@ pub fn count(stat: u32) {
 }
 
 #[inline(always)]
+pub fn count_n(stat: u32, n: u64) {
+    if let Some(v) = STATS.get_ptr_mut(stat) {
+        unsafe { *v += n };
+    }
+}
+
+#[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
     unsafe { TARGETS.get(&tgid).is_some() }
 }

@@ -13,6 +13,7 @@
 #![no_std]
 #![no_main]
 
+mod classify;
 mod common;
 mod go;
 mod net;

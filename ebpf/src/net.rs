@@ -15,9 +15,10 @@ use periscope_common::*;
 
 use crate::common::*;
 
-/// Sockets of traced processes, keyed by `sock_key(tgid, fd)`; value = role.
+/// Sockets of traced processes, keyed by `sock_key(tgid, fd)`: role and class. The
+/// agent writes a socket's class back when its parser gives up on it (`CLASS_MUTED`).
 #[map]
-static SOCKS: HashMap<u64, u32> = HashMap::with_max_entries(262_144, 0);
+static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(262_144, 0);
 
 /// Arguments of an in-flight syscall, keyed by pid_tgid (one syscall per thread at a time).
 #[map]
@@ -55,6 +56,9 @@ pub(crate) struct Stash {
     /// the attempt ends).
     pub syn_sent: u32,
     pub local_addr: [u8; 16],
+    /// Data syscalls: the socket's class when the syscall was entered.
+    pub class: u32,
+    pub _pad: u32,
 }
 
 impl Stash {
@@ -70,6 +74,8 @@ impl Stash {
             local_port: 0,
             syn_sent: 0,
             local_addr: [0; 16],
+            class: CLASS_UNSEEN as u32,
+            _pad: 0,
         }
     }
 }
@@ -82,6 +88,15 @@ const STASH_BIND: u32 = 102;
 pub(crate) const STASH_CLOSE: u32 = 103;
 /// dup/dup2/dup3/fcntl(F_DUPFD*) of a tracked socket: `fd` is the old fd.
 const STASH_DUP: u32 = 104;
+
+/// A socket entry with a fresh generation (see `SockInfo::generation`).
+#[inline(always)]
+fn new_sock(role: u32) -> SockInfo {
+    SockInfo {
+        generation: (unsafe { bpf_ktime_get_ns() } >> 10) as u16,
+        ..SockInfo::new(role)
+    }
+}
 
 #[inline(always)]
 fn is_sock(tgid: u32, fd: u32) -> bool {
@@ -252,7 +267,7 @@ fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
         output(&ev);
         return Ok(());
     }
-    if SOCKS.insert(&sock_key(tgid, fd), &role, 0).is_err() {
+    if SOCKS.insert(&sock_key(tgid, fd), &new_sock(role), 0).is_err() {
         count(STAT_SOCKMAP_FULL);
         warn!(ctx, "periscope: socket map full, fd {} not traced", fd);
         return Ok(());
@@ -269,13 +284,20 @@ fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let fd = arg(ctx, 0) as u32;
-    if !is_sock(tgid, fd) && !(is_target(tgid) && adopt(pid_tgid, fd)) {
-        return 0;
-    }
-    // Ciphertext of an OpenSSL call: its plaintext comes from the TLS uprobes.
-    if crate::tls::inner_syscall(pid_tgid, fd) {
-        return 0;
-    }
+    let class = match unsafe { SOCKS.get(&sock_key(tgid, fd)) } {
+        Some(info) => info.class as u32 | (info.generation as u32) << 16,
+        None if is_target(tgid) && adopt(pid_tgid, fd) => match unsafe {
+            SOCKS.get(&sock_key(tgid, fd))
+        } {
+            Some(info) => (info.generation as u32) << 16,
+            None => 0,
+        },
+        None => return 0,
+    };
+    // Inside an OpenSSL call this syscall names the call's socket. Its bytes are
+    // ciphertext: the classifier finds them TLS and sends only their count; the
+    // plaintext comes from the TLS uprobes.
+    crate::tls::inner_syscall(pid_tgid, fd);
     let (ptr, iovcnt) = match syscall {
         SYS_READV | SYS_WRITEV => (arg(ctx, 1), arg(ctx, 2)),
         SYS_RECVMSG | SYS_SENDMSG => {
@@ -287,7 +309,9 @@ fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
         }
         _ => (arg(ctx, 1), 0),
     };
-    stash(pid_tgid, Stash::new(syscall, fd, ptr, iovcnt));
+    let mut s = Stash::new(syscall, fd, ptr, iovcnt);
+    s.class = class;
+    stash(pid_tgid, s);
     0
 }
 
@@ -301,7 +325,11 @@ fn adopt(pid_tgid: u64, fd: u32) -> bool {
         return false;
     };
     if SOCKS
-        .insert(&sock_key((pid_tgid >> 32) as u32, fd), &ROLE_UNKNOWN, 0)
+        .insert(
+            &sock_key((pid_tgid >> 32) as u32, fd),
+            &new_sock(ROLE_UNKNOWN),
+            0,
+        )
         .is_err()
     {
         count(STAT_SOCKMAP_FULL);
@@ -383,28 +411,94 @@ fn exit_data(ctx: &TracePointContext, direction: u32) -> u32 {
     if direction == DIR_INGRESS {
         go_first_reader(pid_tgid, s.fd);
     }
+    if !class_captures(s.class as u8) {
+        // Only the count: the tracker still sees the connection live and its sizes.
+        count_n(STAT_PAYLOAD_SUPPRESSED, rv as u64);
+        output(&data_event(pid_tgid, &s, rv as u64, direction, 0, 0, s.class));
+        return 0;
+    }
     if try_emit_data(pid_tgid, &s, rv as u64, direction).is_err() {
         count(STAT_READ_ERRORS);
     }
     0
 }
 
+#[inline(always)]
+fn data_event(
+    pid_tgid: u64,
+    s: &Stash,
+    total: u64,
+    direction: u32,
+    head: usize,
+    tail: usize,
+    class: u32,
+) -> DataEvent {
+    let mut hdr = header(EventKind::Data, pid_tgid);
+    if direction == DIR_EGRESS {
+        hdr.ts_ns = s.enter_ns;
+    }
+    DataEvent {
+        header: hdr,
+        fd: s.fd,
+        direction,
+        total_len: total,
+        head_len: head as u32,
+        tail_len: tail as u32,
+        syscall: s.syscall,
+        class,
+    }
+}
+
+/// The socket's first chunk with bytes in it is in the scratch buffer: decide its class
+/// from them and store it. Returns the class the event carries.
+#[inline(never)]
+fn classify_first(pid_tgid: u64, s: &Stash, buf: *const DataEventBuf, head: usize, egress: bool) -> u8 {
+    let key = sock_key((pid_tgid >> 32) as u32, s.fd);
+    // Closed meanwhile by another thread: nothing to store, keep the bytes.
+    let Some(info) = SOCKS.get_ptr_mut(&key) else {
+        return CLASS_DEFERRED;
+    };
+    let class = unsafe { crate::classify::decide(&(*buf).payload, head, (*info).role) };
+    unsafe {
+        (*info).class = class;
+        if egress {
+            (*info).flags |= SOCK_CLASSIFIED_EGRESS;
+        }
+    }
+    count(STAT_CLASSIFIED + class as u32 - 1);
+    class
+}
+
 const HEAD_MASK: usize = 2 * MAX_HEAD - 1;
 const TAIL_MASK: usize = 2 * MAX_TAIL - 1;
 const OUT_MASK: usize = SCRATCH_PAYLOAD - 1;
 
-/// `v`, hidden from the optimizer, so that a mask applied to it is really executed.
+/// Where [`launder`] parks a value: the scratch payload's last 8 bytes, past anything a
+/// copy writes (`MAX_HEAD + MAX_TAIL` bytes at most).
+const LAUNDER_OFF: usize = SCRATCH_PAYLOAD - 8;
+const _: () = assert!(MAX_PAYLOAD <= LAUNDER_OFF);
+
+/// `v`, hidden from both the optimizer and the verifier, so that a mask applied to it
+/// is really executed and is all the verifier knows about it.
 ///
 /// LLVM drops a mask it can prove redundant (`head & HEAD_MASK` when `head <= MAX_HEAD`
 /// on every real path). Verifiers before Linux ~6.8 also walk branches that cannot
-/// happen, where the register holding `head` then has impossible bounds (Debian's
-/// 6.1: `umin=2048, umax=2047`); adding such a register to the scratch-buffer pointer
-/// turns the pointer into a scalar, and the copy is rejected ("R1 type=scalar
-/// expected=... map_value"). An executed mask gives the register sane bounds again.
+/// happen, where the register holding `head` then has impossible bounds (Debian's 6.1:
+/// `umin=2048, umax=2047`); adding such a register to the scratch-buffer pointer turns
+/// the pointer into a scalar, and the copy is rejected ("R1 type=scalar expected=...
+/// map_value"). A volatile stack slot is not enough: the verifier tracks spilled
+/// scalars, the impossible bounds survive it and `& HEAD_MASK` keeps bit 11 set
+/// (`var_off=(0x800; 0x7ff)`), which is how 6.1 rejected `sys_exit_read` in the iovec
+/// loop once the classifier changed the register allocation. A value read back from
+/// map memory is an unknown scalar on every kernel, whatever the compiler emits.
 #[inline(always)]
-fn opaque(v: usize) -> usize {
-    // SAFETY: a volatile read of a local.
-    unsafe { core::ptr::read_volatile(&v) }
+fn launder(buf: *mut DataEventBuf, v: usize) -> usize {
+    // SAFETY: `buf` is the per-CPU scratch value; LAUNDER_OFF + 8 <= SCRATCH_PAYLOAD.
+    unsafe {
+        let slot = (*buf).payload.as_mut_ptr().add(LAUNDER_OFF).cast::<u64>();
+        core::ptr::write_volatile(slot, v as u64);
+        core::ptr::read_volatile(slot as *const u64) as usize
+    }
 }
 
 /// Copies `len` user bytes from `src` to `payload[off..]`. The masks are what the
@@ -417,8 +511,8 @@ fn copy_user<const LEN_MASK: usize>(
     len: usize,
     src: u64,
 ) -> Result<(), i64> {
-    let off = opaque(off) & HEAD_MASK;
-    let len = opaque(len) & LEN_MASK;
+    let off = launder(buf, off) & HEAD_MASK;
+    let len = launder(buf, len) & LEN_MASK;
     if len == 0 {
         return Ok(());
     }
@@ -491,23 +585,28 @@ pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32
             }
         }
     }
-    let mut hdr = header(EventKind::Data, pid_tgid);
-    if direction == DIR_EGRESS {
-        hdr.ts_ns = s.enter_ns;
+    let mut class = s.class as u8;
+    let generation = s.class & 0xffff_0000;
+    if class == CLASS_UNSEEN && head > 0 {
+        class = classify_first(pid_tgid, s, buf, head, direction == DIR_EGRESS);
+        if !class_captures(class) {
+            count_n(STAT_PAYLOAD_SUPPRESSED, total);
+            head = 0;
+            tail = 0;
+        }
     }
     unsafe {
-        (*buf).event = DataEvent {
-            header: hdr,
-            fd: s.fd,
+        (*buf).event = data_event(
+            pid_tgid,
+            s,
+            total,
             direction,
-            total_len: total,
-            head_len: head as u32,
-            tail_len: tail as u32,
-            syscall: s.syscall,
-            _pad: 0,
-        };
+            head,
+            tail,
+            class as u32 | generation,
+        );
     }
-    let size = core::mem::size_of::<DataEvent>() + (opaque(head + tail) & OUT_MASK);
+    let size = core::mem::size_of::<DataEvent>() + (launder(buf, head + tail) & OUT_MASK);
     let bytes: &[u8] = unsafe {
         core::slice::from_raw_parts(buf as *const u8, core::mem::size_of::<DataEventBuf>())
     };
@@ -637,8 +736,10 @@ fn exit_dup(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     let new_fd = rv as u32;
-    let role = unsafe { SOCKS.get(&sock_key(tgid, s.fd)).copied() }.unwrap_or(ROLE_UNKNOWN);
-    if SOCKS.insert(&sock_key(tgid, new_fd), &role, 0).is_err() {
+    // The new fd names the same socket: same role, same class.
+    let info = unsafe { SOCKS.get(&sock_key(tgid, s.fd)).copied() }
+        .unwrap_or(SockInfo::new(ROLE_UNKNOWN));
+    if SOCKS.insert(&sock_key(tgid, new_fd), &info, 0).is_err() {
         count(STAT_SOCKMAP_FULL);
         return 0;
     }

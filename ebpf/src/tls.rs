@@ -8,7 +8,8 @@
 //!
 //! Which socket: the read/write syscall the library makes on this thread inside the call
 //! names it (`inner_syscall`, called from the syscall tracepoints). That syscall's own
-//! bytes are ciphertext and are not sent. A call served from OpenSSL's buffer makes no
+//! bytes are ciphertext: the socket classifier (classify.rs) finds them TLS and sends
+//! only their count. A call served from OpenSSL's buffer makes no
 //! syscall; the socket learnt for the same `SSL*` earlier names it then.
 
 use aya_ebpf::{
@@ -172,6 +173,8 @@ pub fn tls_ret(ctx: RetProbeContext) -> u32 {
     };
     let mut s = crate::net::Stash::new(syscall, fd, call.buf, 0);
     s.enter_ns = call.enter_ns;
+    // Plaintext is always captured, and says nothing about the socket's own class.
+    s.class = CLASS_HTTP1 as u32;
     if crate::net::try_emit_data(pid_tgid, &s, moved, call.direction).is_err() {
         count(STAT_READ_ERRORS);
     }
@@ -179,8 +182,7 @@ pub fn tls_ret(ctx: RetProbeContext) -> u32 {
 }
 
 /// Called by the data syscalls on a traced socket: inside an `SSL_*` call on this
-/// thread, the syscall names the call's socket and its bytes are ciphertext. Returns
-/// whether that is the case (the caller then sends nothing for the syscall).
+/// thread, the syscall names the call's socket. Returns whether that is the case.
 #[inline(always)]
 pub fn inner_syscall(pid_tgid: u64, fd: u32) -> bool {
     if let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) {

@@ -5,6 +5,11 @@
 //! the agent's CPU time per request, its peak RSS and the events it lost. The agent
 //! exports over OTLP/HTTP to a local sink that acknowledges without decoding, so the
 //! whole pipeline (parse, build, batch, encode, send) is in the measurement.
+//!
+//! Kernel side: BPF run-time statistics are switched on for the run (`BPF_ENABLE_STATS`,
+//! held as an fd, so they switch off again when the bench ends, whatever happens), and
+//! each traced run reports the agent's programs' run time per request, summed from
+//! `run_time_ns` / `run_cnt` in `/proc/AGENT/fdinfo` of its program fds.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -128,8 +133,61 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Keeps BPF run-time statistics on while it lives (the kernel counts holders, so this
+/// does not switch off what someone else switched on). None when the kernel refuses.
+fn enable_bpf_stats() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    // union bpf_attr's enable_stats: { __u32 type }, BPF_STATS_RUN_TIME = 0; the rest zero.
+    let attr = [0u8; 16];
+    // SAFETY: bpf(2) reads `attr` (size given) and returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_ENABLE_STATS,
+            attr.as_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    // SAFETY: a fresh fd owned by nobody else.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// (run_time_ns, run_cnt) summed over the BPF programs process `pid` holds fds of.
+fn bpf_prog_stats(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return total;
+    };
+    for fd in fds.flatten() {
+        let is_prog = std::fs::read_link(fd.path())
+            .is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-prog");
+        if !is_prog {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        total.0 += field("run_time_ns:");
+        total.1 += field("run_cnt:");
+    }
+    total
+}
+
 struct Traced {
     wrk: WrkResult,
+    /// Kernel-side: the agent's BPF programs' run time per request, and program runs
+    /// per request (0 when BPF stats could not be enabled).
+    bpf_ns_per_req: f64,
+    bpf_runs_per_req: f64,
     cpu_us_per_req: f64,
     rss_mib: f64,
     lost: u64,
@@ -162,7 +220,9 @@ fn traced_run(
         }
     }
     let t0 = cpu_ticks(apid);
+    let k0 = bpf_prog_stats(apid);
     let w = wrk(url, script)?;
+    let k1 = bpf_prog_stats(apid);
     // Let the agent drain and export what wrk caused before reading its CPU time.
     thread::sleep(Duration::from_millis(1500));
     let t1 = cpu_ticks(apid);
@@ -182,6 +242,8 @@ fn traced_run(
     let hz = 100.0; // USER_HZ on Linux
     Ok(Traced {
         cpu_us_per_req: (t1 - t0) as f64 / hz * 1e6 / w.requests.max(1) as f64,
+        bpf_ns_per_req: (k1.0 - k0.0) as f64 / w.requests.max(1) as f64,
+        bpf_runs_per_req: (k1.1 - k0.1) as f64 / w.requests.max(1) as f64,
         rss_mib: rss as f64 / 1024.0,
         lost: field("lost="),
         spans: field("spans="),
@@ -243,9 +305,12 @@ fn bench_server(
             let lost: u64 = traced.iter().map(|t| t.lost).sum();
             let reqs: u64 = r.iter().map(|x| x.0.requests).sum();
             let spans: u64 = traced.iter().map(|t| t.spans).sum();
+            let bpf_ns = mean(traced.iter().map(|t| t.bpf_ns_per_req).collect());
+            let bpf_runs = mean(traced.iter().map(|t| t.bpf_runs_per_req).collect());
             print!(
                 "   agent {cpu:.2} us/req, peak RSS {rss:.1} MiB, lost {lost}, {spans} spans / {reqs} requests"
             );
+            print!("   kernel {bpf_ns:.0} ns/req in {bpf_runs:.1} program runs/req");
         }
         println!();
     }
@@ -262,13 +327,22 @@ pub fn bench() -> Result<()> {
         &["wrk", "nginx"],
         "load generator and a reference server for the benchmark",
     )?;
-    let agent = build::build_all()?;
+    // Another build of the agent (say main's, for a side-by-side with a branch), or this tree's.
+    let agent = match std::env::var_os("PERISCOPE_BENCH_AGENT") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => build::build_all()?,
+    };
+    println!("periscope bench: agent {}", agent.display());
     let go = tools::go_toolchains(&["1.25"])?;
     let dir = tools::repo_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let server = dir.join("goserver");
     demo::build_goserver(&go[0].1, &server, "")?;
     let sink = start_sink()?;
+    let stats = enable_bpf_stats();
+    if stats.is_none() {
+        println!("periscope bench: BPF run-time stats unavailable, kernel ns/req will read 0");
+    }
     println!(
         "periscope bench: wrk -t2 -c64 -d{WRK_SECS}s, {ROUNDS} alternating rounds per mode, {} cores",
         thread::available_parallelism()

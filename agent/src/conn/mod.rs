@@ -17,8 +17,8 @@ use std::{
 };
 
 use periscope_common::{
-    AF_INET, AF_INET6, ConnOpenEvent, DIR_INGRESS, DataEvent, GoConnEvent, GoroutineEvent, NO_FD,
-    ROLE_CLIENT, ROLE_SERVER, SYS_SSL_READ, SYS_SSL_WRITE,
+    AF_INET, AF_INET6, CLASS_TLS, ConnOpenEvent, DIR_INGRESS, DataEvent, GoConnEvent,
+    GoroutineEvent, NO_FD, ROLE_CLIENT, ROLE_SERVER, SYS_SSL_READ, SYS_SSL_WRITE,
 };
 
 use crate::{
@@ -212,7 +212,17 @@ pub struct TrackerStats {
     pub tls_conns_plaintext: u64,
     /// TLS plaintext whose socket could not be told (dropped).
     pub tls_unplaced: u64,
+    /// Payload bytes received from the kernel (head and tail copies), by the socket's
+    /// class (`DataEvent::class`, a `CLASS_*` id).
+    pub payload_bytes: [u64; 7],
+    /// Sockets the agent told the kernel to stop copying (their parser gave up).
+    pub sockets_muted: u64,
+    /// Mute requests that did not reach the kernel (socket gone, queue full).
+    pub mute_failures: u64,
 }
+
+/// Mute requests waiting for the event loop to write them to the kernel.
+const MAX_MUTES: usize = 4096;
 
 /// What the tracker needs besides events: where metrics go, how routes and sampling
 /// are decided.
@@ -324,6 +334,8 @@ pub struct Tracker {
     go_parents: HashMap<(u32, u64), u64>,
     /// Fds that name another fd's connection (dup, adopted twice); see `follow`.
     aliases: follow::Aliases,
+    /// (pid, fd) of sockets whose payload is of no use any more (see `take_mutes`).
+    mutes: Vec<(u32, u32, u16)>,
 }
 
 /// A socket address as the kernel events carry it: IPv4 in the first 4 bytes, IPv6 in
@@ -383,6 +395,7 @@ impl Tracker {
             clients: HashMap::new(),
             go_parents: HashMap::new(),
             aliases: follow::Aliases::default(),
+            mutes: Vec::new(),
         }
     }
 
@@ -743,8 +756,28 @@ impl Tracker {
         })
     }
 
+    /// Sockets to mute in the kernel (`Probes::set_class` with `CLASS_MUTED`): the
+    /// request stream is not HTTP/1.x or was upgraded (WebSocket, CONNECT tunnel), so
+    /// its parser ignores every byte. Desynced connections are not muted: their bytes
+    /// still count the exchanges that got no span.
+    pub fn take_mutes(&mut self) -> std::vec::Drain<'_, (u32, u32, u16)> {
+        self.mutes.drain(..)
+    }
+
+    /// The outcome of one mute request, for self-telemetry.
+    pub fn mute_done(&mut self, ok: bool) {
+        if ok {
+            self.stats.sockets_muted += 1;
+        } else {
+            self.stats.mute_failures += 1;
+        }
+    }
+
     fn data(&mut self, ev: &DataEvent, head: &[u8], tail: &[u8], sink: &mut dyn FnMut(Span)) {
         let pid = ev.header.tgid();
+        if let Some(n) = self.stats.payload_bytes.get_mut((ev.class & 0xff) as usize) {
+            *n += (head.len() + tail.len()) as u64;
+        }
         let from_tls = matches!(ev.syscall, SYS_SSL_READ | SYS_SSL_WRITE);
         if ev.fd == NO_FD {
             self.stats.tls_unplaced += u64::from(from_tls);
@@ -780,7 +813,10 @@ impl Tracker {
                 self.stats.tls_conns_plaintext += 1;
                 conn.become_tls_plain();
             }
-        } else if conn.tls != Tls::No || (!conn.fed && looks_like_tls(head)) {
+        } else if conn.tls != Tls::No
+            || (ev.class & 0xff) as u8 == CLASS_TLS
+            || (!conn.fed && looks_like_tls(head))
+        {
             if conn.tls == Tls::No {
                 self.stats.tls_conns += 1;
                 conn.tls = Tls::Opaque;
@@ -789,7 +825,16 @@ impl Tracker {
             self.conns.insert(key, conn);
             return;
         }
-        if conn.role == Role::Unknown {
+        let suppressed = !periscope_common::class_captures(ev.class as u8);
+        if suppressed && !conn.ingress.is_passthrough() {
+            // The kernel judged the socket (TLS, not HTTP) or we muted it: only byte
+            // counts come from now on.
+            self.stats.non_http_streams += 1;
+        }
+        if suppressed {
+            conn.ingress.not_http1();
+            conn.egress.not_http1();
+        } else if conn.role == Role::Unknown {
             classify(&mut conn, ev.direction, head);
         }
         let chunk = Chunk {
@@ -861,6 +906,20 @@ impl Tracker {
             on_request_head(&mut conn, head, &mut ctx);
         }
         let multiplexed = ctx.multiplexed;
+        let request_parser = if requests_are_ingress {
+            &conn.ingress
+        } else {
+            &conn.egress
+        };
+        // A TLS connection's socket carries ciphertext the kernel already keeps to
+        // itself; its plaintext comes from the TLS probes, which a mute does not stop.
+        if !suppressed && !from_tls && !head.is_empty() && request_parser.is_passthrough() {
+            if self.mutes.len() < MAX_MUTES {
+                self.mutes.push((pid, ev.fd, (ev.class >> 16) as u16));
+            } else {
+                self.stats.mute_failures += 1;
+            }
+        }
         self.conns.insert(key, conn);
         if multiplexed {
             self.stop_thread_context(pid);

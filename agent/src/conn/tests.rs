@@ -107,7 +107,7 @@ impl Run {
             head_len: bytes.len() as u32,
             tail_len: 0,
             syscall: 1,
-            _pad: 0,
+            class: 0,
         };
         let spans = &mut self.spans;
         self.t.handle(

@@ -122,7 +122,7 @@ mod tests {
             head_len: 4,
             tail_len: 2,
             syscall: 1,
-            _pad: 0,
+            class: 0,
         };
         let mut rec = bytes_of(&ev);
         rec.extend_from_slice(b"HTTPxy");
@@ -147,7 +147,7 @@ mod tests {
             head_len: 4000,
             tail_len: 64,
             syscall: 1,
-            _pad: 0,
+            class: 0,
         };
         let mut rec = bytes_of(&ev);
         rec.extend_from_slice(b"abc");

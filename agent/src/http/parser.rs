@@ -387,6 +387,14 @@ impl StreamParser {
         }
     }
 
+    /// Stops parsing because the stream is known not to be HTTP/1.x (the kernel saw
+    /// its first bytes and sends no payload for it).
+    pub fn not_http1(&mut self) {
+        if !self.is_passthrough() {
+            self.become_passthrough(Passthrough::NotHttp1);
+        }
+    }
+
     pub fn stats(&self) -> ParserStats {
         self.stats
     }

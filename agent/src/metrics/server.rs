@@ -137,6 +137,65 @@ pub fn render(src: &Sources, format: Format) -> String {
         "Streams on traced sockets that were not HTTP/1.x and were ignored.",
         &one(snap.tracker.non_http_streams),
     );
+    // The kernel's socket classifier (ebpf/src/classify.rs) and what it saved.
+    let by_class = |pairs: &[(&str, u64)]| -> Vec<Sample> {
+        pairs
+            .iter()
+            .map(|&(class, v)| {
+                let mut labels = agent_labels();
+                labels.push(("class".into(), class.to_string()));
+                Sample {
+                    labels,
+                    value: v as f64,
+                }
+            })
+            .collect()
+    };
+    let c = snap.kernel.classified;
+    enc.counter(
+        "periscope_sockets_classified",
+        "Sockets the kernel classified on their first bytes: http1, http2 and deferred (too short to tell, or joined mid-stream; the agent's parser decides) have their payload copied, tls and unknown only their byte counts.",
+        &by_class(&[
+            ("http1", c[0]),
+            ("http2", c[1]),
+            ("tls", c[2]),
+            ("unknown", c[3]),
+            ("deferred", c[4]),
+        ]),
+    );
+    enc.counter(
+        "periscope_payload_bytes_suppressed",
+        "Bytes moved on traced sockets whose payload the kernel did not copy (TLS, unknown protocols, sockets the agent muted).",
+        &one(snap.kernel.payload_suppressed),
+    );
+    let p = snap.tracker.payload_bytes;
+    use periscope_common::{
+        CLASS_DEFERRED, CLASS_HTTP1, CLASS_HTTP2, CLASS_MUTED, CLASS_TLS, CLASS_UNKNOWN,
+        CLASS_UNSEEN,
+    };
+    enc.counter(
+        "periscope_payload_bytes_received",
+        "Payload bytes the agent received from the kernel, by the socket's class (tls, unknown and muted stay 0).",
+        &by_class(&[
+            ("unseen", p[CLASS_UNSEEN as usize]),
+            ("http1", p[CLASS_HTTP1 as usize]),
+            ("http2", p[CLASS_HTTP2 as usize]),
+            ("tls", p[CLASS_TLS as usize]),
+            ("unknown", p[CLASS_UNKNOWN as usize]),
+            ("deferred", p[CLASS_DEFERRED as usize]),
+            ("muted", p[CLASS_MUTED as usize]),
+        ]),
+    );
+    enc.counter(
+        "periscope_sockets_muted",
+        "Sockets whose payload the agent told the kernel to stop copying because its parser gave up (not HTTP/1.x, or upgraded).",
+        &one(snap.tracker.sockets_muted),
+    );
+    enc.counter(
+        "periscope_mute_failures",
+        "Mute requests that did not reach the kernel (the socket was closed first, or the request queue was full).",
+        &one(snap.tracker.mute_failures),
+    );
     enc.counter(
         "periscope_tls_connections",
         "Connections of traced processes found to carry TLS; plaintext=true when their plaintext came from the OpenSSL probes (they get spans), false when it did not (TLS not hooked: counted, no spans).",
@@ -504,6 +563,7 @@ mod tests {
                 sockmap_full: 105,
                 adopted: 106,
                 dups: 107,
+                ..KernelStats::default()
             },
             tracker: TrackerStats {
                 conns_opened: 201,

@@ -20,7 +20,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
-use periscope_common::{GoProcInfo, TargetInfo, sock_key};
+use periscope_common::{GoProcInfo, SockInfo, TargetInfo, sock_key};
 
 use crate::runtime::go::{GO_PROBES, GoPlan};
 
@@ -458,6 +458,11 @@ pub struct KernelStats {
     pub adopted: u64,
     /// Socket fds a traced process duplicated onto other fds.
     pub dups: u64,
+    /// Sockets classified on their first bytes, by class (`CLASS_HTTP1` first, up to
+    /// `CLASS_DEFERRED`).
+    pub classified: [u64; 5],
+    /// Bytes moved on sockets whose payload was not copied (TLS, unknown, muted).
+    pub payload_suppressed: u64,
 }
 
 /// The uprobe links on one executable or library file, and the traced pids using it.
@@ -502,7 +507,7 @@ pub struct Probes {
     /// process that maps it, with those pids.
     tls_links: StdHashMap<(u64, u64), FileLinks>,
     targets: HashMap<MapData, u32, TargetInfo>,
-    socks: HashMap<MapData, u64, u32>,
+    socks: HashMap<MapData, u64, SockInfo>,
     stats: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Every program's result on this kernel, for doctor and the startup warnings.
@@ -742,8 +747,26 @@ impl Probes {
     /// Starts following an fd that existed before the agent attached.
     pub fn add_socket(&mut self, pid: u32, fd: u32, role: u32) -> Result<(), ProbeError> {
         self.socks
-            .insert(sock_key(pid, fd), role, 0)
+            .insert(sock_key(pid, fd), SockInfo::new(role), 0)
             .map_err(map_err("SOCKS"))
+    }
+
+    /// Writes a tracked socket's class back (`CLASS_MUTED`: the agent's parser gave up,
+    /// stop copying its payload). Only an entry that still exists is updated: the fd
+    /// may have been closed since its last event, and its fd number reused by another
+    /// socket (`generation` tells). Returns whether it was.
+    pub fn set_class(&mut self, pid: u32, fd: u32, generation: u16, class: u8) -> bool {
+        let key = sock_key(pid, fd);
+        let Ok(mut info) = self.socks.get(&key, 0) else {
+            return false;
+        };
+        // Another socket on the same fd number since (closed and reused meanwhile).
+        if info.generation != generation {
+            return false;
+        }
+        info.class = class;
+        // BPF_EXIST: never recreate an entry close(2) removed meanwhile.
+        self.socks.insert(key, info, 2).is_ok()
     }
 
     /// Forgets sockets of a process that exited (close(2) never ran for them).
@@ -776,6 +799,8 @@ impl Probes {
             sockmap_full: sum(periscope_common::STAT_SOCKMAP_FULL),
             adopted: sum(periscope_common::STAT_ADOPTED),
             dups: sum(periscope_common::STAT_DUPS),
+            classified: std::array::from_fn(|i| sum(periscope_common::STAT_CLASSIFIED + i as u32)),
+            payload_suppressed: sum(periscope_common::STAT_PAYLOAD_SUPPRESSED),
         }
     }
 

@@ -217,7 +217,7 @@ fn feed(r: &mut Run, pid: u32, ts: u64, ingress: bool, total: &[u8], captured: b
         head_len: head.len() as u32,
         tail_len: tail.len() as u32,
         syscall: 1,
-        _pad: 0,
+        class: 0,
     };
     let spans = &mut r.spans;
     r.t.handle(Event::Data { ev, head, tail }, &mut |s| spans.push(s));

@@ -169,7 +169,7 @@ fn lost_request_boundaries_pair_nothing_and_count_every_response() {
         head_len: head.len() as u32,
         tail_len: 0,
         syscall: 1,
-        _pad: 0,
+        class: 0,
     };
     let spans = &mut r.spans;
     r.t.handle(
