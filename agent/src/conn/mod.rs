@@ -202,6 +202,10 @@ pub struct TrackerStats {
     /// Exchanges not turned into spans because their connection's pairing was lost
     /// (see `Conn::desynced`), added when the connection closes.
     pub unpaired_desync: u64,
+    /// Responses delimited by their connection's close, not made spans: whether the
+    /// server closed in order or the peer reset mid-response is not captured (their
+    /// requests count in `requests_without_response`).
+    pub responses_ended_by_close: u64,
     /// Sockets a process used without accepting or connecting them (see `follow`).
     pub conns_adopted: u64,
     /// Socket fds duplicated onto other fds.
@@ -1040,6 +1044,16 @@ impl Tracker {
                 } else {
                     conn.lost_responses += 1;
                 }
+                continue;
+            }
+            // A response delimited by the close (the only whole message a response
+            // stream completes at close) is complete only if the server closed in
+            // order. A peer's reset ends the stream too, after writes that failed and
+            // that the capture does not report, so what was seen may be less than what
+            // the server sent: the size is unknown, so no span. Its request stays
+            // unanswered and is counted below.
+            if !is_req && !msg.truncated {
+                ctx.stats.responses_ended_by_close += 1;
                 continue;
             }
             if let Some(x) = on_message(&mut conn, msg, is_req, &mut ctx) {
