@@ -23,7 +23,7 @@ use periscope_common::{
 
 use crate::{
     events::Event,
-    http::{Chunk, Direction, Message, MessageKind, StreamParser},
+    http::{Chunk, Direction, Message, MessageKind, StreamParser, count_request_starts},
     metrics::{Exemplar, HttpKind, HttpRecord, HttpSeries, Metrics},
     resource::{Resource, ResourceConfig},
     route::{RouteConfig, RouteTable},
@@ -88,6 +88,8 @@ struct Conn {
     /// request kinds are unknown (HEAD), the parser may swallow a response as another's
     /// body, but a server starts most responses with their own write.
     lost_response_starts: u64,
+    /// Request lines in the captured bytes since the loss (see `count_request_starts`).
+    lost_request_starts: u64,
     /// TLS on this connection (see `Tls`).
     tls: Tls,
     /// Bytes were fed to the parsers: only a connection's first bytes can say TLS.
@@ -140,6 +142,7 @@ impl Conn {
             lost_requests: 0,
             lost_responses: 0,
             lost_response_starts: 0,
+            lost_request_starts: 0,
             tls: Tls::No,
             fed: false,
         }
@@ -166,6 +169,7 @@ impl Conn {
         self.lost_requests
             .max(self.lost_responses)
             .max(self.lost_response_starts)
+            .max(self.lost_request_starts)
     }
 }
 
@@ -849,6 +853,10 @@ impl Tracker {
         if conn.desynced {
             if is_request_stream {
                 conn.lost_requests += new_resyncs;
+                // A resyncing parser skips whole reads that do not start with a
+                // request (a body's end, then pipelined requests): count the request
+                // lines seen in the captured head instead.
+                conn.lost_request_starts += count_request_starts(head);
             } else {
                 conn.lost_responses += new_resyncs;
                 let final_start = head.starts_with(b"HTTP/1.") && head.get(9) != Some(&b'1');
@@ -1012,6 +1020,9 @@ impl Tracker {
         // What was read of a request whose body never arrived in full, in case it was
         // answered early (the server read no further, then closed).
         let open_request = req_stream.open_request();
+        // A request cut inside its header section (the client reset) has no entry yet,
+        // and the server may have logged it: count it with the unanswered requests.
+        let cut_head = req_stream.head_in_progress();
         let losses = req_stream.losses() + resp_stream.losses();
         req_stream.close(ts_ns, &mut out);
         let n_req = out.len();
@@ -1074,7 +1085,8 @@ impl Tracker {
             let resp = p.resp.take().expect("checked above");
             self.exchanges.push(exchange(&conn, p, resp));
         }
-        self.stats.requests_without_response += conn.pending.len() as u64;
+        self.stats.requests_without_response +=
+            conn.pending.len() as u64 + u64::from(cut_head && !conn.desynced);
         self.stats.unpaired_desync += conn.unpaired_at_close();
         // Requests that will never be answered are no longer anyone's context.
         for p in &conn.pending {
@@ -1200,6 +1212,7 @@ fn desync(conn: &mut Conn, ctx: &mut MessageCtx<'_>) {
     for p in conn.pending.drain(..) {
         // Each is a request seen; an answered one is a response seen too.
         conn.lost_requests += 1;
+        conn.lost_request_starts += 1;
         conn.lost_responses += u64::from(p.resp.is_some());
         if ctx
             .active

@@ -453,6 +453,13 @@ impl StreamParser {
             + u64::from(self.state == State::Lost)
     }
 
+    /// Request streams only: a request line was read and its header section is still
+    /// incomplete (a client that gave up mid-header): an exchange the server may log
+    /// that can never get a span.
+    pub fn head_in_progress(&self) -> bool {
+        self.dir == Direction::Request && self.state == State::Headers && self.draft.kind.is_some()
+    }
+
     /// Request kinds remembered for responses not yet seen.
     pub fn pending_requests(&self) -> usize {
         self.pending.len()

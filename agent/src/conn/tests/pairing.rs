@@ -215,8 +215,31 @@ fn close_delimited_response_cut_by_client_reset() {
     }
     // The fifth write failed with EPIPE: the capture reports nothing of it.
     close(&mut r, pid, 40);
-    assert!(lines(&r).is_empty(), "a span of unknown size: {:?}", lines(&r));
+    assert!(
+        lines(&r).is_empty(),
+        "a span of unknown size: {:?}",
+        lines(&r)
+    );
     let st = r.t.stats();
     assert_eq!(st.responses_ended_by_close, 1);
     assert_eq!(st.requests_without_response, 1);
+}
+
+/// Finding (issue 11, apache2 prefork conformance with client aborts): a client that
+/// reset the connection halfway through a request's header section left an exchange
+/// apache logged, with no span and no counted reason.
+#[test]
+fn request_head_cut_by_client_reset_is_counted() {
+    let (mut r, pid) = server();
+    r.data(
+        pid,
+        pid,
+        7,
+        DIR_INGRESS,
+        10,
+        b"GET /index.html?r7=1 HTTP/1.1\r\nHost: x\r\nUser-Ag",
+    );
+    close(&mut r, pid, 20);
+    assert!(r.spans.is_empty());
+    assert_eq!(r.t.stats().requests_without_response, 1);
 }
