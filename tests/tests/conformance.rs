@@ -138,6 +138,8 @@ struct Table {
     doubled: usize,
     extra: usize,
     unpaired_counted: u64,
+    /// The agent's `desync_<cause>=N` fields: why connections lost pairing.
+    desync_causes: String,
     not_logged: usize,
 }
 
@@ -160,6 +162,7 @@ impl Table {
             pct(self.missing),
             self.unpaired_counted
         );
+        let _ = writeln!(s, "    desync causes: {}", self.desync_causes);
         let _ = writeln!(s, "  wrong span              {:>6}", self.wrong.len());
         let _ = writeln!(s, "  doubled                 {:>6}", self.doubled);
         let _ = writeln!(s, "  span with no log line   {:>6}", self.extra);
@@ -200,6 +203,17 @@ fn compare(logged: &[Logged], sent: &[Sent], stdout: &str, stderr: &str) -> Tabl
         extra: without_id,
         unpaired_counted: status_field(stderr, "unmatched")
             + status_field(stderr, "unpaired_desync"),
+        desync_causes: [
+            "header_gap",
+            "chunk_gap",
+            "boundary_gap",
+            "malformed",
+            "other",
+        ]
+        .iter()
+        .map(|c| format!("{c}={}", status_field(stderr, &format!("desync_{c}"))))
+        .collect::<Vec<_>>()
+        .join(" "),
         ..Table::default()
     };
     let mut seen = std::collections::HashSet::new();

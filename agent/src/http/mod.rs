@@ -259,6 +259,13 @@ pub struct ParserStats {
     pub passthrough_bytes: u64,
     /// Partial messages dropped by [`StreamParser::close`].
     pub dropped_at_close: u64,
+    /// Gaps (bytes not captured) that cut a start line or header section.
+    pub gaps_in_header: u64,
+    /// Gaps that hid a chunk-size line or trailers of a chunked body.
+    pub gaps_in_chunk_framing: u64,
+    /// Gaps that hid where the next message starts (between messages, or a body that
+    /// ended inside the gap with more bytes after it).
+    pub gaps_hiding_start: u64,
 }
 
 impl AddAssign for ParserStats {
@@ -271,5 +278,8 @@ impl AddAssign for ParserStats {
         self.skipped_bytes += o.skipped_bytes;
         self.passthrough_bytes += o.passthrough_bytes;
         self.dropped_at_close += o.dropped_at_close;
+        self.gaps_in_header += o.gaps_in_header;
+        self.gaps_in_chunk_framing += o.gaps_in_chunk_framing;
+        self.gaps_hiding_start += o.gaps_hiding_start;
     }
 }

@@ -771,10 +771,12 @@ impl StreamParser {
             State::Idle => {
                 // A message may start anywhere in there: nothing to do but wait for a
                 // chunk that starts one.
+                self.stats.gaps_hiding_start += 1;
                 self.enter_resync();
                 self.stats.skipped_bytes += n;
             }
             State::StartLine => {
+                self.stats.gaps_in_header += 1;
                 let line = mem::take(&mut self.line);
                 let known = self.partial_start_line(&line);
                 self.recycle(line);
@@ -791,6 +793,7 @@ impl StreamParser {
                 }
             }
             State::Headers => {
+                self.stats.gaps_in_header += 1;
                 // The partial field line is dropped: its value may be cut.
                 self.line.clear();
                 self.draft.truncated = true;
@@ -808,6 +811,7 @@ impl StreamParser {
                     self.draft.body_bytes += rem;
                     self.finish(ts, out);
                     if n > rem {
+                        self.stats.gaps_hiding_start += 1;
                         self.enter_resync();
                         self.stats.skipped_bytes += n - rem;
                     }
@@ -825,6 +829,7 @@ impl StreamParser {
             }
             State::Chunked(_) => {
                 // A chunk-size line (or the trailers) fell in the gap.
+                self.stats.gaps_in_chunk_framing += 1;
                 self.line.clear();
                 self.draft.last_ts = ts;
                 self.draft.body_bytes += n;

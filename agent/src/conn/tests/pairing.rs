@@ -190,6 +190,10 @@ fn lost_request_boundaries_pair_nothing_and_count_every_response() {
     assert_eq!(lines(&r).len(), 1);
     // Four responses were seen after the loss, two requests: the larger is counted.
     assert_eq!(r.t.stats().unpaired_desync, 4);
+    // The gap cut the header section of the first of the three: that is the cause.
+    let mut want = [0; DesyncCause::ALL.len()];
+    want[DesyncCause::HeaderGap as usize] = 4;
+    assert_eq!(r.t.stats().unpaired_desync_by_cause, want);
 }
 
 /// Finding (issue 11, Go 1.21 conformance with client aborts): an HTTP/1.0 response
