@@ -80,7 +80,8 @@ struct SpanLine {
     method: String,
     status: u16,
     request_body: u64,
-    response_body: u64,
+    /// `None` when the span claims no size (a body delimited by the close).
+    response_body: Option<u64>,
 }
 
 /// The id in a target's `?r<id>=1` query (the key: span queries keep keys, not values).
@@ -110,7 +111,7 @@ fn spans_by_id(stdout: &str) -> (HashMap<u64, Vec<SpanLine>>, usize) {
             method: a["http.request.method"].as_str().unwrap_or("").to_string(),
             status: a["http.response.status_code"].as_u64().unwrap_or(0) as u16,
             request_body: a["http.request.body.size"].as_u64().unwrap_or(0),
-            response_body: a["http.response.body.size"].as_u64().unwrap_or(0),
+            response_body: a["http.response.body.size"].as_u64(),
         });
     }
     (by_id, without_id)
@@ -240,11 +241,11 @@ fn compare(logged: &[Logged], sent: &[Sent], stdout: &str, stderr: &str) -> Tabl
             Some(q) if q.expect_continue => CONTINUE_LEN,
             _ => 0,
         };
-        if let Some(b) = l.response_body
-            && b != s.response_body
-            && b != s.response_body + interim
+        if let (Some(b), Some(sb)) = (l.response_body, s.response_body)
+            && b != sb
+            && b != sb + interim
         {
-            diffs.push(format!("response body {} vs logged {b}", s.response_body));
+            diffs.push(format!("response body {sb} vs logged {b}"));
         }
         if let (Some(read), Some(q)) = (l.request_bytes, sent.get(&l.id)) {
             let body = read.saturating_sub(q.header_bytes);

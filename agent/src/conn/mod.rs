@@ -211,9 +211,9 @@ pub struct TrackerStats {
     /// Exchanges not turned into spans because their connection's pairing was lost
     /// (see `Conn::desynced`), added when the connection closes.
     pub unpaired_desync: u64,
-    /// Responses delimited by their connection's close, not made spans: whether the
-    /// server closed in order or the peer reset mid-response is not captured (their
-    /// requests count in `requests_without_response`).
+    /// Responses delimited by their connection's close: whether the server closed in
+    /// order or the peer reset mid-response is not captured, so their spans claim no
+    /// response size.
     pub responses_ended_by_close: u64,
     /// `unpaired_desync` by what made the connection lose pairing, indexed by
     /// [`DesyncCause`].
@@ -1044,7 +1044,7 @@ impl Tracker {
                 series,
                 duration_s,
                 request_body: x.req.body_bytes,
-                response_body: x.resp.body_bytes,
+                response_body: (!x.resp.size_unknown).then_some(x.resp.body_bytes),
                 exemplar,
             },
             route.as_ref().is_some_and(|r| r.is_overflow()),
@@ -1132,16 +1132,9 @@ impl Tracker {
                 }
                 continue;
             }
-            // A response delimited by the close (the only whole message a response
-            // stream completes at close) is complete only if the server closed in
-            // order. A peer's reset ends the stream too, after writes that failed and
-            // that the capture does not report, so what was seen may be less than what
-            // the server sent: the size is unknown, so no span. Its request stays
-            // unanswered and is counted below.
-            if !is_req && !msg.truncated {
-                ctx.stats.responses_ended_by_close += 1;
-                continue;
-            }
+            // A response delimited by the close: its span claims no size (see
+            // `Message::size_unknown`).
+            ctx.stats.responses_ended_by_close += u64::from(msg.size_unknown);
             if let Some(x) = on_message(&mut conn, msg, is_req, &mut ctx) {
                 self.exchanges.push(x);
             }

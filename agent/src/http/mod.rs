@@ -206,6 +206,10 @@ pub struct Message {
     /// Bytes the framing needed were not captured, so where this message ends (and
     /// possibly some fields) is a best guess. Sizes of a truncated message are not exact.
     pub truncated: bool,
+    /// The body's size is not known: a body delimited by the connection's close,
+    /// which an orderly close and a peer's reset (after writes that failed, which the
+    /// capture does not report) end alike. Spans and metrics then claim no size.
+    pub size_unknown: bool,
 }
 
 impl Message {

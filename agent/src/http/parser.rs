@@ -182,6 +182,7 @@ impl Draft {
             connection_close: self.close || (self.version_minor == 0 && !self.keep_alive),
             expect_continue: self.expect_continue,
             truncated: self.truncated,
+            size_unknown: false,
         })
     }
 }
@@ -361,7 +362,11 @@ impl StreamParser {
     /// [`ParserStats::dropped_at_close`]. The parser is left ready for a new stream.
     pub fn close(&mut self, ts_ns: u64, out: &mut Vec<Message>) {
         match self.state {
-            State::UntilClose => self.finish(ts_ns, out),
+            State::UntilClose => {
+                let n = out.len();
+                self.finish(ts_ns, out);
+                out.iter_mut().skip(n).for_each(|m| m.size_unknown = true);
+            }
             State::Lost => {
                 let end = self.draft.last_ts;
                 self.finish(end, out);
@@ -439,6 +444,7 @@ impl StreamParser {
             connection_close: d.close || (d.version_minor == 0 && !d.keep_alive),
             expect_continue: d.expect_continue,
             truncated: d.truncated,
+            size_unknown: false,
         })
     }
 
