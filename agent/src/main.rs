@@ -651,6 +651,13 @@ fn status_line(s: &Snapshot, outputs: &[Arc<export::ExportStats>]) -> String {
         s.tracker.joined,
         s.tracker.connect_failures,
     );
+    for c in periscope::conn::DesyncCause::ALL {
+        line.push_str(&format!(
+            " desync_{}={}",
+            c.as_str(),
+            s.tracker.unpaired_desync_by_cause[c as usize]
+        ));
+    }
     for o in outputs {
         line.push_str(&format!(
             " {out}_exported={} {out}_dropped={}",

@@ -85,6 +85,18 @@ pub struct GenRequest {
     pub close: bool,
     /// Bytes of padding headers (to exceed the capture).
     pub pad_header: usize,
+    /// The client gives up on this exchange (always the last of its connection).
+    pub abort: Abort,
+}
+
+/// Where a client aborts an exchange: it resets the connection (SO_LINGER 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abort {
+    No,
+    /// After half the request (half the body, or half the header section).
+    MidRequest,
+    /// After the response's status line.
+    MidResponse,
 }
 
 impl GenRequest {
@@ -226,6 +238,7 @@ pub fn plan(seed: u64, conns: usize, total: usize, profile: &Profile) -> Vec<Con
                 } else {
                     0
                 },
+                abort: Abort::No,
             });
             next_id += 1;
             if requests.last().is_some_and(|r| r.http10) {
@@ -234,6 +247,19 @@ pub fn plan(seed: u64, conns: usize, total: usize, profile: &Profile) -> Vec<Con
                 requests.last_mut().expect("just pushed").close = true;
                 break;
             }
+        }
+        // Some connections end with the client giving up: the server may log the exchange
+        // (then its span must be right) or not (then there must be no span).
+        if writes != Writes::Pipelined
+            && rng.chance(8)
+            && let Some(last) = requests.last_mut()
+            && !last.expect_continue
+        {
+            last.abort = if rng.chance(50) {
+                Abort::MidRequest
+            } else {
+                Abort::MidResponse
+            };
         }
         plans.push(ConnPlan { writes, requests });
     }
@@ -337,6 +363,34 @@ fn run_conn(addr: SocketAddr, plan: &ConnPlan) -> Vec<Sent> {
             r = BufReader::new(stream);
         }
         let (h, b) = q.encode(&host);
+        match q.abort {
+            Abort::No => {}
+            Abort::MidRequest => {
+                let half = if b.len() >= 2 {
+                    let mut v = h.clone();
+                    v.extend(&b[..b.len() / 2]);
+                    v
+                } else {
+                    h[..h.len() / 2].to_vec()
+                };
+                let _ = write_with(&mut w, &half, plan.writes);
+                reset(&w);
+                break;
+            }
+            Abort::MidResponse => {
+                let mut all = h.clone();
+                all.extend(&b);
+                if write_with(&mut w, &all, plan.writes).is_ok() {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).is_ok() {
+                        sent[i].status =
+                            line.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+                    }
+                }
+                reset(&w);
+                break;
+            }
+        }
         let result = (|| -> io::Result<(u16, bool)> {
             if q.expect_continue {
                 write_with(&mut w, &h, plan.writes)?;
@@ -371,6 +425,26 @@ fn run_conn(addr: SocketAddr, plan: &ConnPlan) -> Vec<Sent> {
         }
     }
     sent
+}
+
+/// Closes with a reset rather than a FIN, as a client that gives up or dies does.
+fn reset(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a valid linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    // The reset goes out when the caller drops the last handle on the socket.
 }
 
 fn write_with(w: &mut TcpStream, bytes: &[u8], how: Writes) -> io::Result<()> {

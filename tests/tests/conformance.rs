@@ -80,7 +80,8 @@ struct SpanLine {
     method: String,
     status: u16,
     request_body: u64,
-    response_body: u64,
+    /// `None` when the span claims no size (a body delimited by the close).
+    response_body: Option<u64>,
 }
 
 /// The id in a target's `?r<id>=1` query (the key: span queries keep keys, not values).
@@ -110,7 +111,7 @@ fn spans_by_id(stdout: &str) -> (HashMap<u64, Vec<SpanLine>>, usize) {
             method: a["http.request.method"].as_str().unwrap_or("").to_string(),
             status: a["http.response.status_code"].as_u64().unwrap_or(0) as u16,
             request_body: a["http.request.body.size"].as_u64().unwrap_or(0),
-            response_body: a["http.response.body.size"].as_u64().unwrap_or(0),
+            response_body: a["http.response.body.size"].as_u64(),
         });
     }
     (by_id, without_id)
@@ -138,6 +139,8 @@ struct Table {
     doubled: usize,
     extra: usize,
     unpaired_counted: u64,
+    /// The agent's `desync_<cause>=N` fields: why connections lost pairing.
+    desync_causes: String,
     not_logged: usize,
 }
 
@@ -160,6 +163,7 @@ impl Table {
             pct(self.missing),
             self.unpaired_counted
         );
+        let _ = writeln!(s, "    desync causes: {}", self.desync_causes);
         let _ = writeln!(s, "  wrong span              {:>6}", self.wrong.len());
         let _ = writeln!(s, "  doubled                 {:>6}", self.doubled);
         let _ = writeln!(s, "  span with no log line   {:>6}", self.extra);
@@ -200,6 +204,17 @@ fn compare(logged: &[Logged], sent: &[Sent], stdout: &str, stderr: &str) -> Tabl
         extra: without_id,
         unpaired_counted: status_field(stderr, "unmatched")
             + status_field(stderr, "unpaired_desync"),
+        desync_causes: [
+            "header_gap",
+            "chunk_gap",
+            "boundary_gap",
+            "malformed",
+            "other",
+        ]
+        .iter()
+        .map(|c| format!("{c}={}", status_field(stderr, &format!("desync_{c}"))))
+        .collect::<Vec<_>>()
+        .join(" "),
         ..Table::default()
     };
     let mut seen = std::collections::HashSet::new();
@@ -226,11 +241,11 @@ fn compare(logged: &[Logged], sent: &[Sent], stdout: &str, stderr: &str) -> Tabl
             Some(q) if q.expect_continue => CONTINUE_LEN,
             _ => 0,
         };
-        if let Some(b) = l.response_body
-            && b != s.response_body
-            && b != s.response_body + interim
+        if let (Some(b), Some(sb)) = (l.response_body, s.response_body)
+            && b != sb
+            && b != sb + interim
         {
-            diffs.push(format!("response body {} vs logged {b}", s.response_body));
+            diffs.push(format!("response body {sb} vs logged {b}"));
         }
         if let (Some(read), Some(q)) = (l.request_bytes, sent.get(&l.id)) {
             let body = read.saturating_sub(q.header_bytes);

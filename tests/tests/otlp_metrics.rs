@@ -111,7 +111,7 @@ fn request(series: HttpSeries, duration_s: f64, req: u64, resp: u64, sampled: bo
         series,
         duration_s,
         request_body: req,
-        response_body: resp,
+        response_body: Some(resp),
         exemplar: sampled.then_some(Exemplar {
             value: duration_s,
             trace_id: EXEMPLAR_TRACE,

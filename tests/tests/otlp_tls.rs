@@ -121,7 +121,7 @@ fn spans_metrics_and_logs_over_https_with_a_ca_file() {
                 series,
                 duration_s: 0.01,
                 request_body: 0,
-                response_body: 2,
+                response_body: Some(2),
                 exemplar: None,
             },
             false,

@@ -23,7 +23,9 @@ use periscope_common::{
 
 use crate::{
     events::Event,
-    http::{Chunk, Direction, Message, MessageKind, StreamParser},
+    http::{
+        Chunk, Direction, Message, MessageKind, ParserStats, StreamParser, count_request_starts,
+    },
     metrics::{Exemplar, HttpKind, HttpRecord, HttpSeries, Metrics},
     resource::{Resource, ResourceConfig},
     route::{RouteConfig, RouteTable},
@@ -81,6 +83,8 @@ struct Conn {
     /// counting no longer pairs requests with responses. Nothing more is paired on this
     /// connection; every response seen is counted instead (see `pairing`).
     desynced: bool,
+    /// Why pairing was lost (the first loss; meaningful once `desynced`).
+    desync_cause: DesyncCause,
     /// Requests and responses seen since pairing was lost (see `unpaired_at_close`).
     lost_requests: u64,
     lost_responses: u64,
@@ -88,6 +92,8 @@ struct Conn {
     /// request kinds are unknown (HEAD), the parser may swallow a response as another's
     /// body, but a server starts most responses with their own write.
     lost_response_starts: u64,
+    /// Request lines in the captured bytes since the loss (see `count_request_starts`).
+    lost_request_starts: u64,
     /// TLS on this connection (see `Tls`).
     tls: Tls,
     /// Bytes were fed to the parsers: only a connection's first bytes can say TLS.
@@ -137,9 +143,11 @@ impl Conn {
             go_caller: None,
             from_start: role != Role::Unknown,
             desynced: false,
+            desync_cause: DesyncCause::Other,
             lost_requests: 0,
             lost_responses: 0,
             lost_response_starts: 0,
+            lost_request_starts: 0,
             tls: Tls::No,
             fed: false,
         }
@@ -166,6 +174,7 @@ impl Conn {
         self.lost_requests
             .max(self.lost_responses)
             .max(self.lost_response_starts)
+            .max(self.lost_request_starts)
     }
 }
 
@@ -202,6 +211,13 @@ pub struct TrackerStats {
     /// Exchanges not turned into spans because their connection's pairing was lost
     /// (see `Conn::desynced`), added when the connection closes.
     pub unpaired_desync: u64,
+    /// Responses delimited by their connection's close: whether the server closed in
+    /// order or the peer reset mid-response is not captured, so their spans claim no
+    /// response size.
+    pub responses_ended_by_close: u64,
+    /// `unpaired_desync` by what made the connection lose pairing, indexed by
+    /// [`DesyncCause`].
+    pub unpaired_desync_by_cause: [u64; DesyncCause::ALL.len()],
     /// Sockets a process used without accepting or connecting them (see `follow`).
     pub conns_adopted: u64,
     /// Socket fds duplicated onto other fds.
@@ -223,6 +239,66 @@ pub struct TrackerStats {
 
 /// Mute requests waiting for the event loop to write them to the kernel.
 const MAX_MUTES: usize = 4096;
+
+/// What made a connection lose pairing, for `periscope_exchanges_unpaired_desync`:
+/// which capture limit to lift, or which input to look at, for fewer missing spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DesyncCause {
+    /// A gap (bytes beyond the capture) cut a start line or header section.
+    HeaderGap,
+    /// A gap hid a chunk-size line of a chunked body.
+    ChunkGap,
+    /// A gap hid where the next message starts.
+    BoundaryGap,
+    /// Malformed input (or a line over the parser's caps).
+    Malformed,
+    /// A message whose end was guessed (truncated at close) or anything else.
+    Other,
+}
+
+impl DesyncCause {
+    pub const ALL: [DesyncCause; 5] = [
+        DesyncCause::HeaderGap,
+        DesyncCause::ChunkGap,
+        DesyncCause::BoundaryGap,
+        DesyncCause::Malformed,
+        DesyncCause::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesyncCause::HeaderGap => "header_gap",
+            DesyncCause::ChunkGap => "chunk_gap",
+            DesyncCause::BoundaryGap => "boundary_gap",
+            DesyncCause::Malformed => "malformed",
+            DesyncCause::Other => "other",
+        }
+    }
+
+    /// The cause of a loss between two snapshots of one stream's parser stats.
+    fn between(before: &ParserStats, after: &ParserStats) -> DesyncCause {
+        if after.gaps_in_header > before.gaps_in_header {
+            DesyncCause::HeaderGap
+        } else if after.gaps_in_chunk_framing > before.gaps_in_chunk_framing {
+            DesyncCause::ChunkGap
+        } else if after.gaps_hiding_start > before.gaps_hiding_start {
+            DesyncCause::BoundaryGap
+        } else if after.parse_errors > before.parse_errors {
+            DesyncCause::Malformed
+        } else {
+            DesyncCause::Other
+        }
+    }
+}
+
+impl TrackerStats {
+    /// Counts the exchanges a connection could not pair, by its cause.
+    fn add_unpaired(&mut self, conn: &Conn) {
+        let n = conn.unpaired_at_close();
+        self.unpaired_desync += n;
+        self.unpaired_desync_by_cause[conn.desync_cause as usize] += n;
+    }
+}
 
 /// What the tracker needs besides events: where metrics go, how routes and sampling
 /// are decided.
@@ -591,7 +667,7 @@ impl Tracker {
         self.stats.conns_opened += 1;
         // A reused fd number means the old connection is gone even if we missed its close.
         if let Some(old) = self.conns.insert((pid, ev.fd), Conn::new(role, ends)) {
-            self.stats.unpaired_desync += old.unpaired_at_close();
+            self.stats.add_unpaired(&old);
             self.unindex_client(pid, ev.fd, &old);
         }
         if role == Role::Client {
@@ -852,9 +928,11 @@ impl Tracker {
         };
         let was_http = !parser.is_passthrough();
         let losses = parser.losses();
-        let resyncs = parser.stats().resyncs;
+        let before = parser.stats();
+        let resyncs = before.resyncs;
         conn.fed = true;
         parser.feed(&chunk, &mut out);
+        let cause = DesyncCause::between(&before, &parser.stats());
         if was_http && parser.is_passthrough() && parser.stats().messages == 0 {
             self.stats.non_http_streams += 1;
         }
@@ -885,11 +963,15 @@ impl Tracker {
             go_parents: &self.go_parents,
         };
         if lost {
-            desync(&mut conn, &mut ctx);
+            desync(&mut conn, cause, &mut ctx);
         }
         if conn.desynced {
             if is_request_stream {
                 conn.lost_requests += new_resyncs;
+                // A resyncing parser skips whole reads that do not start with a
+                // request (a body's end, then pipelined requests): count the request
+                // lines seen in the captured head instead.
+                conn.lost_request_starts += count_request_starts(head);
             } else {
                 conn.lost_responses += new_resyncs;
                 let final_start = head.starts_with(b"HTTP/1.") && head.get(9) != Some(&b'1');
@@ -1021,7 +1103,7 @@ impl Tracker {
                 series,
                 duration_s,
                 request_body: x.req.body_bytes,
-                response_body: x.resp.body_bytes,
+                response_body: (!x.resp.size_unknown).then_some(x.resp.body_bytes),
                 exemplar,
             },
             route.as_ref().is_some_and(|r| r.is_overflow()),
@@ -1067,10 +1149,18 @@ impl Tracker {
         // What was read of a request whose body never arrived in full, in case it was
         // answered early (the server read no further, then closed).
         let open_request = req_stream.open_request();
+        // A request cut inside its header section (the client reset) has no entry yet,
+        // and the server may have logged it: count it with the unanswered requests.
+        let cut_head = req_stream.head_in_progress();
         let losses = req_stream.losses() + resp_stream.losses();
+        let mut before = req_stream.stats();
+        before += resp_stream.stats();
         req_stream.close(ts_ns, &mut out);
         let n_req = out.len();
         resp_stream.close(ts_ns, &mut out);
+        let mut after = req_stream.stats();
+        after += resp_stream.stats();
+        let cause = DesyncCause::between(&before, &after);
         let lost =
             req_stream.losses() + resp_stream.losses() > losses || out.iter().any(|m| m.truncated);
         let msgs: Vec<(bool, Message)> = out
@@ -1090,7 +1180,7 @@ impl Tracker {
             go_parents: &self.go_parents,
         };
         if lost {
-            desync(&mut conn, &mut ctx);
+            desync(&mut conn, cause, &mut ctx);
         }
         for (is_req, msg) in msgs {
             if conn.desynced {
@@ -1101,6 +1191,9 @@ impl Tracker {
                 }
                 continue;
             }
+            // A response delimited by the close: its span claims no size (see
+            // `Message::size_unknown`).
+            ctx.stats.responses_ended_by_close += u64::from(msg.size_unknown);
             if let Some(x) = on_message(&mut conn, msg, is_req, &mut ctx) {
                 self.exchanges.push(x);
             }
@@ -1119,8 +1212,9 @@ impl Tracker {
             let resp = p.resp.take().expect("checked above");
             self.exchanges.push(exchange(&conn, p, resp));
         }
-        self.stats.requests_without_response += conn.pending.len() as u64;
-        self.stats.unpaired_desync += conn.unpaired_at_close();
+        self.stats.requests_without_response +=
+            conn.pending.len() as u64 + u64::from(cut_head && !conn.desynced);
+        self.stats.add_unpaired(&conn);
         // Requests that will never be answered are no longer anyone's context.
         for p in &conn.pending {
             if self
@@ -1237,14 +1331,16 @@ fn on_request_head(conn: &mut Conn, head: Message, ctx: &mut MessageCtx<'_>) {
 
 /// Pairing is lost on this connection (see `Conn::desynced`): drop what waits, count
 /// what was already answered, and give up the contexts of the dropped requests.
-fn desync(conn: &mut Conn, ctx: &mut MessageCtx<'_>) {
+fn desync(conn: &mut Conn, cause: DesyncCause, ctx: &mut MessageCtx<'_>) {
     if conn.desynced {
         return;
     }
     conn.desynced = true;
+    conn.desync_cause = cause;
     for p in conn.pending.drain(..) {
         // Each is a request seen; an answered one is a response seen too.
         conn.lost_requests += 1;
+        conn.lost_request_starts += 1;
         conn.lost_responses += u64::from(p.resp.is_some());
         if ctx
             .active

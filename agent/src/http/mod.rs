@@ -40,6 +40,7 @@ use std::fmt;
 use std::ops::AddAssign;
 
 pub use parser::StreamParser;
+pub use syntax::count_request_starts;
 
 /// Longest start line, header or trailer line, line end included. A longer line is a
 /// parse error (or, before the first message, proof the stream is not HTTP/1.x); it is
@@ -205,6 +206,10 @@ pub struct Message {
     /// Bytes the framing needed were not captured, so where this message ends (and
     /// possibly some fields) is a best guess. Sizes of a truncated message are not exact.
     pub truncated: bool,
+    /// The body's size is not known: a body delimited by the connection's close,
+    /// which an orderly close and a peer's reset (after writes that failed, which the
+    /// capture does not report) end alike. Spans and metrics then claim no size.
+    pub size_unknown: bool,
 }
 
 impl Message {
@@ -258,6 +263,13 @@ pub struct ParserStats {
     pub passthrough_bytes: u64,
     /// Partial messages dropped by [`StreamParser::close`].
     pub dropped_at_close: u64,
+    /// Gaps (bytes not captured) that cut a start line or header section.
+    pub gaps_in_header: u64,
+    /// Gaps that hid a chunk-size line or trailers of a chunked body.
+    pub gaps_in_chunk_framing: u64,
+    /// Gaps that hid where the next message starts (between messages, or a body that
+    /// ended inside the gap with more bytes after it).
+    pub gaps_hiding_start: u64,
 }
 
 impl AddAssign for ParserStats {
@@ -270,5 +282,8 @@ impl AddAssign for ParserStats {
         self.skipped_bytes += o.skipped_bytes;
         self.passthrough_bytes += o.passthrough_bytes;
         self.dropped_at_close += o.dropped_at_close;
+        self.gaps_in_header += o.gaps_in_header;
+        self.gaps_in_chunk_framing += o.gaps_in_chunk_framing;
+        self.gaps_hiding_start += o.gaps_hiding_start;
     }
 }

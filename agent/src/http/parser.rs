@@ -182,6 +182,7 @@ impl Draft {
             connection_close: self.close || (self.version_minor == 0 && !self.keep_alive),
             expect_continue: self.expect_continue,
             truncated: self.truncated,
+            size_unknown: false,
         })
     }
 }
@@ -361,7 +362,11 @@ impl StreamParser {
     /// [`ParserStats::dropped_at_close`]. The parser is left ready for a new stream.
     pub fn close(&mut self, ts_ns: u64, out: &mut Vec<Message>) {
         match self.state {
-            State::UntilClose => self.finish(ts_ns, out),
+            State::UntilClose => {
+                let n = out.len();
+                self.finish(ts_ns, out);
+                out.iter_mut().skip(n).for_each(|m| m.size_unknown = true);
+            }
             State::Lost => {
                 let end = self.draft.last_ts;
                 self.finish(end, out);
@@ -447,6 +452,7 @@ impl StreamParser {
             connection_close: d.close || (d.version_minor == 0 && !d.keep_alive),
             expect_continue: d.expect_continue,
             truncated: d.truncated,
+            size_unknown: false,
         })
     }
 
@@ -459,6 +465,13 @@ impl StreamParser {
             + self.stats.parse_errors
             + self.stats.truncated
             + u64::from(self.state == State::Lost)
+    }
+
+    /// Request streams only: a request line was read and its header section is still
+    /// incomplete (a client that gave up mid-header): an exchange the server may log
+    /// that can never get a span.
+    pub fn head_in_progress(&self) -> bool {
+        self.dir == Direction::Request && self.state == State::Headers && self.draft.kind.is_some()
     }
 
     /// Request kinds remembered for responses not yet seen.
@@ -772,10 +785,12 @@ impl StreamParser {
             State::Idle => {
                 // A message may start anywhere in there: nothing to do but wait for a
                 // chunk that starts one.
+                self.stats.gaps_hiding_start += 1;
                 self.enter_resync();
                 self.stats.skipped_bytes += n;
             }
             State::StartLine => {
+                self.stats.gaps_in_header += 1;
                 let line = mem::take(&mut self.line);
                 let known = self.partial_start_line(&line);
                 self.recycle(line);
@@ -792,6 +807,7 @@ impl StreamParser {
                 }
             }
             State::Headers => {
+                self.stats.gaps_in_header += 1;
                 // The partial field line is dropped: its value may be cut.
                 self.line.clear();
                 self.draft.truncated = true;
@@ -809,6 +825,7 @@ impl StreamParser {
                     self.draft.body_bytes += rem;
                     self.finish(ts, out);
                     if n > rem {
+                        self.stats.gaps_hiding_start += 1;
                         self.enter_resync();
                         self.stats.skipped_bytes += n - rem;
                     }
@@ -826,6 +843,7 @@ impl StreamParser {
             }
             State::Chunked(_) => {
                 // A chunk-size line (or the trailers) fell in the gap.
+                self.stats.gaps_in_chunk_framing += 1;
                 self.line.clear();
                 self.draft.last_ts = ts;
                 self.draft.body_bytes += n;

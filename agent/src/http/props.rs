@@ -464,6 +464,7 @@ fn base(kind: MessageKind, minor: u8) -> Message {
         connection_close: false,
         expect_continue: false,
         truncated: false,
+        size_unknown: false,
     }
 }
 
@@ -632,6 +633,7 @@ impl Exp {
     fn with_ts(&self, bounds: &[usize]) -> Message {
         let mut m = self.msg.clone();
         m.start_ns = ts_at(bounds, self.start);
+        m.size_unknown = self.close_delimited;
         m.end_ns = if self.close_delimited {
             CLOSE_TS
         } else {

@@ -272,6 +272,21 @@ pub(super) fn looks_like_start(dir: Direction, head: &[u8]) -> bool {
     }
 }
 
+/// How many request lines start in `bytes` (at its first byte or after a line end).
+/// For counting on a connection whose pairing is lost: the server read (and logged)
+/// every request, including those inside a read that did not start with one.
+pub fn count_request_starts(bytes: &[u8]) -> u64 {
+    let after_lf = bytes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'\n')
+        .map(|(i, _)| i + 1);
+    std::iter::once(0)
+        .chain(after_lf)
+        .filter(|&i| i < bytes.len() && looks_like_request_start(&bytes[i..]))
+        .count() as u64
+}
+
 fn looks_like_request_start(head: &[u8]) -> bool {
     let probe = &head[..head.len().min(MAX_METHOD + 1)];
     let Some(sp) = probe.iter().position(|&b| b == b' ') else {

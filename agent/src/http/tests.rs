@@ -782,3 +782,16 @@ fn mid_stream_parser_skips_to_the_next_message() {
     fresh.feed(&Chunk::full(1, b"rest of a body\r\n"), &mut out);
     assert!(fresh.is_passthrough());
 }
+
+/// Finding (issue 11, apache2 prefork conformance): on a connection whose pairing was
+/// lost, a read that starts inside a body and carries pipelined requests was skipped
+/// whole, so its requests (logged by the server) were not counted as unpaired.
+#[test]
+fn request_starts_inside_a_read_are_counted() {
+    let read =
+        b"dy-end\r\nGET /a?r1=1 HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\r\n\r\nPOST /c HT";
+    assert_eq!(super::count_request_starts(read), 3);
+    assert_eq!(super::count_request_starts(b"GET / HTTP/1.1\r\n\r\n"), 1);
+    // A body line that is no request line is not one.
+    assert_eq!(super::count_request_starts(b"x\nGETTING there\nhello"), 0);
+}

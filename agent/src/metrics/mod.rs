@@ -88,7 +88,8 @@ pub struct HttpRecord {
     pub series: HttpSeries,
     pub duration_s: f64,
     pub request_body: u64,
-    pub response_body: u64,
+    /// `None` when the size is not known (see `Message::size_unknown`).
+    pub response_body: Option<u64>,
     /// Set when the span was sampled (exemplars must point at exported traces).
     pub exemplar: Option<Exemplar>,
 }
@@ -223,9 +224,9 @@ impl Metrics {
         stats
             .request_body
             .record(rec.request_body as f64, size_ex(rec.request_body));
-        stats
-            .response_body
-            .record(rec.response_body as f64, size_ex(rec.response_body));
+        if let Some(b) = rec.response_body {
+            stats.response_body.record(b as f64, size_ex(b));
+        }
     }
 
     /// Applies `f` to the process stats of `pid`, if registered.
@@ -361,7 +362,7 @@ mod tests {
                     series: series("/a", if i % 10 == 0 { 500 } else { 200 }),
                     duration_s: 0.001,
                     request_body: 0,
-                    response_body: 10,
+                    response_body: Some(10),
                     exemplar: None,
                 },
                 false,
@@ -385,7 +386,7 @@ mod tests {
                     series: series(&format!("/r{i}"), 200),
                     duration_s: 0.01,
                     request_body: 0,
-                    response_body: 0,
+                    response_body: Some(0),
                     exemplar: None,
                 },
                 false,

@@ -828,7 +828,7 @@ mod tests {
                     },
                     duration_s: 0.02,
                     request_body: 0,
-                    response_body: 12,
+                    response_body: Some(12),
                     exemplar: Some(Exemplar {
                         value: 0.02,
                         trace_id: [1; 16],

@@ -247,6 +247,33 @@ pub fn render(src: &Sources, format: Format) -> String {
             ("no_response", snap.tracker.requests_without_response),
         ]),
     );
+    let by_cause = |pairs: &[(&str, u64)]| -> Vec<Sample> {
+        pairs
+            .iter()
+            .map(|&(cause, v)| {
+                let mut labels = agent_labels();
+                labels.push(("cause".into(), cause.to_string()));
+                Sample {
+                    labels,
+                    value: v as f64,
+                }
+            })
+            .collect()
+    };
+    let causes: Vec<(&str, u64)> = crate::conn::DesyncCause::ALL
+        .iter()
+        .map(|c| {
+            (
+                c.as_str(),
+                snap.tracker.unpaired_desync_by_cause[*c as usize],
+            )
+        })
+        .collect();
+    enc.counter(
+        "periscope_exchanges_unpaired_desync",
+        "The desync part of periscope_exchanges_unpaired, by what made the connection lose pairing: header_gap (a header section longer than the capture), chunk_gap (a chunk-size line beyond the capture), boundary_gap (the start of the next message beyond the capture), malformed, other.",
+        &by_cause(&causes),
+    );
     enc.counter(
         "periscope_spans_joined",
         "Server spans made children of the traced client span (another process on this node) that sent the request.",

@@ -284,10 +284,12 @@ pub fn build(
     if req.body_bytes > 0 {
         push("http.request.body.size", Value::Int(req.body_bytes as i64));
     }
-    push(
-        "http.response.body.size",
-        Value::Int(resp.body_bytes as i64),
-    );
+    if !resp.size_unknown {
+        push(
+            "http.response.body.size",
+            Value::Int(resp.body_bytes as i64),
+        );
+    }
     let error = is_error(kind, status);
     if error {
         push("error.type", Value::Str(status.to_string()));

@@ -190,4 +190,57 @@ fn lost_request_boundaries_pair_nothing_and_count_every_response() {
     assert_eq!(lines(&r).len(), 1);
     // Four responses were seen after the loss, two requests: the larger is counted.
     assert_eq!(r.t.stats().unpaired_desync, 4);
+    // The gap cut the header section of the first of the three: that is the cause.
+    let mut want = [0; DesyncCause::ALL.len()];
+    want[DesyncCause::HeaderGap as usize] = 4;
+    assert_eq!(r.t.stats().unpaired_desync_by_cause, want);
+}
+
+/// Finding (issue 11, Go 1.21 conformance with client aborts): an HTTP/1.0 response
+/// without Content-Length is delimited by the close; the client reset the connection
+/// after the status line, the server's later writes failed (uncaptured), and the span
+/// said 12000 body bytes where the server had written 15000. A close cannot tell an
+/// orderly end from a reset: the span claims no response size.
+#[test]
+fn close_delimited_response_cut_by_client_reset() {
+    let (mut r, pid) = server();
+    r.data(
+        pid,
+        pid,
+        7,
+        DIR_INGRESS,
+        10,
+        b"GET /stream HTTP/1.0\r\nHost: x\r\n\r\n",
+    );
+    r.data(pid, pid, 7, DIR_EGRESS, 20, b"HTTP/1.0 200 OK\r\n\r\n");
+    let part = vec![b's'; 3000];
+    for i in 0..4 {
+        r.data(pid, pid, 7, DIR_EGRESS, 30 + i, &part);
+    }
+    // The fifth write failed with EPIPE: the capture reports nothing of it.
+    close(&mut r, pid, 40);
+    assert_eq!(lines(&r), [line("GET", "/stream", 200)]);
+    assert_eq!(r.spans[0].attr("http.response.body.size"), None);
+    let st = r.t.stats();
+    assert_eq!(st.responses_ended_by_close, 1);
+    assert_eq!(st.requests_without_response, 0);
+}
+
+/// Finding (issue 11, apache2 prefork conformance with client aborts): a client that
+/// reset the connection halfway through a request's header section left an exchange
+/// apache logged, with no span and no counted reason.
+#[test]
+fn request_head_cut_by_client_reset_is_counted() {
+    let (mut r, pid) = server();
+    r.data(
+        pid,
+        pid,
+        7,
+        DIR_INGRESS,
+        10,
+        b"GET /index.html?r7=1 HTTP/1.1\r\nHost: x\r\nUser-Ag",
+    );
+    close(&mut r, pid, 20);
+    assert!(r.spans.is_empty());
+    assert_eq!(r.t.stats().requests_without_response, 1);
 }

@@ -354,7 +354,7 @@ mod tests {
                 },
                 duration_s: 0.1,
                 request_body: 0,
-                response_body: 0,
+                response_body: Some(0),
                 exemplar: None,
             },
             false,
