@@ -15,6 +15,7 @@
 
 mod common;
 mod go;
+mod gotls;
 mod net;
 mod sched;
 mod task;

@@ -272,8 +272,9 @@ fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
     if !is_sock(tgid, fd) && !(is_target(tgid) && adopt(pid_tgid, fd)) {
         return 0;
     }
-    // Ciphertext of an OpenSSL call: its plaintext comes from the TLS uprobes.
-    if crate::tls::inner_syscall(pid_tgid, fd) {
+    // Ciphertext of an OpenSSL or Go crypto/tls call: its plaintext comes from the TLS
+    // uprobes.
+    if crate::tls::inner_syscall(pid_tgid, fd) || crate::gotls::inner_syscall(pid_tgid, fd) {
         return 0;
     }
     let (ptr, iovcnt) = match syscall {

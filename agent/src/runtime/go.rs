@@ -31,6 +31,9 @@ pub enum GoProbeGate {
     /// known and the binary has a `net.Conn` type the kernel can look through
     /// ([`CONN_TYPES`]). One event per connection or request, not per goroutine.
     HttpConn,
+    /// Go crypto/tls plaintext: attached together by [`tls_sites`], never one without
+    /// the others.
+    Tls,
 }
 
 /// Go functions the kernel programs attach to: (program, Go function, at entry (true)
@@ -91,7 +94,64 @@ pub const GO_PROBES: &[(&str, &str, bool, bool, GoProbeGate)] = &[
         false,
         GoProbeGate::HttpConn,
     ),
+    // crypto/tls.(*Conn).Read and Write (ebpf/src/gotls.rs): the entries remember the
+    // call, `gotls_ret` at every RET of both sends the plaintext.
+    (
+        "gotls_read_enter",
+        GOTLS_READ,
+        true,
+        false,
+        GoProbeGate::Tls,
+    ),
+    (
+        "gotls_write_enter",
+        GOTLS_WRITE,
+        true,
+        false,
+        GoProbeGate::Tls,
+    ),
+    ("gotls_ret", GOTLS_READ, false, false, GoProbeGate::Tls),
+    ("gotls_ret", GOTLS_WRITE, false, false, GoProbeGate::Tls),
 ];
+
+const GOTLS_READ: &str = "crypto/tls.(*Conn).Read";
+const GOTLS_WRITE: &str = "crypto/tls.(*Conn).Write";
+
+/// Whether a Go probe program is one of the crypto/tls ones (a feature of its own:
+/// reported as "TLS plaintext (Go crypto/tls)", and a kernel that refuses them keeps
+/// the other Go probes).
+pub fn is_tls_program(name: &str) -> bool {
+    name.starts_with("gotls_")
+}
+
+/// Where the crypto/tls probes go in `bin`: `Ok(None)` when the binary has no
+/// `crypto/tls.(*Conn).Read`/`Write` (it does not use TLS), an error when it has them
+/// but their RET sites cannot be found (then none is attached: an entry without its
+/// RETs would leave every call pending).
+pub fn tls_sites(bin: &GoBinary) -> Result<Option<Vec<(&'static str, u64)>>, String> {
+    let mut sites = Vec::new();
+    for &(prog, func, at_entry, _, gate) in GO_PROBES {
+        if gate != GoProbeGate::Tls {
+            continue;
+        }
+        let Some(f) = bin.find_function(func) else {
+            return Ok(None);
+        };
+        if at_entry {
+            let off = bin
+                .file_offset(f.entry)
+                .ok_or_else(|| format!("{func}: entry not in the file"))?;
+            sites.push((prog, off));
+        } else {
+            let offs = bin.ret_offsets(&f).map_err(|e| format!("{func}: {e}"))?;
+            if offs.is_empty() {
+                return Err(format!("{func}: no RET found"));
+            }
+            sites.extend(offs.into_iter().map(|o| (prog, o)));
+        }
+    }
+    Ok(Some(sites))
+}
 
 /// What a `net.Conn` interface value of a given dynamic type holds, for the net/http
 /// probes (shared with ebpf/src/go.rs through periscope_common).
@@ -144,6 +204,9 @@ pub struct GoPlan {
     /// (run-time address of a `Close` method, `CONN_*`) for the net/http probes, from
     /// [`CONN_TYPES`]; empty when they are not attached.
     pub conn_types: Vec<(u64, u32)>,
+    /// The crypto/tls probes: `Ok(Some(sites))` when in `attach`, `Ok(None)` for a
+    /// binary without crypto/tls, `Err(why)` when it has it but cannot be hooked.
+    pub tls: Result<Option<usize>, String>,
     pub offsets: GoOffsets,
     pub bin: Arc<GoBinary>,
 }
@@ -187,6 +250,7 @@ pub fn plan(pid: u32, goroutine_events: bool) -> Result<Option<GoPlan>, GoError>
             GoProbeGate::Always => true,
             GoProbeGate::GoroutineEvents => goroutine_events,
             GoProbeGate::HttpConn => !conn_types.is_empty(),
+            GoProbeGate::Tls => false,
         };
         if !wanted {
             continue;
@@ -209,10 +273,15 @@ pub fn plan(pid: u32, goroutine_events: bool) -> Result<Option<GoPlan>, GoError>
             }
         }
     }
+    let tls = tls_sites(&bin);
+    if let Ok(Some(sites)) = &tls {
+        attach.extend(sites.iter().copied());
+    }
     Ok(Some(GoPlan {
         version,
         info,
         attach,
+        tls: tls.map(|s| s.map(|s| s.len())),
         conn_types,
         offsets,
         bin: Arc::new(bin),

@@ -820,7 +820,48 @@ fn plan_attaches_net_http_probes() {
         ];
         want.sort_unstable();
         assert_eq!(types, want, "{:?}", b.path);
+        // The crypto/tls probes are in the plan, as `tls_sites` finds them.
+        let sites = crate::runtime::go::tls_sites(&g).unwrap().unwrap();
+        assert_eq!(p.tls, Ok(Some(sites.len())), "{:?}", b.path);
+        for site in &sites {
+            assert!(p.attach.contains(site), "{site:?} in {:?}", b.path);
+        }
     }
+}
+
+/// crypto/tls.(*Conn).Read and Write: each entry where the symbol table puts it, and
+/// `gotls_ret` at RETs inside each function, found alike with and without symbols.
+#[test]
+fn go_tls_sites_found_stripped() {
+    use crate::runtime::go::tls_sites;
+    let mut by_version: HashMap<String, Vec<(&str, u64)>> = HashMap::new();
+    for b in http_binaries() {
+        let g = open(b);
+        let sites = tls_sites(&g)
+            .unwrap_or_else(|e| panic!("{:?}: {e}", b.path))
+            .unwrap_or_else(|| panic!("no crypto/tls in {:?}", b.path));
+        for (prog, func) in [
+            ("gotls_read_enter", "crypto/tls.(*Conn).Read"),
+            ("gotls_write_enter", "crypto/tls.(*Conn).Write"),
+        ] {
+            let f = g.find_function(func).unwrap();
+            let entry = g.file_offset(f.entry).unwrap();
+            let at: Vec<u64> = sites.iter().filter(|s| s.0 == prog).map(|s| s.1).collect();
+            assert_eq!(at, vec![entry], "{prog} in {:?}", b.path);
+            let end = g.file_offset(f.end - 1).unwrap() + 1;
+            let rets = sites
+                .iter()
+                .filter(|s| s.0 == "gotls_ret" && (entry..end).contains(&s.1))
+                .count();
+            assert!(rets >= 1, "no RET of {func} in {:?}", b.path);
+        }
+        assert!(sites.iter().all(|s| s.0.starts_with("gotls_")));
+        // Stripped and plain builds of one version are the same code.
+        if let Some(other) = by_version.insert(b.version.clone(), sites.clone()) {
+            assert_eq!(other, sites, "{:?}", b.path);
+        }
+    }
+    assert!(!by_version.is_empty());
 }
 
 #[test]

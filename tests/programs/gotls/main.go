@@ -1,0 +1,201 @@
+// gotls is a Go HTTPS server and client (crypto/tls, HTTP/1.1 only) used as a tracing
+// target by the Go TLS end-to-end test. Stdlib only; built with several Go toolchains,
+// plain and stripped.
+//
+//	gotls server LOG          listens on 127.0.0.1:0 with a certificate made at start,
+//	                          prints "listening on ADDR", appends one line per request to
+//	                          LOG: "METHOD PATH STATUS BYTES" (BYTES = response body)
+//	gotls client URL SEED N GO  waits for the file GO to exist, then makes N seeded
+//	                          requests to URL (GET/HEAD/POST, 404s, bodies up to 1 MiB,
+//	                          keep-alive and fresh connections) and prints the same line
+//	                          per exchange, then "done"
+//
+// Both force HTTP/1.1 (TLSNextProto empty): HTTP/2 is traced elsewhere.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"log"
+	mrand "math/rand"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		log.Fatal("usage: gotls server LOG | gotls client URL SEED N GOFILE")
+	}
+	switch os.Args[1] {
+	case "server":
+		server(os.Args[2])
+	case "client":
+		seed, _ := strconv.ParseInt(os.Args[3], 10, 64)
+		n, _ := strconv.Atoi(os.Args[4])
+		client(os.Args[2], seed, n, os.Args[5])
+	default:
+		log.Fatalf("unknown mode %q", os.Args[1])
+	}
+}
+
+func selfSigned() tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		log.Fatal(err)
+	}
+	tmpl := x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &key.PublicKey, key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// counter counts the response body bytes a handler writes.
+type counter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (c *counter) WriteHeader(s int) {
+	if c.status == 0 {
+		c.status = s
+	}
+	c.ResponseWriter.WriteHeader(s)
+}
+
+func (c *counter) Write(b []byte) (int, error) {
+	if c.status == 0 {
+		c.status = 200
+	}
+	n, err := c.ResponseWriter.Write(b)
+	c.bytes += int64(n)
+	return n, err
+}
+
+func server(logPath string) {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		log.Fatal(err)
+	}
+	var mu sync.Mutex
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := &counter{ResponseWriter: w}
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/missing/"):
+			http.NotFound(c, r)
+		case r.Method == http.MethodPost:
+			n, _ := io.Copy(io.Discard, r.Body)
+			c.Header().Set("Content-Type", "text/plain")
+			fmt.Fprintf(c, "received %d bytes\n", n)
+		default:
+			size, _ := strconv.Atoi(r.URL.Query().Get("size"))
+			c.Header().Set("Content-Length", strconv.Itoa(size))
+			c.WriteHeader(200)
+			if r.Method != http.MethodHead {
+				c.Write(bytes.Repeat([]byte("g"), size))
+			}
+		}
+		if c.status == 0 {
+			c.status = 200
+		}
+		mu.Lock()
+		fmt.Fprintf(logFile, "%s %s %d %d\n", r.Method, r.URL.Path, c.status, c.bytes)
+		mu.Unlock()
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler:      handler,
+		TLSConfig:    &tls.Config{Certificates: []tls.Certificate{selfSigned()}},
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     log.New(io.Discard, "", 0),
+	}
+	fmt.Printf("listening on %s\n", ln.Addr())
+	os.Stdout.Sync()
+	log.Fatal(srv.ServeTLS(ln, "", ""))
+}
+
+func client(base string, seed int64, n int, goFile string) {
+	for {
+		if _, err := os.Stat(goFile); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rng := mrand.New(mrand.NewSource(seed))
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
+		TLSNextProto:      map[string]func(string, *tls.Conn) http.RoundTripper{},
+		ForceAttemptHTTP2: false,
+		MaxIdleConns:      4,
+	}
+	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	out := bufio.NewWriter(os.Stdout)
+	sizes := []int{0, 1, 100, 5000, 70000, 1 << 20}
+	for i := 0; i < n; i++ {
+		var method, path string
+		var body []byte
+		k := rng.Float64()
+		switch {
+		case k < 0.15:
+			method, path = "GET", fmt.Sprintf("/missing/%d", i)
+		case k < 0.25:
+			method, path = "HEAD", fmt.Sprintf("/gotls/%d?size=%d", i, sizes[rng.Intn(4)])
+		case k < 0.55:
+			method, path = "POST", fmt.Sprintf("/gotls/%d", i)
+			body = bytes.Repeat([]byte("p"), sizes[1+rng.Intn(len(sizes)-1)])
+		default:
+			method, path = "GET", fmt.Sprintf("/gotls/%d?size=%d", i, sizes[rng.Intn(len(sizes))])
+		}
+		var rd io.Reader
+		if body != nil {
+			rd = bytes.NewReader(body)
+		}
+		req, err := http.NewRequest(method, base+path, rd)
+		if err != nil {
+			log.Fatal(err)
+		}
+		// Some exchanges on a fresh connection, closed after the response.
+		req.Close = rng.Intn(4) == 0
+		resp, err := hc.Do(req)
+		if err != nil {
+			log.Fatalf("%s %s: %v", method, path, err)
+		}
+		got, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		p := path
+		if q := strings.IndexByte(p, '?'); q >= 0 {
+			p = p[:q]
+		}
+		fmt.Fprintf(out, "%s %s %d %d\n", method, p, resp.StatusCode, got)
+	}
+	fmt.Fprintln(out, "done")
+	out.Flush()
+}
