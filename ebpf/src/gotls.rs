@@ -17,16 +17,16 @@
 //! wrapper struct that embeds a `net.Conn` first (bounded). When that walk fails, the
 //! read/write syscall the goroutine makes inside the call names it (`inner_syscall`), and
 //! a call that makes none (a record already buffered) uses the socket learnt for the
-//! same `*tls.Conn` before.
+//! same `*tls.Conn` before, in an earlier call or in its handshake.
 //!
 //! Ciphertext: the syscalls a goroutine makes inside one of these calls carry its
 //! records, and are not sent (`inner_syscall`, keyed by the goroutine read at fsbase-8
 //! as in net.rs's `go_first_reader`). That keeps ciphertext of every record out of the
-//! ring and names the socket without knowing the `net.Conn`'s type. Handshake records
-//! (`HandshakeContext` runs outside Read/Write in net/http) and kernels whose BTF gives
-//! no fsbase still reach the agent as ciphertext; the tracker marks such a socket TLS
-//! (`looks_like_tls`) and, once plaintext arrives for it from these probes, ignores its
-//! socket bytes (`Tls::Plain`), so correctness does not rest on this filter.
+//! ring and names the socket without knowing the `net.Conn`'s type; so do the handshake's
+//! own syscalls. On kernels whose BTF gives no fsbase the ciphertext still reaches the
+//! agent: the tracker marks such a socket TLS (`looks_like_tls`) and, once plaintext
+//! arrives for it from these probes, ignores its socket bytes (`Tls::Plain`), so
+//! correctness does not rest on this filter.
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -70,6 +70,14 @@ static GOTLS_CALLS: LruHashMap<[u64; 2], GoTlsCall> = LruHashMap::with_max_entri
 /// syscall) whose `net.Conn` cannot be walked.
 #[map]
 static GOTLS_CONN_FD: LruHashMap<[u64; 2], u32> = LruHashMap::with_max_entries(65_536, 0);
+
+/// `[tgid, g] -> *tls.Conn` while the goroutine runs the connection's handshake
+/// (`serverHandshake` or `clientHandshake`, run once by the first `Handshake`, Read or
+/// Write): its syscalls name the socket before any data moves, which a `net.Conn` that
+/// cannot be walked needs when the first request arrives with the handshake's last
+/// record and the first Read makes no syscall. An LRU, like `GOTLS_CALLS`.
+#[map]
+static GOTLS_HANDSHAKES: LruHashMap<[u64; 2], u64> = LruHashMap::with_max_entries(16_384, 0);
 
 /// How many `net.Conn` interface values deep the socket is looked for: the `tls.Conn`'s
 /// own, then wrappers (a `tls.Conn` over a user type embedding a `*net.TCPConn`...).
@@ -155,6 +163,33 @@ pub fn gotls_write_enter(ctx: ProbeContext) -> u32 {
     enter(&ctx, DIR_EGRESS)
 }
 
+/// Entry of `crypto/tls.(*Conn).serverHandshake(c, ctx)` and `clientHandshake`.
+#[uprobe]
+pub fn gotls_handshake_enter(ctx: ProbeContext) -> u32 {
+    let tgid = bpf_get_current_pid_tgid() >> 32;
+    if unsafe { GO_PROCS.get(&(tgid as u32)).is_none() } {
+        return 0;
+    }
+    let r = regs(&ctx);
+    // Copied out first: a map value must not point into the context (verifier).
+    let (conn, g) = (r.rax, r.r14);
+    if conn != 0 && g != 0 {
+        // A new handshake is a new connection: a `tls.Conn` freed and allocated again
+        // at the same address must not keep the socket of the old one.
+        let _ = GOTLS_CONN_FD.remove(&[tgid, conn]);
+        let _ = GOTLS_HANDSHAKES.insert(&[tgid, g], &conn, 0);
+    }
+    0
+}
+
+/// Each RET of `serverHandshake` and `clientHandshake`.
+#[uprobe]
+pub fn gotls_handshake_ret(ctx: ProbeContext) -> u32 {
+    let tgid = bpf_get_current_pid_tgid() >> 32;
+    let _ = GOTLS_HANDSHAKES.remove(&[tgid, regs(&ctx).r14]);
+    0
+}
+
 /// Each RET of Read and of Write: RAX is the byte count.
 #[uprobe]
 pub fn gotls_ret(ctx: ProbeContext) -> u32 {
@@ -216,15 +251,24 @@ pub fn inner_syscall(pid_tgid: u64, fd: u32) -> bool {
     if g == 0 {
         return false;
     }
-    match GOTLS_CALLS.get_ptr_mut(&[tgid, g]) {
-        Some(call) => {
-            unsafe {
-                if (*call).fd == NO_FD {
-                    (*call).fd = fd;
-                }
+    // A goroutine that left a call without reaching a RET (a panic) leaves an entry
+    // until the LRU drops it or the goroutine (or a new one reusing its g) makes the
+    // next call: a syscall on another socket than the call's is not the call's.
+    let key = [tgid, g];
+    if let Some(call) = GOTLS_CALLS.get_ptr_mut(&key) {
+        unsafe {
+            if (*call).fd == NO_FD {
+                (*call).fd = fd;
             }
-            true
+            return (*call).fd == fd;
         }
-        None => false,
     }
+    if let Some(conn) = unsafe { GOTLS_HANDSHAKES.get(&key).copied() } {
+        let conn_key = [tgid, conn];
+        return match unsafe { GOTLS_CONN_FD.get(&conn_key).copied() } {
+            Some(known) => known == fd,
+            None => GOTLS_CONN_FD.insert(&conn_key, &fd, 0).is_ok(),
+        };
+    }
+    false
 }

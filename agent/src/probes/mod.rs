@@ -426,6 +426,9 @@ pub fn optional_cost(program: &str) -> Option<&'static str> {
         "gotls_read_enter" | "gotls_write_enter" | "gotls_ret" => {
             "HTTPS through Go crypto/tls gets no spans (its sockets are still counted)"
         }
+        "gotls_handshake_enter" | "gotls_handshake_ret" => {
+            "Go HTTPS over a net.Conn wrapper may lose a connection's first request"
+        }
         _ => return None,
     })
 }

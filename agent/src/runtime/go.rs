@@ -95,27 +95,54 @@ pub const GO_PROBES: &[(&str, &str, bool, bool, GoProbeGate)] = &[
         GoProbeGate::HttpConn,
     ),
     // crypto/tls.(*Conn).Read and Write (ebpf/src/gotls.rs): the entries remember the
-    // call, `gotls_ret` at every RET of both sends the plaintext.
-    (
-        "gotls_read_enter",
-        GOTLS_READ,
-        true,
-        false,
-        GoProbeGate::Tls,
-    ),
+    // call, `gotls_ret` at every RET of both sends the plaintext. Required (for this
+    // gate): a binary without them does not use TLS. The handshakes' pairs tell the
+    // socket early; optional.
+    ("gotls_read_enter", GOTLS_READ, true, true, GoProbeGate::Tls),
+    ("gotls_ret", GOTLS_READ, false, true, GoProbeGate::Tls),
     (
         "gotls_write_enter",
         GOTLS_WRITE,
         true,
+        true,
+        GoProbeGate::Tls,
+    ),
+    ("gotls_ret", GOTLS_WRITE, false, true, GoProbeGate::Tls),
+    // Not `handshakeContext`: every Read and Write calls it, to return at once.
+    (
+        "gotls_handshake_enter",
+        GOTLS_SERVER_HANDSHAKE,
+        true,
         false,
         GoProbeGate::Tls,
     ),
-    ("gotls_ret", GOTLS_READ, false, false, GoProbeGate::Tls),
-    ("gotls_ret", GOTLS_WRITE, false, false, GoProbeGate::Tls),
+    (
+        "gotls_handshake_ret",
+        GOTLS_SERVER_HANDSHAKE,
+        false,
+        false,
+        GoProbeGate::Tls,
+    ),
+    (
+        "gotls_handshake_enter",
+        GOTLS_CLIENT_HANDSHAKE,
+        true,
+        false,
+        GoProbeGate::Tls,
+    ),
+    (
+        "gotls_handshake_ret",
+        GOTLS_CLIENT_HANDSHAKE,
+        false,
+        false,
+        GoProbeGate::Tls,
+    ),
 ];
 
 const GOTLS_READ: &str = "crypto/tls.(*Conn).Read";
 const GOTLS_WRITE: &str = "crypto/tls.(*Conn).Write";
+const GOTLS_SERVER_HANDSHAKE: &str = "crypto/tls.(*Conn).serverHandshake";
+const GOTLS_CLIENT_HANDSHAKE: &str = "crypto/tls.(*Conn).clientHandshake";
 
 /// Whether a Go probe program is one of the crypto/tls ones (a feature of its own:
 /// reported as "TLS plaintext (Go crypto/tls)", and a kernel that refuses them keeps
@@ -126,28 +153,45 @@ pub fn is_tls_program(name: &str) -> bool {
 
 /// Where the crypto/tls probes go in `bin`: `Ok(None)` when the binary has no
 /// `crypto/tls.(*Conn).Read`/`Write` (it does not use TLS), an error when it has them
-/// but their RET sites cannot be found (then none is attached: an entry without its
-/// RETs would leave every call pending).
+/// but their RET sites cannot be found. A function's entry and RET probes go on
+/// together or not at all: an entry without its RETs would leave every call pending.
 pub fn tls_sites(bin: &GoBinary) -> Result<Option<Vec<(&'static str, u64)>>, String> {
     let mut sites = Vec::new();
-    for &(prog, func, at_entry, _, gate) in GO_PROBES {
-        if gate != GoProbeGate::Tls {
-            continue;
+    let tls_probes = || GO_PROBES.iter().filter(|p| p.4 == GoProbeGate::Tls);
+    let mut funcs: Vec<(&str, bool)> = Vec::new();
+    for p in tls_probes() {
+        if !funcs.iter().any(|f| f.0 == p.1) {
+            funcs.push((p.1, p.3));
         }
-        let Some(f) = bin.find_function(func) else {
-            return Ok(None);
-        };
-        if at_entry {
-            let off = bin
+    }
+    for (func, required) in funcs {
+        let one = || -> Result<Option<Vec<(&'static str, u64)>>, String> {
+            let Some(f) = bin.find_function(func) else {
+                return Ok(None);
+            };
+            let entry = bin
                 .file_offset(f.entry)
                 .ok_or_else(|| format!("{func}: entry not in the file"))?;
-            sites.push((prog, off));
-        } else {
-            let offs = bin.ret_offsets(&f).map_err(|e| format!("{func}: {e}"))?;
-            if offs.is_empty() {
+            let rets = bin.ret_offsets(&f).map_err(|e| format!("{func}: {e}"))?;
+            if rets.is_empty() {
                 return Err(format!("{func}: no RET found"));
             }
-            sites.extend(offs.into_iter().map(|o| (prog, o)));
+            let mut out = Vec::new();
+            for &(prog, _, at_entry, ..) in tls_probes().filter(|p| p.1 == func) {
+                if at_entry {
+                    out.push((prog, entry));
+                } else {
+                    out.extend(rets.iter().map(|&o| (prog, o)));
+                }
+            }
+            Ok(Some(out))
+        };
+        match one() {
+            Ok(Some(s)) => sites.extend(s),
+            Ok(None) if required => return Ok(None),
+            Err(e) if required => return Err(e),
+            Ok(None) => {}
+            Err(e) => tracing::debug!("{e}"),
         }
     }
     Ok(Some(sites))

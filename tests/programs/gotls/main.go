@@ -2,13 +2,17 @@
 // target by the Go TLS end-to-end test. Stdlib only; built with several Go toolchains,
 // plain and stripped.
 //
-//	gotls server LOG          listens on 127.0.0.1:0 with a certificate made at start,
+//	gotls server LOG WRAP     listens on 127.0.0.1:0 with a certificate made at start,
 //	                          prints "listening on ADDR", appends one line per request to
 //	                          LOG: "METHOD PATH STATUS BYTES" (BYTES = response body)
-//	gotls client URL SEED N GO  waits for the file GO to exist, then makes N seeded
+//	gotls client URL SEED N GO WRAP  waits for the file GO to exist, then makes N seeded
 //	                          requests to URL (GET/HEAD/POST, 404s, bodies up to 1 MiB,
 //	                          keep-alive and fresh connections) and prints the same line
 //	                          per exchange, then "done"
+//
+// WRAP is what the tls.Conn wraps: "none" (the *net.TCPConn), "embed" (a struct that
+// embeds the net.Conn as its first field) or "opaque" (a struct holding it after other
+// fields, forwarding each method), as proxies and instrumentation libraries do.
 //
 // Both force HTTP/1.1 (TLSNextProto empty): HTTP/2 is traced elsewhere.
 package main
@@ -16,6 +20,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -25,8 +30,8 @@ import (
 	"fmt"
 	"io"
 	"log"
-	mrand "math/rand"
 	"math/big"
+	mrand "math/rand"
 	"net"
 	"net/http"
 	"os"
@@ -38,15 +43,15 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		log.Fatal("usage: gotls server LOG | gotls client URL SEED N GOFILE")
+		log.Fatal("usage: gotls server LOG WRAP | gotls client URL SEED N GOFILE WRAP")
 	}
 	switch os.Args[1] {
 	case "server":
-		server(os.Args[2])
+		server(os.Args[2], os.Args[3])
 	case "client":
 		seed, _ := strconv.ParseInt(os.Args[3], 10, 64)
 		n, _ := strconv.Atoi(os.Args[4])
-		client(os.Args[2], seed, n, os.Args[5])
+		client(os.Args[2], seed, n, os.Args[5], os.Args[6])
 	default:
 		log.Fatalf("unknown mode %q", os.Args[1])
 	}
@@ -97,7 +102,55 @@ func (c *counter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-func server(logPath string) {
+// embedded: the net.Conn first, promoted methods.
+type embedded struct {
+	net.Conn
+	reads int
+}
+
+// opaque: the net.Conn behind other fields, every method forwarded.
+type opaque struct {
+	id    int64
+	name  string
+	inner net.Conn
+}
+
+func (o *opaque) Read(b []byte) (int, error)         { return o.inner.Read(b) }
+func (o *opaque) Write(b []byte) (int, error)        { return o.inner.Write(b) }
+func (o *opaque) Close() error                       { return o.inner.Close() }
+func (o *opaque) LocalAddr() net.Addr                { return o.inner.LocalAddr() }
+func (o *opaque) RemoteAddr() net.Addr               { return o.inner.RemoteAddr() }
+func (o *opaque) SetDeadline(t time.Time) error      { return o.inner.SetDeadline(t) }
+func (o *opaque) SetReadDeadline(t time.Time) error  { return o.inner.SetReadDeadline(t) }
+func (o *opaque) SetWriteDeadline(t time.Time) error { return o.inner.SetWriteDeadline(t) }
+
+func wrap(c net.Conn, how string) net.Conn {
+	switch how {
+	case "none":
+		return c
+	case "embed":
+		return &embedded{Conn: c}
+	case "opaque":
+		return &opaque{id: 1, name: "wrapped", inner: c}
+	}
+	log.Fatalf("unknown WRAP %q", how)
+	return nil
+}
+
+type wrapListener struct {
+	net.Listener
+	how string
+}
+
+func (l wrapListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return wrap(c, l.how), nil
+}
+
+func server(logPath, how string) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		log.Fatal(err)
@@ -139,10 +192,10 @@ func server(logPath string) {
 	}
 	fmt.Printf("listening on %s\n", ln.Addr())
 	os.Stdout.Sync()
-	log.Fatal(srv.ServeTLS(ln, "", ""))
+	log.Fatal(srv.ServeTLS(wrapListener{ln, how}, "", ""))
 }
 
-func client(base string, seed int64, n int, goFile string) {
+func client(base string, seed int64, n int, goFile, how string) {
 	for {
 		if _, err := os.Stat(goFile); err == nil {
 			break
@@ -155,6 +208,14 @@ func client(base string, seed int64, n int, goFile string) {
 		TLSNextProto:      map[string]func(string, *tls.Conn) http.RoundTripper{},
 		ForceAttemptHTTP2: false,
 		MaxIdleConns:      4,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return wrap(c, how), nil
+		},
 	}
 	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	out := bufio.NewWriter(os.Stdout)

@@ -829,8 +829,9 @@ fn plan_attaches_net_http_probes() {
     }
 }
 
-/// crypto/tls.(*Conn).Read and Write: each entry where the symbol table puts it, and
-/// `gotls_ret` at RETs inside each function, found alike with and without symbols.
+/// crypto/tls.(*Conn).Read and Write and the two handshakes: each entry where the symbol
+/// table puts it, and RET probes inside each function, found alike with and without
+/// symbols.
 #[test]
 fn go_tls_sites_found_stripped() {
     use crate::runtime::go::tls_sites;
@@ -840,18 +841,41 @@ fn go_tls_sites_found_stripped() {
         let sites = tls_sites(&g)
             .unwrap_or_else(|e| panic!("{:?}: {e}", b.path))
             .unwrap_or_else(|| panic!("no crypto/tls in {:?}", b.path));
-        for (prog, func) in [
-            ("gotls_read_enter", "crypto/tls.(*Conn).Read"),
-            ("gotls_write_enter", "crypto/tls.(*Conn).Write"),
+        let entry = |func: &str| g.file_offset(g.find_function(func).unwrap().entry).unwrap();
+        let at = |prog: &str| -> Vec<u64> {
+            let mut v: Vec<u64> = sites.iter().filter(|s| s.0 == prog).map(|s| s.1).collect();
+            v.sort_unstable();
+            v
+        };
+        let mut handshakes = vec![
+            entry("crypto/tls.(*Conn).serverHandshake"),
+            entry("crypto/tls.(*Conn).clientHandshake"),
+        ];
+        handshakes.sort_unstable();
+        assert_eq!(at("gotls_handshake_enter"), handshakes, "{:?}", b.path);
+        for (prog, ret, func) in [
+            ("gotls_read_enter", "gotls_ret", "crypto/tls.(*Conn).Read"),
+            ("gotls_write_enter", "gotls_ret", "crypto/tls.(*Conn).Write"),
+            (
+                "",
+                "gotls_handshake_ret",
+                "crypto/tls.(*Conn).serverHandshake",
+            ),
+            (
+                "",
+                "gotls_handshake_ret",
+                "crypto/tls.(*Conn).clientHandshake",
+            ),
         ] {
             let f = g.find_function(func).unwrap();
-            let entry = g.file_offset(f.entry).unwrap();
-            let at: Vec<u64> = sites.iter().filter(|s| s.0 == prog).map(|s| s.1).collect();
-            assert_eq!(at, vec![entry], "{prog} in {:?}", b.path);
+            let start = g.file_offset(f.entry).unwrap();
+            if !prog.is_empty() {
+                assert_eq!(at(prog), vec![start], "{prog} in {:?}", b.path);
+            }
             let end = g.file_offset(f.end - 1).unwrap() + 1;
             let rets = sites
                 .iter()
-                .filter(|s| s.0 == "gotls_ret" && (entry..end).contains(&s.1))
+                .filter(|s| s.0 == ret && (start..end).contains(&s.1))
                 .count();
             assert!(rets >= 1, "no RET of {func} in {:?}", b.path);
         }
