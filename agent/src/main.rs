@@ -806,6 +806,15 @@ impl Targets {
                         Err(e) => format!("goroutines alive before attach cannot be read ({e})"),
                     }
                 );
+                match &plan.tls {
+                    Ok(Some(sites)) => tracing::info!(
+                        "PID {pid}: TLS plaintext probes attached to Go crypto/tls ({sites} sites)"
+                    ),
+                    Ok(None) => {}
+                    Err(why) => {
+                        eprintln!("periscope: warning: PID {pid}: Go HTTPS not traced: {why}")
+                    }
+                }
                 self.metrics.set_go(pid, proc.stats());
                 self.go.insert(pid, proc);
             }

@@ -35,10 +35,10 @@ static STW_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 /// key `[tgid, run-time address of the type's Close method]`, value a `CONN_*` kind.
 /// Filled by userspace with GO_PROCS (agent/src/runtime/go.rs `CONN_TYPES`).
 #[map]
-static GO_CONN_TYPES: HashMap<[u64; 2], u32> = HashMap::with_max_entries(16_384, 0);
+pub(crate) static GO_CONN_TYPES: HashMap<[u64; 2], u32> = HashMap::with_max_entries(16_384, 0);
 
 /// [`GO_CONN_NETFD`]: the data word points at `net.conn{fd *netFD}`.
-const CONN_NETFD: u32 = GO_CONN_NETFD;
+pub(crate) const CONN_NETFD: u32 = GO_CONN_NETFD;
 /// [`GO_CONN_TLS`]: the data word points at `tls.Conn`, whose first field is the
 /// underlying `net.Conn` (crypto/tls/conn.go; offset 0 is checked per Go release by the
 /// agent's gobin tests).
@@ -47,7 +47,7 @@ const CONN_TLS: u32 = GO_CONN_TLS;
 /// Offset of `fun[0]` in an itab: `inter`, `_type`, `hash uint32` + padding, then the
 /// method table (runtime/runtime2.go `itab` up to Go 1.21, internal/abi `ITab` since).
 /// Methods are sorted by name, so `fun[0]` of a `net.Conn` itab is the type's `Close`.
-const ITAB_FUN0: u64 = 24;
+pub(crate) const ITAB_FUN0: u64 = 24;
 
 /// stwReason values of the GC's own stops (runtime/proc.go, Go >= 1.21).
 const STW_GC_MARK_TERM: u64 = 1;
@@ -170,7 +170,7 @@ pub fn go_gc_done(_ctx: ProbeContext) -> u32 {
 
 /// Reads a u64 of the traced process; 0 is treated as a failed read (a nil pointer).
 #[inline(always)]
-fn read_ptr(addr: u64) -> Result<u64, i64> {
+pub(crate) fn read_ptr(addr: u64) -> Result<u64, i64> {
     match unsafe { bpf_probe_read_user(addr as *const u64) } {
         Ok(0) => Err(0),
         Ok(v) => Ok(v),

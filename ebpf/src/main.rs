@@ -16,6 +16,7 @@
 mod classify;
 mod common;
 mod go;
+mod gotls;
 mod net;
 mod sched;
 mod task;

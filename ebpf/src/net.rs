@@ -298,6 +298,11 @@ fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
     // ciphertext: the classifier finds them TLS and sends only their count; the
     // plaintext comes from the TLS uprobes.
     crate::tls::inner_syscall(pid_tgid, fd);
+    // Ciphertext of a Go crypto/tls call (matched by goroutine and socket): not even
+    // counted, the plaintext comes from the Go TLS uprobes (see gotls.rs).
+    if crate::gotls::inner_syscall(pid_tgid, fd) {
+        return 0;
+    }
     let (ptr, iovcnt) = match syscall {
         SYS_READV | SYS_WRITEV => (arg(ctx, 1), arg(ctx, 2)),
         SYS_RECVMSG | SYS_SENDMSG => {

@@ -22,7 +22,7 @@ use aya::{
 };
 use periscope_common::{GoProcInfo, SockInfo, TargetInfo, sock_key};
 
-use crate::runtime::go::{GO_PROBES, GoPlan};
+use crate::runtime::go::{self, GO_PROBES, GoPlan};
 
 pub mod btf;
 pub mod format;
@@ -423,6 +423,12 @@ pub fn optional_cost(program: &str) -> Option<&'static str> {
         | "tls_handshake_ret" => {
             "HTTPS through OpenSSL gets no spans (its sockets are still counted)"
         }
+        "gotls_read_enter" | "gotls_write_enter" | "gotls_ret" => {
+            "HTTPS through Go crypto/tls gets no spans (its sockets are still counted)"
+        }
+        "gotls_handshake_enter" | "gotls_handshake_ret" => {
+            "Go HTTPS over a net.Conn wrapper may lose a connection's first request"
+        }
         _ => return None,
     })
 }
@@ -630,9 +636,23 @@ impl Probes {
         // Uprobes are loaded now and attached later: the Go ones per Go process, the
         // OpenSSL ones per library file a traced process maps. A kernel that refuses one
         // loses that feature only (attach_go / attach_tls say which).
-        let uprobes = GO_PROBES
-            .iter()
-            .map(|&(name, ..)| (name, "Go runtime"))
+        // GO_PROBES names `gotls_ret` once per function it goes on: load each once.
+        let mut go_names: Vec<&'static str> = Vec::with_capacity(GO_PROBES.len());
+        for p in GO_PROBES {
+            if !go_names.contains(&p.0) {
+                go_names.push(p.0);
+            }
+        }
+        let uprobes = go_names
+            .into_iter()
+            .map(|name| {
+                let what = if go::is_tls_program(name) {
+                    "TLS plaintext (Go crypto/tls)"
+                } else {
+                    "Go runtime"
+                };
+                (name, what)
+            })
             .chain(
                 tls::TLS_PROGRAMS
                     .iter()
@@ -814,13 +834,27 @@ impl Probes {
         let target = format!("/proc/{pid}/exe");
         let meta = fs::metadata(&target).map_err(|e| ProbeError::GoTarget(pid, e))?;
         let key = (meta.dev(), meta.ino());
+        let failed = |name: &str| {
+            self.report
+                .iter()
+                .find(|r| r.name == name)
+                .and_then(|r| r.failure.clone())
+        };
         for &(name, _) in &plan.attach {
-            if let Some(r) = self.report.iter().find(|r| r.name == name)
-                && let Some(why) = &r.failure
+            // The crypto/tls programs are a feature of their own (warned about once at
+            // load): without them the other Go probes still go on.
+            if let Some(why) = failed(name)
+                && !go::is_tls_program(name)
             {
-                return Err(ProbeError::NotLoaded(name, why.clone()));
+                return Err(ProbeError::NotLoaded(name, why));
             }
         }
+        let sites: Vec<(&'static str, u64)> = plan
+            .attach
+            .iter()
+            .copied()
+            .filter(|&(name, _)| failed(name).is_none())
+            .collect();
         // Per process, not per executable: PIE code addresses differ between processes.
         for &(close, kind) in &plan.conn_types {
             if let Err(e) = self.go_conn_types.insert([u64::from(pid), close], kind, 0) {
@@ -836,8 +870,8 @@ impl Probes {
             pids.push(pid);
             return Ok(links.len());
         }
-        let mut links = Vec::with_capacity(plan.attach.len());
-        for &(name, offset) in &plan.attach {
+        let mut links = Vec::with_capacity(sites.len());
+        for &(name, offset) in &sites {
             let attached = self
                 .ebpf
                 .program_mut(name)

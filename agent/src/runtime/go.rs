@@ -31,6 +31,9 @@ pub enum GoProbeGate {
     /// known and the binary has a `net.Conn` type the kernel can look through
     /// ([`CONN_TYPES`]). One event per connection or request, not per goroutine.
     HttpConn,
+    /// Go crypto/tls plaintext: attached together by [`tls_sites`], never one without
+    /// the others.
+    Tls,
 }
 
 /// Go functions the kernel programs attach to: (program, Go function, at entry (true)
@@ -91,7 +94,108 @@ pub const GO_PROBES: &[(&str, &str, bool, bool, GoProbeGate)] = &[
         false,
         GoProbeGate::HttpConn,
     ),
+    // crypto/tls.(*Conn).Read and Write (ebpf/src/gotls.rs): the entries remember the
+    // call, `gotls_ret` at every RET of both sends the plaintext. Required (for this
+    // gate): a binary without them does not use TLS. The handshakes' pairs tell the
+    // socket early; optional.
+    ("gotls_read_enter", GOTLS_READ, true, true, GoProbeGate::Tls),
+    ("gotls_ret", GOTLS_READ, false, true, GoProbeGate::Tls),
+    (
+        "gotls_write_enter",
+        GOTLS_WRITE,
+        true,
+        true,
+        GoProbeGate::Tls,
+    ),
+    ("gotls_ret", GOTLS_WRITE, false, true, GoProbeGate::Tls),
+    // Not `handshakeContext`: every Read and Write calls it, to return at once.
+    (
+        "gotls_handshake_enter",
+        GOTLS_SERVER_HANDSHAKE,
+        true,
+        false,
+        GoProbeGate::Tls,
+    ),
+    (
+        "gotls_handshake_ret",
+        GOTLS_SERVER_HANDSHAKE,
+        false,
+        false,
+        GoProbeGate::Tls,
+    ),
+    (
+        "gotls_handshake_enter",
+        GOTLS_CLIENT_HANDSHAKE,
+        true,
+        false,
+        GoProbeGate::Tls,
+    ),
+    (
+        "gotls_handshake_ret",
+        GOTLS_CLIENT_HANDSHAKE,
+        false,
+        false,
+        GoProbeGate::Tls,
+    ),
 ];
+
+const GOTLS_READ: &str = "crypto/tls.(*Conn).Read";
+const GOTLS_WRITE: &str = "crypto/tls.(*Conn).Write";
+const GOTLS_SERVER_HANDSHAKE: &str = "crypto/tls.(*Conn).serverHandshake";
+const GOTLS_CLIENT_HANDSHAKE: &str = "crypto/tls.(*Conn).clientHandshake";
+
+/// Whether a Go probe program is one of the crypto/tls ones (a feature of its own:
+/// reported as "TLS plaintext (Go crypto/tls)", and a kernel that refuses them keeps
+/// the other Go probes).
+pub fn is_tls_program(name: &str) -> bool {
+    name.starts_with("gotls_")
+}
+
+/// Where the crypto/tls probes go in `bin`: `Ok(None)` when the binary has no
+/// `crypto/tls.(*Conn).Read`/`Write` (it does not use TLS), an error when it has them
+/// but their RET sites cannot be found. A function's entry and RET probes go on
+/// together or not at all: an entry without its RETs would leave every call pending.
+pub fn tls_sites(bin: &GoBinary) -> Result<Option<Vec<(&'static str, u64)>>, String> {
+    let mut sites = Vec::new();
+    let tls_probes = || GO_PROBES.iter().filter(|p| p.4 == GoProbeGate::Tls);
+    let mut funcs: Vec<(&str, bool)> = Vec::new();
+    for p in tls_probes() {
+        if !funcs.iter().any(|f| f.0 == p.1) {
+            funcs.push((p.1, p.3));
+        }
+    }
+    for (func, required) in funcs {
+        let one = || -> Result<Option<Vec<(&'static str, u64)>>, String> {
+            let Some(f) = bin.find_function(func) else {
+                return Ok(None);
+            };
+            let entry = bin
+                .file_offset(f.entry)
+                .ok_or_else(|| format!("{func}: entry not in the file"))?;
+            let rets = bin.ret_offsets(&f).map_err(|e| format!("{func}: {e}"))?;
+            if rets.is_empty() {
+                return Err(format!("{func}: no RET found"));
+            }
+            let mut out = Vec::new();
+            for &(prog, _, at_entry, ..) in tls_probes().filter(|p| p.1 == func) {
+                if at_entry {
+                    out.push((prog, entry));
+                } else {
+                    out.extend(rets.iter().map(|&o| (prog, o)));
+                }
+            }
+            Ok(Some(out))
+        };
+        match one() {
+            Ok(Some(s)) => sites.extend(s),
+            Ok(None) if required => return Ok(None),
+            Err(e) if required => return Err(e),
+            Ok(None) => {}
+            Err(e) => tracing::debug!("{e}"),
+        }
+    }
+    Ok(Some(sites))
+}
 
 /// What a `net.Conn` interface value of a given dynamic type holds, for the net/http
 /// probes (shared with ebpf/src/go.rs through periscope_common).
@@ -144,6 +248,9 @@ pub struct GoPlan {
     /// (run-time address of a `Close` method, `CONN_*`) for the net/http probes, from
     /// [`CONN_TYPES`]; empty when they are not attached.
     pub conn_types: Vec<(u64, u32)>,
+    /// The crypto/tls probes: `Ok(Some(sites))` when in `attach`, `Ok(None)` for a
+    /// binary without crypto/tls, `Err(why)` when it has it but cannot be hooked.
+    pub tls: Result<Option<usize>, String>,
     pub offsets: GoOffsets,
     pub bin: Arc<GoBinary>,
 }
@@ -187,6 +294,7 @@ pub fn plan(pid: u32, goroutine_events: bool) -> Result<Option<GoPlan>, GoError>
             GoProbeGate::Always => true,
             GoProbeGate::GoroutineEvents => goroutine_events,
             GoProbeGate::HttpConn => !conn_types.is_empty(),
+            GoProbeGate::Tls => false,
         };
         if !wanted {
             continue;
@@ -209,10 +317,15 @@ pub fn plan(pid: u32, goroutine_events: bool) -> Result<Option<GoPlan>, GoError>
             }
         }
     }
+    let tls = tls_sites(&bin);
+    if let Ok(Some(sites)) = &tls {
+        attach.extend(sites.iter().copied());
+    }
     Ok(Some(GoPlan {
         version,
         info,
         attach,
+        tls: tls.map(|s| s.map(|s| s.len())),
         conn_types,
         offsets,
         bin: Arc::new(bin),

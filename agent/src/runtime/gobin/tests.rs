@@ -820,7 +820,75 @@ fn plan_attaches_net_http_probes() {
         ];
         want.sort_unstable();
         assert_eq!(types, want, "{:?}", b.path);
+        // The crypto/tls probes are in the plan, as `tls_sites` finds them.
+        let sites = crate::runtime::go::tls_sites(&g).unwrap().unwrap();
+        assert_eq!(p.tls, Ok(Some(sites.len())), "{:?}", b.path);
+        for site in &sites {
+            assert!(p.attach.contains(site), "{site:?} in {:?}", b.path);
+        }
     }
+}
+
+/// crypto/tls.(*Conn).Read and Write and the two handshakes: each entry where the symbol
+/// table puts it, and RET probes inside each function, found alike with and without
+/// symbols.
+#[test]
+fn go_tls_sites_found_stripped() {
+    use crate::runtime::go::tls_sites;
+    let mut by_version: HashMap<String, Vec<(&str, u64)>> = HashMap::new();
+    for b in http_binaries() {
+        let g = open(b);
+        let sites = tls_sites(&g)
+            .unwrap_or_else(|e| panic!("{:?}: {e}", b.path))
+            .unwrap_or_else(|| panic!("no crypto/tls in {:?}", b.path));
+        let entry = |func: &str| g.file_offset(g.find_function(func).unwrap().entry).unwrap();
+        let at = |prog: &str| -> Vec<u64> {
+            let mut v: Vec<u64> = sites.iter().filter(|s| s.0 == prog).map(|s| s.1).collect();
+            v.sort_unstable();
+            v
+        };
+        // A program that only dials (or only serves) links one of the two handshakes.
+        let handshake_fns: Vec<&str> = [
+            "crypto/tls.(*Conn).serverHandshake",
+            "crypto/tls.(*Conn).clientHandshake",
+        ]
+        .into_iter()
+        .filter(|f| g.find_function(f).is_some())
+        .collect();
+        assert!(!handshake_fns.is_empty(), "{:?}", b.path);
+        let mut handshakes: Vec<u64> = handshake_fns.iter().map(|f| entry(f)).collect();
+        handshakes.sort_unstable();
+        assert_eq!(at("gotls_handshake_enter"), handshakes, "{:?}", b.path);
+        let checks = [
+            ("gotls_read_enter", "gotls_ret", "crypto/tls.(*Conn).Read"),
+            ("gotls_write_enter", "gotls_ret", "crypto/tls.(*Conn).Write"),
+        ]
+        .into_iter()
+        .chain(
+            handshake_fns
+                .iter()
+                .map(|&f| ("", "gotls_handshake_ret", f)),
+        );
+        for (prog, ret, func) in checks {
+            let f = g.find_function(func).unwrap();
+            let start = g.file_offset(f.entry).unwrap();
+            if !prog.is_empty() {
+                assert_eq!(at(prog), vec![start], "{prog} in {:?}", b.path);
+            }
+            let end = g.file_offset(f.end - 1).unwrap() + 1;
+            let rets = sites
+                .iter()
+                .filter(|s| s.0 == ret && (start..end).contains(&s.1))
+                .count();
+            assert!(rets >= 1, "no RET of {func} in {:?}", b.path);
+        }
+        assert!(sites.iter().all(|s| s.0.starts_with("gotls_")));
+        // Stripped and plain builds of one version are the same code.
+        if let Some(other) = by_version.insert(b.version.clone(), sites.clone()) {
+            assert_eq!(other, sites, "{:?}", b.path);
+        }
+    }
+    assert!(!by_version.is_empty());
 }
 
 #[test]

@@ -1,0 +1,3 @@
+module periscope.test/gotls
+
+go 1.21
