@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use periscope_e2e::harness::{self, Agent, Process};
-use periscope_e2e::receiver::{Protocol, ReceivedSpan, Receiver};
+use periscope_e2e::receiver::{Protocol, Receiver};
 
 /// How long the spans may take to arrive.
 const SPAN_TIMEOUT: Duration = Duration::from_secs(20);

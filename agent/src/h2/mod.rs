@@ -186,25 +186,18 @@ impl Fields {
             b":path" => keep(&mut self.path, MAX_TARGET),
             b":authority" => keep(&mut self.authority, MAX_VALUE),
             b"host" => keep(&mut self.host, MAX_VALUE),
-            b":status" => {
-                if self.status.is_none() {
-                    self.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
-                }
+            b":status" if self.status.is_none() => {
+                self.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
             }
             b"content-type" => keep(&mut self.content_type, MAX_VALUE),
-            b"content-length" => {
-                if self.content_length.is_none() {
-                    self.content_length =
-                        std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
-                }
+            b"content-length" if self.content_length.is_none() => {
+                self.content_length = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
             }
             b"user-agent" => keep(&mut self.user_agent, MAX_VALUE),
             b"traceparent" => keep(&mut self.traceparent, MAX_VALUE),
             b"tracestate" => keep(&mut self.tracestate, MAX_VALUE),
-            b"grpc-status" => {
-                if self.grpc_status.is_none() {
-                    self.grpc_status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
-                }
+            b"grpc-status" if self.grpc_status.is_none() => {
+                self.grpc_status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
             }
             b"grpc-message" => keep(&mut self.grpc_message, MAX_VALUE),
             _ => {}
@@ -349,7 +342,7 @@ enum Event {
     Headers {
         stream: u32,
         end_stream: bool,
-        fields: Fields,
+        fields: Box<Fields>,
         block_len: u64,
         ts_ns: u64,
     },
@@ -530,7 +523,7 @@ impl Core {
                         }
                         self.stats.streams += 1;
                         let s = self.streams.entry(stream).or_default();
-                        s.req = Some(fields);
+                        s.req = Some(*fields);
                         s.req_start_ns = ts_ns;
                         s.req_end_ns = ts_ns;
                         s.req_header_bytes = block_len;
@@ -544,12 +537,12 @@ impl Core {
                         // Interim (1xx) responses are not the response.
                         (None, Some(st)) if (100..200).contains(&st) => {}
                         (None, _) => {
-                            s.resp = Some(fields);
+                            s.resp = Some(*fields);
                             s.resp_start_ns = ts_ns;
                             s.resp_header_bytes = block_len;
                         }
                         (Some(_), _) => {
-                            s.trailers = Some(fields);
+                            s.trailers = Some(*fields);
                             s.resp_header_bytes += block_len;
                         }
                     }
@@ -764,7 +757,7 @@ fn plausible_frame(b: &[u8], from_client: bool) -> bool {
         return false;
     }
     // Clients open odd streams; a server's HEADERS answer them (odd too).
-    !(kind == HEADERS && stream % 2 == 0) || !from_client
+    !(kind == HEADERS && stream.is_multiple_of(2) && from_client)
 }
 
 /// Reads captured bytes of one direction, acting on each frame as it completes.
@@ -997,7 +990,7 @@ fn decode_block(dir: &mut Dir, cx: &mut Cx<'_>) {
         Event::Headers {
             stream: block.stream,
             end_stream: block.end_stream,
-            fields,
+            fields: Box::new(fields),
             block_len: block.bytes.len() as u64,
             ts_ns: block.ts_ns,
         },

@@ -20,7 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use super::*;
 
 /// Writes in the order they happened: (from the client, bytes).
-type Log = Arc<Mutex<Vec<(bool, Vec<u8>)>>>;
+type Writes = Vec<(bool, Vec<u8>)>;
+type Log = Arc<Mutex<Writes>>;
 
 /// One end of the pipe; records what it writes.
 struct Tap {
@@ -229,8 +230,7 @@ fn record(calls: Vec<Call>) -> Vec<(bool, Vec<u8>)> {
         conn_task.abort();
         server.abort();
     });
-    let log = log.lock().unwrap().clone();
-    log
+    std::mem::take(&mut *log.lock().unwrap())
 }
 
 /// What an exchange must be, timestamps aside.
@@ -439,7 +439,7 @@ fn run_chunks(ch: &[(bool, u64, Vec<u8>, Vec<u8>)]) -> (Vec<H2Exchange>, H2Stats
 }
 
 fn recorded() -> &'static (Vec<Call>, Vec<(bool, Vec<u8>)>) {
-    static R: std::sync::OnceLock<(Vec<Call>, Vec<(bool, Vec<u8>)>)> = std::sync::OnceLock::new();
+    static R: std::sync::OnceLock<(Vec<Call>, Writes)> = std::sync::OnceLock::new();
     R.get_or_init(|| {
         let mut calls = mixed_calls();
         calls.push(Call::get("/large", 200, 9000));
