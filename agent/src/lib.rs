@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod doctor;
 pub mod events;
 pub mod export;
+pub mod h2;
 pub mod http;
 pub mod kube;
 pub mod metrics;

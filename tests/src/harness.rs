@@ -358,6 +358,11 @@ impl Server {
         self.addr.port()
     }
 
+    /// The temp dir the server writes to (nginx: `access.log`, `error.log`).
+    pub fn dir(&self) -> Option<&Path> {
+        self._dir.as_ref().map(TempDir::path)
+    }
+
     /// PIDs of the processes that handle requests: the server itself, or
     /// nginx's workers (children of the master).
     pub fn handler_pids(&self) -> Vec<u32> {
@@ -457,6 +462,11 @@ fn nginx_bin() -> PathBuf {
 /// Starts nginx (master + 1 worker, `daemon off`) with the config from
 /// `tests/programs/nginx/nginx.conf.in` in a temp dir, on a free port.
 pub fn start_nginx() -> Server {
+    start_nginx_from(&workspace_root().join("tests/programs/nginx/nginx.conf.in"))
+}
+
+/// [`start_nginx`] with another config template (same substitutions, same files).
+pub fn start_nginx_from(template: &Path) -> Server {
     let dir = TempDir::new("nginx");
     let root = dir.path();
     for d in ["html/static", "tmp"] {
@@ -483,8 +493,7 @@ pub fn start_nginx() -> Server {
         ""
     };
     let port = free_port();
-    let template = workspace_root().join("tests/programs/nginx/nginx.conf.in");
-    let conf = fs::read_to_string(&template)
+    let conf = fs::read_to_string(template)
         .unwrap_or_else(|e| panic!("read {}: {e}", template.display()))
         .replace("@DIR@", &root.display().to_string())
         .replace("@PORT@", &port.to_string())

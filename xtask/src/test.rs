@@ -36,6 +36,8 @@ pub fn prerequisites() -> Result<(std::path::PathBuf, String)> {
             "lighttpd",
             "gunicorn",
             "nodejs",
+            // h2load and nghttp: HTTP/2 load and clients for the h2 suite.
+            "nghttp2-client",
         ],
         "real servers, clients and metrics consumers (promtool, Prometheus) the end-to-end tests use",
     )?;
@@ -45,6 +47,12 @@ pub fn prerequisites() -> Result<(std::path::PathBuf, String)> {
         .map(|(v, p)| format!("{v}={}", p.display()))
         .collect::<Vec<_>>()
         .join(",");
+    // grpcio's standard health service: a gRPC server and client with no code generation.
+    tools::pip_venv(
+        "grpc",
+        &["grpcio==1.85.*", "grpcio-health-checking==1.85.*"],
+        "the gRPC server and client of the h2 end-to-end tests",
+    )?;
     let agent = build::build_all()?;
     Ok((agent, go_env))
 }
@@ -72,7 +80,11 @@ pub fn test(filter: Option<String>) -> Result<()> {
         .arg("--test-threads=1")
         .env("PERISCOPE_EBPF_OBJECT", &obj)
         .env("PERISCOPE_BIN", &agent)
-        .env("PERISCOPE_GO_TOOLCHAINS", &go_env);
+        .env("PERISCOPE_GO_TOOLCHAINS", &go_env)
+        .env(
+            "PERISCOPE_GRPC_PYTHON",
+            tools::tools_dir().join("grpc/bin/python"),
+        );
     if let Some(f) = &filter {
         cmd.arg(f);
     }

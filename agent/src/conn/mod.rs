@@ -98,6 +98,9 @@ struct Conn {
     tls: Tls,
     /// Bytes were fed to the parsers: only a connection's first bytes can say TLS.
     fed: bool,
+    /// HTTP/2 (the client preface was seen): every later byte goes to this session
+    /// instead of the HTTP/1 parsers.
+    h2: Option<Box<crate::h2::Session>>,
 }
 
 /// What is known of TLS on a connection.
@@ -150,6 +153,7 @@ impl Conn {
             lost_request_starts: 0,
             tls: Tls::No,
             fed: false,
+            h2: None,
         }
     }
 
@@ -235,6 +239,10 @@ pub struct TrackerStats {
     pub sockets_muted: u64,
     /// Mute requests that did not reach the kernel (socket gone, queue full).
     pub mute_failures: u64,
+    /// HTTP/2 connections (client preface seen).
+    pub h2_conns: u64,
+    /// HTTP/2 sessions' counters, added when their connection closes.
+    pub h2: crate::h2::H2Stats,
 }
 
 /// Mute requests waiting for the event loop to write them to the kernel.
@@ -343,6 +351,13 @@ struct Exchange {
     local_parent: bool,
     ctx_key: u64,
     client_service: Option<Arc<str>>,
+    /// HTTP/2: the stream's gRPC details (and that it is HTTP/2 at all).
+    h2: Option<Box<H2Extra>>,
+}
+
+/// What an HTTP/2 exchange adds (see `crate::span::rpc`).
+struct H2Extra {
+    grpc: Option<crate::h2::GrpcInfo>,
 }
 
 /// The server span a thread is working on: calls it makes are its children. This is
@@ -534,6 +549,10 @@ impl Tracker {
             .values()
             .map(|c| c.ingress.stats().parse_errors + c.egress.stats().parse_errors)
             .sum::<u64>();
+        // Open HTTP/2 sessions count too (closed ones were added at close).
+        for session in self.conns.values().filter_map(|c| c.h2.as_deref()) {
+            s.h2.add(&session.stats());
+        }
         s
     }
 
@@ -902,10 +921,32 @@ impl Tracker {
             return;
         }
         let suppressed = !periscope_common::class_captures(ev.class as u8);
-        if suppressed && !conn.ingress.is_passthrough() {
+        if suppressed && !conn.ingress.is_passthrough() && conn.h2.is_none() {
             // The kernel judged the socket (TLS, not HTTP) or we muted it: only byte
             // counts come from now on.
             self.stats.non_http_streams += 1;
+        }
+        let ingress = ev.direction == DIR_INGRESS;
+        if !suppressed && conn.h2.is_none() && head.starts_with(crate::h2::PREFACE) {
+            let parser = if ingress { &conn.ingress } else { &conn.egress };
+            if parser.stats().messages == 0 {
+                // The client's preface: reading it means serving, writing it calling.
+                let role = if ingress { Role::Server } else { Role::Client };
+                if role != conn.role {
+                    let ends = conn.ends;
+                    let tls = conn.tls;
+                    conn = Conn::new(role, ends);
+                    conn.tls = tls;
+                }
+                conn.h2 = Some(Box::default());
+                conn.fed = true;
+                self.stats.h2_conns += 1;
+            }
+        }
+        if conn.h2.is_some() {
+            // Count-only chunks reach the session as gaps.
+            self.h2_data(key, conn, ev, head, tail, sink);
+            return;
         }
         if suppressed {
             conn.ingress.not_http1();
@@ -919,7 +960,6 @@ impl Tracker {
             head,
             tail,
         };
-        let ingress = ev.direction == DIR_INGRESS;
         let mut out = std::mem::take(&mut self.scratch);
         let parser = if ingress {
             &mut conn.ingress
@@ -1010,6 +1050,53 @@ impl Tracker {
         self.finish_exchanges(pid, sink);
     }
 
+    /// A chunk of an HTTP/2 connection: its session pairs by stream id; each stream
+    /// whose response ended becomes an exchange.
+    fn h2_data(
+        &mut self,
+        key: (u32, u32),
+        mut conn: Conn,
+        ev: &DataEvent,
+        head: &[u8],
+        tail: &[u8],
+        sink: &mut dyn FnMut(Span),
+    ) {
+        let ingress = ev.direction == DIR_INGRESS;
+        let from_client = ingress == (conn.role != Role::Client);
+        let chunk = Chunk {
+            ts_ns: ev.header.ts_ns,
+            total_len: ev.total_len,
+            head,
+            tail,
+        };
+        conn.fed = true;
+        let mut out = Vec::new();
+        if let Some(session) = conn.h2.as_mut() {
+            session.feed(from_client, &chunk, &mut out);
+        }
+        let kind = if conn.role == Role::Client {
+            SpanKind::Client
+        } else {
+            SpanKind::Server
+        };
+        for x in out {
+            self.stats.requests += 1;
+            self.exchanges.push(Exchange {
+                kind,
+                ids: Ids::for_request(kind, &x.req),
+                req: x.req,
+                resp: x.resp,
+                ends: conn.ends,
+                local_parent: false,
+                ctx_key: u64::MAX,
+                client_service: None,
+                h2: Some(Box::new(H2Extra { grpc: x.grpc })),
+            });
+        }
+        self.conns.insert(key, conn);
+        self.finish_exchanges(key.0, sink);
+    }
+
     /// Turns paired exchanges into metrics (always) and spans (when sampled).
     fn finish_exchanges(&mut self, pid: u32, sink: &mut dyn FnMut(Span)) {
         let mut exchanges = std::mem::take(&mut self.exchanges);
@@ -1030,8 +1117,13 @@ impl Tracker {
             MessageKind::Response { .. } => return,
         };
         let status = x.resp.status().unwrap_or(0);
+        // A gRPC method is its own low-cardinality route.
+        let grpc = x.h2.as_ref().and_then(|h| h.grpc.as_ref());
+        let grpc_route = grpc
+            .and(crate::span::rpc::grpc_method(target))
+            .map(|_| crate::route::Route::exact(target));
         let route = match x.kind {
-            SpanKind::Server => Some(proc.routes.route(target)),
+            SpanKind::Server => Some(grpc_route.unwrap_or_else(|| proc.routes.route(target))),
             SpanKind::Client => None,
         };
         let ids = x.ids.clone();
@@ -1044,7 +1136,12 @@ impl Tracker {
             self.active.remove(&(pid, x.ctx_key));
         }
         let duration_ns = x.resp.end_ns.saturating_sub(x.req.start_ns);
-        let error = is_error(x.kind, status);
+        let error = match grpc {
+            Some(g) if crate::span::rpc::grpc_method(target).is_some() => {
+                crate::span::rpc::grpc_is_error(x.kind, g.status)
+            }
+            _ => is_error(x.kind, status),
+        };
         if let Some(client) = &x.client_service {
             self.metrics.record_edge(
                 client,
@@ -1119,7 +1216,7 @@ impl Tracker {
             .as_ref()
             .filter(|r| !r.is_overflow())
             .map(|r| r.as_str());
-        let span = build(
+        let mut span = build(
             x.kind,
             &x.req,
             &x.resp,
@@ -1129,6 +1226,9 @@ impl Tracker {
             &proc.resource,
             to_unix,
         );
+        if let Some(h) = &x.h2 {
+            crate::span::rpc::apply_h2(&mut span, target, h.grpc.as_ref());
+        }
         debug_assert_eq!(span.status == SpanStatus::Error, error);
         sink(span);
     }
@@ -1138,6 +1238,11 @@ impl Tracker {
             return;
         };
         self.unindex_client(pid, fd, &conn);
+        if let Some(mut session) = conn.h2.take() {
+            session.close();
+            self.stats.h2.add(&session.stats());
+            return;
+        }
         let requests_are_ingress = conn.role != Role::Client;
         let mut out = Vec::new();
         // Close-delimited responses end here.
@@ -1377,6 +1482,7 @@ fn exchange(conn: &Conn, p: Pending, resp: Message) -> Exchange {
         local_parent: p.local_parent,
         ctx_key: p.ctx_key,
         client_service: p.client_service,
+        h2: None,
     }
 }
 

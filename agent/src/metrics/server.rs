@@ -275,6 +275,22 @@ pub fn render(src: &Sources, format: Format) -> String {
         &by_cause(&causes),
     );
     enc.counter(
+        "periscope_h2_streams_unplaced",
+        "HTTP/2 streams that got no span, by reason: gap (a capture gap hid frame boundaries or header-block bytes, so the connection's HPACK state is unknown and no header is decoded on it any more), over_limit (too many open streams on one connection), reset (reset before its response headers), close (still open when the connection closed), malformed (frames or header blocks that do not parse).",
+        &by_reason(&[
+            ("gap", snap.tracker.h2.unplaced_gap),
+            ("over_limit", snap.tracker.h2.unplaced_over_limit),
+            ("reset", snap.tracker.h2.unplaced_reset),
+            ("close", snap.tracker.h2.unplaced_close),
+            ("malformed", snap.tracker.h2.unplaced_malformed),
+        ]),
+    );
+    enc.counter(
+        "periscope_h2_connections",
+        "Connections seen to speak HTTP/2 (the client preface was read or written).",
+        &one(snap.tracker.h2_conns),
+    );
+    enc.counter(
         "periscope_spans_joined",
         "Server spans made children of the traced client span (another process on this node) that sent the request.",
         &one(snap.tracker.joined),

@@ -63,3 +63,4 @@ impl Span {
 
 pub mod build;
 pub mod context;
+pub mod rpc;

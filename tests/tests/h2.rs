@@ -1,0 +1,438 @@
+//! HTTP/2 and gRPC spans from real, uninstrumented programs, checked against each
+//! program's own record of what it served:
+//! - nginx serving h2c (prior knowledge) under `h2load` and `curl --http2-prior-knowledge`:
+//!   one SERVER span per access-log line, with its method, path, status and body bytes;
+//! - a Python grpcio server (the standard health service) called by a traced grpcio
+//!   client: Health/Check answered OK and NOT_FOUND, as SERVER and CLIENT spans with the
+//!   rpc.* attributes and the status each side must have, counts as the server logged.
+//!
+//! Needs root, the agent binary (`PERISCOPE_BIN`), nginx, nghttp2-client (h2load), curl,
+//! and a venv with grpcio and grpcio-health-checking (`PERISCOPE_GRPC_PYTHON`, default
+//! `.tools/grpc/bin/python`); `cargo xtask test h2` installs them all.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use periscope_e2e::harness::{self, Agent, Process};
+use periscope_e2e::receiver::{Protocol, Receiver};
+
+/// How long the spans may take to arrive.
+const SPAN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Extra wait after the expected count arrived, to catch duplicates.
+const SETTLE: Duration = Duration::from_millis(1500);
+
+fn grpc_python() -> PathBuf {
+    std::env::var_os("PERISCOPE_GRPC_PYTHON").map_or_else(
+        || harness::workspace_root().join(".tools/grpc/bin/python"),
+        PathBuf::from,
+    )
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A plain HTTP/1.1 GET of the agent's /metrics.
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Sum of a counter's samples whose line starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One access-log line / one span, as compared.
+type Row = (String, String, u16, u64);
+
+#[test]
+fn nginx_h2c_spans_match_access_log() {
+    harness::require_root();
+    let _serial = harness::serial();
+    harness::agent_bin();
+    let receiver = Receiver::start();
+    let server = harness::start_nginx_from(
+        &harness::workspace_root().join("tests/programs/h2/nginx-h2.conf.in"),
+    );
+    let dir = server.dir().expect("nginx dir").to_path_buf();
+    // A static page larger than one DATA frame (sent with sendfile) and a small one.
+    let page: String = (0..300).map(|i| format!("line {i} of a page\n")).collect();
+    std::fs::write(dir.join("html/static/page.txt"), &page).unwrap();
+    std::fs::write(dir.join("html/static/small.txt"), "small\n").unwrap();
+    for f in ["page.txt", "small.txt"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("html/static").join(f),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+    }
+    let metrics_port = harness::free_port();
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], metrics_port));
+    let agent = Agent::start([
+        "--pid".to_string(),
+        server.pid().to_string(),
+        "--otlp-endpoint".to_string(),
+        receiver.endpoint(Protocol::Grpc),
+        "--otlp-protocol".to_string(),
+        "grpc".to_string(),
+        "--prometheus".to_string(),
+        metrics_addr.to_string(),
+    ]);
+    let base = format!("http://127.0.0.1:{}", server.port());
+    // curl: one connection per URL (curl 7.88 fails several URLs over one h2c prior-
+    // knowledge connection to nginx 1.22 with exit 16, untraced too).
+    let mut curl_conns = 0;
+    for p in [
+        "/",
+        "/ok",
+        "/missing",
+        "/static/small.txt",
+        "/created?x=1",
+        "/error",
+        "/static/page.txt",
+    ] {
+        run_ok(Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--http2-prior-knowledge",
+            &format!("{base}{p}"),
+        ]));
+        curl_conns += 1;
+    }
+    // h2load: 4 connections, 10 streams in flight on each, the URIs in turn.
+    let h2load_conns = 4;
+    let out = run_ok(Command::new("h2load").args([
+        "-n",
+        "200",
+        "-c",
+        &h2load_conns.to_string(),
+        "-m",
+        "10",
+        &format!("{base}/ok"),
+        &format!("{base}/created"),
+        &format!("{base}/missing"),
+        &format!("{base}/static/small.txt"),
+    ]));
+    assert!(
+        // h2load counts the 404s of /missing as failed, not errored.
+        out.contains("200 done") && out.contains(" 0 errored"),
+        "h2load did not complete:\n{out}"
+    );
+
+    let log_path = dir.join("access.log");
+    let deadline = Instant::now() + SPAN_TIMEOUT;
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.lines().count() >= 207 || Instant::now() > deadline {
+            break log;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let mut truth: Vec<Row> = log
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!(f.len(), 5, "access log line {l:?}");
+            assert_eq!(f[4], "HTTP/2.0", "{l}");
+            (
+                f[0].to_string(),
+                f[1].to_string(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(truth.len(), 207, "nginx logged every request");
+    receiver.wait_for_spans(truth.len(), SPAN_TIMEOUT);
+    thread::sleep(SETTLE);
+    let text = scrape(metrics_addr);
+    let exit = agent.stop();
+    let spans = receiver.spans();
+    let mut problems = Vec::new();
+    let mut got: Vec<Row> = Vec::new();
+    for s in &spans {
+        if s.kind() != SpanKind::Server {
+            problems.push(format!("not SERVER: {:?}", s.span));
+        }
+        if s.attr("network.protocol.version").as_deref() != Some("2") {
+            problems.push(format!("network.protocol.version: {:?}", s.span));
+        }
+        let path = s.attr("url.path").unwrap_or_default();
+        let target = match s.attr("url.query") {
+            Some(q) => format!("{path}?{}", q.replace("REDACTED", "1")),
+            None => path,
+        };
+        got.push((
+            s.attr("http.request.method").unwrap_or_default(),
+            target,
+            s.attr("http.response.status_code")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            s.attr("http.response.body.size")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u64::MAX),
+        ));
+    }
+    truth.sort();
+    got.sort();
+    if got != truth {
+        let count = |rows: &[Row]| {
+            let mut m: BTreeMap<Row, i64> = BTreeMap::new();
+            for r in rows {
+                *m.entry(r.clone()).or_default() += 1;
+            }
+            m
+        };
+        let (t, g) = (count(&truth), count(&got));
+        for k in t.keys().chain(g.keys()) {
+            let (a, b) = (
+                t.get(k).copied().unwrap_or(0),
+                g.get(k).copied().unwrap_or(0),
+            );
+            if a != b {
+                problems.push(format!("{k:?}: access log {a}, spans {b}"));
+            }
+        }
+        problems.dedup();
+    }
+    let unplaced = metric_sum(&text, "periscope_h2_streams_unplaced_total");
+    if unplaced != 0.0 {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("periscope_h2_streams_unplaced_total"))
+            .collect();
+        problems.push(format!("unplaced streams: {lines:?}"));
+    }
+    let conns = metric_sum(&text, "periscope_h2_connections_total");
+    if conns != f64::from(curl_conns + h2load_conns) {
+        problems.push(format!(
+            "periscope_h2_connections_total = {conns}, want {}",
+            curl_conns + h2load_conns
+        ));
+    }
+    let http = metric_sum(&text, "http_server_request_duration_seconds_count");
+    if http != truth.len() as f64 {
+        problems.push(format!(
+            "http_server_request_duration_seconds_count = {http}, want {}",
+            truth.len()
+        ));
+    }
+    if !exit.status.success() {
+        problems.push(format!("agent exited with {}", exit.status));
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s), {} spans for {} log lines:\n  {}\n--- agent stderr (tail) ---\n{}",
+        problems.len(),
+        spans.len(),
+        truth.len(),
+        problems.join("\n  "),
+        harness::tail(&exit.stderr, 4000)
+    );
+}
+
+/// Exact counts: every call a SERVER and a CLIENT span. Ignored until the kernel
+/// captures more of a vectored write: grpcio (C-core) sends each batch of frames with
+/// one sendmsg of up to ~30 iovecs, and the capture walks at most `MAX_IOV` (8), so the
+/// rest of the write is a gap that hides frame boundaries; the sessions go blind and
+/// count the streams (see `grpcio_streams_lost_to_the_iovec_cap_are_counted`).
+#[test]
+#[ignore = "kernel capture walks 8 iovecs; grpcio writes up to ~30 per sendmsg"]
+fn grpcio_health_check_server_and_client_spans() {
+    grpcio_health_check(true);
+}
+
+/// Today's honest outcome for grpcio: no span is wrong, and the streams that got none
+/// are counted as lost to a gap. Fails (on purpose) once the capture covers grpcio's
+/// writes: then un-ignore the exact test above.
+#[test]
+fn grpcio_streams_lost_to_the_iovec_cap_are_counted() {
+    grpcio_health_check(false);
+}
+
+fn grpcio_health_check(exact: bool) {
+    harness::require_root();
+    let _serial = harness::serial();
+    harness::agent_bin();
+    let python = grpc_python();
+    assert!(
+        python.exists(),
+        "{} missing: `cargo xtask test` makes the grpcio venv",
+        python.display()
+    );
+    let dir = harness::TempDir::new("grpc");
+    let go_file = dir.path().join("go");
+    let receiver = Receiver::start();
+    let mut cmd = Command::new(&python);
+    cmd.arg("-u")
+        .arg(harness::program_dir("h2").join("grpc_server.py"));
+    let mut server = harness::start_announced("grpc_server", cmd);
+    // Seeded mix of OK and NOT_FOUND calls on one channel.
+    let (ok, not_found) = (13u32, 7u32);
+    let mut cmd = Command::new(&python);
+    cmd.arg("-u")
+        .arg(harness::program_dir("h2").join("grpc_client.py"))
+        .arg(server.addr.to_string())
+        .arg(ok.to_string())
+        .arg(not_found.to_string())
+        .arg("14")
+        .arg(&go_file);
+    let mut client = Process::spawn("grpc_client", cmd);
+    client.wait_for_stdout_line(Duration::from_secs(20), |l| l == "ready");
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
+    let agent = Agent::start([
+        "--pid".to_string(),
+        server.pid().to_string(),
+        "--pid".to_string(),
+        client.pid().to_string(),
+        "--otlp-endpoint".to_string(),
+        receiver.endpoint(Protocol::Grpc),
+        "--otlp-protocol".to_string(),
+        "grpc".to_string(),
+        "--prometheus".to_string(),
+        metrics_addr.to_string(),
+    ]);
+    std::fs::write(&go_file, b"").unwrap();
+    let done = client.wait_for_stdout_line(Duration::from_secs(30), |l| l.starts_with("done "));
+    assert_eq!(done, format!("done {ok} {not_found}"), "the client saw");
+    let n = (ok + not_found) as usize;
+    if exact {
+        receiver.wait_for_spans(2 * n, SPAN_TIMEOUT);
+    }
+    thread::sleep(SETTLE);
+    let text = scrape(metrics_addr);
+    let exit = agent.stop();
+    let spans = receiver.spans();
+    // The server's own log: one line per Check it answered, with the code.
+    let server_log = server.process.output().stdout();
+    let logged = |code: u32| {
+        server_log
+            .lines()
+            .filter(|l| l.starts_with("check ") && l.ends_with(&format!(" {code}")))
+            .count()
+    };
+    assert_eq!((logged(0), logged(5)), (ok as usize, not_found as usize));
+
+    let mut problems = Vec::new();
+    let mut counts: BTreeMap<(String, String, bool), u32> = BTreeMap::new();
+    for s in &spans {
+        let kind = match s.kind() {
+            SpanKind::Server => "server",
+            SpanKind::Client => "client",
+            k => {
+                problems.push(format!("kind {k:?}: {:?}", s.span));
+                continue;
+            }
+        };
+        let want = [
+            ("rpc.system", "grpc"),
+            ("rpc.service", "grpc.health.v1.Health"),
+            ("rpc.method", "Check"),
+            ("network.protocol.version", "2"),
+            ("http.request.method", "POST"),
+        ];
+        for (k, v) in want {
+            if s.attr(k).as_deref() != Some(v) {
+                problems.push(format!("{kind} span {k}={:?}, want {v}", s.attr(k)));
+            }
+        }
+        if s.name() != "grpc.health.v1.Health/Check" {
+            problems.push(format!("span name {:?}", s.name()));
+        }
+        let code = s.attr("rpc.grpc.status_code").unwrap_or_default();
+        // NOT_FOUND is the caller's error, not the server's (OTel gRPC conventions).
+        let want_error = kind == "client" && code == "5";
+        if s.is_error() != want_error {
+            problems.push(format!(
+                "{kind} span with status code {code}: error={}, want {want_error}",
+                s.is_error()
+            ));
+        }
+        *counts
+            .entry((kind.to_string(), code, s.is_error()))
+            .or_default() += 1;
+    }
+    let want: BTreeMap<(String, String, bool), u32> = [
+        (("client".to_string(), "0".to_string(), false), ok),
+        (("client".to_string(), "5".to_string(), true), not_found),
+        (("server".to_string(), "0".to_string(), false), ok),
+        (("server".to_string(), "5".to_string(), false), not_found),
+    ]
+    .into_iter()
+    .collect();
+    let unplaced = metric_sum(&text, "periscope_h2_streams_unplaced_total");
+    let gap = metric_sum(&text, "periscope_h2_streams_unplaced_total{reason=\"gap\"}");
+    if exact {
+        if counts != want {
+            problems.push(format!("span counts {counts:?}, want {want:?}"));
+        }
+        if unplaced != 0.0 {
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("periscope_h2_streams_unplaced_total"))
+                .collect();
+            problems.push(format!("unplaced streams: {lines:?}"));
+        }
+    } else {
+        // Never more spans of a kind than calls of it; what is missing was counted
+        // (a stream wholly inside a gap is seen by no one, hence <=).
+        for (k, n) in &counts {
+            if want.get(k).is_none_or(|w| n > w) {
+                problems.push(format!("{n} span(s) {k:?}, want at most {:?}", want.get(k)));
+            }
+        }
+        if gap < 1.0 {
+            problems.push(format!(
+                "no stream lost to a gap: the capture now covers grpcio's writes, un-ignore grpcio_health_check_server_and_client_spans ({} spans)",
+                spans.len()
+            ));
+        }
+        if spans.len() as f64 + unplaced > (2 * n) as f64 {
+            problems.push(format!(
+                "{} spans + {unplaced} unplaced streams > {} calls' streams",
+                spans.len(),
+                2 * n
+            ));
+        }
+    }
+    if !exit.status.success() {
+        problems.push(format!("agent exited with {}", exit.status));
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s), {} spans for {n} calls:\n  {}\n--- agent stderr (tail) ---\n{}",
+        problems.len(),
+        spans.len(),
+        problems.join("\n  "),
+        harness::tail(&exit.stderr, 4000)
+    );
+    drop(client);
+    server.process.assert_running();
+}
