@@ -493,6 +493,7 @@ fn a_reused_pid_gets_the_identity_of_its_new_program() {
     )
     .unwrap();
     let recv = Receiver::start();
+    let metrics = harness::free_port();
     let agent = Agent::start([
         "--exe",
         "goserver",
@@ -504,7 +505,10 @@ fn a_reused_pid_gets_the_identity_of_its_new_program() {
         &recv.endpoint(Protocol::Grpc),
         "--otlp-protocol",
         "grpc",
+        "--prometheus",
+        &metrics.to_string(),
     ]);
+    let metrics: SocketAddr = ([127, 0, 0, 1], metrics).into();
 
     let mut first = Command::new(&first_bin)
         .args(["-addr", "127.0.0.1:0"])
@@ -553,6 +557,51 @@ fn a_reused_pid_gets_the_identity_of_its_new_program() {
     for s in &a {
         assert_eq!(s.resource_attr("process.executable.name"), Some("goserver"));
     }
+    // Prometheus too shows the new program: its Go 1.27 runtime and its own service
+    // name on its HTTP series. (The first run of this test found the reused PID's
+    // metrics kept under the exited program's retained entry: the old service name,
+    // marked exited, so no go_* series at all.)
+    let label = |l: &str, k: &str| -> Option<String> {
+        Some(
+            l.split(&format!("{k}=\""))
+                .nth(1)?
+                .split('"')
+                .next()?
+                .to_string(),
+        )
+    };
+    let pid_instance = format!(":{pid}\"");
+    let deadline = Instant::now() + WAIT;
+    let (mut go_info, mut http_services) = (Vec::new(), Vec::new());
+    while Instant::now() < deadline {
+        let text = scrape(metrics);
+        let of_pid = |prefix: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with(prefix) && l.contains(&pid_instance))
+                .filter_map(|l| {
+                    Some(format!(
+                        "{} {}",
+                        label(l, "service_name")?,
+                        label(l, "version").unwrap_or_default()
+                    ))
+                })
+                .collect()
+        };
+        go_info = of_pid("go_info{");
+        http_services = of_pid("http_server_request_duration_seconds_count{");
+        if !go_info.is_empty() && !http_services.is_empty() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        go_info.len() == 1 && go_info[0].starts_with("reborn go1.27"),
+        "go_info of PID {pid}: {go_info:?}"
+    );
+    assert!(
+        !http_services.is_empty() && http_services.iter().all(|s| s.starts_with("reborn ")),
+        "HTTP series of PID {pid}: {http_services:?}"
+    );
     let _ = second.kill();
     let _ = second.wait();
     let exit = agent.stop();

@@ -164,19 +164,28 @@ impl Metrics {
 
     /// Registers a process (idempotent); `now_unix_ns` starts its cumulative series.
     pub fn add_service(&self, resource: &Arc<Resource>, now_unix_ns: u64) {
-        self.lock()
-            .services
-            .entry(resource.pid)
-            .or_insert_with(|| ServiceMetrics {
-                resource: resource.clone(),
-                start_unix_ns: now_unix_ns,
-                http: HashMap::new(),
-                route_overflow: 0,
-                series_overflow: 0,
-                exited_unix_ns: None,
-                process: ProcessStats::default(),
-                go: None,
-            });
+        let fresh = || ServiceMetrics {
+            resource: resource.clone(),
+            start_unix_ns: now_unix_ns,
+            http: HashMap::new(),
+            route_overflow: 0,
+            series_overflow: 0,
+            exited_unix_ns: None,
+            process: ProcessStats::default(),
+            go: None,
+        };
+        let mut reg = self.lock();
+        match reg.services.get_mut(&resource.pid) {
+            // The PID is reused (or the process exec'd another program) while the
+            // exited one is still retained: a new service, never the old one's series,
+            // resource or "exited" mark. The old one's values not yet exported are lost
+            // (missing beats wrong).
+            Some(old) if old.exited_unix_ns.is_some() => *old = fresh(),
+            Some(_) => {}
+            None => {
+                reg.services.insert(resource.pid, fresh());
+            }
+        }
     }
 
     pub fn record_http(&self, resource: &Arc<Resource>, rec: HttpRecord, route_overflowed: bool) {
@@ -349,6 +358,34 @@ mod tests {
         let snap = m.snapshot();
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0].resource.service_name, "checkout");
+    }
+
+    #[test]
+    fn a_reused_pid_gets_a_new_service_not_the_exited_ones() {
+        let m = Metrics::default();
+        m.add_service(&resource(7), 1);
+        m.set_go(7, crate::runtime::go::GoStats::default());
+        m.service_exited(7, 5);
+        let reborn = Arc::new(Resource {
+            pid: 7,
+            service_name: "reborn".into(),
+            attributes: vec![("service.name".into(), "reborn".into())],
+        });
+        m.add_service(&reborn, 9);
+        let snap = m.snapshot();
+        assert_eq!(snap.len(), 1);
+        let s = &snap[0];
+        assert_eq!(s.resource.service_name, "reborn");
+        assert_eq!((s.start_unix_ns, s.exited_unix_ns), (9, None));
+        assert!(
+            s.go.is_none(),
+            "the exited program's Go view is not carried over"
+        );
+        // A live service is not reset by another add.
+        m.set_go(7, crate::runtime::go::GoStats::default());
+        m.add_service(&reborn, 12);
+        assert!(m.snapshot()[0].go.is_some());
+        assert_eq!(m.snapshot()[0].start_unix_ns, 9);
     }
 
     #[test]
