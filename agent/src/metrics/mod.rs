@@ -157,6 +157,9 @@ fn unix_now_ns() -> u64 {
 /// How long the series of an exited process stay exported.
 pub const EXITED_RETENTION_NS: u64 = 5 * 60 * 1_000_000_000;
 
+/// Most exited services kept for their last export at once (the newest ones).
+pub const MAX_EXITED_SERVICES: usize = 1024;
+
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -257,12 +260,31 @@ impl Metrics {
         }
     }
 
-    /// Drops services that exited more than [`EXITED_RETENTION_NS`] ago.
+    /// Drops services that exited more than [`EXITED_RETENTION_NS`] ago, exited ones
+    /// with nothing left to export (no HTTP series or overflow counts: their process
+    /// and Go views are not exported once they exited), and the oldest exited ones
+    /// beyond [`MAX_EXITED_SERVICES`]. Under process churn the retained entries were
+    /// otherwise bounded by time only, not by count.
     pub fn gc(&self, now_unix_ns: u64) {
-        self.lock().services.retain(|_, s| {
-            s.exited_unix_ns
-                .is_none_or(|t| now_unix_ns.saturating_sub(t) < EXITED_RETENTION_NS)
+        let mut reg = self.lock();
+        reg.services.retain(|_, s| match s.exited_unix_ns {
+            None => true,
+            Some(t) => {
+                now_unix_ns.saturating_sub(t) < EXITED_RETENTION_NS
+                    && (!s.http.is_empty() || s.route_overflow > 0 || s.series_overflow > 0)
+            }
         });
+        let mut exited: Vec<(u64, u32)> = reg
+            .services
+            .iter()
+            .filter_map(|(&pid, s)| Some((s.exited_unix_ns?, pid)))
+            .collect();
+        if exited.len() > MAX_EXITED_SERVICES {
+            exited.sort_unstable();
+            for &(_, pid) in &exited[..exited.len() - MAX_EXITED_SERVICES] {
+                reg.services.remove(&pid);
+            }
+        }
     }
 
     /// A process's resource changed (Kubernetes metadata arrived after it was attached):
@@ -436,14 +458,59 @@ mod tests {
         assert_eq!(total, n as u64, "no request is lost to the cap");
     }
 
+    fn one_request(m: &Metrics, r: &Arc<Resource>) {
+        m.record_http(
+            r,
+            HttpRecord {
+                series: series("/", 200),
+                duration_s: 0.001,
+                request_body: 0,
+                response_body: Some(0),
+                exemplar: None,
+            },
+            false,
+        );
+    }
+
     #[test]
     fn exited_services_are_collected_after_retention() {
         let m = Metrics::default();
         m.add_service(&resource(3), 0);
+        one_request(&m, &resource(3));
         m.service_exited(3, 10);
         m.gc(10 + EXITED_RETENTION_NS - 1);
         assert_eq!(m.snapshot().len(), 1);
         m.gc(10 + EXITED_RETENTION_NS);
         assert!(m.snapshot().is_empty());
+    }
+
+    #[test]
+    fn churn_keeps_exited_services_bounded_by_count() {
+        let m = Metrics::default();
+        let n = 2 * MAX_EXITED_SERVICES as u32 + 500;
+        for pid in 1..=n {
+            m.add_service(&resource(pid), 0);
+            // Every other one served a request: something left to export.
+            if pid % 2 == 0 {
+                one_request(&m, &resource(pid));
+            }
+            m.service_exited(pid, u64::from(pid));
+        }
+        m.add_service(&resource(n + 1), 0);
+        m.gc(u64::from(n) + 1);
+        let snap = m.snapshot();
+        let exited: Vec<u32> = snap
+            .iter()
+            .filter(|s| s.exited_unix_ns.is_some())
+            .map(|s| s.resource.pid)
+            .collect();
+        // Nothing-to-export ones are gone; of the rest, the newest MAX are kept.
+        assert_eq!(exited.len(), MAX_EXITED_SERVICES.min(n as usize / 2));
+        assert!(exited.iter().all(|p| p % 2 == 0));
+        assert!(exited.contains(&n) && !exited.contains(&2));
+        assert!(
+            snap.iter().any(|s| s.resource.pid == n + 1),
+            "the live one stays"
+        );
     }
 }
