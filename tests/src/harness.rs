@@ -1040,6 +1040,50 @@ impl Drop for Agent {
     }
 }
 
+/// A self-signed certificate for `localhost` and its key, made in `dir` by openssl
+/// (Debian's `openssl`): (cert path, key path).
+pub fn self_signed_cert(dir: &TempDir) -> (String, String) {
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (Debian openssl) is installed");
+    assert!(st.success(), "openssl req -x509 failed");
+    (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
+}
+
+/// The access logs our test programs write ("METHOD PATH STATUS BYTES" lines, each
+/// path used once per run), by path: (method, status, response body bytes).
+pub fn parse_method_path_log(text: &str) -> std::collections::HashMap<String, (String, u16, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let [method, path, status, bytes] = f[..] else {
+                return None;
+            };
+            Some((
+                path.to_string(),
+                (
+                    method.to_string(),
+                    status.parse().ok()?,
+                    bytes.parse().ok()?,
+                ),
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     //! Self-checks of the harness and the client against the real servers;

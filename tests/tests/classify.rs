@@ -72,27 +72,6 @@ fn exchange(addr: SocketAddr, out: &[u8], want: usize) -> u64 {
     (out.len() + want) as u64
 }
 
-fn self_signed(dir: &TempDir) -> (String, String) {
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    let st = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl (Debian openssl) is installed");
-    assert!(st.success(), "openssl req -x509 failed");
-    (
-        cert.to_string_lossy().into_owned(),
-        key.to_string_lossy().into_owned(),
-    )
-}
-
 /// TLS clients (an untraced python): `n` connections, each a handshake and one echoed
 /// 1000-byte message. Prints the plaintext bytes moved.
 const TLS_CLIENT: &str = r#"
@@ -123,7 +102,7 @@ fn non_http_sockets_send_no_payload() {
     let _serial = harness::serial();
     const N: usize = 20;
     let dir = TempDir::new("classify");
-    let (cert, key) = self_signed(&dir);
+    let (cert, key) = harness::self_signed_cert(&dir);
     let ports: Vec<u16> = (0..4).map(|_| harness::free_port()).collect();
     let script = harness::program_dir("classify").join("server.py");
     let mut cmd = Command::new(harness::python3());

@@ -31,26 +31,6 @@ fn seed() -> u64 {
         })
 }
 
-/// "METHOD PATH STATUS BYTES" lines, by path (each path is used once per run).
-fn parse_log(text: &str) -> HashMap<String, (String, u16, u64)> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let [method, path, status, bytes] = f[..] else {
-                return None;
-            };
-            Some((
-                path.to_string(),
-                (
-                    method.to_string(),
-                    status.parse().ok()?,
-                    bytes.parse().ok()?,
-                ),
-            ))
-        })
-        .collect()
-}
-
 /// Checks `spans` (all of one kind) against `truth`: one span per line, each right.
 /// Returns the spans by path.
 fn check<'a>(
@@ -152,9 +132,10 @@ fn go_tls_run(server: End, client: End) {
     std::fs::write(&go_file, b"").expect("start the client");
     cli.wait_for_stdout_line(Duration::from_secs(120), |l| l == "done");
 
-    let logged = parse_log(&std::fs::read_to_string(&log_path).expect("access log"));
+    let logged =
+        harness::parse_method_path_log(&std::fs::read_to_string(&log_path).expect("access log"));
     assert_eq!(logged.len(), EXCHANGES, "the server logged every exchange");
-    let printed = parse_log(&cli.output().stdout());
+    let printed = harness::parse_method_path_log(&cli.output().stdout());
     assert_eq!(
         printed.len(),
         EXCHANGES,

@@ -25,47 +25,6 @@ fn seed() -> u64 {
         })
 }
 
-fn self_signed(dir: &TempDir) -> (String, String) {
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    let st = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl (Debian openssl) is installed");
-    assert!(st.success(), "openssl req -x509 failed");
-    (
-        cert.to_string_lossy().into_owned(),
-        key.to_string_lossy().into_owned(),
-    )
-}
-
-/// One access-log line: method, path, status, response body bytes.
-fn parse_log(text: &str) -> HashMap<String, (String, u16, u64)> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let [method, path, status, bytes] = f[..] else {
-                return None;
-            };
-            Some((
-                path.to_string(),
-                (
-                    method.to_string(),
-                    status.parse().ok()?,
-                    bytes.parse().ok()?,
-                ),
-            ))
-        })
-        .collect()
-}
-
 #[test]
 fn openssl_python_server_spans_match_its_access_log() {
     harness::require_root();
@@ -73,7 +32,7 @@ fn openssl_python_server_spans_match_its_access_log() {
     let seed = seed();
     eprintln!("PERISCOPE_TLS_SEED={seed}");
     let dir = TempDir::new("tls");
-    let (cert, key) = self_signed(&dir);
+    let (cert, key) = harness::self_signed_cert(&dir);
     let log_path = dir.path().join("access.log");
     let port = harness::free_port();
     let programs = harness::program_dir("tls");
@@ -106,7 +65,8 @@ fn openssl_python_server_spans_match_its_access_log() {
         "client: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let logged = parse_log(&std::fs::read_to_string(&log_path).expect("access log"));
+    let logged =
+        harness::parse_method_path_log(&std::fs::read_to_string(&log_path).expect("access log"));
     assert_eq!(logged.len(), EXCHANGES, "the server logged every exchange");
 
     let spans = receiver.wait_for_spans(EXCHANGES, Duration::from_secs(30));
