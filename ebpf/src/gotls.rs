@@ -211,27 +211,8 @@ pub fn gotls_ret(ctx: ProbeContext) -> u32 {
         count(STAT_READ_ERRORS);
         return 0;
     }
-    let conn_key = [tgid, call.conn];
-    let fd = if call.fd != NO_FD {
-        let _ = GOTLS_CONN_FD.insert(&conn_key, &call.fd, 0);
-        call.fd
-    } else {
-        unsafe { GOTLS_CONN_FD.get(&conn_key).copied() }.unwrap_or(NO_FD)
-    };
-    // Same ids as OpenSSL's: to the tracker both are "plaintext of a TLS socket".
-    let syscall = if call.direction == DIR_INGRESS {
-        SYS_SSL_READ
-    } else {
-        SYS_SSL_WRITE
-    };
-    let mut s = crate::net::Stash::new(syscall, fd, call.buf, 0);
-    s.enter_ns = call.enter_ns;
-    // Plaintext is always captured, and says nothing about the socket's own class
-    // (as OpenSSL's, tls.rs).
-    s.class = CLASS_HTTP1 as u32;
-    if crate::net::try_emit_data(pid_tgid, &s, n as u64, call.direction).is_err() {
-        count(STAT_READ_ERRORS);
-    }
+    let fd = crate::tls::socket_of(&GOTLS_CONN_FD, [tgid, call.conn], call.fd);
+    crate::tls::emit_plaintext(pid_tgid, fd, call.buf, n as u64, call.direction, call.enter_ns);
     0
 }
 

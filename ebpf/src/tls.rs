@@ -159,26 +159,41 @@ pub fn tls_ret(ctx: RetProbeContext) -> u32 {
     if moved == 0 {
         return 0;
     }
-    let key = [pid_tgid >> 32, call.ssl];
-    let fd = if call.fd != NO_FD {
-        let _ = TLS_SSL_FD.insert(&key, &call.fd, 0);
-        call.fd
+    let fd = socket_of(&TLS_SSL_FD, [pid_tgid >> 32, call.ssl], call.fd);
+    emit_plaintext(pid_tgid, fd, call.buf, moved, call.direction, call.enter_ns);
+    0
+}
+
+/// The socket of a TLS connection object (`[tgid, object address]`): `fd` when the call
+/// learnt it (remembered for later calls), else the one remembered, else `NO_FD`.
+/// Shared by OpenSSL's `SSL*` and Go's `*tls.Conn`.
+#[inline(always)]
+pub fn socket_of(map: &LruHashMap<[u64; 2], u32>, key: [u64; 2], fd: u32) -> u32 {
+    if fd != NO_FD {
+        let _ = map.insert(&key, &fd, 0);
+        fd
     } else {
-        unsafe { TLS_SSL_FD.get(&key).copied() }.unwrap_or(NO_FD)
-    };
-    let syscall = if call.direction == DIR_INGRESS {
+        unsafe { map.get(&key).copied() }.unwrap_or(NO_FD)
+    }
+}
+
+/// Sends `n` plaintext bytes at `buf`, moved by a TLS call (OpenSSL or Go crypto/tls)
+/// on socket `fd`, as the data events syscalls make, with `SYS_SSL_READ`/`SYS_SSL_WRITE`
+/// ids: to the tracker both libraries are "plaintext of a TLS socket".
+#[inline(always)]
+pub fn emit_plaintext(pid_tgid: u64, fd: u32, buf: u64, n: u64, direction: u32, enter_ns: u64) {
+    let syscall = if direction == DIR_INGRESS {
         SYS_SSL_READ
     } else {
         SYS_SSL_WRITE
     };
-    let mut s = crate::net::Stash::new(syscall, fd, call.buf, 0);
-    s.enter_ns = call.enter_ns;
+    let mut s = crate::net::Stash::new(syscall, fd, buf, 0);
+    s.enter_ns = enter_ns;
     // Plaintext is always captured, and says nothing about the socket's own class.
     s.class = CLASS_HTTP1 as u32;
-    if crate::net::try_emit_data(pid_tgid, &s, moved, call.direction).is_err() {
+    if crate::net::try_emit_data(pid_tgid, &s, n, direction).is_err() {
         count(STAT_READ_ERRORS);
     }
-    0
 }
 
 /// Called by the data syscalls on a traced socket: inside an `SSL_*` call on this
