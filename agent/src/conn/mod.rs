@@ -25,6 +25,7 @@ use crate::{
     events::Event,
     http::{
         Chunk, Direction, Message, MessageKind, ParserStats, StreamParser, count_request_starts,
+        count_response_starts,
     },
     metrics::{Exemplar, HttpKind, HttpRecord, HttpSeries, Metrics},
     resource::{Resource, ResourceConfig},
@@ -1011,11 +1012,10 @@ impl Tracker {
                 // A resyncing parser skips whole reads that do not start with a
                 // request (a body's end, then pipelined requests): count the request
                 // lines seen in the captured head instead.
-                conn.lost_request_starts += count_request_starts(head);
+                conn.lost_request_starts += count_starts(count_request_starts, &chunk);
             } else {
                 conn.lost_responses += new_resyncs;
-                let final_start = head.starts_with(b"HTTP/1.") && head.get(9) != Some(&b'1');
-                conn.lost_response_starts += u64::from(final_start);
+                conn.lost_response_starts += count_starts(count_response_starts, &chunk);
             }
             drop_desynced(&mut conn, &mut out, is_request_stream);
         }
@@ -1455,6 +1455,18 @@ fn desync(conn: &mut Conn, cause: DesyncCause, ctx: &mut MessageCtx<'_>) {
             ctx.active.remove(&(ctx.pid, p.ctx_key));
         }
     }
+}
+
+/// Message starts in what was captured of a chunk: its head, and the lines of its tail
+/// when the tail does not overlap the head (the tail's first line may be cut, so only
+/// lines after its first line end count).
+fn count_starts(count: fn(&[u8]) -> u64, chunk: &Chunk<'_>) -> u64 {
+    let disjoint = chunk.total_len >= (chunk.head.len() + chunk.tail.len()) as u64;
+    let tail_lines = match chunk.tail.iter().position(|&b| b == b'\n') {
+        Some(nl) if disjoint => &chunk.tail[nl + 1..],
+        _ => &[],
+    };
+    count(chunk.head) + count(tail_lines)
 }
 
 /// On a desynced connection: drop the chunk's messages, counting them (see

@@ -40,7 +40,7 @@ use std::fmt;
 use std::ops::AddAssign;
 
 pub use parser::StreamParser;
-pub use syntax::count_request_starts;
+pub use syntax::{count_request_starts, count_response_starts};
 
 /// Longest start line, header or trailer line, line end included. A longer line is a
 /// parse error (or, before the first message, proof the stream is not HTTP/1.x); it is

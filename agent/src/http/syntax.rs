@@ -276,6 +276,20 @@ pub(super) fn looks_like_start(dir: Direction, head: &[u8]) -> bool {
 /// For counting on a connection whose pairing is lost: the server read (and logged)
 /// every request, including those inside a read that did not start with one.
 pub fn count_request_starts(bytes: &[u8]) -> u64 {
+    count_line_starts(bytes, looks_like_request_start)
+}
+
+/// How many final (non-1xx) status lines start in `bytes` (at its first byte or after a
+/// line end). The response side of [`count_request_starts`]: a server answering
+/// pipelined requests writes several responses in one syscall (apache does), and only
+/// the first starts at the syscall's first byte.
+pub fn count_response_starts(bytes: &[u8]) -> u64 {
+    count_line_starts(bytes, |line| {
+        parse_partial_status_line(line).is_some_and(|(_, status)| status >= 200)
+    })
+}
+
+fn count_line_starts(bytes: &[u8], starts_here: impl Fn(&[u8]) -> bool) -> u64 {
     let after_lf = bytes
         .iter()
         .enumerate()
@@ -283,7 +297,7 @@ pub fn count_request_starts(bytes: &[u8]) -> u64 {
         .map(|(i, _)| i + 1);
     std::iter::once(0)
         .chain(after_lf)
-        .filter(|&i| i < bytes.len() && looks_like_request_start(&bytes[i..]))
+        .filter(|&i| i < bytes.len() && starts_here(&bytes[i..]))
         .count() as u64
 }
 

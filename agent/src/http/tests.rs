@@ -795,3 +795,22 @@ fn request_starts_inside_a_read_are_counted() {
     // A body line that is no request line is not one.
     assert_eq!(super::count_request_starts(b"x\nGETTING there\nhello"), 0);
 }
+
+/// Finding (issue 11, apache2 prefork conformance, seed 1796510460276672622): apache
+/// answers pipelined requests with one write holding several responses; on a
+/// connection whose pairing was lost only the first was counted, so 145 exchanges
+/// without a span were accounted for by 130 unpaired counts.
+#[test]
+fn response_starts_inside_a_write_are_counted() {
+    let write = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 404 Not Found\r\n\
+        Content-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\n\r\nHTTP/1.1 405 Meth";
+    // The third status line follows a body without a line end: not countable.
+    assert_eq!(super::count_response_starts(write), 3);
+    // Interim responses are not exchanges; a cut status line is not one either.
+    assert_eq!(
+        super::count_response_starts(b"HTTP/1.1 100 Continue\r\n\r\n"),
+        0
+    );
+    assert_eq!(super::count_response_starts(b"HTTP/1.1 20"), 0);
+    assert_eq!(super::count_response_starts(b"body\nHTTP/2 200 OK\r\n"), 0);
+}
