@@ -5,8 +5,10 @@
 //! What the agent serves on its Prometheus endpoint must match what the program says:
 //!
 //! - `go_goroutines` == the program's goroutine count (runtime.NumGoroutine() with no
-//!   request in flight) ± 1; `go_threads` == `process_threads` == entries of
-//!   /proc/PID/task; `go_gc_duration_seconds_count` grows by exactly the GC cycles
+//!   request in flight) ± 1; `go_threads` == the program's own
+//!   runtime.ThreadCreateProfile count (client_golang's go_threads: a cgo program's
+//!   extra M has no OS thread), `process_threads` == entries of /proc/PID/task;
+//!   `go_gc_duration_seconds_count` grows by exactly the GC cycles
 //!   forced; pause quantiles are plausible. For Go 1.21, 1.23, 1.25, 1.27, plain and
 //!   stripped, and cgo (externally linked) builds.
 //! - Late attach to a process already holding 3000 goroutines.
@@ -192,6 +194,11 @@ impl Truth {
 
     fn threads(&self) -> i64 {
         self.int("threads")
+    }
+
+    /// What client_golang's go_threads reports (runtime.ThreadCreateProfile).
+    fn thread_create(&self) -> i64 {
+        self.int("thread_create")
     }
 
     fn num_gc(&self) -> i64 {
@@ -718,15 +725,18 @@ impl Rig {
                     ));
                 }
                 let threads = t.threads();
+                let created = t.thread_create();
                 let go_threads = s.one("go_threads")?;
                 let proc_threads = s.one("process_threads")?;
-                if go_threads != threads as f64 || proc_threads != threads as f64 {
+                if go_threads != created as f64 || proc_threads != threads as f64 {
                     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
                         .map(|d| d.count())
                         .unwrap_or(0);
                     return wrong(format!(
                         "go_threads is {go_threads} and process_threads {proc_threads}; the \
-                         process has {threads} threads (/proc/self/task; {tasks} in /proc/{pid}/task now)"
+                         runtime made {created} Ms (ThreadCreateProfile, client_golang's \
+                         go_threads) and the process has {threads} threads (/proc/self/task; \
+                         {tasks} in /proc/{pid}/task now)"
                     ));
                 }
                 Ok(())

@@ -390,7 +390,11 @@ type truthReport struct {
 	// runtime.MemStats.NumGC: completed GC cycles.
 	NumGC uint32 `json:"num_gc"`
 	// Entries of /proc/self/task: live OS threads of the process.
-	Threads   int    `json:"threads"`
+	Threads int `json:"threads"`
+	// runtime.ThreadCreateProfile's record count: the Ms the runtime made,
+	// which is what client_golang exports as go_threads. A cgo program has
+	// one more than it has OS threads: the extra M kept for C callers.
+	ThreadCreate int    `json:"thread_create"`
 	GoVersion string `json:"go_version"`
 	// Live goroutines per site as counted by the goroutines themselves.
 	Sites map[string]int64 `json:"sites"`
@@ -420,6 +424,7 @@ func truth(w http.ResponseWriter, r *http.Request) {
 		CreatedBy: map[string]int{},
 	}
 	rep.Threads = countThreads()
+	rep.ThreadCreate, _ = runtime.ThreadCreateProfile(nil)
 	rep.NumGC = numGC()
 	rep.Goroutines = runtime.NumGoroutine()
 
