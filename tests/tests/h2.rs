@@ -422,6 +422,39 @@ fn grpcio_health_check(exact: bool) {
             ));
         }
     }
+    // RPC metrics (Prometheus) against the spans (OTLP): with always_on sampling every
+    // call recorded is exported, so per side and status code the counts agree; and gRPC
+    // calls are in no HTTP family.
+    for ((kind, code, _), n) in &counts {
+        let name = format!("rpc_{kind}_duration_seconds_count{{");
+        let label = format!("rpc_grpc_status_code=\"{code}\"");
+        let metric: f64 = text
+            .lines()
+            .filter(|l| l.starts_with(&name) && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if metric != f64::from(*n) {
+            problems.push(format!(
+                "rpc_{kind}_duration_seconds_count with status {code} = {metric}, {n} spans"
+            ));
+        }
+    }
+    let rpc_total = metric_sum(&text, "rpc_server_duration_seconds_count")
+        + metric_sum(&text, "rpc_client_duration_seconds_count");
+    if rpc_total != spans.len() as f64 {
+        problems.push(format!(
+            "{rpc_total} calls in the RPC metrics, {} spans",
+            spans.len()
+        ));
+    }
+    for fam in [
+        "http_server_request_duration_seconds_count",
+        "http_client_request_duration_seconds_count",
+    ] {
+        if metric_sum(&text, fam) != 0.0 {
+            problems.push(format!("gRPC calls counted in {fam}"));
+        }
+    }
     if !exit.status.success() {
         problems.push(format!("agent exited with {}", exit.status));
     }

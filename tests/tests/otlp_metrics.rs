@@ -84,6 +84,7 @@ fn users(status: u16) -> HttpSeries {
         error_type: (status >= 500).then(|| Arc::from(status.to_string().as_str())),
         server_address: None,
         server_port: 0,
+        rpc: None,
         overflow: false,
     }
 }
@@ -97,6 +98,7 @@ fn payments() -> HttpSeries {
         error_type: Some(Arc::from("503")),
         server_address: Some(Arc::from("payments.local")),
         server_port: 8080,
+        rpc: None,
         overflow: false,
     }
 }

@@ -113,6 +113,7 @@ fn spans_metrics_and_logs_over_https_with_a_ca_file() {
             error_type: None,
             server_address: None,
             server_port: 0,
+            rpc: None,
             overflow: false,
         };
         metrics.record_http(

@@ -27,7 +27,7 @@ use crate::{
         Chunk, Direction, Message, MessageKind, ParserStats, StreamParser, count_request_starts,
         count_response_starts,
     },
-    metrics::{Exemplar, HttpKind, HttpRecord, HttpSeries, Metrics},
+    metrics::{Exemplar, HttpKind, HttpRecord, HttpSeries, Metrics, RpcKey},
     resource::{Resource, ResourceConfig},
     route::{RouteConfig, RouteTable},
     runtime::process,
@@ -1165,14 +1165,37 @@ impl Tracker {
             now_ns: x.resp.end_ns,
         });
         let duration_s = duration_ns as f64 / 1e9;
+        let rpc = grpc.and_then(|g| {
+            let (service, method) = crate::span::rpc::grpc_method(target)?;
+            Some(RpcKey {
+                service: Arc::from(service),
+                method: Arc::from(method),
+                grpc_status: g.status,
+            })
+        });
+        let error_type = match (&rpc, error) {
+            (_, false) => None,
+            // As the span's error.type: the gRPC code's name.
+            (Some(r), true) => Some(Arc::from(
+                r.grpc_status
+                    .map_or("no_status", crate::span::rpc::grpc_code_name),
+            )),
+            (None, true) => Some(Arc::from(status.to_string())),
+        };
         let series = HttpSeries {
             kind: HttpKind::from(x.kind),
-            method: Arc::from(method_name(method)),
-            route: route
-                .as_ref()
-                .map_or_else(|| Arc::from(""), |r| Arc::from(r.as_str())),
-            status,
-            error_type: error.then(|| Arc::from(status.to_string())),
+            // A gRPC call's method and route are its rpc.service and rpc.method.
+            method: match rpc {
+                Some(_) => Arc::from(""),
+                None => Arc::from(method_name(method)),
+            },
+            route: match (&rpc, &route) {
+                (None, Some(r)) => Arc::from(r.as_str()),
+                _ => Arc::from(""),
+            },
+            // Not an RPC attribute: kept out of the key so that labels stay unique.
+            status: if rpc.is_some() { 0 } else { status },
+            error_type,
             server_address: match x.kind {
                 // server.address is the host alone; the port has its own label.
                 SpanKind::Client => x
@@ -1186,6 +1209,7 @@ impl Tracker {
                 SpanKind::Client => x.ends.peer.map_or(0, |p| p.port()),
                 SpanKind::Server => 0,
             },
+            rpc,
             overflow: false,
         };
         let exemplar = decision.sampled.then(|| Exemplar {

@@ -42,8 +42,24 @@ pub struct HttpSeries {
     /// server.address / server.port (client only).
     pub server_address: Option<Arc<str>>,
     pub server_port: u16,
+    /// Set for gRPC calls: the series is exported as `rpc.{server,client}.duration`
+    /// with these attributes instead of the HTTP ones (`method` and `route` are then
+    /// left empty), as gRPC instrumentations and Beyla-style agents do.
+    pub rpc: Option<RpcKey>,
     /// The overflow series: attributes dropped because the cap was hit.
     pub overflow: bool,
+}
+
+/// The RPC attributes of a series of gRPC calls, with the names the spans carry (RPC
+/// semconv v1.37: `rpc.system` is always `grpc` here).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RpcKey {
+    /// rpc.service (`package.Service`).
+    pub service: Arc<str>,
+    /// rpc.method.
+    pub method: Arc<str>,
+    /// rpc.grpc.status_code; `None` when the stream ended without a status.
+    pub grpc_status: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -220,6 +236,12 @@ impl Metrics {
                     error_type: None,
                     server_address: None,
                     server_port: 0,
+                    // An overflowed gRPC call stays in the RPC instrument.
+                    rpc: rec.series.rpc.as_ref().map(|_| RpcKey {
+                        service: Arc::from(""),
+                        method: Arc::from(""),
+                        grpc_status: None,
+                    }),
                     overflow: true,
                 }
             } else {
@@ -358,6 +380,7 @@ mod tests {
             error_type: None,
             server_address: None,
             server_port: 0,
+            rpc: None,
             overflow: false,
         }
     }

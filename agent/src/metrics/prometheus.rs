@@ -352,6 +352,8 @@ pub fn encode_edges(enc: &mut Encoder, edges: &[super::Edge], overflow: u64) {
 pub fn encode_http(enc: &mut Encoder, services: &[ServiceMetrics]) {
     type Fam<'a> = Vec<(Vec<Label>, &'a Histogram)>;
     let mut fams: [Fam<'_>; 6] = Default::default();
+    // gRPC calls: rpc_{server,client}_duration_seconds.
+    let mut rpc: [Fam<'_>; 2] = Default::default();
     for svc in services {
         let base = service_labels(&svc.resource);
         let mut keys: Vec<_> = svc.http.keys().collect();
@@ -359,6 +361,27 @@ pub fn encode_http(enc: &mut Encoder, services: &[ServiceMetrics]) {
         for key in keys {
             let stats = &svc.http[key];
             let mut labels = base.clone();
+            if let Some(r) = &key.rpc {
+                if key.overflow {
+                    labels.push(("otel_metric_overflow".into(), "true".into()));
+                } else {
+                    labels.push(("rpc_system".into(), "grpc".into()));
+                    labels.push(("rpc_service".into(), r.service.to_string()));
+                    labels.push(("rpc_method".into(), r.method.to_string()));
+                    if let Some(code) = r.grpc_status {
+                        labels.push(("rpc_grpc_status_code".into(), code.to_string()));
+                    }
+                    if let Some(a) = &key.server_address {
+                        labels.push(("server_address".into(), a.to_string()));
+                        labels.push(("server_port".into(), key.server_port.to_string()));
+                    }
+                    if let Some(e) = &key.error_type {
+                        labels.push(("error_type".into(), e.to_string()));
+                    }
+                }
+                rpc[usize::from(key.kind == HttpKind::Client)].push((labels, &stats.duration));
+                continue;
+            }
             if key.overflow {
                 labels.push(("otel_metric_overflow".into(), "true".into()));
             } else {
@@ -415,6 +438,19 @@ pub fn encode_http(enc: &mut Encoder, services: &[ServiceMetrics]) {
     ];
     for (fam, (name, help, unit)) in fams.iter().zip(names) {
         enc.histogram(name, help, Some(unit), fam);
+    }
+    let names = [
+        (
+            "rpc_server_duration_seconds",
+            "Duration of gRPC server calls.",
+        ),
+        (
+            "rpc_client_duration_seconds",
+            "Duration of gRPC client calls.",
+        ),
+    ];
+    for (fam, (name, help)) in rpc.iter().zip(names) {
+        enc.histogram(name, help, Some("seconds"), fam);
     }
 }
 
@@ -799,7 +835,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::metrics::{Exemplar, HttpRecord, HttpSeries, Metrics};
+    use crate::metrics::{Exemplar, HttpRecord, HttpSeries, Metrics, RpcKey};
 
     fn sample_services() -> Vec<ServiceMetrics> {
         let m = Metrics::default();
@@ -824,6 +860,7 @@ mod tests {
                         error_type: (status >= 500).then(|| Arc::from("500")),
                         server_address: None,
                         server_port: 0,
+                        rpc: None,
                         overflow: false,
                     },
                     duration_s: 0.02,
@@ -840,6 +877,62 @@ mod tests {
             );
         }
         m.snapshot()
+    }
+
+    #[test]
+    fn grpc_calls_render_as_rpc_duration_families() {
+        let m = Metrics::default();
+        let r = Arc::new(Resource {
+            pid: 9,
+            service_name: "greeter".into(),
+            attributes: vec![
+                ("service.name".into(), "greeter".into()),
+                ("host.name".into(), "node1".into()),
+            ],
+        });
+        for (kind, code, error) in [
+            (HttpKind::Server, Some(0), None),
+            (HttpKind::Server, None, Some("no_status")),
+            (HttpKind::Client, Some(5), Some("NOT_FOUND")),
+        ] {
+            m.record_http(
+                &r,
+                HttpRecord {
+                    series: HttpSeries {
+                        kind,
+                        method: Arc::from(""),
+                        route: Arc::from(""),
+                        status: 0,
+                        error_type: error.map(Arc::from),
+                        server_address: (kind == HttpKind::Client).then(|| Arc::from("db")),
+                        server_port: if kind == HttpKind::Client { 9000 } else { 0 },
+                        rpc: Some(RpcKey {
+                            service: Arc::from("helloworld.Greeter"),
+                            method: Arc::from("SayHello"),
+                            grpc_status: code,
+                        }),
+                        overflow: false,
+                    },
+                    duration_s: 0.004,
+                    request_body: 10,
+                    response_body: Some(20),
+                    exemplar: None,
+                },
+                false,
+            );
+        }
+        let mut enc = Encoder::new(Format::Text);
+        encode_http(&mut enc, &m.snapshot());
+        let text = enc.finish();
+        assert!(!text.contains("http_"), "{text}");
+        assert!(text.contains("# TYPE rpc_server_duration_seconds histogram"));
+        assert!(text.contains("rpc_server_duration_seconds_count{service_name=\"greeter\",service_instance_id=\"node1:9\",rpc_system=\"grpc\",rpc_service=\"helloworld.Greeter\",rpc_method=\"SayHello\",rpc_grpc_status_code=\"0\"} 1"), "{text}");
+        // A stream that ended without a status has no status label, and says why it failed.
+        assert!(
+            text.contains("rpc_method=\"SayHello\",error_type=\"no_status\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("rpc_client_duration_seconds_count{service_name=\"greeter\",service_instance_id=\"node1:9\",rpc_system=\"grpc\",rpc_service=\"helloworld.Greeter\",rpc_method=\"SayHello\",rpc_grpc_status_code=\"5\",server_address=\"db\",server_port=\"9000\",error_type=\"NOT_FOUND\"} 1"), "{text}");
     }
 
     #[test]

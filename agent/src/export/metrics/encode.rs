@@ -43,6 +43,10 @@ pub const HTTP_SERVER_RESPONSE_BODY_SIZE: &str = "http.server.response.body.size
 pub const HTTP_CLIENT_REQUEST_DURATION: &str = "http.client.request.duration";
 pub const HTTP_CLIENT_REQUEST_BODY_SIZE: &str = "http.client.request.body.size";
 pub const HTTP_CLIENT_RESPONSE_BODY_SIZE: &str = "http.client.response.body.size";
+/// gRPC calls. RPC semconv v1.37 names (those the spans carry), in seconds as the newer
+/// `rpc.{server,client}.call.duration` and Beyla-style agents have it (v1.37 said ms).
+pub const RPC_SERVER_DURATION: &str = "rpc.server.duration";
+pub const RPC_CLIENT_DURATION: &str = "rpc.client.duration";
 /// Requests whose route fell into the route table's overflow bucket.
 pub const ROUTE_OVERFLOW: &str = "periscope.route.overflow";
 /// Requests folded into the overflow series by the per-service series cap.
@@ -121,7 +125,7 @@ const fn fam(
     }
 }
 
-const FAMILIES: [Family; 25] = [
+const FAMILIES: [Family; 27] = [
     fam(
         HTTP_SERVER_REQUEST_DURATION,
         "s",
@@ -274,6 +278,18 @@ const FAMILIES: [Family; 25] = [
         "Heap size target percentage configured by the user, otherwise 100.",
         Kind::UpDownSum,
     ),
+    fam(
+        RPC_SERVER_DURATION,
+        "s",
+        "Duration of gRPC server calls.",
+        Kind::Histogram,
+    ),
+    fam(
+        RPC_CLIENT_DURATION,
+        "s",
+        "Duration of gRPC client calls.",
+        Kind::Histogram,
+    ),
 ];
 const ROUTE_OVERFLOW_FAMILY: usize = 6;
 const SERIES_OVERFLOW_FAMILY: usize = 7;
@@ -294,19 +310,28 @@ const MEMORY_ALLOCATIONS_FAMILY: usize = 21;
 const GC_GOAL_FAMILY: usize = 22;
 const PROCESSOR_LIMIT_FAMILY: usize = 23;
 const GOGC_FAMILY: usize = 24;
-const _: () = assert!(GOGC_FAMILY + 1 == FAMILIES.len());
+const RPC_SERVER_FAMILY: usize = 25;
+const RPC_CLIENT_FAMILY: usize = 26;
+const _: () = assert!(RPC_CLIENT_FAMILY + 1 == FAMILIES.len());
 
-/// The three histograms of a series with the index of their family.
-fn histograms(kind: HttpKind, stats: &HttpStats) -> [(usize, &Histogram); 3] {
-    let base = match kind {
-        HttpKind::Server => 0,
-        HttpKind::Client => 3,
-    };
-    [
-        (base, &stats.duration),
-        (base + 1, &stats.request_body),
-        (base + 2, &stats.response_body),
-    ]
+/// The histograms of a series with the index of their family: duration and body sizes
+/// for HTTP, the duration alone for gRPC calls.
+fn histograms<'a>(key: &HttpSeries, stats: &'a HttpStats) -> Vec<(usize, &'a Histogram)> {
+    match (key.rpc.is_some(), key.kind) {
+        (true, HttpKind::Server) => vec![(RPC_SERVER_FAMILY, &stats.duration)],
+        (true, HttpKind::Client) => vec![(RPC_CLIENT_FAMILY, &stats.duration)],
+        (false, kind) => {
+            let base = match kind {
+                HttpKind::Server => 0,
+                HttpKind::Client => 3,
+            };
+            vec![
+                (base, &stats.duration),
+                (base + 1, &stats.request_body),
+                (base + 2, &stats.response_body),
+            ]
+        }
+    }
 }
 
 /// The start of a series' next delta window and its cumulative value then (`None`: zero,
@@ -450,9 +475,10 @@ impl Collector {
             let mut new_marks = HashMap::new();
             for (key, stats) in series {
                 let Some(st) = state.as_ref().filter(|_| hist_delta) else {
-                    let points = histograms(key.kind, &stats)
+                    let points = histograms(&key, &stats)
+                        .into_iter()
                         .map(|(f, h)| (f, Point::Hist(histogram_point(&key, h, None))))
-                        .into();
+                        .collect();
                     packer.add(&svc.resource, unit(points, None));
                     continue;
                 };
@@ -463,10 +489,10 @@ impl Collector {
                         at_unix_ns: st.collected_unix_ns,
                         value: None,
                     });
-                let earlier = mark.value.as_ref().map(|v| histograms(key.kind, v));
+                let earlier = mark.value.as_ref().map(|v| histograms(&key, v));
                 let mut points = Vec::with_capacity(3);
-                for (i, (f, h)) in histograms(key.kind, &stats).into_iter().enumerate() {
-                    if let Some(d) = delta(h, earlier.map(|e| e[i].1)) {
+                for (i, (f, h)) in histograms(&key, &stats).into_iter().enumerate() {
+                    if let Some(d) = delta(h, earlier.as_ref().map(|e| e[i].1)) {
                         let p = histogram_point(&key, &d, Some(mark.at_unix_ns));
                         points.push((f, Point::Hist(p)));
                     }
@@ -1095,6 +1121,24 @@ pub fn series_attributes(s: &HttpSeries) -> Vec<KeyValue> {
         )];
     }
     let mut out = Vec::with_capacity(6);
+    if let Some(r) = &s.rpc {
+        out.push(str_kv("rpc.system", "grpc"));
+        out.push(str_kv("rpc.service", &r.service));
+        out.push(str_kv("rpc.method", &r.method));
+        if let Some(code) = r.grpc_status {
+            out.push(int_kv("rpc.grpc.status_code", i64::from(code)));
+        }
+        if let Some(addr) = &s.server_address {
+            out.push(str_kv("server.address", addr));
+            if s.server_port != 0 {
+                out.push(int_kv("server.port", i64::from(s.server_port)));
+            }
+        }
+        if let Some(e) = &s.error_type {
+            out.push(str_kv("error.type", e));
+        }
+        return out;
+    }
     out.push(str_kv("http.request.method", &s.method));
     if s.status != 0 {
         out.push(int_kv("http.response.status_code", i64::from(s.status)));
@@ -1137,7 +1181,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::metrics::{DURATION_BUCKETS, HttpRecord, Metrics, SIZE_BUCKETS};
+    use crate::metrics::{DURATION_BUCKETS, HttpRecord, Metrics, RpcKey, SIZE_BUCKETS};
     use crate::resource::{Resource, SDK_VERSION};
     use crate::runtime::go::SiteSnapshot;
 
@@ -1165,6 +1209,7 @@ mod tests {
             error_type: (status >= 500).then(|| Arc::from(status.to_string().as_str())),
             server_address: None,
             server_port: 0,
+            rpc: None,
             overflow: false,
         }
     }
@@ -1178,6 +1223,7 @@ mod tests {
             error_type: error.map(Arc::from),
             server_address: Some(Arc::from(addr)),
             server_port: port,
+            rpc: None,
             overflow: false,
         }
     }
@@ -1415,6 +1461,7 @@ mod tests {
             error_type: None,
             server_address: None,
             server_port: 0,
+            rpc: None,
             overflow: true,
         };
         assert_eq!(
@@ -1437,6 +1484,90 @@ mod tests {
             s("/a"),
             "server series keep their route"
         );
+    }
+
+    fn grpc(kind: HttpKind, code: Option<u32>, error: Option<&str>) -> HttpSeries {
+        HttpSeries {
+            kind,
+            method: Arc::from(""),
+            route: Arc::from(""),
+            status: 0,
+            error_type: error.map(Arc::from),
+            server_address: (kind == HttpKind::Client).then(|| Arc::from("10.0.0.2")),
+            server_port: if kind == HttpKind::Client { 50051 } else { 0 },
+            rpc: Some(RpcKey {
+                service: Arc::from("grpc.health.v1.Health"),
+                method: Arc::from("Check"),
+                grpc_status: code,
+            }),
+            overflow: false,
+        }
+    }
+
+    #[test]
+    fn grpc_calls_are_rpc_durations_with_rpc_attributes_and_in_no_http_family() {
+        let m = Metrics::default();
+        let r = resource(3, "grpc");
+        m.add_service(&r, T0);
+        record(&m, &r, grpc(HttpKind::Server, Some(0), None), 0.01, 5, 7);
+        record(&m, &r, grpc(HttpKind::Server, Some(0), None), 0.03, 5, 7);
+        record(
+            &m,
+            &r,
+            grpc(HttpKind::Server, Some(13), Some("INTERNAL")),
+            0.2,
+            5,
+            0,
+        );
+        record(
+            &m,
+            &r,
+            grpc(HttpKind::Client, Some(5), Some("NOT_FOUND")),
+            0.1,
+            5,
+            0,
+        );
+        let mut c = Collector::new(TemporalityPreference::Cumulative);
+        let b = one(c.collect(m.snapshot(), T0 + SEC));
+        let rm = &b.request.resource_metrics[0];
+        let names: Vec<&str> = rm.scope_metrics[0]
+            .metrics
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("http.")),
+            "gRPC calls counted as HTTP too: {names:?}"
+        );
+        let server = metric(rm, RPC_SERVER_DURATION);
+        assert_eq!(server.unit, "s");
+        let points = &hist(server).data_points;
+        assert_eq!(points.len(), 2);
+        let ok = points
+            .iter()
+            .find(|p| attr(&p.attributes, "rpc.grpc.status_code") == i(0))
+            .unwrap();
+        assert_eq!(ok.count, 2);
+        assert_eq!(attr(&ok.attributes, "rpc.system"), s("grpc"));
+        assert_eq!(
+            attr(&ok.attributes, "rpc.service"),
+            s("grpc.health.v1.Health")
+        );
+        assert_eq!(attr(&ok.attributes, "rpc.method"), s("Check"));
+        assert_eq!(attr(&ok.attributes, "error.type"), None);
+        assert_eq!(attr(&ok.attributes, "http.request.method"), None);
+        let failed = points
+            .iter()
+            .find(|p| attr(&p.attributes, "rpc.grpc.status_code") == i(13))
+            .unwrap();
+        assert_eq!(attr(&failed.attributes, "error.type"), s("INTERNAL"));
+        let client = &hist(metric(rm, RPC_CLIENT_DURATION)).data_points;
+        assert_eq!(client.len(), 1);
+        assert_eq!(attr(&client[0].attributes, "server.address"), s("10.0.0.2"));
+        assert_eq!(attr(&client[0].attributes, "server.port"), i(50051));
+        assert_eq!(attr(&client[0].attributes, "rpc.grpc.status_code"), i(5));
+        // One duration point per series, no body sizes: 2 server + 1 client, + 2 counters.
+        assert_eq!(b.data_points, 3 + 2);
     }
 
     #[test]

@@ -350,6 +350,7 @@ mod tests {
                     error_type: None,
                     server_address: None,
                     server_port: 0,
+                    rpc: None,
                     overflow: false,
                 },
                 duration_s: 0.1,
