@@ -13,7 +13,9 @@
 //! goroutine, net/http's background reader, and client_golang's Gather: one worker per
 //! collector, two here, and the goroutine that closes their channel). The agent's
 //! go_goroutines (read as runtime.NumGoroutine computes it) must be exactly the idle
-//! count, and the program's within those five of it (46 seen with Go 1.21).
+//! count, and the program's at most [`SCRAPE_GOROUTINES`] above it (46 seen with Go
+//! 1.21; 47, six above, once with Go 1.27 in CI: the bound is a margin over what was
+//! seen, the exact check is the agent's).
 
 use std::{
     collections::BTreeMap,
@@ -25,6 +27,10 @@ use std::{
 };
 
 use periscope_e2e::harness::{self, Agent, Process, TempDir, free_port, go_toolchains};
+
+/// Goroutines the program may run on top of the idle ones while it answers its own
+/// scrape (see the module docs).
+const SCRAPE_GOROUTINES: f64 = 8.0;
 
 const PROGRAM: &str = r#"package main
 
@@ -227,12 +233,12 @@ fn client_golang_go_series_match_from_outside() {
             };
             if key == "go_goroutines" {
                 // Idle: the parked ones and main; the program counts its scrape's too.
-                if *got != PARKED + 1.0 || !(0.0..=5.0).contains(&(want - got)) {
+                if *got != PARKED + 1.0 || !(0.0..=SCRAPE_GOROUTINES).contains(&(want - got)) {
                     errors.push(format!(
                         "{key}: agent {got}, program {want} (want agent {}, program {} to {})",
                         PARKED + 1.0,
                         PARKED + 1.0,
-                        PARKED + 6.0
+                        PARKED + 1.0 + SCRAPE_GOROUTINES
                     ));
                 }
                 continue;
