@@ -1117,11 +1117,13 @@ impl Tracker {
             MessageKind::Response { .. } => return,
         };
         let status = x.resp.status().unwrap_or(0);
-        // A gRPC method is its own low-cardinality route.
-        let grpc = x.h2.as_ref().and_then(|h| h.grpc.as_ref());
-        let grpc_route = grpc
-            .and(crate::span::rpc::grpc_method(target))
-            .map(|_| crate::route::Route::exact(target));
+        // A gRPC call: its stream's gRPC view, and `package.Service` and `Method`. Its
+        // method is its own low-cardinality route.
+        let grpc =
+            x.h2.as_ref()
+                .and_then(|h| h.grpc.as_ref())
+                .and_then(|g| Some((g, crate::span::rpc::grpc_method(target)?)));
+        let grpc_route = grpc.map(|_| crate::route::Route::exact(target));
         let route = match x.kind {
             SpanKind::Server => Some(grpc_route.unwrap_or_else(|| proc.routes.route(target))),
             SpanKind::Client => None,
@@ -1137,10 +1139,8 @@ impl Tracker {
         }
         let duration_ns = x.resp.end_ns.saturating_sub(x.req.start_ns);
         let error = match grpc {
-            Some(g) if crate::span::rpc::grpc_method(target).is_some() => {
-                crate::span::rpc::grpc_is_error(x.kind, g.status)
-            }
-            _ => is_error(x.kind, status),
+            Some((g, _)) => crate::span::rpc::grpc_is_error(x.kind, g.status),
+            None => is_error(x.kind, status),
         };
         if let Some(client) = &x.client_service {
             self.metrics.record_edge(
@@ -1165,13 +1165,10 @@ impl Tracker {
             now_ns: x.resp.end_ns,
         });
         let duration_s = duration_ns as f64 / 1e9;
-        let rpc = grpc.and_then(|g| {
-            let (service, method) = crate::span::rpc::grpc_method(target)?;
-            Some(RpcKey {
-                service: Arc::from(service),
-                method: Arc::from(method),
-                grpc_status: g.status,
-            })
+        let rpc = grpc.map(|(g, (service, method))| RpcKey {
+            service: Arc::from(service),
+            method: Arc::from(method),
+            grpc_status: g.status,
         });
         let error_type = match (&rpc, error) {
             (_, false) => None,

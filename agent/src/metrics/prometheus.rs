@@ -361,34 +361,25 @@ pub fn encode_http(enc: &mut Encoder, services: &[ServiceMetrics]) {
         for key in keys {
             let stats = &svc.http[key];
             let mut labels = base.clone();
-            if let Some(r) = &key.rpc {
-                if key.overflow {
-                    labels.push(("otel_metric_overflow".into(), "true".into()));
-                } else {
-                    labels.push(("rpc_system".into(), "grpc".into()));
-                    labels.push(("rpc_service".into(), r.service.to_string()));
-                    labels.push(("rpc_method".into(), r.method.to_string()));
-                    if let Some(code) = r.grpc_status {
-                        labels.push(("rpc_grpc_status_code".into(), code.to_string()));
-                    }
-                    if let Some(a) = &key.server_address {
-                        labels.push(("server_address".into(), a.to_string()));
-                        labels.push(("server_port".into(), key.server_port.to_string()));
-                    }
-                    if let Some(e) = &key.error_type {
-                        labels.push(("error_type".into(), e.to_string()));
-                    }
-                }
-                rpc[usize::from(key.kind == HttpKind::Client)].push((labels, &stats.duration));
-                continue;
-            }
             if key.overflow {
                 labels.push(("otel_metric_overflow".into(), "true".into()));
             } else {
-                labels.push(("http_request_method".into(), key.method.to_string()));
-                labels.push(("http_response_status_code".into(), key.status.to_string()));
-                if key.kind == HttpKind::Server && !key.route.is_empty() {
-                    labels.push(("http_route".into(), key.route.to_string()));
+                match &key.rpc {
+                    Some(r) => {
+                        labels.push(("rpc_system".into(), "grpc".into()));
+                        labels.push(("rpc_service".into(), r.service.to_string()));
+                        labels.push(("rpc_method".into(), r.method.to_string()));
+                        if let Some(code) = r.grpc_status {
+                            labels.push(("rpc_grpc_status_code".into(), code.to_string()));
+                        }
+                    }
+                    None => {
+                        labels.push(("http_request_method".into(), key.method.to_string()));
+                        labels.push(("http_response_status_code".into(), key.status.to_string()));
+                        if key.kind == HttpKind::Server && !key.route.is_empty() {
+                            labels.push(("http_route".into(), key.route.to_string()));
+                        }
+                    }
                 }
                 if let Some(a) = &key.server_address {
                     labels.push(("server_address".into(), a.to_string()));
@@ -397,6 +388,10 @@ pub fn encode_http(enc: &mut Encoder, services: &[ServiceMetrics]) {
                 if let Some(e) = &key.error_type {
                     labels.push(("error_type".into(), e.to_string()));
                 }
+            }
+            if key.rpc.is_some() {
+                rpc[usize::from(key.kind == HttpKind::Client)].push((labels, &stats.duration));
+                continue;
             }
             let base_i = if key.kind == HttpKind::Server { 0 } else { 3 };
             fams[base_i].push((labels.clone(), &stats.duration));

@@ -1121,30 +1121,24 @@ pub fn series_attributes(s: &HttpSeries) -> Vec<KeyValue> {
         )];
     }
     let mut out = Vec::with_capacity(6);
-    if let Some(r) = &s.rpc {
-        out.push(str_kv("rpc.system", "grpc"));
-        out.push(str_kv("rpc.service", &r.service));
-        out.push(str_kv("rpc.method", &r.method));
-        if let Some(code) = r.grpc_status {
-            out.push(int_kv("rpc.grpc.status_code", i64::from(code)));
-        }
-        if let Some(addr) = &s.server_address {
-            out.push(str_kv("server.address", addr));
-            if s.server_port != 0 {
-                out.push(int_kv("server.port", i64::from(s.server_port)));
+    match &s.rpc {
+        Some(r) => {
+            out.push(str_kv("rpc.system", "grpc"));
+            out.push(str_kv("rpc.service", &r.service));
+            out.push(str_kv("rpc.method", &r.method));
+            if let Some(code) = r.grpc_status {
+                out.push(int_kv("rpc.grpc.status_code", i64::from(code)));
             }
         }
-        if let Some(e) = &s.error_type {
-            out.push(str_kv("error.type", e));
+        None => {
+            out.push(str_kv("http.request.method", &s.method));
+            if s.status != 0 {
+                out.push(int_kv("http.response.status_code", i64::from(s.status)));
+            }
+            if s.kind == HttpKind::Server && !s.route.is_empty() {
+                out.push(str_kv("http.route", &s.route));
+            }
         }
-        return out;
-    }
-    out.push(str_kv("http.request.method", &s.method));
-    if s.status != 0 {
-        out.push(int_kv("http.response.status_code", i64::from(s.status)));
-    }
-    if s.kind == HttpKind::Server && !s.route.is_empty() {
-        out.push(str_kv("http.route", &s.route));
     }
     if let Some(addr) = &s.server_address {
         out.push(str_kv("server.address", addr));
