@@ -19,8 +19,9 @@ use periscope::{
     sampling::{Sampler, SamplerConfig},
 };
 use periscope_common::{
-    AF_INET, ConnCloseEvent, ConnOpenEvent, DIR_EGRESS, DIR_INGRESS, DataEvent, EventHeader,
-    EventKind, MAX_HEAD, MAX_TAIL, NO_FD, ROLE_CLIENT, ROLE_SERVER, SYS_READ, SYS_WRITE,
+    AF_INET, CLASS_UNSEEN, ConnCloseEvent, ConnOpenEvent, DIR_EGRESS, DIR_INGRESS, DataEvent,
+    EventHeader, EventKind, MAX_HEAD, MAX_TAIL, NO_FD, ROLE_CLIENT, ROLE_SERVER, SYS_READ,
+    SYS_WRITE,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -96,7 +97,9 @@ fn record(op: &Op, ts: u64) -> Vec<u8> {
                 head_len: head.len() as u32,
                 tail_len: tail.len() as u32,
                 syscall: if *ingress { SYS_READ } else { SYS_WRITE },
-                _pad: 0,
+                // Not classified by the kernel yet (generation 0): the payload reaches
+                // the tracker's own classification and parsers.
+                class: u32::from(CLASS_UNSEEN),
             });
             r.extend_from_slice(head);
             r.extend_from_slice(tail);
