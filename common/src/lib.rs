@@ -8,6 +8,8 @@
 
 use core::mem::size_of;
 
+pub mod frame;
+
 /// Largest prefix of one syscall's payload copied into an event. Enough for a request
 /// line, a status line and the headers of nearly every request; the agent treats the
 /// rest as bytes it knows the count of but not the content.
@@ -421,8 +423,16 @@ pub const STAT_CLASSIFIED: u32 = 8;
 /// Bytes moved on sockets whose payload is not copied to userspace (classes
 /// [`CLASS_TLS`], [`CLASS_UNKNOWN`], [`CLASS_MUTED`]), first chunk included.
 pub const STAT_PAYLOAD_SUPPRESSED: u32 = STAT_CLASSIFIED + CLASS_DEFERRED as u32;
+/// Data syscalls the kernel split at a request's start it knew from the previous
+/// request's framing (`Content-Length`), so that the capture began there.
+pub const STAT_FRAME_SPLITS: u32 = 14;
+/// Requests the kernel could not frame (a header block larger than the capture or split
+/// over syscalls, a chunked body, a request pipelined past the capture, no request where
+/// one should start): the stream's next syscalls are captured from their start until
+/// one starts with a request line.
+pub const STAT_FRAME_LOST: u32 = 15;
 pub const STAT_COUNT: u32 = 16;
-const _: () = assert!(STAT_DUPS < STAT_COUNT && STAT_PAYLOAD_SUPPRESSED < STAT_COUNT);
+const _: () = assert!(STAT_PAYLOAD_SUPPRESSED < STAT_FRAME_SPLITS && STAT_FRAME_LOST < STAT_COUNT);
 
 /// Offsets into tracepoint records, patched into the kernel object's `TP_FIELDS` at
 /// load time from tracefs (`events/<sys>/<name>/format`): record layouts differ between

@@ -15,6 +15,7 @@
 
 mod classify;
 mod common;
+mod frame;
 mod go;
 mod gotls;
 mod net;

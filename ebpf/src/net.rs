@@ -32,6 +32,13 @@ static GO_FD_READER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536,
 #[map]
 static SCRATCH: PerCpuArray<DataEventBuf> = PerCpuArray::with_max_entries(1, 0);
 
+/// The data path's per-CPU scratch buffer: after a data event was written, its payload
+/// still holds the captured window (the framing scan reads it there).
+#[inline(always)]
+pub(crate) fn scratch() -> Option<*mut DataEventBuf> {
+    SCRATCH.get_ptr_mut(0)
+}
+
 const EINPROGRESS: i64 = -115;
 /// What `sys_enter_*` remembers for the matching `sys_exit_*`.
 #[repr(C)]
@@ -422,10 +429,35 @@ fn exit_data(ctx: &TracePointContext, direction: u32) -> u32 {
         output(&data_event(pid_tgid, &s, rv as u64, direction, 0, 0, s.class));
         return 0;
     }
-    if try_emit_data(pid_tgid, &s, rv as u64, direction).is_err() {
+    let total = rv as u64;
+    let key = sock_key((pid_tgid >> 32) as u32, s.fd);
+    let plan = crate::frame::plan(key, s.class >> 16, direction, total);
+    let scan = plan != crate::frame::NO_SCAN;
+    // sendfile's bytes are never copied: whatever starts in them is not seen.
+    let skip = if !scan || s.syscall == SYS_SENDFILE {
+        0
+    } else {
+        plan
+    };
+    if skip > 0 {
+        emit_skipped(pid_tgid, &s, skip, direction);
+    }
+    let head = try_emit_data(pid_tgid, &s, total, direction, skip);
+    if head < 0 {
         count(STAT_READ_ERRORS);
+        crate::frame::lose(key, direction);
+    } else if scan {
+        crate::frame::scan(key, direction, head as u64, total - skip);
     }
     0
+}
+
+/// The end of the previous request's body, as a byte count: the capture starts at the
+/// next request. (Not inlined: its event would sit in the probe's own stack frame.)
+#[inline(never)]
+fn emit_skipped(pid_tgid: u64, s: &Stash, skip: u64, direction: u32) {
+    count(STAT_FRAME_SPLITS);
+    output(&data_event(pid_tgid, s, skip, direction, 0, 0, s.class));
 }
 
 #[inline(always)]
@@ -532,33 +564,65 @@ fn copy_user<const LEN_MASK: usize>(
     }
 }
 
-pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result<(), i64> {
+/// Writes a data event for the syscall's bytes from `skip` on (`total` moved in all):
+/// a head from byte `skip`, and the syscall's last bytes when they are past the head.
+/// Returns how many head bytes are in the scratch payload (0 when the socket's class
+/// sends none), or a negative error when user memory could not be read. (Not a
+/// `Result`: returned through memory it would be a sixth argument, and BPF calls take
+/// five.)
+pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32, skip: u64) -> i64 {
+    match emit_data(pid_tgid, s, total, direction, skip) {
+        Ok(head) => head as i64,
+        Err(e) => e.min(-1),
+    }
+}
+
+#[inline(always)]
+fn emit_data(
+    pid_tgid: u64,
+    s: &Stash,
+    total: u64,
+    direction: u32,
+    skip: u64,
+) -> Result<usize, i64> {
     let buf = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     let mut head: usize = 0;
     let mut tail: usize = 0;
+    let mut skip = skip;
+    let whole = total;
+    let total = total - skip;
     match s.syscall {
         SYS_SENDFILE => {}
         SYS_READV | SYS_WRITEV | SYS_RECVMSG | SYS_SENDMSG => {
             // Walk the iovecs that the syscall actually filled/drained: `left` counts
             // down from the return value. The head takes bytes from the first ones;
             // the tail, when the data overflows the head, the last bytes moved.
-            let mut left = total;
+            // `skip` bytes at the start are not captured (a body's end).
+            let mut left = whole;
             let mut i = 0;
             while i < MAX_IOV {
                 if (i as u64) >= s.iovcnt || left == 0 {
                     break;
                 }
                 let iov = s.ptr + (i as u64) * 16;
-                let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }?;
+                let mut base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }?;
                 let len: u64 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }?;
-                let used = if len < left { len } else { left };
+                let mut used = if len < left { len } else { left };
+                left -= used;
+                if skip >= used {
+                    skip -= used;
+                    i += 1;
+                    continue;
+                }
+                base += skip;
+                used -= skip;
+                skip = 0;
                 if head < MAX_HEAD {
                     let room = (MAX_HEAD - head) as u64;
                     let n = if used < room { used } else { room };
                     copy_user::<HEAD_MASK>(buf, head, n as usize, base)?;
                     head += n as usize;
                 }
-                left -= used;
                 if left == 0 && total > head as u64 {
                     let t = if used < MAX_TAIL as u64 {
                         used
@@ -577,7 +641,7 @@ pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32
             } else {
                 MAX_HEAD as u64
             };
-            copy_user::<HEAD_MASK>(buf, 0, n as usize, s.ptr)?;
+            copy_user::<HEAD_MASK>(buf, 0, n as usize, s.ptr + skip)?;
             head = n as usize;
             if total > MAX_HEAD as u64 {
                 let t = if total - MAX_HEAD as u64 > MAX_TAIL as u64 {
@@ -585,7 +649,7 @@ pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32
                 } else {
                     total - MAX_HEAD as u64
                 };
-                copy_user::<TAIL_MASK>(buf, head, t as usize, s.ptr + total - t)?;
+                copy_user::<TAIL_MASK>(buf, head, t as usize, s.ptr + whole - t)?;
                 tail = t as usize;
             }
         }
@@ -621,7 +685,7 @@ pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32
     } else {
         count(STAT_EVENTS);
     }
-    Ok(())
+    Ok(head)
 }
 
 macro_rules! data_probes {
@@ -663,6 +727,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     }
     let _ = SOCKS.remove(&key);
     let _ = GO_FD_READER.remove(&key);
+    crate::frame::forget(key);
     output(&ConnCloseEvent {
         header: header(EventKind::ConnClose, pid_tgid),
         fd,

@@ -168,6 +168,21 @@ pub fn render(src: &Sources, format: Format) -> String {
         "Bytes moved on traced sockets whose payload the kernel did not copy (TLS, unknown protocols, sockets the agent muted).",
         &one(snap.kernel.payload_suppressed),
     );
+    enc.counter(
+        "periscope_kernel_request_framing",
+        "HTTP/1 requests the kernel framed from their Content-Length (outcome=split: a later syscall's capture was moved to the next request's first byte) or could not frame (outcome=lost: chunked body, header block split over syscalls or larger than the capture, request pipelined past the capture); a lost stream is captured from each syscall's start until one starts a request.",
+        &[("split", snap.kernel.frame_splits), ("lost", snap.kernel.frame_lost)]
+            .iter()
+            .map(|&(outcome, v)| {
+                let mut labels = agent_labels();
+                labels.push(("outcome".into(), outcome.to_string()));
+                Sample {
+                    labels,
+                    value: v as f64,
+                }
+            })
+            .collect::<Vec<_>>(),
+    );
     let p = snap.tracker.payload_bytes;
     use periscope_common::{
         CLASS_DEFERRED, CLASS_HTTP1, CLASS_HTTP2, CLASS_MUTED, CLASS_TLS, CLASS_UNKNOWN,

@@ -469,6 +469,10 @@ pub struct KernelStats {
     pub classified: [u64; 5],
     /// Bytes moved on sockets whose payload was not copied (TLS, unknown, muted).
     pub payload_suppressed: u64,
+    /// Data syscalls whose capture started at a request the kernel framed.
+    pub frame_splits: u64,
+    /// Requests the kernel could not frame.
+    pub frame_lost: u64,
 }
 
 /// The uprobe links on one executable or library file, and the traced pids using it.
@@ -572,6 +576,16 @@ pub fn has_bpf_privileges(status: &str) -> bool {
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
 }
 
+/// Whether the kernel frames request streams (ebpf `frame.rs`): it needs `bpf_loop`
+/// (Linux 5.17). `PERISCOPE_KERNEL_FRAMING=0` turns it off, to compare with and without
+/// in the conformance suite and benchmarks.
+fn kernel_framing() -> bool {
+    if std::env::var("PERISCOPE_KERNEL_FRAMING").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 17, 0))
+}
+
 impl Probes {
     /// Loads the object and attaches every program in [`PROBES`]. The returned ring is
     /// the event stream; the caller drains it.
@@ -602,7 +616,9 @@ impl Probes {
         let koffs = btf::Btf::from_sys_fs()
             .map(|b| btf::kernel_offsets(&b))
             .unwrap_or_default();
+        let framing = kernel_framing();
         let mut ebpf = EbpfLoader::new()
+            .override_global("FRAMING", &(framing as u32), true)
             .override_global("KOFFS", &koffs, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("DISCOVERY", &(discovery as u32), true)
@@ -821,6 +837,8 @@ impl Probes {
             dups: sum(periscope_common::STAT_DUPS),
             classified: std::array::from_fn(|i| sum(periscope_common::STAT_CLASSIFIED + i as u32)),
             payload_suppressed: sum(periscope_common::STAT_PAYLOAD_SUPPRESSED),
+            frame_splits: sum(periscope_common::STAT_FRAME_SPLITS),
+            frame_lost: sum(periscope_common::STAT_FRAME_LOST),
         }
     }
 
