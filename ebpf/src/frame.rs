@@ -1,5 +1,6 @@
-//! Request framing on the capture path: where a syscall's capture window starts (see
-//! `periscope_common::frame` for why and what the scan does).
+//! Request framing on the capture path (see `periscope_common::frame` for why and how):
+//! the framer's state per request stream, and the `bpf_loop` that cuts a syscall into
+//! the chunks the agent gets.
 
 use core::ffi::c_void;
 
@@ -10,7 +11,7 @@ use aya_ebpf::{
 };
 use periscope_common::{frame::*, *};
 
-use crate::common::*;
+use crate::{common::*, net::Stash};
 
 /// Non-zero when the kernel has `bpf_loop` (5.17+) and framing is on. Patched at load;
 /// with 0 the verifier never walks the `bpf_loop` call (a constant of a frozen map), so
@@ -19,164 +20,218 @@ use crate::common::*;
 #[no_mangle]
 static FRAMING: u32 = 0;
 
+/// One request stream's framing: a server socket's ingress, a client socket's egress.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct DirFrame {
-    /// Bytes this direction has moved so far.
-    pos: u64,
-    /// Stream offset where the next request starts (valid unless `lost`).
-    next: u64,
-    lost: u32,
-    _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Frame {
-    /// The socket's generation (`SockInfo::generation`): a reused fd starts afresh.
+struct Stream {
+    /// The socket's generation (`SockInfo::generation`): a reused fd is another socket.
     generation: u32,
-    _pad: u32,
-    dir: [DirFrame; 2],
+    /// Framing was lost: syscalls are captured from their first byte, for good.
+    lost: u32,
+    /// Bytes the stream has moved so far.
+    pos: u64,
+    framer: Framer,
 }
 
-/// Per socket (`sock_key`), both directions. An LRU: an evicted entry only means that
-/// socket's next syscalls are captured from their start until one starts a request.
+/// Request streams of sockets the kernel saw from their first byte (accepted or
+/// connected), keyed by [`stream_key`]. An LRU: an evicted stream is captured from each
+/// syscall's start, as one framing was lost for.
 #[map]
-static FRAMES: LruHashMap<u64, Frame> = LruHashMap::with_max_entries(65_536, 0);
+static STREAMS: LruHashMap<u64, Stream> = LruHashMap::with_max_entries(32_768, 0);
 
-/// The running scan, between `bpf_loop` steps.
+/// The syscall being cut, between `bpf_loop` steps.
+#[repr(C)]
+struct Cut {
+    stash: Stash,
+    pid_tgid: u64,
+    direction: u32,
+    /// The socket's class and generation as the data events carry them; the first
+    /// window classifies an unseen socket.
+    class: u32,
+    seg: Segmenter,
+}
+
 #[map]
-static SCAN: PerCpuArray<FrameScan> = PerCpuArray::with_max_entries(1, 0);
-
-const LOST: DirFrame = DirFrame {
-    pos: 0,
-    next: 0,
-    lost: 1,
-    _pad: 0,
-};
+static CUT: PerCpuArray<Cut> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn enabled() -> bool {
     unsafe { core::ptr::read_volatile(&FRAMING) != 0 }
 }
 
-/// [`plan`]'s answer when the window is not to be scanned (it starts at byte 0).
-pub(crate) const NO_SCAN: u64 = u64::MAX;
-
-/// What a data syscall of `total` bytes on socket `key` should capture: returns the
-/// offset where the capture window starts (a request may start there; the bytes before
-/// it end the previous body), to be scanned after the capture, or [`NO_SCAN`]. Not
-/// inlined, like [`scan`]: the data path's call chain is close to the 512-byte stack
-/// limit (and the `bpf_loop` callback's frame counts on top of its caller's).
-#[inline(never)]
-pub(crate) fn plan(key: u64, generation: u32, dir: u32, total: u64) -> u64 {
-    if !enabled() {
-        return NO_SCAN;
-    }
-    let f = match FRAMES.get_ptr_mut(&key) {
-        Some(f) if unsafe { (*f).generation } == generation => f,
-        _ => {
-            let fresh = Frame {
-                generation,
-                _pad: 0,
-                dir: [LOST; 2],
-            };
-            if FRAMES.insert(&key, &fresh, 0).is_err() {
-                return NO_SCAN;
-            }
-            match FRAMES.get_ptr_mut(&key) {
-                Some(f) => f,
-                None => return NO_SCAN,
-            }
-        }
-    };
-    let d = unsafe { &mut (*f).dir[(dir & 1) as usize] };
-    let p = d.pos;
-    d.pos = p + total;
-    if d.lost == 0 {
-        if d.next >= p + total {
-            // All of it is body.
-            return NO_SCAN;
-        }
-        if d.next >= p {
-            return d.next - p;
-        }
-    }
-    // Framing unknown: capture from the start, and frame again if a request starts
-    // there.
-    d.lost = 1;
-    0
+/// Key of a socket's request stream: `sock_key` with bit 31 for egress (fds are far
+/// below 2^31).
+#[inline(always)]
+fn stream_key(key: u64, direction: u32) -> u64 {
+    key | ((direction as u64 & 1) << 31)
 }
 
-/// The syscall's bytes could not be captured: whatever they framed is unknown.
+/// A socket was accepted (`direction` = ingress carries requests) or connected
+/// (egress): its request stream starts now, at a request.
 #[inline(always)]
-pub(crate) fn lose(key: u64, dir: u32) {
-    if let Some(f) = FRAMES.get_ptr_mut(&key) {
-        unsafe { (*f).dir[(dir & 1) as usize].lost = 1 };
+pub(crate) fn start(key: u64, generation: u16, direction: u32) {
+    if !enabled() {
+        return;
     }
+    let s = Stream {
+        generation: generation as u32,
+        lost: 0,
+        pos: 0,
+        framer: Framer::at(0),
+    };
+    let _ = STREAMS.insert(&stream_key(key, direction), &s, 0);
 }
 
 /// Forgets a closed socket.
 #[inline(always)]
 pub(crate) fn forget(key: u64) {
-    let _ = FRAMES.remove(&key);
+    let _ = STREAMS.remove(&stream_key(key, DIR_INGRESS));
+    let _ = STREAMS.remove(&stream_key(key, DIR_EGRESS));
 }
 
-/// One scan step (a `bpf_loop` callback): the state is in `SCAN`, the window in the
-/// data path's scratch buffer.
+/// Reports the data syscall in `stash` (`total` bytes) if it belongs to a framed request
+/// stream. Returns false when it does not (the caller captures it from its start).
+#[inline(never)]
+pub(crate) fn emit_framed(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) -> bool {
+    if !enabled() {
+        return false;
+    }
+    let key = stream_key(sock_key((pid_tgid >> 32) as u32, stash.fd), direction);
+    let Some(st) = STREAMS.get_ptr_mut(&key) else {
+        return false;
+    };
+    // SAFETY: a map value; concurrent syscalls on one socket only misplace windows.
+    let st = unsafe { &mut *st };
+    if st.lost != 0 || st.generation != stash.class >> 16 {
+        return false;
+    }
+    let pos = st.pos;
+    st.pos = pos + total;
+    if st.framer.need >= pos + total {
+        // Body to the end: its size is all the agent needs.
+        crate::net::emit_count(pid_tgid, stash, total, direction);
+        return true;
+    }
+    if stash.syscall != SYS_READ
+        && stash.syscall != SYS_RECVFROM
+        && stash.syscall != SYS_WRITE
+        && stash.syscall != SYS_SENDTO
+    {
+        // sendfile's bytes come from a file and are never copied. Vectored calls would
+        // need an iovec walk per window inside the `bpf_loop` callback, which the
+        // verifier cannot afford (the walk is multiplied by the callback's own
+        // verification); they are captured from their start, as before.
+        st.lost = 1;
+        count(STAT_FRAME_LOST);
+        return false;
+    }
+    let Some(cut) = CUT.get_ptr_mut(0) else {
+        return false;
+    };
+    unsafe {
+        (*cut).stash = *stash;
+        (*cut).pid_tgid = pid_tgid;
+        (*cut).direction = direction;
+        (*cut).class = stash.class;
+        (*cut).seg = Segmenter::new(pos, total, st.framer);
+    }
+    let _ = unsafe { bpf_loop(MAX_SEGMENTER_STEPS, step as *mut c_void, core::ptr::null_mut(), 0) };
+    let (lost, segments, framer) = unsafe { ((*cut).seg.lost, (*cut).seg.segments, (*cut).seg.framer) };
+    st.framer = framer;
+    if lost != 0 {
+        st.lost = 1;
+        count(STAT_FRAME_LOST);
+    }
+    if segments > 0 {
+        count_n(STAT_FRAME_SPLITS, segments as u64);
+    }
+    true
+}
+
+/// One `bpf_loop` iteration: a step of the segmenter in `CUT`.
 #[inline(never)]
 extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
-    let (Some(st), Some(buf)) = (SCAN.get_ptr_mut(0), crate::net::scratch()) else {
+    let (Some(cut), Some(buf)) = (CUT.get_ptr_mut(0), crate::net::scratch()) else {
         return 1;
     };
-    // SAFETY: per-CPU map values, not shared with another program run on this CPU.
-    if unsafe { (*st).step(&(*buf).payload) } {
-        0
-    } else {
-        1
-    }
+    let mut cap = KernelCapture { cut, buf };
+    // SAFETY: per-CPU map values, used by this program run only.
+    let go_on = unsafe { (*cut).seg.step(&mut cap) };
+    if go_on { 0 } else { 1 }
 }
 
-/// The window (`n` bytes at the start of the scratch payload, `rest` bytes of the
-/// syscall from the window's start) was captured at a point where a request may start:
-/// frame what starts there and remember where the next request starts.
-#[inline(never)]
-pub(crate) fn scan(key: u64, dir: u32, n: u64, rest: u64) {
-    let (Some(st), Some(buf)) = (SCAN.get_ptr_mut(0), crate::net::scratch()) else {
-        return;
-    };
-    let Some(f) = FRAMES.get_ptr_mut(&key) else {
-        return;
-    };
-    let d = unsafe { &mut (*f).dir[(dir & 1) as usize] };
-    let was_framed = d.lost == 0;
-    // SAFETY: per-CPU scratch value.
-    if n == 0 || !is_request_start(unsafe { &(*buf).payload }, 0, n) {
-        // Not a request here (a response stream, a body's continuation): framing stays
-        // unknown; a stream that was framed lost it.
-        if was_framed {
-            count(STAT_FRAME_LOST);
+/// The capture path as the segmenter sees it.
+struct KernelCapture {
+    cut: *mut Cut,
+    buf: *mut DataEventBuf,
+}
+
+impl Capture for KernelCapture {
+    #[inline(always)]
+    fn window(&mut self, from: u64, n: u64) -> bool {
+        // SAFETY: per-CPU map values.
+        let cut = unsafe { &mut *self.cut };
+        if crate::net::copy_plain::<{ crate::net::HEAD_MASK }>(self.buf, 0, from, n, &cut.stash).is_err() {
+            count(STAT_READ_ERRORS);
+            return false;
         }
-        d.lost = 1;
-        return;
+        if cut.class as u8 == CLASS_UNSEEN {
+            let class = crate::net::classify_first(
+                cut.pid_tgid,
+                &cut.stash,
+                self.buf,
+                n as usize,
+                cut.direction == DIR_EGRESS,
+            );
+            cut.class = (cut.class & 0xffff_0000) | class as u32;
+            if !class_captures(class) {
+                count_n(STAT_PAYLOAD_SUPPRESSED, cut.seg.total);
+                return false;
+            }
+        }
+        true
     }
-    unsafe { *st = FrameScan::new(n, rest) };
-    // Every step moves at least one byte forward: n + 1 steps always finish.
-    let _ = unsafe {
-        bpf_loop(
-            (MAX_HEAD + 8) as u32,
-            step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
-    let (outcome, next) = unsafe { ((*st).outcome, (*st).next) };
-    if outcome == SCAN_DONE {
-        // `d.pos` is already past this syscall: the window started `rest` bytes back.
-        d.next = d.pos - rest + next;
-        d.lost = 0;
-    } else {
-        count(STAT_FRAME_LOST);
-        d.lost = 1;
+
+    #[inline(always)]
+    fn payload(&self) -> &[u8; SCRATCH_PAYLOAD] {
+        // SAFETY: per-CPU map value.
+        unsafe { &(*self.buf).payload }
+    }
+
+    #[inline(always)]
+    fn emit(&mut self, from: u64, to: u64, head: u64, tail: bool) {
+        // SAFETY: per-CPU map values.
+        let cut = unsafe { &mut *self.cut };
+        let total = cut.seg.total;
+        let len = to - from;
+        let mut t = 0;
+        if tail && len > head {
+            t = if len - head < MAX_TAIL as u64 {
+                len - head
+            } else {
+                MAX_TAIL as u64
+            };
+            if crate::net::copy_plain::<{ crate::net::TAIL_MASK }>(
+                self.buf,
+                head as usize,
+                total - t,
+                t,
+                &cut.stash,
+            )
+            .is_err()
+            {
+                t = 0;
+            }
+        }
+        crate::net::output_data(
+            cut.pid_tgid,
+            &cut.stash,
+            self.buf,
+            len,
+            cut.direction,
+            head as usize,
+            t as usize,
+            cut.class,
+        );
     }
 }

@@ -32,8 +32,8 @@ static GO_FD_READER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536,
 #[map]
 static SCRATCH: PerCpuArray<DataEventBuf> = PerCpuArray::with_max_entries(1, 0);
 
-/// The data path's per-CPU scratch buffer: after a data event was written, its payload
-/// still holds the captured window (the framing scan reads it there).
+/// The data path's per-CPU scratch buffer (the framing cut in frame.rs writes its events
+/// from it too).
 #[inline(always)]
 pub(crate) fn scratch() -> Option<*mut DataEventBuf> {
     SCRATCH.get_ptr_mut(0)
@@ -274,11 +274,20 @@ fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
         output(&ev);
         return Ok(());
     }
-    if SOCKS.insert(&sock_key(tgid, fd), &new_sock(role), 0).is_err() {
+    let info = new_sock(role);
+    if SOCKS.insert(&sock_key(tgid, fd), &info, 0).is_err() {
         count(STAT_SOCKMAP_FULL);
         warn!(ctx, "periscope: socket map full, fd {} not traced", fd);
         return Ok(());
     }
+    // Seen from its first byte: its requests can be framed (a server reads them, a
+    // client writes them).
+    let requests = if role == ROLE_SERVER {
+        DIR_INGRESS
+    } else {
+        DIR_EGRESS
+    };
+    crate::frame::start(sock_key(tgid, fd), info.generation, requests);
     output(&ev);
     Ok(())
 }
@@ -429,35 +438,61 @@ fn exit_data(ctx: &TracePointContext, direction: u32) -> u32 {
         output(&data_event(pid_tgid, &s, rv as u64, direction, 0, 0, s.class));
         return 0;
     }
-    let total = rv as u64;
-    let key = sock_key((pid_tgid >> 32) as u32, s.fd);
-    let plan = crate::frame::plan(key, s.class >> 16, direction, total);
-    let scan = plan != crate::frame::NO_SCAN;
-    // sendfile's bytes are never copied: whatever starts in them is not seen.
-    let skip = if !scan || s.syscall == SYS_SENDFILE {
-        0
-    } else {
-        plan
-    };
-    if skip > 0 {
-        emit_skipped(pid_tgid, &s, skip, direction);
+    // A request stream followed from its start: cut where its requests start.
+    if crate::frame::emit_framed(pid_tgid, &s, rv as u64, direction) {
+        return 0;
     }
-    let head = try_emit_data(pid_tgid, &s, total, direction, skip);
-    if head < 0 {
+    if try_emit_data(pid_tgid, &s, rv as u64, direction).is_err() {
         count(STAT_READ_ERRORS);
-        crate::frame::lose(key, direction);
-    } else if scan {
-        crate::frame::scan(key, direction, head as u64, total - skip);
     }
     0
 }
 
-/// The end of the previous request's body, as a byte count: the capture starts at the
-/// next request. (Not inlined: its event would sit in the probe's own stack frame.)
+/// A data event with the syscall's byte count and no payload.
 #[inline(never)]
-fn emit_skipped(pid_tgid: u64, s: &Stash, skip: u64, direction: u32) {
-    count(STAT_FRAME_SPLITS);
-    output(&data_event(pid_tgid, s, skip, direction, 0, 0, s.class));
+pub(crate) fn emit_count(pid_tgid: u64, s: &Stash, total: u64, direction: u32) {
+    output(&data_event(pid_tgid, s, total, direction, 0, 0, s.class));
+}
+
+/// Writes the data event in the scratch buffer's header slot and sends it with its
+/// `head + tail` payload bytes (already in place).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn output_data(
+    pid_tgid: u64,
+    s: &Stash,
+    buf: *mut DataEventBuf,
+    total: u64,
+    direction: u32,
+    head: usize,
+    tail: usize,
+    class: u32,
+) {
+    unsafe {
+        (*buf).event = data_event(pid_tgid, s, total, direction, head, tail, class);
+    }
+    let size = core::mem::size_of::<DataEvent>() + (launder(buf, head + tail) & OUT_MASK);
+    let bytes: &[u8] = unsafe {
+        core::slice::from_raw_parts(buf as *const u8, core::mem::size_of::<DataEventBuf>())
+    };
+    if EVENTS.output::<[u8]>(&bytes[..size], submit_flags()).is_err() {
+        count(STAT_RINGBUF_DROPS);
+    } else {
+        count(STAT_EVENTS);
+    }
+}
+
+/// Copies `len` bytes of a plain-buffer syscall (read, recvfrom, write, sendto) from
+/// byte `from` to the scratch payload at `dst`.
+#[inline(always)]
+pub(crate) fn copy_plain<const LEN_MASK: usize>(
+    buf: *mut DataEventBuf,
+    dst: usize,
+    from: u64,
+    len: u64,
+    s: &Stash,
+) -> Result<(), i64> {
+    copy_user::<LEN_MASK>(buf, dst, len as usize, s.ptr + from)
 }
 
 #[inline(always)]
@@ -489,7 +524,7 @@ fn data_event(
 /// The socket's first chunk with bytes in it is in the scratch buffer: decide its class
 /// from them and store it. Returns the class the event carries.
 #[inline(never)]
-fn classify_first(pid_tgid: u64, s: &Stash, buf: *const DataEventBuf, head: usize, egress: bool) -> u8 {
+pub(crate) fn classify_first(pid_tgid: u64, s: &Stash, buf: *const DataEventBuf, head: usize, egress: bool) -> u8 {
     let key = sock_key((pid_tgid >> 32) as u32, s.fd);
     // Closed meanwhile by another thread: nothing to store, keep the bytes.
     let Some(info) = SOCKS.get_ptr_mut(&key) else {
@@ -506,8 +541,8 @@ fn classify_first(pid_tgid: u64, s: &Stash, buf: *const DataEventBuf, head: usiz
     class
 }
 
-const HEAD_MASK: usize = 2 * MAX_HEAD - 1;
-const TAIL_MASK: usize = 2 * MAX_TAIL - 1;
+pub(crate) const HEAD_MASK: usize = 2 * MAX_HEAD - 1;
+pub(crate) const TAIL_MASK: usize = 2 * MAX_TAIL - 1;
 const OUT_MASK: usize = SCRATCH_PAYLOAD - 1;
 
 /// Where [`launder`] parks a value: the scratch payload's last 8 bytes, past anything a
@@ -564,65 +599,33 @@ fn copy_user<const LEN_MASK: usize>(
     }
 }
 
-/// Writes a data event for the syscall's bytes from `skip` on (`total` moved in all):
-/// a head from byte `skip`, and the syscall's last bytes when they are past the head.
-/// Returns how many head bytes are in the scratch payload (0 when the socket's class
-/// sends none), or a negative error when user memory could not be read. (Not a
-/// `Result`: returned through memory it would be a sixth argument, and BPF calls take
-/// five.)
-pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32, skip: u64) -> i64 {
-    match emit_data(pid_tgid, s, total, direction, skip) {
-        Ok(head) => head as i64,
-        Err(e) => e.min(-1),
-    }
-}
-
-#[inline(always)]
-fn emit_data(
-    pid_tgid: u64,
-    s: &Stash,
-    total: u64,
-    direction: u32,
-    skip: u64,
-) -> Result<usize, i64> {
+pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result<(), i64> {
     let buf = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     let mut head: usize = 0;
     let mut tail: usize = 0;
-    let mut skip = skip;
-    let whole = total;
-    let total = total - skip;
     match s.syscall {
         SYS_SENDFILE => {}
         SYS_READV | SYS_WRITEV | SYS_RECVMSG | SYS_SENDMSG => {
             // Walk the iovecs that the syscall actually filled/drained: `left` counts
             // down from the return value. The head takes bytes from the first ones;
             // the tail, when the data overflows the head, the last bytes moved.
-            // `skip` bytes at the start are not captured (a body's end).
-            let mut left = whole;
+            let mut left = total;
             let mut i = 0;
             while i < MAX_IOV {
                 if (i as u64) >= s.iovcnt || left == 0 {
                     break;
                 }
                 let iov = s.ptr + (i as u64) * 16;
-                let mut base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }?;
+                let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }?;
                 let len: u64 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }?;
-                let mut used = if len < left { len } else { left };
-                left -= used;
-                if skip >= used {
-                    skip -= used;
-                    i += 1;
-                    continue;
-                }
-                base += skip;
-                used -= skip;
-                skip = 0;
+                let used = if len < left { len } else { left };
                 if head < MAX_HEAD {
                     let room = (MAX_HEAD - head) as u64;
                     let n = if used < room { used } else { room };
                     copy_user::<HEAD_MASK>(buf, head, n as usize, base)?;
                     head += n as usize;
                 }
+                left -= used;
                 if left == 0 && total > head as u64 {
                     let t = if used < MAX_TAIL as u64 {
                         used
@@ -641,7 +644,7 @@ fn emit_data(
             } else {
                 MAX_HEAD as u64
             };
-            copy_user::<HEAD_MASK>(buf, 0, n as usize, s.ptr + skip)?;
+            copy_user::<HEAD_MASK>(buf, 0, n as usize, s.ptr)?;
             head = n as usize;
             if total > MAX_HEAD as u64 {
                 let t = if total - MAX_HEAD as u64 > MAX_TAIL as u64 {
@@ -649,7 +652,7 @@ fn emit_data(
                 } else {
                     total - MAX_HEAD as u64
                 };
-                copy_user::<TAIL_MASK>(buf, head, t as usize, s.ptr + whole - t)?;
+                copy_user::<TAIL_MASK>(buf, head, t as usize, s.ptr + total - t)?;
                 tail = t as usize;
             }
         }
@@ -685,7 +688,7 @@ fn emit_data(
     } else {
         count(STAT_EVENTS);
     }
-    Ok(head)
+    Ok(())
 }
 
 macro_rules! data_probes {

@@ -191,7 +191,7 @@ pub fn emit_plaintext(pid_tgid: u64, fd: u32, buf: u64, n: u64, direction: u32, 
     s.enter_ns = enter_ns;
     // Plaintext is always captured, and says nothing about the socket's own class.
     s.class = CLASS_HTTP1 as u32;
-    if crate::net::try_emit_data(pid_tgid, &s, n, direction, 0) < 0 {
+    if crate::net::try_emit_data(pid_tgid, &s, n, direction).is_err() {
         count(STAT_READ_ERRORS);
     }
 }

@@ -576,6 +576,20 @@ pub fn has_bpf_privileges(status: &str) -> bool {
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
 }
 
+/// Loads one program and says at debug level what the verifier spent on it (load time
+/// is mostly verification, and it grows with the programs' loops).
+fn timed_load(name: &str, prog: &mut TracePoint) -> Result<(), aya::programs::ProgramError> {
+    let start = std::time::Instant::now();
+    prog.load()?;
+    let insns = prog.info().ok().and_then(|i| i.verified_instruction_count());
+    tracing::debug!(
+        "program {name}: verified in {} ms ({} instructions processed)",
+        start.elapsed().as_millis(),
+        insns.map_or("?".to_string(), |n| n.to_string())
+    );
+    Ok(())
+}
+
 /// Whether the kernel frames request streams (ebpf `frame.rs`): it needs `bpf_loop`
 /// (Linux 5.17). `PERISCOPE_KERNEL_FRAMING=0` turns it off, to compare with and without
 /// in the conformance suite and benchmarks.
@@ -697,7 +711,7 @@ impl Probes {
                     None => Some("not in the eBPF object".to_string()),
                     Some(p) => match <&mut TracePoint>::try_from(p) {
                         Err(e) => Some(program_failure(name, &e)),
-                        Ok(prog) => match prog.load() {
+                        Ok(prog) => match timed_load(name, prog) {
                             Err(e) => Some(program_failure(name, &e)),
                             Ok(()) => prog.attach(category, tracepoint).err().map(|e| {
                                 format!(
