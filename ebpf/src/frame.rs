@@ -89,50 +89,88 @@ pub(crate) fn forget(key: u64) {
     let _ = STREAMS.remove(&stream_key(key, DIR_EGRESS));
 }
 
-/// Reports the data syscall in `stash` (`total` bytes) if it belongs to a framed request
-/// stream. Returns false when it does not (the caller captures it from its start).
-#[inline(never)]
-pub(crate) fn emit_framed(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) -> bool {
+/// The framed request stream a data syscall of `total` bytes belongs to, with its
+/// position advanced past the syscall and the syscall's offset in it; `None` when the
+/// socket's requests are not framed (not seen from the start, lost, a reused fd).
+#[inline(always)]
+fn stream_of(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) -> Option<(*mut Stream, u64)> {
     if !enabled() {
-        return false;
+        return None;
     }
     let key = stream_key(sock_key((pid_tgid >> 32) as u32, stash.fd), direction);
-    let Some(st) = STREAMS.get_ptr_mut(&key) else {
+    let st = STREAMS.get_ptr_mut(&key)?;
+    // SAFETY: a map value; concurrent syscalls on one socket only misplace windows.
+    unsafe {
+        if (*st).lost != 0 || (*st).generation != stash.class >> 16 {
+            return None;
+        }
+        let pos = (*st).pos;
+        (*st).pos = pos + total;
+        Some((st, pos))
+    }
+}
+
+/// A vectored or sendfile syscall on a socket: if it moved a framed request stream's
+/// bytes, only a body may pass without a cut (the iovec walk per window is more than the
+/// verifier affords inside the `bpf_loop` callback; sendfile's bytes are never copied).
+/// Returns true when the syscall was reported here.
+#[inline(never)]
+pub(crate) fn uncut(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) -> bool {
+    let Some((st, pos)) = stream_of(pid_tgid, stash, total, direction) else {
         return false;
     };
-    // SAFETY: a map value; concurrent syscalls on one socket only misplace windows.
+    // SAFETY: as in `stream_of`.
     let st = unsafe { &mut *st };
-    if st.lost != 0 || st.generation != stash.class >> 16 {
-        return false;
+    if st.framer.need >= pos + total {
+        crate::net::emit_count(pid_tgid, stash, total, direction);
+        return true;
     }
-    let pos = st.pos;
-    st.pos = pos + total;
+    st.lost = 1;
+    count(STAT_FRAME_LOST);
+    false
+}
+
+/// Reports a read, recvfrom, write or sendto of `total` bytes if it belongs to a framed
+/// request stream. Returns false when it does not (the caller captures it from its
+/// start).
+#[inline(never)]
+pub(crate) fn emit_framed(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) -> bool {
+    let Some((st, pos)) = stream_of(pid_tgid, stash, total, direction) else {
+        return false;
+    };
+    // SAFETY: as in `stream_of`.
+    let st = unsafe { &mut *st };
     if st.framer.need >= pos + total {
         // Body to the end: its size is all the agent needs.
         crate::net::emit_count(pid_tgid, stash, total, direction);
         return true;
     }
-    if stash.syscall != SYS_READ
-        && stash.syscall != SYS_RECVFROM
-        && stash.syscall != SYS_WRITE
-        && stash.syscall != SYS_SENDTO
-    {
-        // sendfile's bytes come from a file and are never copied. Vectored calls would
-        // need an iovec walk per window inside the `bpf_loop` callback, which the
-        // verifier cannot afford (the walk is multiplied by the callback's own
-        // verification); they are captured from their start, as before.
-        st.lost = 1;
-        count(STAT_FRAME_LOST);
-        return false;
-    }
-    let Some(cut) = CUT.get_ptr_mut(0) else {
+    let (Some(cut), Some(buf)) = (CUT.get_ptr_mut(0), crate::net::scratch()) else {
         return false;
     };
+    let mut class = stash.class;
+    if class as u8 == CLASS_UNSEEN {
+        // The socket's first bytes: classified here, not in the callback (the
+        // classifier would be verified again for every path through it).
+        let n = if total < MAX_HEAD as u64 { total } else { MAX_HEAD as u64 };
+        if crate::net::copy_plain::<{ crate::net::HEAD_MASK }>(buf, 0, 0, n, stash).is_err() {
+            count(STAT_READ_ERRORS);
+            return false;
+        }
+        let c = crate::net::classify_first(pid_tgid, stash, buf, n as usize, direction == DIR_EGRESS);
+        class = (class & 0xffff_0000) | c as u32;
+        if !class_captures(c) {
+            count_n(STAT_PAYLOAD_SUPPRESSED, total);
+            st.lost = 1;
+            crate::net::emit_count_as(pid_tgid, stash, total, direction, class);
+            return true;
+        }
+    }
     unsafe {
         (*cut).stash = *stash;
         (*cut).pid_tgid = pid_tgid;
         (*cut).direction = direction;
-        (*cut).class = stash.class;
+        (*cut).class = class;
         (*cut).seg = Segmenter::new(pos, total, st.framer);
     }
     let _ = unsafe { bpf_loop(MAX_SEGMENTER_STEPS, step as *mut c_void, core::ptr::null_mut(), 0) };
@@ -174,20 +212,6 @@ impl Capture for KernelCapture {
         if crate::net::copy_plain::<{ crate::net::HEAD_MASK }>(self.buf, 0, from, n, &cut.stash).is_err() {
             count(STAT_READ_ERRORS);
             return false;
-        }
-        if cut.class as u8 == CLASS_UNSEEN {
-            let class = crate::net::classify_first(
-                cut.pid_tgid,
-                &cut.stash,
-                self.buf,
-                n as usize,
-                cut.direction == DIR_EGRESS,
-            );
-            cut.class = (cut.class & 0xffff_0000) | class as u32;
-            if !class_captures(class) {
-                count_n(STAT_PAYLOAD_SUPPRESSED, cut.seg.total);
-                return false;
-            }
         }
         true
     }

@@ -419,8 +419,11 @@ fn go_first_reader(pid_tgid: u64, fd: u32) {
     });
 }
 
+/// `cuttable`: a plain-buffer syscall (read, recvfrom, write, sendto), whose framed
+/// request streams are cut in frame.rs; a constant per program, so the others do not
+/// carry (nor get verified with) that code.
 #[inline(always)]
-fn exit_data(ctx: &TracePointContext, direction: u32) -> u32 {
+fn exit_data(ctx: &TracePointContext, direction: u32, cuttable: bool) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(s) = take_stash(pid_tgid) else {
         return 0;
@@ -439,7 +442,12 @@ fn exit_data(ctx: &TracePointContext, direction: u32) -> u32 {
         return 0;
     }
     // A request stream followed from its start: cut where its requests start.
-    if crate::frame::emit_framed(pid_tgid, &s, rv as u64, direction) {
+    let framed = if cuttable {
+        crate::frame::emit_framed(pid_tgid, &s, rv as u64, direction)
+    } else {
+        crate::frame::uncut(pid_tgid, &s, rv as u64, direction)
+    };
+    if framed {
         return 0;
     }
     if try_emit_data(pid_tgid, &s, rv as u64, direction).is_err() {
@@ -452,6 +460,12 @@ fn exit_data(ctx: &TracePointContext, direction: u32) -> u32 {
 #[inline(never)]
 pub(crate) fn emit_count(pid_tgid: u64, s: &Stash, total: u64, direction: u32) {
     output(&data_event(pid_tgid, s, total, direction, 0, 0, s.class));
+}
+
+/// [`emit_count`] with the class the socket was just given.
+#[inline(never)]
+pub(crate) fn emit_count_as(pid_tgid: u64, s: &Stash, total: u64, direction: u32, class: u32) {
+    output(&data_event(pid_tgid, s, total, direction, 0, 0, class));
 }
 
 /// Writes the data event in the scratch buffer's header slot and sends it with its
@@ -692,28 +706,28 @@ pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32
 }
 
 macro_rules! data_probes {
-    ($($enter:ident, $exit:ident, $sys:expr, $dir:expr;)*) => {$(
+    ($($enter:ident, $exit:ident, $sys:expr, $dir:expr, $cut:expr;)*) => {$(
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
             enter_data(&ctx, $sys)
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_data(&ctx, $dir)
+            exit_data(&ctx, $dir, $cut)
         }
     )*};
 }
 
 data_probes! {
-    sys_enter_read, sys_exit_read, SYS_READ, DIR_INGRESS;
-    sys_enter_readv, sys_exit_readv, SYS_READV, DIR_INGRESS;
-    sys_enter_recvfrom, sys_exit_recvfrom, SYS_RECVFROM, DIR_INGRESS;
-    sys_enter_recvmsg, sys_exit_recvmsg, SYS_RECVMSG, DIR_INGRESS;
-    sys_enter_write, sys_exit_write, SYS_WRITE, DIR_EGRESS;
-    sys_enter_writev, sys_exit_writev, SYS_WRITEV, DIR_EGRESS;
-    sys_enter_sendto, sys_exit_sendto, SYS_SENDTO, DIR_EGRESS;
-    sys_enter_sendmsg, sys_exit_sendmsg, SYS_SENDMSG, DIR_EGRESS;
-    sys_enter_sendfile64, sys_exit_sendfile64, SYS_SENDFILE, DIR_EGRESS;
+    sys_enter_read, sys_exit_read, SYS_READ, DIR_INGRESS, true;
+    sys_enter_readv, sys_exit_readv, SYS_READV, DIR_INGRESS, false;
+    sys_enter_recvfrom, sys_exit_recvfrom, SYS_RECVFROM, DIR_INGRESS, true;
+    sys_enter_recvmsg, sys_exit_recvmsg, SYS_RECVMSG, DIR_INGRESS, false;
+    sys_enter_write, sys_exit_write, SYS_WRITE, DIR_EGRESS, true;
+    sys_enter_writev, sys_exit_writev, SYS_WRITEV, DIR_EGRESS, false;
+    sys_enter_sendto, sys_exit_sendto, SYS_SENDTO, DIR_EGRESS, true;
+    sys_enter_sendmsg, sys_exit_sendmsg, SYS_SENDMSG, DIR_EGRESS, false;
+    sys_enter_sendfile64, sys_exit_sendfile64, SYS_SENDFILE, DIR_EGRESS, false;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -146,6 +146,9 @@ struct Table {
     /// method and status the client sent and read (gunicorn's sync worker answers some
     /// HEADs without an access-log line).
     client_confirmed: usize,
+    /// Ids of logged exchanges without a span, and what they were.
+    missing_ids: Vec<u64>,
+    missing_shapes: Vec<String>,
 }
 
 impl Table {
@@ -183,6 +186,9 @@ impl Table {
         );
         for w in self.wrong.iter().take(20) {
             let _ = writeln!(s, "    wrong: {w}");
+        }
+        for m in self.missing_shapes.iter().take(20) {
+            let _ = writeln!(s, "    missing: {m}");
         }
         eprint!("{s}");
     }
@@ -231,6 +237,7 @@ fn compare(logged: &[Logged], sent: &[Sent], stdout: &str, stderr: &str) -> Tabl
         seen.insert(l.id);
         let Some(found) = spans.remove(&l.id) else {
             t.missing += 1;
+            t.missing_ids.push(l.id);
             continue;
         };
         if found.len() > 1 {
@@ -474,24 +481,14 @@ fn run_nginx(label: &str, n: Nginx) {
     let exit = agent.stop();
     drop(nginx);
     let log = fs::read_to_string(root.join("access.log")).unwrap_or_default();
-    if let Some(keep) = std::env::var_os("PERISCOPE_CONFORMANCE_KEEP") {
-        let keep = PathBuf::from(keep);
-        let _ = fs::create_dir_all(&keep);
-        let _ = fs::write(keep.join("access.log"), &log);
-        let _ = fs::write(keep.join("spans.json"), &exit.stdout);
-        let _ = fs::write(keep.join("agent.err"), &exit.stderr);
-        let _ = fs::write(keep.join("sent.txt"), format!("{sent:#?}"));
-    }
-    let logged = parse_nginx_log(&log);
-    let table = compare(&logged, &sent, &exit.stdout, &exit.stderr);
-    table.print(
-        &format!(
-            "{label} ({} requests sent in {traffic_time:.1?})",
-            sent.len()
-        ),
+    let o = Outcome {
         seed,
-    );
-    table.assert_pass(label);
+        plans,
+        sent,
+        exit,
+        traffic_time,
+    };
+    judge(label, &o, &log, &parse_nginx_log(&log));
 }
 
 #[test]
@@ -572,16 +569,14 @@ fn python_http_server() {
     settle(&agent);
     let exit = agent.stop();
     let log = server.process.output().stderr();
-    let logged = parse_python_log(&log);
-    let table = compare(&logged, &sent, &exit.stdout, &exit.stderr);
-    table.print(
-        &format!(
-            "python http.server ({} requests sent in {traffic_time:.1?})",
-            sent.len()
-        ),
+    let o = Outcome {
         seed,
-    );
-    table.assert_pass("python http.server");
+        plans,
+        sent,
+        exit,
+        traffic_time,
+    };
+    judge("python http.server", &o, &log, &parse_python_log(&log));
 }
 
 // ---- Go net/http ----------------------------------------------------------------------
@@ -641,17 +636,16 @@ fn run_go(version: &str) {
     let traffic_time = started.elapsed();
     settle(&agent);
     let exit = agent.stop();
-    let logged = parse_tab_log(&server.output().stderr());
-    let table = compare(&logged, &sent, &exit.stdout, &exit.stderr);
-    let label = format!("Go {} net/http, stripped", tc.exact_version());
-    table.print(
-        &format!(
-            "{label} ({} requests sent in {traffic_time:.1?})",
-            sent.len()
-        ),
+    let log = server.output().stderr();
+    let o = Outcome {
         seed,
-    );
-    table.assert_pass(&label);
+        plans,
+        sent,
+        exit,
+        traffic_time,
+    };
+    let label = format!("Go {} net/http, stripped", tc.exact_version());
+    judge(&label, &o, &log, &parse_tab_log(&log));
 }
 
 #[test]
@@ -806,6 +800,7 @@ const SMALL_CONNECTIONS: usize = 60;
 /// One traffic run against a traced server.
 struct Outcome {
     seed: u64,
+    plans: Vec<traffic::ConnPlan>,
     sent: Vec<Sent>,
     exit: harness::AgentExit,
     traffic_time: Duration,
@@ -823,6 +818,7 @@ fn exercise(pid: u32, addr: SocketAddr, profile: &Profile) -> Outcome {
     let exit = agent.stop();
     Outcome {
         seed,
+        plans,
         sent,
         exit,
         traffic_time,
@@ -839,7 +835,32 @@ fn judge(label: &str, o: &Outcome, log: &str, logged: &[Logged]) {
         let _ = fs::write(keep.join("agent.err"), &o.exit.stderr);
         let _ = fs::write(keep.join("sent.txt"), format!("{:#?}", o.sent));
     }
-    let table = compare(logged, &o.sent, &o.exit.stdout, &o.exit.stderr);
+    let mut table = compare(logged, &o.sent, &o.exit.stdout, &o.exit.stderr);
+    // What each missing exchange was, to tell a pattern from chance.
+    table.missing_shapes = table
+        .missing_ids
+        .iter()
+        .map(|id| {
+            o.plans.iter().find_map(|p| {
+                let i = p.requests.iter().position(|r| r.id == *id)?;
+                let r = &p.requests[i];
+                Some(format!(
+                    "r{id}: {:?} request {}/{} {} body {:?}{}{}{}{}{}",
+                    p.writes,
+                    i + 1,
+                    p.requests.len(),
+                    r.method,
+                    r.body,
+                    if r.expect_continue { " expect-100" } else { "" },
+                    if r.http10 { " http/1.0" } else { "" },
+                    if r.close { " close" } else { "" },
+                    if r.pad_header > 0 { format!(" pad {}", r.pad_header) } else { String::new() },
+                    if r.abort != traffic::Abort::No { format!(" {:?}", r.abort) } else { String::new() },
+                ))
+            })
+            .unwrap_or_else(|| format!("r{id}: not in the generated traffic"))
+        })
+        .collect();
     table.print(
         &format!(
             "{label} ({} requests sent in {:.1?})",
