@@ -517,7 +517,11 @@ impl Segmenter {
         let n = min(MAX_HEAD as u64, total - seg);
         if self.segments >= MAX_SEGMENTS || !cap.window(seg, n) {
             // Too many pieces, or the bytes cannot be read: the rest as it comes.
-            let head = if self.segments >= MAX_SEGMENTS && cap.window(seg, n) { n } else { 0 };
+            let head = if self.segments >= MAX_SEGMENTS && cap.window(seg, n) {
+                n
+            } else {
+                0
+            };
             cap.emit(seg, total, head, head > 0);
             self.lost = 1;
             self.phase = SEG_DONE;
@@ -594,7 +598,11 @@ mod tests {
         }
         fn emit(&mut self, from: u64, to: u64, head: u64, tail: bool) {
             if head > 0 {
-                assert_eq!(self.win, Some(from), "a head is the window at the chunk's start");
+                assert_eq!(
+                    self.win,
+                    Some(from),
+                    "a head is the window at the chunk's start"
+                );
             }
             assert!(head <= to - from && head <= MAX_HEAD as u64);
             let head_bytes = self.buf[..head as usize].to_vec();
@@ -604,7 +612,12 @@ mod tests {
                 let t = (to - from - head).min(crate::MAX_TAIL as u64) as usize;
                 tail_bytes = self.bytes[to as usize - t..].to_vec();
             }
-            self.chunks.push(Chunk { from, to, head: head_bytes, tail: tail_bytes });
+            self.chunks.push(Chunk {
+                from,
+                to,
+                head: head_bytes,
+                tail: tail_bytes,
+            });
         }
     }
 
@@ -620,7 +633,12 @@ mod tests {
             let size = sizes[k % sizes.len()].min(bytes.len() as u64 - pos);
             k += 1;
             let sys = &bytes[pos as usize..(pos + size) as usize];
-            let mut cap = Slice { bytes: sys, buf: Box::new([0; SCRATCH_PAYLOAD]), win: None, chunks: Vec::new() };
+            let mut cap = Slice {
+                bytes: sys,
+                buf: Box::new([0; SCRATCH_PAYLOAD]),
+                win: None,
+                chunks: Vec::new(),
+            };
             if lost {
                 // What the kernel does on a stream whose framing is lost.
                 let n = size.min(MAX_HEAD as u64);
@@ -642,9 +660,16 @@ mod tests {
             for c in &cap.chunks {
                 assert_eq!(c.from, at, "chunks tile the syscall");
                 assert!(c.to > c.from);
-                assert_eq!(&c.head[..], &sys[c.from as usize..c.from as usize + c.head.len()]);
+                assert_eq!(
+                    &c.head[..],
+                    &sys[c.from as usize..c.from as usize + c.head.len()]
+                );
                 at = c.to;
-                out.push(Chunk { from: pos + c.from, to: pos + c.to, ..c.clone() });
+                out.push(Chunk {
+                    from: pos + c.from,
+                    to: pos + c.to,
+                    ..c.clone()
+                });
             }
             assert_eq!(at, size, "chunks tile the syscall");
             pos += size;
@@ -665,7 +690,11 @@ mod tests {
     }
 
     fn starts_of(chunks: &[Chunk]) -> Vec<u64> {
-        chunks.iter().filter(|c| !c.head.is_empty()).map(|c| c.from).collect()
+        chunks
+            .iter()
+            .filter(|c| !c.head.is_empty())
+            .map(|c| c.from)
+            .collect()
     }
 
     #[test]
@@ -679,8 +708,14 @@ mod tests {
             let (chunks, lost, f) = capture(&r, sizes);
             assert!(!lost, "{sizes:?}");
             let seen = captured(&chunks, r.len());
-            assert!(seen[second as usize..].iter().all(|&b| b), "{sizes:?}: {chunks:?}");
-            assert_eq!((f.need, f.phase, f.requests > 0), (r.len() as u64, PH_METHOD, true));
+            assert!(
+                seen[second as usize..].iter().all(|&b| b),
+                "{sizes:?}: {chunks:?}"
+            );
+            assert_eq!(
+                (f.need, f.phase, f.requests > 0),
+                (r.len() as u64, PH_METHOD, true)
+            );
             if sizes[0] > 2048 {
                 assert!(starts_of(&chunks).contains(&second), "{sizes:?}");
                 // The body past the window is never copied.
@@ -727,7 +762,10 @@ mod tests {
             assert!(!lost, "{sizes:?}");
             let seen = captured(&chunks, r.len());
             for &l in &size_lines {
-                assert!(seen[l..l + 4].iter().all(|&b| b), "{sizes:?}: size line at {l}");
+                assert!(
+                    seen[l..l + 4].iter().all(|&b| b),
+                    "{sizes:?}: size line at {l}"
+                );
             }
             assert!(seen[next..].iter().all(|&b| b));
             assert_eq!((f.need, f.requests), (r.len() as u64, 2));
@@ -773,12 +811,17 @@ mod tests {
         let mut needed = Vec::new();
         for _ in 0..1 + rng.below(12) {
             let start = bytes.len();
-            let method: &[u8] = [&b"GET"[..], b"POST", b"PUT", b"PROPFIND", b"DELETE"][rng.below(5) as usize];
+            let method: &[u8] =
+                [&b"GET"[..], b"POST", b"PUT", b"PROPFIND", b"DELETE"][rng.below(5) as usize];
             bytes.extend_from_slice(method);
             bytes.extend_from_slice(b" /x?q=1 HTTP/1.1\r\nHost: h\r\n");
             for _ in 0..rng.below(4) {
                 bytes.extend_from_slice(b"X-Pad: ");
-                let pad = if rng.below(6) == 0 { 2048 + rng.below(4096) } else { rng.below(40) };
+                let pad = if rng.below(6) == 0 {
+                    2048 + rng.below(4096)
+                } else {
+                    rng.below(40)
+                };
                 bytes.extend(std::iter::repeat_n(b'p', pad as usize));
                 bytes.extend_from_slice(b"\r\n");
             }
@@ -806,9 +849,14 @@ mod tests {
                 needed.push((last, bytes.len()));
             } else {
                 if body > 0 || rng.below(2) == 0 {
-                    let name: &[u8] = [&b"Content-Length"[..], b"content-length", b"CONTENT-LENGTH"][rng.below(3) as usize];
+                    let name: &[u8] =
+                        [&b"Content-Length"[..], b"content-length", b"CONTENT-LENGTH"]
+                            [rng.below(3) as usize];
                     bytes.extend_from_slice(name);
-                    bytes.extend_from_slice(std::format!(":{}{}\r\n", " ".repeat(rng.below(3) as usize), body).as_bytes());
+                    bytes.extend_from_slice(
+                        std::format!(":{}{}\r\n", " ".repeat(rng.below(3) as usize), body)
+                            .as_bytes(),
+                    );
                 }
                 bytes.extend_from_slice(if rng.below(5) == 0 { b"\n" } else { b"\r\n" });
                 needed.push((start, bytes.len()));
@@ -845,7 +893,10 @@ mod tests {
             let mut need = vec![false; bytes.len()];
             for &(a, b) in &needed {
                 need[a..b].iter_mut().for_each(|x| *x = true);
-                assert!(seen[a..b].iter().all(|&x| x), "bytes {a}..{b} not captured, sizes {sizes:?}");
+                assert!(
+                    seen[a..b].iter().all(|&x| x),
+                    "bytes {a}..{b} not captured, sizes {sizes:?}"
+                );
             }
             body_bytes += need.iter().filter(|&&x| !x).count();
             copied_body += need.iter().zip(&seen).filter(|&(&n, &s)| !n && s).count();

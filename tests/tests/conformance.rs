@@ -841,24 +841,34 @@ fn judge(label: &str, o: &Outcome, log: &str, logged: &[Logged]) {
         .missing_ids
         .iter()
         .map(|id| {
-            o.plans.iter().find_map(|p| {
-                let i = p.requests.iter().position(|r| r.id == *id)?;
-                let r = &p.requests[i];
-                Some(format!(
-                    "r{id}: {:?} request {}/{} {} body {:?}{}{}{}{}{}",
-                    p.writes,
-                    i + 1,
-                    p.requests.len(),
-                    r.method,
-                    r.body,
-                    if r.expect_continue { " expect-100" } else { "" },
-                    if r.http10 { " http/1.0" } else { "" },
-                    if r.close { " close" } else { "" },
-                    if r.pad_header > 0 { format!(" pad {}", r.pad_header) } else { String::new() },
-                    if r.abort != traffic::Abort::No { format!(" {:?}", r.abort) } else { String::new() },
-                ))
-            })
-            .unwrap_or_else(|| format!("r{id}: not in the generated traffic"))
+            o.plans
+                .iter()
+                .find_map(|p| {
+                    let i = p.requests.iter().position(|r| r.id == *id)?;
+                    let r = &p.requests[i];
+                    Some(format!(
+                        "r{id}: {:?} request {}/{} {} body {:?}{}{}{}{}{}",
+                        p.writes,
+                        i + 1,
+                        p.requests.len(),
+                        r.method,
+                        r.body,
+                        if r.expect_continue { " expect-100" } else { "" },
+                        if r.http10 { " http/1.0" } else { "" },
+                        if r.close { " close" } else { "" },
+                        if r.pad_header > 0 {
+                            format!(" pad {}", r.pad_header)
+                        } else {
+                            String::new()
+                        },
+                        if r.abort != traffic::Abort::No {
+                            format!(" {:?}", r.abort)
+                        } else {
+                            String::new()
+                        },
+                    ))
+                })
+                .unwrap_or_else(|| format!("r{id}: not in the generated traffic"))
         })
         .collect();
     table.print(

@@ -581,7 +581,10 @@ pub fn has_bpf_privileges(status: &str) -> bool {
 fn timed_load(name: &str, prog: &mut TracePoint) -> Result<(), aya::programs::ProgramError> {
     let start = std::time::Instant::now();
     prog.load()?;
-    let insns = prog.info().ok().and_then(|i| i.verified_instruction_count());
+    let insns = prog
+        .info()
+        .ok()
+        .and_then(|i| i.verified_instruction_count());
     tracing::debug!(
         "program {name}: verified in {} ms ({} instructions processed)",
         start.elapsed().as_millis(),
