@@ -110,10 +110,11 @@ fn stream_of(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) -> Option
     }
 }
 
-/// A vectored or sendfile syscall on a socket: if it moved a framed request stream's
-/// bytes, only a body may pass without a cut (the iovec walk per window is more than the
-/// verifier affords inside the `bpf_loop` callback; sendfile's bytes are never copied).
-/// Returns true when the syscall was reported here.
+/// A syscall whose bytes are not cut: vectored ones (the iovec walk per window is more
+/// than the verifier affords inside the `bpf_loop` callback), sendfile (its bytes are
+/// never copied) and receives that discard what they consume (`MSG_TRUNC`). If it moved
+/// a framed request stream's bytes, only a body may pass so; else the stream's framing
+/// is lost. Returns true when the syscall was reported here.
 #[inline(never)]
 pub(crate) fn uncut(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) -> bool {
     let Some((st, pos)) = stream_of(pid_tgid, stash, total, direction) else {

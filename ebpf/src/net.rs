@@ -65,7 +65,9 @@ pub(crate) struct Stash {
     pub local_addr: [u8; 16],
     /// Data syscalls: the socket's class when the syscall was entered.
     pub class: u32,
-    pub _pad: u32,
+    /// Data syscalls: non-zero when the bytes moved are not in the buffer (a receive
+    /// with `MSG_TRUNC` discards them).
+    pub discard: u32,
 }
 
 impl Stash {
@@ -82,7 +84,7 @@ impl Stash {
             syn_sent: 0,
             local_addr: [0; 16],
             class: CLASS_UNSEEN as u32,
-            _pad: 0,
+            discard: 0,
         }
     }
 }
@@ -330,11 +332,26 @@ fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
         }
         _ => (arg(ctx, 1), 0),
     };
+    // recv flags: MSG_PEEK leaves the bytes to be read again (reporting them would count
+    // them twice); MSG_TRUNC consumes them without copying them to the buffer (lighttpd
+    // discards unread request bodies so), whose stale contents must not be reported.
+    let flags = match syscall {
+        SYS_RECVFROM => arg(ctx, 3),
+        SYS_RECVMSG => arg(ctx, 2),
+        _ => 0,
+    };
+    if flags & MSG_PEEK != 0 {
+        return 0;
+    }
     let mut s = Stash::new(syscall, fd, ptr, iovcnt);
     s.class = class;
+    s.discard = (flags & MSG_TRUNC != 0) as u32;
     stash(pid_tgid, s);
     0
 }
+
+const MSG_PEEK: u64 = 0x2;
+const MSG_TRUNC: u64 = 0x20;
 
 /// A traced process moves bytes on an fd it never accepted or connected: if it is a
 /// stream socket, track it from now on and tell the agent what it is. This is how
@@ -434,6 +451,13 @@ fn exit_data(ctx: &TracePointContext, direction: u32, cuttable: bool) -> u32 {
     }
     if direction == DIR_INGRESS {
         go_first_reader(pid_tgid, s.fd);
+    }
+    if s.discard != 0 {
+        // Discarded unread: a byte count, which a framed request stream takes as body.
+        if !crate::frame::uncut(pid_tgid, &s, rv as u64, direction) {
+            emit_count(pid_tgid, &s, rv as u64, direction);
+        }
+        return 0;
     }
     if !class_captures(s.class as u8) {
         // Only the count: the tracker still sees the connection live and its sizes.

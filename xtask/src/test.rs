@@ -76,7 +76,8 @@ pub fn test(filter: Option<String>) -> Result<()> {
     eprintln!("xtask: end-to-end tests (real eBPF, real servers)");
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(&root)
-        .args(["test", "-p", "periscope-e2e", "--"])
+        // Every test binary runs even after one fails: CI then shows all failures.
+        .args(["test", "-p", "periscope-e2e", "--no-fail-fast", "--"])
         .arg("--test-threads=1")
         .env("PERISCOPE_EBPF_OBJECT", &obj)
         .env("PERISCOPE_BIN", &agent)
