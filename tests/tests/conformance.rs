@@ -13,7 +13,8 @@
 //! printed per server says how many were right, missing (and counted), wrong.
 //!
 //! Servers: nginx (two configurations), apache2 (event, prefork), lighttpd, gunicorn
-//! (sync, gthread), node http, python http.server, Go net/http. Each logs what it can:
+//! (sync, gthread), node http, python http.server, Go net/http (1.21 and 1.25 stripped, 1.27
+//! plain behind a listener that wraps each connection in its own type). Each logs what it can:
 //! apache2 and lighttpd method, target, status, bytes read and response body; gunicorn
 //! and node (its own lines) no request size; python http.server no sizes.
 //!
@@ -602,14 +603,19 @@ fn parse_tab_log(text: &str) -> Vec<Logged> {
         .collect()
 }
 
-fn run_go(version: &str) {
+/// `wrap`: the listener hands net/http its own connection type (embedding the accepted
+/// net.Conn), as connection-tracking and PROXY-protocol libraries do.
+fn run_go(version: &str, flavor: harness::GoFlavor, wrap: bool) {
     harness::require_root();
     let tc = harness::go_toolchain(version);
-    let bin = harness::build_go_program("golog", &tc, harness::GoFlavor::Stripped);
+    let bin = harness::build_go_program("golog", &tc, flavor);
     let _serial = harness::serial();
     let seed = seed();
     let mut cmd = Command::new(&bin);
     cmd.args(["-addr", "127.0.0.1:0"]);
+    if wrap {
+        cmd.arg("-wrap");
+    }
     let mut server = Process::spawn("golog", cmd);
     let line =
         server.wait_for_stdout_line(Duration::from_secs(10), |l| l.starts_with("listening on "));
@@ -644,18 +650,28 @@ fn run_go(version: &str) {
         exit,
         traffic_time,
     };
-    let label = format!("Go {} net/http, stripped", tc.exact_version());
+    let label = format!(
+        "Go {} net/http, {}{}",
+        tc.exact_version(),
+        flavor.name(),
+        if wrap { ", wrapped listener" } else { "" }
+    );
     judge(&label, &o, &log, &parse_tab_log(&log));
 }
 
 #[test]
 fn go_1_21_stripped() {
-    run_go("1.21");
+    run_go("1.21", harness::GoFlavor::Stripped, false);
 }
 
 #[test]
 fn go_1_25_stripped() {
-    run_go("1.25");
+    run_go("1.25", harness::GoFlavor::Stripped, false);
+}
+
+#[test]
+fn go_1_27_plain_wrapped_listener() {
+    run_go("1.27", harness::GoFlavor::Plain, true);
 }
 
 // ---- the findings of issue 11, against real nginx --------------------------------

@@ -81,12 +81,41 @@ func handler(w http.ResponseWriter, req *http.Request) {
 	logMu.Unlock()
 }
 
+// trackedConn is what connection-tracking, PROXY-protocol and graceful-restart
+// libraries hand net/http: its own type embedding the accepted net.Conn.
+type trackedConn struct {
+	net.Conn
+	id int64
+}
+
+type wrapListener struct {
+	net.Listener
+	mu   sync.Mutex
+	next int64
+}
+
+func (l *wrapListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.next++
+	id := l.next
+	l.mu.Unlock()
+	return &trackedConn{Conn: c, id: id}, nil
+}
+
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
+	wrap := flag.Bool("wrap", false, "wrap each accepted connection in a type of our own")
 	flag.Parse()
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		log.Fatal(err)
+	}
+	if *wrap {
+		ln = &wrapListener{Listener: ln}
 	}
 	fmt.Printf("listening on %s\n", ln.Addr())
 	log.Fatal(http.Serve(ln, http.HandlerFunc(handler)))
