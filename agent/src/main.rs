@@ -658,6 +658,10 @@ fn status_line(s: &Snapshot, outputs: &[Arc<export::ExportStats>]) -> String {
             s.tracker.unpaired_desync_by_cause[c as usize]
         ));
     }
+    line.push_str(&format!(
+        " frame_splits={} frame_lost={}",
+        s.kernel.frame_splits, s.kernel.frame_lost
+    ));
     for o in outputs {
         line.push_str(&format!(
             " {out}_exported={} {out}_dropped={}",

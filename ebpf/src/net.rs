@@ -754,6 +754,25 @@ data_probes! {
     sys_enter_sendfile64, sys_exit_sendfile64, SYS_SENDFILE, DIR_EGRESS, false;
 }
 
+/// The cutting exits without their `bpf_loop` (kernels before 5.13 reject a program
+/// that references a callback at all, even where it cannot run): the agent loads these
+/// instead when the kernel has no `bpf_loop` or refuses the others.
+macro_rules! uncut_probes {
+    ($($exit:ident, $dir:expr;)*) => {$(
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit_data(&ctx, $dir, false)
+        }
+    )*};
+}
+
+uncut_probes! {
+    sys_exit_read_uncut, DIR_INGRESS;
+    sys_exit_recvfrom_uncut, DIR_INGRESS;
+    sys_exit_write_uncut, DIR_EGRESS;
+    sys_exit_sendto_uncut, DIR_EGRESS;
+}
+
 // ---------------------------------------------------------------------------------------
 // close: a socket stops being tracked.
 

@@ -147,6 +147,9 @@ struct Table {
     /// method and status the client sent and read (gunicorn's sync worker answers some
     /// HEADs without an access-log line).
     client_confirmed: usize,
+    /// The kernel's request framing: syscalls cut at a request, requests not framed.
+    frame_splits: u64,
+    frame_lost: u64,
     /// Ids of logged exchanges without a span, and what they were.
     missing_ids: Vec<u64>,
     missing_shapes: Vec<String>,
@@ -172,6 +175,11 @@ impl Table {
             self.unpaired_counted
         );
         let _ = writeln!(s, "    desync causes: {}", self.desync_causes);
+        let _ = writeln!(
+            s,
+            "  kernel request framing: {} cuts, {} streams lost",
+            self.frame_splits, self.frame_lost
+        );
         let _ = writeln!(s, "  wrong span              {:>6}", self.wrong.len());
         let _ = writeln!(s, "  doubled                 {:>6}", self.doubled);
         let _ = writeln!(s, "  span with no log line   {:>6}", self.extra);
@@ -231,6 +239,8 @@ fn compare(logged: &[Logged], sent: &[Sent], stdout: &str, stderr: &str) -> Tabl
         .map(|c| format!("{c}={}", status_field(stderr, &format!("desync_{c}"))))
         .collect::<Vec<_>>()
         .join(" "),
+        frame_splits: status_field(stderr, "frame_splits"),
+        frame_lost: status_field(stderr, "frame_lost"),
         ..Table::default()
     };
     let mut seen = std::collections::HashSet::new();

@@ -593,6 +593,40 @@ fn timed_load(name: &str, prog: &mut TracePoint) -> Result<(), aya::programs::Pr
     Ok(())
 }
 
+/// Data exits that cut framed request streams with `bpf_loop`, and the same programs
+/// without it, loaded instead on kernels without `bpf_loop` (before 5.17; before 5.13 a
+/// program referencing a callback does not load at all) or when the first is refused.
+pub const UNCUT_FALLBACKS: &[(&str, &str)] = &[
+    ("sys_exit_read", "sys_exit_read_uncut"),
+    ("sys_exit_recvfrom", "sys_exit_recvfrom_uncut"),
+    ("sys_exit_write", "sys_exit_write_uncut"),
+    ("sys_exit_sendto", "sys_exit_sendto_uncut"),
+];
+
+/// Loads and attaches one tracepoint program; the reason when it cannot.
+fn load_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &str,
+    category: &str,
+    tracepoint: &str,
+) -> Option<String> {
+    match ebpf.program_mut(name) {
+        None => Some("not in the eBPF object".to_string()),
+        Some(p) => match <&mut TracePoint>::try_from(p) {
+            Err(e) => Some(program_failure(name, &e)),
+            Ok(prog) => match timed_load(name, prog) {
+                Err(e) => Some(program_failure(name, &e)),
+                Ok(()) => prog.attach(category, tracepoint).err().map(|e| {
+                    format!(
+                        "attaching to {category}:{tracepoint}: {}",
+                        program_failure(name, &e)
+                    )
+                }),
+            },
+        },
+    }
+}
+
 /// Whether the kernel frames request streams (ebpf `frame.rs`): it needs `bpf_loop`
 /// (Linux 5.17). `PERISCOPE_KERNEL_FRAMING=0` turns it off, to compare with and without
 /// in the conformance suite and benchmarks.
@@ -659,6 +693,7 @@ impl Probes {
         // never attached would fail silently.
         if let Some((name, _)) = ebpf.programs().find(|(name, _)| {
             !PROBES.iter().any(|p| p.0 == *name)
+                && !UNCUT_FALLBACKS.iter().any(|f| f.1 == *name)
                 && !GO_PROBES.iter().any(|p| p.0 == *name)
                 && !tls::TLS_PROGRAMS.contains(name)
         }) {
@@ -708,23 +743,16 @@ impl Probes {
         }
         for &(name, category, tracepoint, what) in PROBES {
             let essential = optional_cost(name).is_none();
-            let failure = match layout.problem(category, tracepoint) {
-                Some(p) => Some(format!("tracepoint {category}:{tracepoint}: {p}")),
-                None => match ebpf.program_mut(name) {
-                    None => Some("not in the eBPF object".to_string()),
-                    Some(p) => match <&mut TracePoint>::try_from(p) {
-                        Err(e) => Some(program_failure(name, &e)),
-                        Ok(prog) => match timed_load(name, prog) {
-                            Err(e) => Some(program_failure(name, &e)),
-                            Ok(()) => prog.attach(category, tracepoint).err().map(|e| {
-                                format!(
-                                    "attaching to {category}:{tracepoint}: {}",
-                                    program_failure(name, &e)
-                                )
-                            }),
-                        },
-                    },
-                },
+            let fallback = UNCUT_FALLBACKS.iter().find(|f| f.0 == name).map(|f| f.1);
+            let failure = match (layout.problem(category, tracepoint), fallback) {
+                (Some(p), _) => Some(format!("tracepoint {category}:{tracepoint}: {p}")),
+                (None, Some(uncut)) if !framing => load_tracepoint(&mut ebpf, uncut, category, tracepoint),
+                (None, Some(uncut)) => load_tracepoint(&mut ebpf, name, category, tracepoint).and_then(|why| {
+                    // Capture as before (each syscall from its start) rather than not at all.
+                    tracing::warn!("{name}: kernel request framing unavailable ({why}); capturing each syscall from its start");
+                    load_tracepoint(&mut ebpf, uncut, category, tracepoint)
+                }),
+                (None, None) => load_tracepoint(&mut ebpf, name, category, tracepoint),
             };
             if let Some(reason) = &failure {
                 if essential {
