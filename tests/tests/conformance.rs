@@ -73,6 +73,10 @@ struct Logged {
     read_ahead: u64,
     /// Response body bytes the server sent, when it logs them.
     response_body: Option<u64>,
+    /// All bytes the server sent in answer, when it logs them (nginx `$bytes_sent`): 0
+    /// means nothing reached the socket (the client had reset the connection), so there
+    /// is no exchange on the wire to give a span.
+    wire_bytes: Option<u64>,
 }
 
 /// One span the agent exported, reduced to what the log can check.
@@ -147,6 +151,9 @@ struct Table {
     /// method and status the client sent and read (gunicorn's sync worker answers some
     /// HEADs without an access-log line).
     client_confirmed: usize,
+    /// Logged, but the server sent nothing on the socket (the client reset first): no
+    /// exchange on the wire, so no span; the agent counts the request as unanswered.
+    unanswered: usize,
     /// The kernel's request framing: syscalls cut at a request, requests not framed.
     frame_splits: u64,
     frame_lost: u64,
@@ -175,6 +182,11 @@ impl Table {
             self.unpaired_counted
         );
         let _ = writeln!(s, "    desync causes: {}", self.desync_causes);
+        let _ = writeln!(
+            s,
+            "  logged, nothing sent     {:>6}  (the client reset first; no exchange on the wire, no span)",
+            self.unanswered
+        );
         let _ = writeln!(
             s,
             "  kernel request framing: {} cuts, {} streams lost",
@@ -247,8 +259,12 @@ fn compare(logged: &[Logged], sent: &[Sent], stdout: &str, stderr: &str) -> Tabl
     for l in logged {
         seen.insert(l.id);
         let Some(found) = spans.remove(&l.id) else {
-            t.missing += 1;
-            t.missing_ids.push(l.id);
+            if l.wire_bytes == Some(0) {
+                t.unanswered += 1;
+            } else {
+                t.missing += 1;
+                t.missing_ids.push(l.id);
+            }
             continue;
         };
         if found.len() > 1 {
@@ -376,7 +392,8 @@ fn nginx_bin() -> PathBuf {
 }
 
 fn parse_nginx_log(text: &str) -> Vec<Logged> {
-    // log_format: $request_method "$request_uri" $status $request_length $body_bytes_sent
+    // log_format: method, URI, $status $request_length $body_bytes_sent $request_time
+    // $bytes_sent
     text.lines()
         .filter_map(|l| {
             let mut f = l.split('\t');
@@ -385,6 +402,8 @@ fn parse_nginx_log(text: &str) -> Vec<Logged> {
             let status = f.next()?.parse().ok()?;
             let request_bytes = f.next()?.parse().ok();
             let response_body = f.next()?.parse().ok();
+            let _time = f.next();
+            let wire_bytes = f.next().and_then(|v| v.parse().ok());
             Some(Logged {
                 id: id_of(uri)?,
                 method,
@@ -392,6 +411,7 @@ fn parse_nginx_log(text: &str) -> Vec<Logged> {
                 request_bytes,
                 read_ahead: 0,
                 response_body,
+                wire_bytes,
             })
         })
         .collect()
@@ -421,7 +441,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log notice;
 events {{ worker_connections 512; }}
 http {{
-    log_format conformance '$request_method\t$request_uri\t$status\t$request_length\t$body_bytes_sent\t$request_time';
+    log_format conformance '$request_method\t$request_uri\t$status\t$request_length\t$body_bytes_sent\t$request_time\t$bytes_sent';
     access_log {d}/access.log conformance;
     client_body_temp_path {d}/tmp/client_body;
     proxy_temp_path {d}/tmp/proxy;
@@ -547,6 +567,7 @@ fn parse_python_log(text: &str) -> Vec<Logged> {
                 request_bytes: None,
                 read_ahead: 0,
                 response_body: None,
+                wire_bytes: None,
             })
         })
         .collect()
@@ -608,6 +629,7 @@ fn parse_tab_log(text: &str) -> Vec<Logged> {
                 request_bytes: None,
                 read_ahead: 0,
                 response_body,
+                wire_bytes: None,
             })
         })
         .collect()
@@ -960,6 +982,7 @@ fn parse_bar_log(
                 request_bytes: num(request_bytes),
                 read_ahead,
                 response_body: num(body),
+                wire_bytes: None,
             })
         })
         .collect()
