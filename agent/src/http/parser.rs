@@ -371,6 +371,16 @@ impl StreamParser {
                 let end = self.draft.last_ts;
                 self.finish(end, out);
             }
+            State::Length(_) | State::Chunked(_) if self.dir == Direction::Response => {
+                // The connection ended inside a response's body: the peer went away
+                // (a client that gave up; the server's later writes failed, which the
+                // capture does not report) or the server stopped. The response is what
+                // the server answered; how much of its body crossed is not known.
+                let n = out.len();
+                let end = self.draft.last_ts;
+                self.finish(end, out);
+                out.iter_mut().skip(n).for_each(|m| m.size_unknown = true);
+            }
             State::Idle | State::Resync | State::Passthrough(_) => {}
             _ => self.stats.dropped_at_close += 1,
         }
