@@ -160,6 +160,8 @@ struct Table {
     /// Ids of logged exchanges without a span, and what they were.
     missing_ids: Vec<u64>,
     missing_shapes: Vec<String>,
+    /// Missing exchanges that were neither aborted by the client nor pipelined.
+    missing_unexplained: usize,
 }
 
 impl Table {
@@ -208,6 +210,11 @@ impl Table {
         for w in self.wrong.iter().take(20) {
             let _ = writeln!(s, "    wrong: {w}");
         }
+        let _ = writeln!(
+            s,
+            "    of which neither aborted nor pipelined: {}",
+            self.missing_unexplained
+        );
         for m in self.missing_shapes.iter().take(20) {
             let _ = writeln!(s, "    missing: {m}");
         }
@@ -228,6 +235,16 @@ impl Table {
             "{server}: {} logged exchanges have no span but the agent counted only {} unpaired",
             self.missing,
             self.unpaired_counted
+        );
+        // The kernel frames every request stream it saw from the start: an exchange of
+        // any other shape (any method, body, split, header size, HTTP/1.0, close) lacks
+        // a span only by rare exception (lighttpd answers some chunked uploads early and
+        // discards the rest unread: 3 of 410 with seed 42). Before the framing, 6 to 44 %
+        // did.
+        assert!(
+            self.missing_unexplained * 50 <= self.logged,
+            "{server}: {} logged exchanges without a span were neither aborted nor pipelined (over 2 %)",
+            self.missing_unexplained
         );
     }
 }
@@ -884,41 +901,47 @@ fn judge(label: &str, o: &Outcome, log: &str, logged: &[Logged]) {
         let _ = fs::write(keep.join("sent.txt"), format!("{:#?}", o.sent));
     }
     let mut table = compare(logged, &o.sent, &o.exit.stdout, &o.exit.stderr);
-    // What each missing exchange was, to tell a pattern from chance.
-    table.missing_shapes = table
-        .missing_ids
-        .iter()
-        .map(|id| {
-            o.plans
-                .iter()
-                .find_map(|p| {
-                    let i = p.requests.iter().position(|r| r.id == *id)?;
-                    let r = &p.requests[i];
-                    Some(format!(
-                        "r{id}: {:?} request {}/{} {} body {:?}{}{}{}{}{}",
-                        p.writes,
-                        i + 1,
-                        p.requests.len(),
-                        r.method,
-                        r.body,
-                        if r.expect_continue { " expect-100" } else { "" },
-                        if r.http10 { " http/1.0" } else { "" },
-                        if r.close { " close" } else { "" },
-                        if r.pad_header > 0 {
-                            format!(" pad {}", r.pad_header)
-                        } else {
-                            String::new()
-                        },
-                        if r.abort != traffic::Abort::No {
-                            format!(" {:?}", r.abort)
-                        } else {
-                            String::new()
-                        },
-                    ))
-                })
-                .unwrap_or_else(|| format!("r{id}: not in the generated traffic"))
-        })
-        .collect();
+    // What each missing exchange was, to tell a pattern from chance. Two shapes have
+    // known reasons: a client abort (the server may log an answer that never reached the
+    // wire) and a pipelined burst (servers may answer it with responses coalesced into
+    // writes larger than the capture, and the kernel frames requests only).
+    for id in &table.missing_ids {
+        let found = o.plans.iter().find_map(|p| {
+            let i = p.requests.iter().position(|r| r.id == *id)?;
+            Some((p, i))
+        });
+        let Some((p, i)) = found else {
+            table
+                .missing_shapes
+                .push(format!("r{id}: not in the generated traffic"));
+            table.missing_unexplained += 1;
+            continue;
+        };
+        let r = &p.requests[i];
+        let explained = r.abort != traffic::Abort::No || p.writes == traffic::Writes::Pipelined;
+        table.missing_unexplained += usize::from(!explained);
+        table.missing_shapes.push(format!(
+            "r{id}: {:?} request {}/{} {} body {:?}{}{}{}{}{}",
+            p.writes,
+            i + 1,
+            p.requests.len(),
+            r.method,
+            r.body,
+            if r.expect_continue { " expect-100" } else { "" },
+            if r.http10 { " http/1.0" } else { "" },
+            if r.close { " close" } else { "" },
+            if r.pad_header > 0 {
+                format!(" pad {}", r.pad_header)
+            } else {
+                String::new()
+            },
+            if r.abort != traffic::Abort::No {
+                format!(" {:?}", r.abort)
+            } else {
+                String::new()
+            },
+        ));
+    }
     table.print(
         &format!(
             "{label} ({} requests sent in {:.1?})",

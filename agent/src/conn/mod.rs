@@ -971,6 +971,14 @@ impl Tracker {
         let losses = parser.losses();
         let before = parser.stats();
         let resyncs = before.resyncs;
+        // A byte count on a request stream may be a body discarded unread after its
+        // answer (lighttpd's lingering close consumes it with MSG_TRUNC); what the
+        // request was up to then, in case the count hides framing the parser needed.
+        let discarded = if head.is_empty() && tail.is_empty() && !suppressed {
+            parser.open_request()
+        } else {
+            None
+        };
         conn.fed = true;
         parser.feed(&chunk, &mut out);
         let cause = DesyncCause::between(&before, &parser.stats());
@@ -1004,6 +1012,20 @@ impl Tracker {
             go_parents: &self.go_parents,
         };
         if lost {
+            // The request answered before its body was read, whose rest is now gone
+            // unseen: the exchange is what the server did (it read this much, then
+            // answered), as when the connection closes instead.
+            if let Some(m) = discarded.filter(|_| is_request_stream && !conn.desynced)
+                && let Some(i) = conn
+                    .pending
+                    .iter()
+                    .position(|p| !p.complete && p.resp.is_some())
+            {
+                let mut p = conn.pending.remove(i).expect("index from position");
+                p.msg = m;
+                let resp = p.resp.take().expect("checked above");
+                self.exchanges.push(exchange(&conn, p, resp));
+            }
             desync(&mut conn, cause, &mut ctx);
         }
         if conn.desynced {

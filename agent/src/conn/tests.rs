@@ -120,6 +120,30 @@ impl Run {
         );
     }
 
+    /// A syscall that moved `total` bytes of which nothing was captured (a receive with
+    /// `MSG_TRUNC`, or body the kernel's framing skipped).
+    fn count_only(&mut self, pid: u32, fd: u32, dir: u32, ts: u64, total: u64) {
+        let ev = DataEvent {
+            header: hdr(EventKind::Data, pid, pid, ts),
+            fd,
+            direction: dir,
+            total_len: total,
+            head_len: 0,
+            tail_len: 0,
+            syscall: periscope_common::SYS_RECVFROM,
+            class: 0,
+        };
+        let spans = &mut self.spans;
+        self.t.handle(
+            Event::Data {
+                ev,
+                head: &[],
+                tail: &[],
+            },
+            &mut |s| spans.push(s),
+        );
+    }
+
     /// One request from client socket `(pid, fd)` `c` to server socket `s`, both
     /// traced, as the four syscalls moving it (thread id = pid).
     fn exchange(&mut self, c: (u32, u32), s: (u32, u32), ts: u64, path: &str, resp: &[u8]) {

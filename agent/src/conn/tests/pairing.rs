@@ -120,6 +120,22 @@ fn early_error_then_close_without_reading_the_body() {
     assert_eq!(r.t.stats().requests_without_response, 0);
 }
 
+/// lighttpd answers a chunked upload after reading part of it, then discards the rest
+/// unread (recvfrom with MSG_TRUNC: a byte count, whose chunk-size lines the parser
+/// cannot follow) and closes: the exchange is what the server did, and nothing after it
+/// pairs on that connection.
+#[test]
+fn body_discarded_after_an_early_answer() {
+    let (mut r, pid) = server();
+    let head = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1388\r\nxx";
+    r.data(pid, pid, 7, DIR_INGRESS, 10, head);
+    r.data(pid, pid, 7, DIR_EGRESS, 20, R200);
+    r.count_only(pid, 7, DIR_INGRESS, 30, 100_000);
+    close(&mut r, pid, 40);
+    assert_eq!(lines(&r), [line("POST", "/up", 200)]);
+    assert_eq!(r.t.stats().requests_without_response, 0);
+}
+
 /// 100-continue: the interim answer is no answer; the final one pairs after the body.
 #[test]
 fn expect_continue_pairs_the_final_response() {
