@@ -371,11 +371,18 @@ impl StreamParser {
                 let end = self.draft.last_ts;
                 self.finish(end, out);
             }
-            State::Length(_) | State::Chunked(_) if self.dir == Direction::Response => {
+            State::Length(_) | State::Chunked(_)
+                if self.dir == Direction::Response
+                    && self.stats.resyncs == 0
+                    && self.stats.parse_errors == 0 =>
+            {
                 // The connection ended inside a response's body: the peer went away
                 // (a client that gave up; the server's later writes failed, which the
                 // capture does not report) or the server stopped. The response is what
-                // the server answered; how much of its body crossed is not known.
+                // the server answered; how much of its body crossed is not known. Only
+                // on a stream that never lost its footing: after a resync, where the
+                // parser found a start depends on where chunks began, and a message it
+                // could not finish is no message to vouch for.
                 let n = out.len();
                 let end = self.draft.last_ts;
                 self.finish(end, out);
