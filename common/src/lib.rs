@@ -423,13 +423,11 @@ pub const STAT_CLASSIFIED: u32 = 8;
 /// Bytes moved on sockets whose payload is not copied to userspace (classes
 /// [`CLASS_TLS`], [`CLASS_UNKNOWN`], [`CLASS_MUTED`]), first chunk included.
 pub const STAT_PAYLOAD_SUPPRESSED: u32 = STAT_CLASSIFIED + CLASS_DEFERRED as u32;
-/// Data syscalls the kernel split at a request's start it knew from the previous
-/// request's framing (`Content-Length`), so that the capture began there.
+/// Chunks the kernel's request framing cut data syscalls into (at a request's start, a
+/// header block's rest or a chunk-size line; see `frame`).
 pub const STAT_FRAME_SPLITS: u32 = 14;
-/// Requests the kernel could not frame (a header block larger than the capture or split
-/// over syscalls, a chunked body, a request pipelined past the capture, no request where
-/// one should start): the stream's next syscalls are captured from their start until
-/// one starts with a request line.
+/// Request streams whose framing the kernel gave up (see `frame`): captured from each
+/// syscall's start for the rest of the connection.
 pub const STAT_FRAME_LOST: u32 = 15;
 pub const STAT_COUNT: u32 = 16;
 const _: () = assert!(STAT_PAYLOAD_SUPPRESSED < STAT_FRAME_SPLITS && STAT_FRAME_LOST < STAT_COUNT);

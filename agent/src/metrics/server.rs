@@ -63,6 +63,21 @@ fn agent_labels() -> Vec<super::prometheus::Label> {
     Vec::new()
 }
 
+/// One sample per (label value, count): the agent's labels and `key`.
+fn labelled(key: &'static str, pairs: &[(&str, u64)]) -> Vec<Sample> {
+    pairs
+        .iter()
+        .map(|&(value, v)| {
+            let mut labels = agent_labels();
+            labels.push((key.into(), value.to_string()));
+            Sample {
+                labels,
+                value: v as f64,
+            }
+        })
+        .collect()
+}
+
 /// Renders the whole exposition for one scrape.
 pub fn render(src: &Sources, format: Format) -> String {
     let services = src.metrics.snapshot();
@@ -138,19 +153,7 @@ pub fn render(src: &Sources, format: Format) -> String {
         &one(snap.tracker.non_http_streams),
     );
     // The kernel's socket classifier (ebpf/src/classify.rs) and what it saved.
-    let by_class = |pairs: &[(&str, u64)]| -> Vec<Sample> {
-        pairs
-            .iter()
-            .map(|&(class, v)| {
-                let mut labels = agent_labels();
-                labels.push(("class".into(), class.to_string()));
-                Sample {
-                    labels,
-                    value: v as f64,
-                }
-            })
-            .collect()
-    };
+    let by_class = |pairs: &[(&str, u64)]| labelled("class", pairs);
     let c = snap.kernel.classified;
     enc.counter(
         "periscope_sockets_classified",
@@ -170,18 +173,11 @@ pub fn render(src: &Sources, format: Format) -> String {
     );
     enc.counter(
         "periscope_kernel_request_framing",
-        "HTTP/1 requests the kernel framed from their Content-Length (outcome=split: a later syscall's capture was moved to the next request's first byte) or could not frame (outcome=lost: chunked body, header block split over syscalls or larger than the capture, request pipelined past the capture); a lost stream is captured from each syscall's start until one starts a request.",
-        &[("split", snap.kernel.frame_splits), ("lost", snap.kernel.frame_lost)]
-            .iter()
-            .map(|&(outcome, v)| {
-                let mut labels = agent_labels();
-                labels.push(("outcome".into(), outcome.to_string()));
-                Sample {
-                    labels,
-                    value: v as f64,
-                }
-            })
-            .collect::<Vec<_>>(),
+        "The kernel's framing of HTTP/1 request streams on connections it saw from their first byte: outcome=split counts syscalls cut where a request, a header block's rest or a chunk-size line starts (each captured from there, bodies as byte counts); outcome=lost counts streams whose framing the kernel gave up (malformed framing, no request line where one must start, over 32 pieces in one syscall, a vectored or sendfile syscall that is not all body), which are then captured from each syscall's start for the rest of the connection.",
+        &labelled(
+            "outcome",
+            &[("split", snap.kernel.frame_splits), ("lost", snap.kernel.frame_lost)],
+        ),
     );
     let p = snap.tracker.payload_bytes;
     use periscope_common::{
@@ -337,19 +333,8 @@ pub fn render(src: &Sources, format: Format) -> String {
     );
     // The same socket counted where the kernel starts following it and where the agent
     // opens a connection for it: the kernel count running ahead means events were lost.
-    let by_stage = |kernel: u64, agent: u64| -> Vec<Sample> {
-        [("kernel", kernel), ("agent", agent)]
-            .iter()
-            .map(|&(stage, v)| {
-                let mut labels = agent_labels();
-                labels.push(("stage".into(), stage.to_string()));
-                Sample {
-                    labels,
-                    value: v as f64,
-                }
-            })
-            .collect()
-    };
+    let by_stage =
+        |kernel: u64, agent: u64| labelled("stage", &[("kernel", kernel), ("agent", agent)]);
     enc.counter(
         "periscope_sockets_adopted",
         "Sockets a traced process used without accepting or connecting them (inherited, received over a Unix socket, opened before tracing began), adopted when first used; stage=kernel counts the kernel starting to follow one, stage=agent the agent opening a connection for one.",
