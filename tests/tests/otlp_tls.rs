@@ -393,8 +393,18 @@ fn agent_with_the_wrong_ca_says_so_once_and_keeps_running() {
     assert!(receiver.tls_failures(Protocol::HttpProtobuf) >= failed + 2);
     assert!(receiver.spans().is_empty());
     // While it runs: one line, naming the endpoint, the reason and what to check, however
-    // many attempts failed (rustls' own logging stays quiet).
-    let running = agent.output().stderr();
+    // many attempts failed (rustls' own logging stays quiet). The receiver can count the
+    // failed handshakes before the agent has printed it (seen under load), so it is awaited.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let running = loop {
+        let stderr = agent.output().stderr();
+        if !lines_with(&stderr, "certificate").is_empty() || Instant::now() > deadline {
+            // Let a second line, were there one, come out too.
+            std::thread::sleep(Duration::from_millis(500));
+            break agent.output().stderr();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let lines = lines_with(&running, "certificate");
     assert_eq!(lines.len(), 1, "{running}");
     assert!(
