@@ -307,3 +307,143 @@ fn client_golang_go_series_match_from_outside() {
         );
     }
 }
+
+/// Debian's prometheus (2.42, Go 1.19, stripped, client_golang 1.14 inside): a busy Go
+/// program nobody here wrote or built. Its heap moves between any two reads, so the agent
+/// is read before and after the program's own scrape (the second read after the agent's
+/// next publication, so it was taken after the scrape): every counter the program shows
+/// lies between the agent's two values, every gauge within a margin of them, and every
+/// series the program has, the agent has, with the same type.
+#[test]
+fn debian_prometheus_go1_19_series_match_from_outside() {
+    harness::require_root();
+    let prometheus = std::path::Path::new("/usr/bin/prometheus");
+    if !prometheus.exists() {
+        eprintln!("SKIPPED: apt-get install prometheus (Debian's, built with Go 1.19)");
+        return;
+    }
+    let _serial = harness::serial();
+    let dir = TempDir::new("prometheus");
+    let config = dir.path().join("prometheus.yml");
+    // Evaluating and scraping nothing: the program's own work is its TSDB's housekeeping.
+    std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
+    let prog_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd = Command::new(prometheus);
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prog_addr}"))
+        .arg("--log.level=warn");
+    let prog = Process::spawn("prometheus", cmd);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(prog_addr, "/metrics").is_none() {
+        assert!(Instant::now() < deadline, "prometheus not up");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let version = get(prog_addr, "/metrics")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("go_info{"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let agent_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _agent = Agent::start([
+        "--pid".to_string(),
+        prog.pid().to_string(),
+        "--prometheus".into(),
+        agent_addr.to_string(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get(agent_addr, "/metrics")
+        .unwrap_or_default()
+        .contains("go_memstats_alloc_bytes ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never showed go_memstats_alloc_bytes for prometheus ({version})"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    // A few rounds: the program's first scrapes grow its allocator and start goroutines.
+    let mut last_errors = Vec::new();
+    for round in 0..3 {
+        let before = go_samples(&get(agent_addr, "/metrics").expect("agent /metrics"));
+        let theirs_text = get(prog_addr, "/metrics").expect("prometheus /metrics");
+        // Twice the agent's publishing period: its next values were read after the scrape.
+        thread::sleep(Duration::from_millis(2500));
+        let after_text = get(agent_addr, "/metrics").expect("agent /metrics");
+        let after = go_samples(&after_text);
+        let theirs = go_samples(&theirs_text);
+        let (their_types, my_types) = (types(&theirs_text), types(&after_text));
+        let mut errors = Vec::new();
+        for (key, want) in &theirs {
+            let (Some(a), Some(b)) = (before.get(key), after.get(key)) else {
+                errors.push(format!("{key}: missing (program: {want})"));
+                continue;
+            };
+            let (lo, hi) = (a.min(*b), a.max(*b));
+            let counter = key.ends_with("_total")
+                || key.ends_with("_count")
+                || key.ends_with("_sum")
+                || key.contains("lookups");
+            let (below, above) = if counter || key.starts_with("go_info") {
+                (0.0, 0.0)
+            } else if key.starts_with("go_gc_duration_seconds{") {
+                // Quantiles of the last pauses: equal to one of the agent's reads.
+                if want == a || want == b {
+                    continue;
+                }
+                (0.0, 0.0)
+            } else if key == "go_goroutines" {
+                // The program counts the goroutines serving its own scrape.
+                (0.0, SCRAPE_GOROUTINES)
+            } else if key == "go_threads" {
+                (0.0, 1.0)
+            } else if key.contains("last_gc") {
+                (0.0, 0.0)
+            } else if key.contains("objects") {
+                (4096.0, 4096.0)
+            } else if key.contains("heap_idle")
+                || key.contains("heap_inuse")
+                || key.contains("heap_released")
+                || key.contains("heap_sys")
+                || key.ends_with("sys_bytes")
+            {
+                (1024.0 * 1024.0, 1024.0 * 1024.0)
+            } else {
+                // What serving the scrape allocates: client_golang builds it on the heap.
+                (1024.0 * 1024.0, 1024.0 * 1024.0)
+            };
+            if *want < lo - below || *want > hi + above {
+                errors.push(format!(
+                    "{key}: program {want}, agent {a} before and {b} after (margin -{below}/+{above})"
+                ));
+            }
+        }
+        for (name, t) in &their_types {
+            if my_types.get(name) != Some(t) {
+                errors.push(format!(
+                    "{name}: type {:?}, program {t}",
+                    my_types.get(name)
+                ));
+            }
+        }
+        if errors.is_empty() {
+            eprintln!(
+                "prometheus ({version}): round {round}: {} go_* samples agree (GC cycles {}, goroutines {}, heap {})",
+                theirs.len(),
+                theirs.get("go_gc_duration_seconds_count").unwrap_or(&0.0),
+                theirs.get("go_goroutines").unwrap_or(&0.0),
+                theirs.get("go_memstats_heap_alloc_bytes").unwrap_or(&0.0),
+            );
+            return;
+        }
+        last_errors = errors;
+    }
+    panic!(
+        "prometheus ({version}): agent vs its own client_golang, 3 rounds:\n{}",
+        last_errors.join("\n")
+    );
+}

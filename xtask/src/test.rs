@@ -30,6 +30,9 @@ pub fn prerequisites() -> Result<(std::path::PathBuf, String)> {
             "busybox",
             // client_golang sources for GOPATH builds: the truth for go_* series.
             "golang-github-prometheus-client-golang-dev",
+            // Debian's Go 1.19 (prometheus is built with it): the Go binary unit tests
+            // check offsets and runtime globals found from code against its builds too.
+            "golang-1.19-go",
             // More servers for the conformance suite, each checked against its own
             // access log (apache2 event and prefork, lighttpd, gunicorn, node http).
             "apache2",

@@ -131,6 +131,9 @@ struct Layout {
     cachealloc_inuse: u64,
     /// Bytes of `gcController` to read (past its last field used).
     gcc_len: u64,
+    /// The memory-limit heap goal's headroom, in percent of the goal (Go >= 1.21), else 0:
+    /// Go 1.19 keeps a fixed 1 MiB (`memoryLimitHeapGoalHeadroom`).
+    limit_headroom_percent: u64,
 }
 
 impl Layout {
@@ -198,6 +201,7 @@ impl Layout {
             .max()
             .map(u64::from)?
                 + 8,
+            limit_headroom_percent: 3,
         })
     }
 }
@@ -270,7 +274,10 @@ pub struct GoMemStats {
 impl MemReader {
     /// Prepares reading a process of `bin` (link-time addresses; `bias` is added at read).
     pub fn new(bin: &GoBinary, o: &GoOffsets) -> Result<MemReader, MemError> {
-        let layout = Layout::new(o).ok_or(MemError::Offsets)?;
+        let mut layout = Layout::new(o).ok_or(MemError::Offsets)?;
+        if !bin.go_version().is_some_and(|v| v.at_least(1, 21)) {
+            layout.limit_headroom_percent = 0;
+        }
         let RuntimeGlobals {
             memstats,
             gc_controller,
@@ -477,7 +484,8 @@ impl MemReader {
     }
 }
 
-/// `gcControllerState.heapGoal` (mgcpacer.go, unchanged from Go 1.21 to 1.27).
+/// `gcControllerState.heapGoal` (mgcpacer.go, the same from Go 1.19 to 1.27 but for the
+/// memory-limit goal's headroom).
 fn heap_goal(gcb: &[u8], o: &Layout, u: &dyn Fn(&[u8], u64) -> u64) -> u64 {
     let mut goal = u(gcb, o.gc_percent_heap_goal);
     let limit_goal = memory_limit_heap_goal(
@@ -486,6 +494,7 @@ fn heap_goal(gcb: &[u8], o: &Layout, u: &dyn Fn(&[u8], u64) -> u64) -> u64 {
         u(gcb, o.total_alloc).wrapping_sub(u(gcb, o.total_free)),
         u(gcb, o.mapped_ready),
         u(gcb, o.heap_marked),
+        o.limit_headroom_percent,
     );
     if limit_goal < goal {
         return limit_goal;
@@ -499,13 +508,15 @@ fn heap_goal(gcb: &[u8], o: &Layout, u: &dyn Fn(&[u8], u64) -> u64) -> u64 {
     goal
 }
 
-/// `gcControllerState.memoryLimitHeapGoal`.
+/// `gcControllerState.memoryLimitHeapGoal`; its headroom is `headroom_percent` of the goal
+/// and at least 1 MiB (Go >= 1.21: 3 %; Go 1.19: 0, a fixed 1 MiB).
 fn memory_limit_heap_goal(
     limit: u64,
     heap_free: u64,
     heap_alloc: u64,
     mapped_ready: u64,
     heap_marked: u64,
+    headroom_percent: u64,
 ) -> u64 {
     if heap_free.saturating_add(heap_alloc) > mapped_ready {
         // A torn read (the runtime retries here); no limit-based goal this time.
@@ -517,7 +528,7 @@ fn memory_limit_heap_goal(
         return heap_marked;
     }
     let goal = limit - (non_heap + overage);
-    let headroom = (goal / 100 * 3).max(1 << 20);
+    let headroom = (goal / 100 * headroom_percent).max(1 << 20);
     let goal = if goal < headroom || goal - headroom < headroom {
         headroom
     } else {
@@ -571,7 +582,7 @@ mod tests {
 
     #[test]
     fn limit_goal_without_limit_is_far_away() {
-        let g = memory_limit_heap_goal(NO_MEMORY_LIMIT, 1 << 20, 4 << 20, 8 << 20, 2 << 20);
+        let g = memory_limit_heap_goal(NO_MEMORY_LIMIT, 1 << 20, 4 << 20, 8 << 20, 2 << 20, 3);
         assert!(g > 1 << 60);
     }
 
@@ -579,12 +590,15 @@ mod tests {
     fn limit_goal_keeps_headroom() {
         // 100 MiB limit, 10 MiB of non-heap memory: 90 MiB minus 3% headroom.
         let mib = 1u64 << 20;
-        let g = memory_limit_heap_goal(100 * mib, 0, 20 * mib, 30 * mib, 5 * mib);
+        let g = memory_limit_heap_goal(100 * mib, 0, 20 * mib, 30 * mib, 5 * mib, 3);
         let goal = 90 * mib;
         assert_eq!(g, goal - goal / 100 * 3);
+        // Go 1.19: a fixed 1 MiB.
+        let g = memory_limit_heap_goal(100 * mib, 0, 20 * mib, 30 * mib, 5 * mib, 0);
+        assert_eq!(g, goal - mib);
         // Over the limit already: the goal falls back to the marked heap.
         assert_eq!(
-            memory_limit_heap_goal(10 * mib, 0, 20 * mib, 40 * mib, 5 * mib),
+            memory_limit_heap_goal(10 * mib, 0, 20 * mib, 40 * mib, 5 * mib, 3),
             5 * mib
         );
     }

@@ -831,11 +831,12 @@ pub struct RuntimeGlobals {
 impl GoBinary {
     /// The runtime globals behind the memory statistics found without symbols, from the
     /// machine code of runtime functions that every Go program has and that touch them
-    /// (see [`GoBinary::global_from_fields`]; checked against `.symtab` in Go 1.21–1.27).
+    /// (see [`GoBinary::global_from_fields`]; checked against `.symtab` in Go 1.19, 1.21–1.27).
     pub fn runtime_globals_from_code(&self, o: &GoOffsets) -> RuntimeGlobals {
-        // Outside the releases checked the vote can pick a wrong address (Go 1.19's
-        // gcMarkTermination touches too few gcController fields); nothing beats wrong.
-        if !self.version.as_ref().is_some_and(|v| v.at_least(1, 21)) {
+        // Checked against .symtab in Go 1.19 and 1.21-1.27 (gobin tests; 1.20 has no
+        // toolchain here, and a stripped 1.20 binary has no offsets table row either).
+        // Older releases touch other fields: no address beats a wrong one.
+        if !self.version.as_ref().is_some_and(|v| v.at_least(1, 19)) {
             return RuntimeGlobals::default();
         }
         let memstats_fields: Vec<u32> = [
@@ -851,7 +852,7 @@ impl GoBinary {
         .flatten()
         .collect();
         // (*mheap).allocSpan updates the pacer's view of mapped memory: memoryLimit,
-        // heapInUse, heapReleased, heapFree and mappedReady (1.21-1.27). gcMarkTermination
+        // heapInUse, heapReleased, heapFree and mappedReady (1.19, 1.21-1.27). gcMarkTermination
         // touches more gcController fields but also dense runs of other globals, which
         // outvote it.
         let gcc_fields: Vec<u32> = [
@@ -866,7 +867,7 @@ impl GoBinary {
         .into_iter()
         .flatten()
         .collect();
-        // gcSweep touches mheap_.lock, sweepgen, pagesSwept and reclaimCredit (1.21-1.27).
+        // gcSweep touches mheap_.lock, sweepgen, pagesSwept and reclaimCredit (1.19, 1.21-1.27).
         // The fields between them sit 8 bytes apart, so with them every shifted address
         // would collect nearly as many votes; these four do not line up when shifted.
         let mheap_fields: Vec<u32> = [
@@ -879,7 +880,7 @@ impl GoBinary {
         .flatten()
         .collect();
         // checkdead reads sched.lock, nmidle, nmidlelocked, nmsys and (mcount, inlined)
-        // mnext and nmfreed (1.21-1.27); it is on every program's exit and idle paths.
+        // mnext and nmfreed (1.19, 1.21-1.27); it is on every program's exit and idle paths.
         let sched_fields: Vec<u32> = [
             o.sched_lock,
             o.sched_mnext,

@@ -1242,7 +1242,7 @@ fn runtime_globals_from_code_match_symtab() {
         let twin = open(twin_bin);
         let o = g.offsets().unwrap();
         let code = g.runtime_globals_from_code(&o);
-        if !g.go_version().unwrap().at_least(1, 21) {
+        if !g.go_version().unwrap().at_least(1, 19) {
             assert_eq!(code, RuntimeGlobals::default(), "unchecked releases: none");
             continue;
         }
