@@ -764,6 +764,7 @@ impl Targets {
     }
 
     fn attach_go(&mut self, pid: u32) {
+        let started = Instant::now();
         let plan = match go::plan(pid, self.go_events) {
             Ok(Some(plan)) => {
                 self.tracker.disable_thread_context(pid);
@@ -803,8 +804,9 @@ impl Targets {
                     tracing::info!("PID {pid}: Go heap statistics unavailable: {why}");
                 }
                 tracing::info!(
-                    "PID {pid}: Go {} runtime probes attached at {n} sites; {}",
+                    "PID {pid}: Go {} runtime probes attached at {n} sites in {} ms; {}",
                     plan.version,
+                    started.elapsed().as_millis(),
                     match seeded {
                         Ok(k) => format!("{k} goroutines alive at attach"),
                         Err(e) => format!("goroutines alive before attach cannot be read ({e})"),

@@ -360,6 +360,10 @@ pub fn bench() -> Result<()> {
             agent_args: Some(&["--no-go-runtime"]),
         },
         Mode {
+            name: "traced, + Go probes only",
+            agent_args: Some(&["--no-go-runtime-memory"]),
+        },
+        Mode {
             name: "traced, + Go runtime",
             agent_args: Some(&[]),
         },
@@ -400,6 +404,8 @@ pub fn bench() -> Result<()> {
     let _ = truth_child.kill();
     let _ = truth_child.wait();
     r?;
+
+    attach_times(&agent, &go[0].1, &dir)?;
 
     let nginx_dir = dir.join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
@@ -446,4 +452,143 @@ pub fn bench() -> Result<()> {
     let _ = nginx.kill();
     let _ = nginx.wait();
     r
+}
+
+/// Bytes of data the padded Go service embeds, to make its stripped binary larger than
+/// 150 MiB (issue 15: attach on such a binary stays under a second).
+const PAD_BYTES: usize = 160 << 20;
+
+/// How long the agent takes to attach its Go runtime probes (read the binary, find the
+/// functions and globals, attach, read the goroutines alive), as it reports it, on the
+/// stripped sample service, the same service padded past 150 MiB with embedded data, and
+/// Debian's prometheus (a real 50 MB stripped Go 1.19 program with far more functions).
+/// What dominates is the function table (pclntab) and the few functions disassembled;
+/// the padding shows that nothing reads the whole file.
+fn attach_times(
+    agent: &std::path::Path,
+    go: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let plain = dir.join("goserver-stripped");
+    demo::build_goserver(go, &plain, "-s -w")?;
+    // A copy of the service's sources with one more file embedding the padding.
+    let src = dir.join("padded-src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src)?;
+    for e in std::fs::read_dir(tools::repo_root().join("tests/programs/goserver"))? {
+        let e = e?;
+        std::fs::copy(e.path(), src.join(e.file_name()))?;
+    }
+    // Not compressible and not all alike, as real data is.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let pad: Vec<u8> = (0..PAD_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(src.join("pad.bin"), pad)?;
+    std::fs::write(
+        src.join("pad.go"),
+        "package main\n\nimport _ \"embed\"\n\n//go:embed pad.bin\nvar pad string\n\n\
+         func init() {\n\tif len(pad) == 1 {\n\t\tprintln(pad)\n\t}\n}\n",
+    )?;
+    let padded = dir.join("goserver-padded");
+    tools::run(
+        Command::new(go)
+            .current_dir(&src)
+            .args(["build", "-o"])
+            .arg(&padded)
+            .arg("-ldflags=-s -w")
+            .arg(".")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOPROXY", "off")
+            .env("GOFLAGS", "-mod=mod")
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", tools::tools_dir().join("gocache")),
+    )?;
+    println!("Go runtime attach (as the agent reports it; 3 attaches each):");
+    for bin in [&plain, &padded] {
+        let (mut child, _addr) = demo::start_goserver(bin)?;
+        let r = attach_ms(agent, child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        report_attach(bin, r?);
+    }
+    let prometheus = std::path::Path::new("/usr/bin/prometheus");
+    if prometheus.exists() {
+        let data = dir.join("prometheus-data");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 1h\n")?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut child = Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting prometheus")?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let r = attach_ms(agent, child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        report_attach(prometheus, r?);
+    }
+    Ok(())
+}
+
+fn report_attach(bin: &std::path::Path, ms: Vec<u64>) {
+    let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "  {:<40} {:>6.1} MiB   attach {} ms",
+        bin.file_name().unwrap_or_default().to_string_lossy(),
+        size as f64 / (1 << 20) as f64,
+        ms.iter()
+            .map(|m| m.to_string())
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+}
+
+/// Starts the agent on `pid` three times and returns the attach time it logs each time.
+fn attach_ms(agent: &std::path::Path, pid: u32) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        let mut proc = Command::new(agent)
+            .args(["--pid", &pid.to_string(), "--status-interval", "0"])
+            .env("PERISCOPE_LOG", "warn,periscope=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stderr = BufReader::new(proc.stderr.take().unwrap());
+        let mut line = String::new();
+        let ms = loop {
+            line.clear();
+            if stderr.read_line(&mut line)? == 0 {
+                bail!("agent exited before attaching to PID {pid}'s Go runtime");
+            }
+            if line.contains("runtime probes attached") {
+                break line
+                    .split(" in ")
+                    .nth(1)
+                    .and_then(|t| t.split(" ms").next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .with_context(|| format!("no attach time in {line:?}"))?;
+            }
+        };
+        out.push(ms);
+        // SAFETY: kill(2) on the child we spawned.
+        unsafe { libc::kill(proc.id() as i32, libc::SIGINT) };
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+        proc.wait()?;
+    }
+    Ok(out)
 }

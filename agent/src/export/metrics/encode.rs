@@ -239,7 +239,8 @@ const FAMILIES: [Family; 27] = [
     fam(
         GO_MEMORY_USED,
         "By",
-        "Memory used by the Go runtime (total mapped minus released heap).",
+        "Memory used by the Go runtime (total mapped minus released heap), by go.memory.type: \
+         stack (heap spans holding goroutine stacks) and other.",
         Kind::UpDownSum,
     ),
     fam(
@@ -797,11 +798,20 @@ fn runtime_points(
         }
     }
     if let Some(m) = &g.mem {
-        let gauges = [
-            (
+        // As OTel's Go runtime instrumentation splits it: stack is the runtime/metrics class
+        // /memory/classes/heap/stacks (MemStats.StackInuse), other the rest of what the
+        // process has mapped and not released.
+        let used = m.sys.saturating_sub(m.heap_released);
+        for (kind, v) in [
+            ("stack", m.stack_inuse),
+            ("other", used.saturating_sub(m.stack_inuse)),
+        ] {
+            out.push((
                 MEMORY_USED_FAMILY,
-                Some(m.sys.saturating_sub(m.heap_released)),
-            ),
+                number(vec![str_kv("go.memory.type", kind)], 0, int_value(v)),
+            ));
+        }
+        let gauges = [
             (
                 MEMORY_LIMIT_FAMILY,
                 Some(m.memory_limit).filter(|&l| l != crate::runtime::gomem::NO_MEMORY_LIMIT),
@@ -2005,6 +2015,7 @@ mod tests {
         g.mem = Some(crate::runtime::gomem::GoMemStats {
             sys: 40 << 20,
             heap_released: 8 << 20,
+            stack_inuse: 3 << 20,
             total_alloc: 900 << 20,
             mallocs: 12_345,
             next_gc: 16 << 20,
@@ -2020,8 +2031,26 @@ mod tests {
         ] {
             let b = one(Collector::new(pref).collect(m.snapshot(), T0 + SEC));
             let rm = &b.request.resource_metrics[0];
+            // go.memory.used: one point per go.memory.type, summing to sys - released.
+            let used = sum(metric(rm, GO_MEMORY_USED));
+            let by_type: Vec<(Option<any_value::Value>, i64)> = used
+                .data_points
+                .iter()
+                .map(|p| (attr(&p.attributes, "go.memory.type"), int(p)))
+                .collect();
+            assert_eq!(
+                by_type,
+                vec![
+                    (Some(any_value::Value::StringValue("stack".into())), 3 << 20),
+                    (
+                        Some(any_value::Value::StringValue("other".into())),
+                        29 << 20
+                    ),
+                ],
+                "{pref:?}"
+            );
+            assert!(!used.is_monotonic);
             for (name, unit, monotonic, value) in [
-                (GO_MEMORY_USED, "By", false, 32 << 20),
                 (GO_MEMORY_LIMIT, "By", false, 1 << 30),
                 (GO_MEMORY_ALLOCATED, "By", true, 900 << 20),
                 (GO_MEMORY_ALLOCATIONS, "{allocation}", true, 12_345),
