@@ -26,12 +26,25 @@ static FRAMING: u32 = 0;
 struct Stream {
     /// The socket's generation (`SockInfo::generation`): a reused fd is another socket.
     generation: u32,
-    /// Framing was lost: syscalls are captured from their first byte, for good.
+    /// [`FRAMED`], [`LOST`] (captured from each syscall's first byte, for good) or
+    /// [`PLAINTEXT`].
     lost: u32,
     /// Bytes the stream has moved so far.
     pos: u64,
     framer: Framer,
 }
+
+/// The stream's requests are framed from the socket's syscalls.
+const FRAMED: u32 = 0;
+/// Framing was lost: syscalls are captured from their first byte, for good.
+const LOST: u32 = 1;
+/// A TLS socket: its requests are framed in the plaintext its TLS library moves
+/// (OpenSSL, Go crypto/tls), counted from the first plaintext byte; its ciphertext
+/// syscalls no longer touch the stream.
+const PLAINTEXT: u32 = 2;
+
+/// The generation to pass [`emit_framed`] for a syscall (its stash carries it).
+pub(crate) const SYSCALL: u32 = u32::MAX;
 
 /// Request streams of sockets the kernel saw from their first byte (accepted or
 /// connected), keyed by [`stream_key`]. An LRU: an evicted stream is captured from each
@@ -75,7 +88,7 @@ pub(crate) fn start(key: u64, generation: u16, direction: u32) {
     }
     let s = Stream {
         generation: generation as u32,
-        lost: 0,
+        lost: FRAMED,
         pos: 0,
         framer: Framer::at(0),
     };
@@ -89,11 +102,20 @@ pub(crate) fn forget(key: u64) {
     let _ = STREAMS.remove(&stream_key(key, DIR_EGRESS));
 }
 
-/// The framed request stream a data syscall of `total` bytes belongs to, with its
-/// position advanced past the syscall and the syscall's offset in it; `None` when the
-/// socket's requests are not framed (not seen from the start, lost, a reused fd).
+/// The framed request stream a data syscall (or a TLS call) of `total` bytes belongs
+/// to, with its position advanced past it and its offset in it; `None` when the socket's
+/// requests are not framed (not seen from the start, lost, a reused fd). `tls_generation`
+/// is [`SYSCALL`] for a syscall, else the socket's generation for a TLS call's plaintext:
+/// that claims a stream no syscall has moved bytes of (Go's ciphertext syscalls are not
+/// reported) or one whose first bytes were TLS.
 #[inline(always)]
-fn stream_of(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) -> Option<(*mut Stream, u64)> {
+fn stream_of(
+    pid_tgid: u64,
+    stash: &Stash,
+    total: u64,
+    direction: u32,
+    tls_generation: u32,
+) -> Option<(*mut Stream, u64)> {
     if !enabled() {
         return None;
     }
@@ -101,7 +123,19 @@ fn stream_of(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) -> Option
     let st = STREAMS.get_ptr_mut(&key)?;
     // SAFETY: a map value; concurrent syscalls on one socket only misplace windows.
     unsafe {
-        if (*st).lost != 0 || (*st).generation != stash.class >> 16 {
+        let generation = if tls_generation == SYSCALL {
+            if (*st).lost != FRAMED {
+                return None;
+            }
+            stash.class >> 16
+        } else {
+            if (*st).lost == LOST || ((*st).lost == FRAMED && (*st).pos != 0) {
+                return None;
+            }
+            (*st).lost = PLAINTEXT;
+            tls_generation
+        };
+        if (*st).generation != generation {
             return None;
         }
         let pos = (*st).pos;
@@ -117,7 +151,7 @@ fn stream_of(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) -> Option
 /// is lost. Returns true when the syscall was reported here.
 #[inline(never)]
 pub(crate) fn uncut(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) -> bool {
-    let Some((st, pos)) = stream_of(pid_tgid, stash, total, direction) else {
+    let Some((st, pos)) = stream_of(pid_tgid, stash, total, direction, SYSCALL) else {
         return false;
     };
     // SAFETY: as in `stream_of`.
@@ -126,17 +160,24 @@ pub(crate) fn uncut(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) ->
         crate::net::emit_count(pid_tgid, stash, total, direction);
         return true;
     }
-    st.lost = 1;
+    st.lost = LOST;
     count(STAT_FRAME_LOST);
     false
 }
 
-/// Reports a read, recvfrom, write or sendto of `total` bytes if it belongs to a framed
-/// request stream. Returns false when it does not (the caller captures it from its
-/// start).
+/// Reports a read, recvfrom, write or sendto of `total` bytes (`tls_generation`
+/// [`SYSCALL`]), or a TLS call's plaintext (the socket's generation), if it belongs to a
+/// framed request stream. Returns false when it does not (the caller captures it from
+/// its start).
 #[inline(never)]
-pub(crate) fn emit_framed(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) -> bool {
-    let Some((st, pos)) = stream_of(pid_tgid, stash, total, direction) else {
+pub(crate) fn emit_framed(
+    pid_tgid: u64,
+    stash: &Stash,
+    total: u64,
+    direction: u32,
+    tls_generation: u32,
+) -> bool {
+    let Some((st, pos)) = stream_of(pid_tgid, stash, total, direction, tls_generation) else {
         return false;
     };
     // SAFETY: as in `stream_of`.
@@ -162,7 +203,14 @@ pub(crate) fn emit_framed(pid_tgid: u64, stash: &Stash, total: u64, direction: u
         class = (class & 0xffff_0000) | c as u32;
         if !class_captures(c) {
             count_n(STAT_PAYLOAD_SUPPRESSED, total);
-            st.lost = 1;
+            if c == CLASS_TLS {
+                // Its requests come as the TLS library's plaintext, from its first byte.
+                st.lost = PLAINTEXT;
+                st.pos = 0;
+                st.framer = Framer::at(0);
+            } else {
+                st.lost = LOST;
+            }
             crate::net::emit_count_as(pid_tgid, stash, total, direction, class);
             return true;
         }
@@ -178,7 +226,7 @@ pub(crate) fn emit_framed(pid_tgid: u64, stash: &Stash, total: u64, direction: u
     let (lost, segments, framer) = unsafe { ((*cut).seg.lost, (*cut).seg.segments, (*cut).seg.framer) };
     st.framer = framer;
     if lost != 0 {
-        st.lost = 1;
+        st.lost = LOST;
         count(STAT_FRAME_LOST);
     }
     if segments > 0 {

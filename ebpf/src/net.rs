@@ -18,7 +18,7 @@ use crate::common::*;
 /// Sockets of traced processes, keyed by `sock_key(tgid, fd)`: role and class. The
 /// agent writes a socket's class back when its parser gives up on it (`CLASS_MUTED`).
 #[map]
-static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(262_144, 0);
+pub(crate) static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(262_144, 0);
 
 /// Arguments of an in-flight syscall, keyed by pid_tgid (one syscall per thread at a time).
 #[map]
@@ -467,7 +467,7 @@ fn exit_data(ctx: &TracePointContext, direction: u32, cuttable: bool) -> u32 {
     }
     // A request stream followed from its start: cut where its requests start.
     let framed = if cuttable {
-        crate::frame::emit_framed(pid_tgid, &s, rv as u64, direction)
+        crate::frame::emit_framed(pid_tgid, &s, rv as u64, direction, crate::frame::SYSCALL)
     } else {
         crate::frame::uncut(pid_tgid, &s, rv as u64, direction)
     };

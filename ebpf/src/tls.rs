@@ -139,7 +139,10 @@ pub fn tls_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = TLS_CALLS.remove(&pid_tgid);
-    let rv: i64 = ctx.ret();
+    // All four return a C int: the upper half of the register is not part of it (an
+    // SSL_read that failed with -1 leaves 0x00000000ffffffff there, which read as an
+    // i64 was a 4 GiB read of whatever the buffer held).
+    let rv = ctx.ret::<u64>() as u32 as i32;
     // SSL_read/SSL_write return the byte count (<= 0 on error or "want more");
     // the _ex variants return 1 and store it.
     let moved: u64 = if call.count_ptr == 0 {
@@ -191,6 +194,15 @@ pub fn emit_plaintext(pid_tgid: u64, fd: u32, buf: u64, n: u64, direction: u32, 
     s.enter_ns = enter_ns;
     // Plaintext is always captured, and says nothing about the socket's own class.
     s.class = CLASS_HTTP1 as u32;
+    // A socket seen from its start: its requests are framed in the plaintext.
+    if fd != NO_FD {
+        let key = sock_key((pid_tgid >> 32) as u32, fd);
+        if let Some(info) = unsafe { crate::net::SOCKS.get(&key) } {
+            if crate::frame::emit_framed(pid_tgid, &s, n, direction, info.generation as u32) {
+                return;
+            }
+        }
+    }
     if crate::net::try_emit_data(pid_tgid, &s, n, direction).is_err() {
         count(STAT_READ_ERRORS);
     }

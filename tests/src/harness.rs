@@ -1049,7 +1049,11 @@ pub fn self_signed_cert(dir: &TempDir) -> (String, String) {
         .args([
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
         ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
+        // rustls (the conformance suite's TLS client) trusts it as an end-entity
+        // certificate: a subjectAltName (the CN is ignored) and not a CA.
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
         .arg(&key)
         .arg("-out")
         .arg(&cert)

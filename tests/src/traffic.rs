@@ -10,8 +10,11 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+
+use tokio_rustls::rustls::{self, pki_types::CertificateDer, pki_types::ServerName};
 
 /// How long one read may block before the exchange fails.
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -282,14 +285,120 @@ pub struct Sent {
     pub expect_continue: bool,
 }
 
+/// HTTPS for the generator (rustls, trusting the server's test certificate for
+/// `localhost`): each connection negotiates TLS 1.2 or 1.3 (by its first request's id,
+/// so a seed gives the same mix), and later connections resume earlier sessions (each
+/// configuration keeps rustls' in-memory session cache).
+#[derive(Clone)]
+pub struct TlsClient {
+    /// Either version, TLS 1.2 only, TLS 1.3 only.
+    configs: [Arc<rustls::ClientConfig>; 3],
+}
+
+impl TlsClient {
+    /// Trusts the PEM certificate at `cert` (a self-signed one made for the test).
+    pub fn trusting(cert: &str) -> TlsClient {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(cert).expect("read the test certificate") {
+            roots
+                .add(c.expect("a PEM certificate"))
+                .expect("a usable certificate");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(provider.clone())
+                    .with_protocol_versions(versions)
+                    .expect("TLS versions")
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth(),
+            )
+        };
+        TlsClient {
+            configs: [
+                config(&[&rustls::version::TLS13, &rustls::version::TLS12]),
+                config(&[&rustls::version::TLS12]),
+                config(&[&rustls::version::TLS13]),
+            ],
+        }
+    }
+}
+
+/// The client's end of a connection: TCP, or TLS over it.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn open(addr: SocketAddr, tls: Option<&TlsClient>, pick: u64) -> io::Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        let _ = stream.set_nodelay(true);
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        let Some(tls) = tls else {
+            return Ok(Conn::Plain(stream));
+        };
+        let config = tls.configs[(pick % 3) as usize].clone();
+        let name = ServerName::try_from("localhost").expect("a DNS name");
+        let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, stream))))
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(t) => t.flush(),
+        }
+    }
+}
+
 /// Runs every plan, `parallel` connections at a time.
 pub fn run(addr: SocketAddr, plans: &[ConnPlan], parallel: usize) -> Vec<Sent> {
+    run_over(addr, plans, parallel, None)
+}
+
+/// [`run`], over TLS when `tls` is given.
+pub fn run_over(
+    addr: SocketAddr,
+    plans: &[ConnPlan],
+    parallel: usize,
+    tls: Option<&TlsClient>,
+) -> Vec<Sent> {
     let mut out = Vec::new();
     for group in plans.chunks(parallel.max(1)) {
         let handles: Vec<_> = group
             .iter()
             .cloned()
-            .map(|p| thread::spawn(move || run_conn(addr, &p)))
+            .map(|p| {
+                let tls = tls.cloned();
+                thread::spawn(move || run_conn(addr, &p, tls.as_ref()))
+            })
             .collect();
         for h in handles {
             out.extend(h.join().expect("client thread"));
@@ -298,7 +407,7 @@ pub fn run(addr: SocketAddr, plans: &[ConnPlan], parallel: usize) -> Vec<Sent> {
     out
 }
 
-fn run_conn(addr: SocketAddr, plan: &ConnPlan) -> Vec<Sent> {
+fn run_conn(addr: SocketAddr, plan: &ConnPlan, tls: Option<&TlsClient>) -> Vec<Sent> {
     let host = addr.to_string();
     let mut sent: Vec<Sent> = plan
         .requests
@@ -316,13 +425,13 @@ fn run_conn(addr: SocketAddr, plan: &ConnPlan) -> Vec<Sent> {
             }
         })
         .collect();
-    let Ok(stream) = TcpStream::connect(addr) else {
+    let pick = plan.requests.first().map_or(0, |r| r.id);
+    let Ok(conn) = Conn::open(addr, tls, pick) else {
         return sent;
     };
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let mut w = stream.try_clone().expect("clone stream");
-    let mut r = BufReader::new(stream);
+    // Writes go to the connection under the reader (`r.get_mut()`): a TLS connection is
+    // one object for both directions.
+    let mut r = BufReader::new(conn);
     let mut reopen = false;
     if plan.writes == Writes::Pipelined {
         let mut all = Vec::new();
@@ -331,7 +440,7 @@ fn run_conn(addr: SocketAddr, plan: &ConnPlan) -> Vec<Sent> {
             all.extend(h);
             all.extend(b);
         }
-        if w.write_all(&all).is_err() {
+        if r.get_mut().write_all(&all).is_err() {
             return sent;
         }
         for (i, q) in plan.requests.iter().enumerate() {
@@ -354,13 +463,10 @@ fn run_conn(addr: SocketAddr, plan: &ConnPlan) -> Vec<Sent> {
         if reopen {
             // The server ended the connection (an error answer, its request limit):
             // the rest of the plan goes on a new one.
-            let Ok(stream) = TcpStream::connect(addr) else {
+            let Ok(conn) = Conn::open(addr, tls, q.id) else {
                 break;
             };
-            let _ = stream.set_nodelay(true);
-            let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-            w = stream.try_clone().expect("clone stream");
-            r = BufReader::new(stream);
+            r = BufReader::new(conn);
         }
         let (h, b) = q.encode(&host);
         match q.abort {
@@ -373,30 +479,30 @@ fn run_conn(addr: SocketAddr, plan: &ConnPlan) -> Vec<Sent> {
                 } else {
                     h[..h.len() / 2].to_vec()
                 };
-                let _ = write_with(&mut w, &half, plan.writes);
-                reset(&w);
+                let _ = write_with(r.get_mut(), &half, plan.writes);
+                reset(r.get_ref().tcp());
                 break;
             }
             Abort::MidResponse => {
                 let mut all = h.clone();
                 all.extend(&b);
-                if write_with(&mut w, &all, plan.writes).is_ok() {
+                if write_with(r.get_mut(), &all, plan.writes).is_ok() {
                     let mut line = String::new();
                     if r.read_line(&mut line).is_ok() {
                         sent[i].status =
                             line.split_whitespace().nth(1).and_then(|s| s.parse().ok());
                     }
                 }
-                reset(&w);
+                reset(r.get_ref().tcp());
                 break;
             }
         }
         let result = (|| -> io::Result<(u16, bool)> {
             if q.expect_continue {
-                write_with(&mut w, &h, plan.writes)?;
-                r.get_ref().set_read_timeout(Some(CONTINUE_WAIT))?;
+                write_with(r.get_mut(), &h, plan.writes)?;
+                r.get_ref().tcp().set_read_timeout(Some(CONTINUE_WAIT))?;
                 let waiting = response_waiting(&mut r)?;
-                r.get_ref().set_read_timeout(Some(IO_TIMEOUT))?;
+                r.get_ref().tcp().set_read_timeout(Some(IO_TIMEOUT))?;
                 let early = match waiting {
                     true => match read_response(&mut r, q.method == "HEAD")? {
                         (100, _) => None,
@@ -408,11 +514,11 @@ fn run_conn(addr: SocketAddr, plan: &ConnPlan) -> Vec<Sent> {
                     // Answered without asking for the body: close rather than send it.
                     return Ok((status, true));
                 }
-                write_with(&mut w, &b, plan.writes)?;
+                write_with(r.get_mut(), &b, plan.writes)?;
             } else {
                 let mut all = h.clone();
                 all.extend(&b);
-                write_with(&mut w, &all, plan.writes)?;
+                write_with(r.get_mut(), &all, plan.writes)?;
             }
             read_response(&mut r, q.method == "HEAD")
         })();
@@ -421,7 +527,12 @@ fn run_conn(addr: SocketAddr, plan: &ConnPlan) -> Vec<Sent> {
                 sent[i].status = Some(status);
                 reopen = close;
             }
-            Err(_) => break,
+            Err(e) => {
+                if std::env::var_os("PERISCOPE_TRAFFIC_DEBUG").is_some() {
+                    eprintln!("exchange r{} failed: {e}", q.id);
+                }
+                break;
+            }
         }
     }
     sent
@@ -447,7 +558,7 @@ fn reset(s: &TcpStream) {
     // The reset goes out when the caller drops the last handle on the socket.
 }
 
-fn write_with(w: &mut TcpStream, bytes: &[u8], how: Writes) -> io::Result<()> {
+fn write_with(w: &mut Conn, bytes: &[u8], how: Writes) -> io::Result<()> {
     match how {
         Writes::Whole | Writes::Pipelined => w.write_all(bytes),
         Writes::Split(n) => {
@@ -469,7 +580,7 @@ fn write_with(w: &mut TcpStream, bytes: &[u8], how: Writes) -> io::Result<()> {
 }
 
 /// Whether a response starts within the read timeout (without consuming it).
-fn response_waiting(r: &mut BufReader<TcpStream>) -> io::Result<bool> {
+fn response_waiting(r: &mut BufReader<Conn>) -> io::Result<bool> {
     match r.fill_buf() {
         Ok([]) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
         Ok(_) => Ok(true),
@@ -487,7 +598,7 @@ fn response_waiting(r: &mut BufReader<TcpStream>) -> io::Result<bool> {
 
 /// Reads one response (an interim one counts as one); returns its status and whether
 /// the connection ends after it.
-fn read_response(r: &mut BufReader<TcpStream>, head: bool) -> io::Result<(u16, bool)> {
+fn read_response(r: &mut BufReader<Conn>, head: bool) -> io::Result<(u16, bool)> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {

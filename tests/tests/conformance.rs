@@ -14,7 +14,9 @@
 //!
 //! Servers: nginx (two configurations), apache2 (event, prefork), lighttpd, gunicorn
 //! (sync, gthread), node http, python http.server, Go net/http (1.21 and 1.25 stripped, 1.27
-//! plain behind a listener that wraps each connection in its own type). Each logs what it can:
+//! plain behind a listener that wraps each connection in its own type); and TLS twins, the
+//! generator speaking TLS 1.2 and 1.3 with resumed sessions (rustls): nginx's ssl module,
+//! apache2 mod_ssl, gunicorn `--certfile`, all OpenSSL 3. Each logs what it can:
 //! apache2 and lighttpd method, target, status, bytes read and response body; gunicorn
 //! and node (its own lines) no request size; python http.server no sizes.
 //!
@@ -35,7 +37,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use periscope_e2e::harness::{self, Agent, Process, TempDir};
-use periscope_e2e::traffic::{self, ALL_METHODS, Profile, Sent};
+use periscope_e2e::traffic::{self, ALL_METHODS, Profile, Sent, TlsClient};
 
 /// Exchanges per server configuration.
 const EXCHANGES: usize = 1500;
@@ -87,6 +89,8 @@ struct SpanLine {
     request_body: u64,
     /// `None` when the span claims no size (a body delimited by the close).
     response_body: Option<u64>,
+    /// `url.scheme`: `https` for the TLS twins.
+    scheme: String,
 }
 
 /// The id in a target's `?r<id>=1` query (the key: span queries keep keys, not values).
@@ -117,6 +121,7 @@ fn spans_by_id(stdout: &str) -> (HashMap<u64, Vec<SpanLine>>, usize) {
             status: a["http.response.status_code"].as_u64().unwrap_or(0) as u16,
             request_body: a["http.request.body.size"].as_u64().unwrap_or(0),
             response_body: a["http.response.body.size"].as_u64(),
+            scheme: a["url.scheme"].as_str().unwrap_or("").to_string(),
         });
     }
     (by_id, without_id)
@@ -249,7 +254,9 @@ impl Table {
     }
 }
 
-fn compare(logged: &[Logged], sent: &[Sent], stdout: &str, stderr: &str) -> Table {
+fn compare(logged: &[Logged], o: &Outcome) -> Table {
+    let (sent, stdout, stderr) = (&o.sent, &o.exit.stdout, &o.exit.stderr);
+    let scheme = if o.tls { "https" } else { "http" };
     let (mut spans, without_id) = spans_by_id(stdout);
     let sent: HashMap<u64, &Sent> = sent.iter().map(|s| (s.id, s)).collect();
     let mut t = Table {
@@ -294,6 +301,9 @@ fn compare(logged: &[Logged], sent: &[Sent], stdout: &str, stderr: &str) -> Tabl
         }
         if s.status != l.status {
             diffs.push(format!("status {} vs logged {}", s.status, l.status));
+        }
+        if s.scheme != scheme {
+            diffs.push(format!("scheme {} on a {scheme} server", s.scheme));
         }
         // nginx counts a `100 Continue` it sent in $body_bytes_sent; the span counts
         // the final response's body only.
@@ -368,6 +378,8 @@ struct Nginx {
     workers: u32,
     sendfile: bool,
     keepalive_requests: u32,
+    /// Serve HTTPS (OpenSSL 3 through nginx's ssl module) with a test certificate.
+    tls: bool,
 }
 
 const STATIC_FILES: &[(&str, usize)] = &[
@@ -447,6 +459,9 @@ fn start_nginx(n: &Nginx) -> (TempDir, Process, SocketAddr) {
         .args(["-R", "a+rwX"])
         .arg(root)
         .status();
+    if n.tls {
+        harness::self_signed_cert(&dir);
+    }
     let port = harness::free_port();
     let d = root.display();
     let conf = format!(
@@ -470,7 +485,7 @@ http {{
     client_max_body_size 512k;
     default_type application/octet-stream;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
         root {d}/html;
         location = / {{ return 200 "hello\n"; }}
         location = /created {{ return 201 "created\n"; }}
@@ -481,6 +496,14 @@ http {{
 }}
 "#,
         workers = n.workers,
+        ssl = if n.tls {
+            format!(
+                " ssl;\n        ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;\n        \
+                 ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:conformance:1m"
+            )
+        } else {
+            String::new()
+        },
         sendfile = if n.sendfile { "on" } else { "off" },
         keepalive_requests = n.keepalive_requests,
     );
@@ -522,8 +545,11 @@ fn run_nginx(label: &str, n: Nginx) {
     let root = dir.path();
     let agent = start_agent(nginx.pid());
     let plans = traffic::plan(seed, CONNECTIONS, EXCHANGES, &nginx_profile());
+    let tls = n
+        .tls
+        .then(|| TlsClient::trusting(&root.join("cert.pem").display().to_string()));
     let started = Instant::now();
-    let sent = traffic::run(addr, &plans, PARALLEL);
+    let sent = traffic::run_over(addr, &plans, PARALLEL, tls.as_ref());
     let traffic_time = started.elapsed();
     settle(&agent);
     let exit = agent.stop();
@@ -535,6 +561,7 @@ fn run_nginx(label: &str, n: Nginx) {
         sent,
         exit,
         traffic_time,
+        tls: n.tls,
     };
     judge(label, &o, &log, &parse_nginx_log(&log));
 }
@@ -547,6 +574,22 @@ fn nginx_one_worker_sendfile() {
             workers: 1,
             sendfile: true,
             keepalive_requests: 1000,
+            tls: false,
+        },
+    );
+}
+
+/// The TLS twin: nginx's ssl module (OpenSSL 3), its plaintext read by the libssl probes;
+/// TLS 1.2 and 1.3, resumed sessions, the same traffic shapes.
+#[test]
+fn nginx_tls_two_workers() {
+    run_nginx(
+        "nginx TLS, 2 workers",
+        Nginx {
+            workers: 2,
+            sendfile: false,
+            keepalive_requests: 1000,
+            tls: true,
         },
     );
 }
@@ -559,6 +602,7 @@ fn nginx_four_workers_no_sendfile_small_keepalive_requests() {
             workers: 4,
             sendfile: false,
             keepalive_requests: 7,
+            tls: false,
         },
     );
 }
@@ -624,6 +668,7 @@ fn python_http_server() {
         sent,
         exit,
         traffic_time,
+        tls: false,
     };
     judge("python http.server", &o, &log, &parse_python_log(&log));
 }
@@ -698,6 +743,7 @@ fn run_go(version: &str, flavor: harness::GoFlavor, wrap: bool) {
         sent,
         exit,
         traffic_time,
+        tls: false,
     };
     let label = format!(
         "Go {} net/http, {}{}",
@@ -799,6 +845,7 @@ fn one_worker() -> Nginx {
         workers: 1,
         sendfile: true,
         keepalive_requests: 1000,
+        tls: false,
     }
 }
 
@@ -869,15 +916,18 @@ struct Outcome {
     sent: Vec<Sent>,
     exit: harness::AgentExit,
     traffic_time: Duration,
+    /// The traffic went over TLS: every span must say `https`.
+    tls: bool,
 }
 
-/// Traces `pid` (and its children) while the seeded traffic runs against `addr`.
-fn exercise(pid: u32, addr: SocketAddr, profile: &Profile) -> Outcome {
+/// Traces `pid` (and its children) while the seeded traffic runs against `addr`, over
+/// TLS when `tls` is given.
+fn exercise(pid: u32, addr: SocketAddr, profile: &Profile, tls: Option<&TlsClient>) -> Outcome {
     let seed = seed();
     let agent = start_agent(pid);
     let plans = traffic::plan(seed, SMALL_CONNECTIONS, SMALL_EXCHANGES, profile);
     let started = Instant::now();
-    let sent = traffic::run(addr, &plans, PARALLEL);
+    let sent = traffic::run_over(addr, &plans, PARALLEL, tls);
     let traffic_time = started.elapsed();
     settle(&agent);
     let exit = agent.stop();
@@ -887,6 +937,7 @@ fn exercise(pid: u32, addr: SocketAddr, profile: &Profile) -> Outcome {
         sent,
         exit,
         traffic_time,
+        tls: tls.is_some(),
     }
 }
 
@@ -900,7 +951,7 @@ fn judge(label: &str, o: &Outcome, log: &str, logged: &[Logged]) {
         let _ = fs::write(keep.join("agent.err"), &o.exit.stderr);
         let _ = fs::write(keep.join("sent.txt"), format!("{:#?}", o.sent));
     }
-    let mut table = compare(logged, &o.sent, &o.exit.stdout, &o.exit.stderr);
+    let mut table = compare(logged, o);
     // What each missing exchange was, to tell a pattern from chance. Two shapes have
     // known reasons: a client abort (the server may log an answer that never reached the
     // wire) and a pipelined burst (servers may answer it with responses coalesced into
@@ -1013,12 +1064,26 @@ fn parse_bar_log(
 
 // apache2 ---------------------------------------------------------------------------
 
-fn run_apache(mpm: &str) {
+/// `tls`: mod_ssl (OpenSSL 3) with a test certificate and a session cache.
+fn run_apache(mpm: &str, tls: bool) {
     harness::require_root();
     let _serial = harness::serial();
     let dir = TempDir::new("conformance-apache");
     let root = dir.path();
     static_root(root);
+    let ssl = if tls {
+        harness::self_signed_cert(&dir);
+        let d = root.display();
+        format!(
+            "LoadModule socache_shmcb_module /usr/lib/apache2/modules/mod_socache_shmcb.so\n\
+             LoadModule ssl_module /usr/lib/apache2/modules/mod_ssl.so\n\
+             SSLSessionCache shmcb:{d}/tmp/ssl_scache(512000)\n\
+             SSLEngine on\nSSLProtocol -all +TLSv1.2 +TLSv1.3\n\
+             SSLCertificateFile {d}/cert.pem\nSSLCertificateKeyFile {d}/key.pem\n"
+        )
+    } else {
+        String::new()
+    };
     let port = harness::free_port();
     let d = root.display();
     let modules = "/usr/lib/apache2/modules";
@@ -1047,7 +1112,7 @@ DocumentRoot "{d}/html"
 </Directory>
 LogFormat "%m|%U%q|%s|%I|%B|%O|%D|%k" conformance
 CustomLog {d}/access.log conformance
-"#
+{ssl}"#
     );
     fs::write(root.join("apache2.conf"), conf).unwrap();
     let mut cmd = Command::new("/usr/sbin/apache2");
@@ -1061,14 +1126,22 @@ CustomLog {d}/access.log conformance
     apache.set_stop_signal(libc::SIGTERM);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     apache.wait_for_port(addr, Duration::from_secs(10));
-    let o = exercise(apache.pid(), addr, &file_server_profile());
+    let tls = tls.then(|| TlsClient::trusting(&root.join("cert.pem").display().to_string()));
+    let o = exercise(apache.pid(), addr, &file_server_profile(), tls.as_ref());
     drop(apache);
     let log = fs::read_to_string(root.join("access.log")).unwrap_or_default();
+    let mut logged = apache_logged(&log);
+    if o.tls {
+        // mod_logio's %I counts what crossed the socket: TLS records, not the request.
+        for l in &mut logged {
+            l.request_bytes = None;
+        }
+    }
     judge(
-        &format!("apache2 {mpm} MPM"),
+        &format!("apache2 {mpm} MPM{}", if o.tls { ", mod_ssl" } else { "" }),
         &o,
         &log,
-        &apache_logged(&log),
+        &logged,
     );
 }
 
@@ -1093,12 +1166,17 @@ fn apache_logged(log: &str) -> Vec<Logged> {
 
 #[test]
 fn apache2_event() {
-    run_apache("event");
+    run_apache("event", false);
 }
 
 #[test]
 fn apache2_prefork() {
-    run_apache("prefork");
+    run_apache("prefork", false);
+}
+
+#[test]
+fn apache2_event_mod_ssl() {
+    run_apache("event", true);
 }
 
 // lighttpd ---------------------------------------------------------------------------
@@ -1135,7 +1213,7 @@ accesslog.format = "%m|%r|%s|%I|%b"
     server.set_stop_signal(libc::SIGTERM);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     server.wait_for_port(addr, Duration::from_secs(10));
-    let o = exercise(server.pid(), addr, &file_server_profile());
+    let o = exercise(server.pid(), addr, &file_server_profile(), None);
     drop(server);
     let log = fs::read_to_string(root.join("access.log")).unwrap_or_default();
     // The request line's target is the second word of field 1.
@@ -1198,7 +1276,8 @@ fn app_profile() -> Profile {
     }
 }
 
-fn run_gunicorn(worker: &str) {
+/// `tls`: `--certfile`/`--keyfile` (Python's ssl module over the system's libssl).
+fn run_gunicorn(worker: &str, tls: bool) {
     harness::require_root();
     let _serial = harness::serial();
     let dir = TempDir::new("conformance-gunicorn");
@@ -1208,6 +1287,10 @@ fn run_gunicorn(worker: &str) {
     let mut cmd = Command::new("/usr/bin/gunicorn");
     cmd.current_dir(root)
         .args(["--workers", "2", "--worker-class", worker]);
+    if tls {
+        let (cert, key) = harness::self_signed_cert(&dir);
+        cmd.args(["--certfile", &cert, "--keyfile", &key]);
+    }
     if worker == "gthread" {
         // With threads > 1 gunicorn silently turns a sync worker into gthread.
         cmd.args(["--threads", "4"]);
@@ -1222,7 +1305,8 @@ fn run_gunicorn(worker: &str) {
     server.set_stop_signal(libc::SIGTERM);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     server.wait_for_port(addr, Duration::from_secs(20));
-    let o = exercise(server.pid(), addr, &app_profile());
+    let tls = tls.then(|| TlsClient::trusting(&root.join("cert.pem").display().to_string()));
+    let o = exercise(server.pid(), addr, &app_profile(), tls.as_ref());
     drop(server);
     let log = fs::read_to_string(root.join("access.log")).unwrap_or_default();
     // gunicorn logs no request size: method, target, status and response body are checked.
@@ -1243,17 +1327,23 @@ fn run_gunicorn(worker: &str) {
             Some(l)
         })
         .collect();
-    judge(&format!("gunicorn {worker}"), &o, &log, &logged);
+    let label = format!("gunicorn {worker}{}", if o.tls { ", TLS" } else { "" });
+    judge(&label, &o, &log, &logged);
 }
 
 #[test]
 fn gunicorn_sync() {
-    run_gunicorn("sync");
+    run_gunicorn("sync", false);
 }
 
 #[test]
 fn gunicorn_gthread() {
-    run_gunicorn("gthread");
+    run_gunicorn("gthread", false);
+}
+
+#[test]
+fn gunicorn_gthread_tls() {
+    run_gunicorn("gthread", true);
 }
 
 // node http --------------------------------------------------------------------------
@@ -1301,7 +1391,7 @@ fn node_http() {
     let line =
         server.wait_for_stdout_line(Duration::from_secs(10), |l| l.starts_with("listening on "));
     let addr: SocketAddr = line["listening on ".len()..].trim().parse().unwrap();
-    let o = exercise(server.pid(), addr, &app_profile());
+    let o = exercise(server.pid(), addr, &app_profile(), None);
     let log = server.output().stderr();
     judge(
         "node http",

@@ -1,12 +1,13 @@
 //! Issue 15: every `go_*` series a client_golang program shows about itself, the agent
-//! shows from outside, read from the stripped program's memory.
+//! shows from outside, read from the program's memory.
 //!
 //! The program is built from Debian's client_golang sources (1.14, GOPATH mode) with each
-//! Go version CI installs, stripped. It allocates a known 12.5 MiB it keeps, forces a GC
-//! and then holds still; the test scrapes the program's own /metrics and the agent's
-//! back to back. Counts must be equal (GC cycles, pause total, lookups); the gauges and
-//! byte counters may differ by what the program's own scrape allocates between the two
+//! Go version CI installs, plain, stripped and cgo. It allocates a known 12.5 MiB it keeps,
+//! forces a GC and then holds still; the test scrapes the program's own /metrics and the
+//! agent's back to back. Counts must be equal (GC cycles, pause total, lookups); the gauges
+//! and byte counters may differ by what the program's own scrape allocates between the two
 //! reads (client_golang builds its answer on the heap), bounded here at 256 KiB.
+//! Debian's prometheus (Go 1.19) is checked too, with the agent read before and after.
 //!
 //! Goroutines: the program parks exactly [`PARKED`] goroutines, so between scrapes it has
 //! those plus main; while it answers its own scrape, up to five more (the connection's
@@ -134,14 +135,12 @@ fn client_golang_go_series_match_from_outside() {
         !toolchains.is_empty(),
         "no Go toolchains configured (PERISCOPE_GO_TOOLCHAINS)"
     );
-    // Stripped with every version; plain and cgo (externally linked PIE-less binary
-    // with .symtab) with the oldest and newest, to keep the suite short.
+    // Every version, plain (DWARF), stripped (the checked-in offsets, globals found from
+    // code) and cgo (externally linked, with .symtab).
     let mut runs = Vec::new();
-    for (i, tc) in toolchains.iter().enumerate() {
-        runs.push((tc.clone(), "stripped"));
-        if i == 0 || i + 1 == toolchains.len() {
-            runs.push((tc.clone(), "plain"));
-            runs.push((tc.clone(), "cgo"));
+    for tc in &toolchains {
+        for flavor in ["plain", "stripped", "cgo"] {
+            runs.push((tc.clone(), flavor));
         }
     }
     for (tc, flavor) in runs {
