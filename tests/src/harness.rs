@@ -1043,8 +1043,18 @@ impl Drop for Agent {
 /// A self-signed certificate for `localhost` and its key, made in `dir` by openssl
 /// (Debian's `openssl`): (cert path, key path).
 pub fn self_signed_cert(dir: &TempDir) -> (String, String) {
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
+    certificate(dir, "", "serverAuth")
+}
+
+/// A self-signed client certificate (`client-cert.pem`, `client-key.pem` in `dir`), for
+/// mutual TLS: the server trusts it directly.
+pub fn self_signed_client_cert(dir: &TempDir) -> (String, String) {
+    certificate(dir, "client-", "clientAuth")
+}
+
+fn certificate(dir: &TempDir, prefix: &str, usage: &str) -> (String, String) {
+    let cert = dir.path().join(format!("{prefix}cert.pem"));
+    let key = dir.path().join(format!("{prefix}key.pem"));
     let st = Command::new("openssl")
         .args([
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -1053,6 +1063,8 @@ pub fn self_signed_cert(dir: &TempDir) -> (String, String) {
         // certificate: a subjectAltName (the CN is ignored) and not a CA.
         .args(["-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-addext")
+        .arg(format!("extendedKeyUsage={usage}"))
         .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
         .arg(&key)
         .arg("-out")

@@ -298,7 +298,17 @@ pub struct TlsClient {
 impl TlsClient {
     /// Trusts the PEM certificate at `cert` (a self-signed one made for the test).
     pub fn trusting(cert: &str) -> TlsClient {
-        use rustls::pki_types::pem::PemObject;
+        TlsClient::new(cert, None)
+    }
+
+    /// [`TlsClient::trusting`], authenticating with the client certificate and key at
+    /// `identity` (mutual TLS).
+    pub fn with_identity(cert: &str, identity: (&str, &str)) -> TlsClient {
+        TlsClient::new(cert, Some(identity))
+    }
+
+    fn new(cert: &str, identity: Option<(&str, &str)>) -> TlsClient {
+        use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(cert).expect("read the test certificate") {
             roots
@@ -306,14 +316,27 @@ impl TlsClient {
                 .expect("a usable certificate");
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = |versions: &[&'static rustls::SupportedProtocolVersion]| {
-            Arc::new(
-                rustls::ClientConfig::builder_with_provider(provider.clone())
-                    .with_protocol_versions(versions)
-                    .expect("TLS versions")
-                    .with_root_certificates(roots.clone())
-                    .with_no_client_auth(),
+        let identity = identity.map(|(cert, key)| {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .expect("read the client certificate")
+                .map(|c| c.expect("a PEM certificate"))
+                .collect();
+            (
+                chain,
+                PrivateKeyDer::from_pem_file(key).expect("the client key"),
             )
+        });
+        let config = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+            let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .expect("TLS versions")
+                .with_root_certificates(roots.clone());
+            Arc::new(match &identity {
+                Some((chain, key)) => builder
+                    .with_client_auth_cert(chain.clone(), key.clone_key())
+                    .expect("a usable client certificate"),
+                None => builder.with_no_client_auth(),
+            })
         };
         TlsClient {
             configs: [

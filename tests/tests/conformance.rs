@@ -380,6 +380,8 @@ struct Nginx {
     keepalive_requests: u32,
     /// Serve HTTPS (OpenSSL 3 through nginx's ssl module) with a test certificate.
     tls: bool,
+    /// With `tls`: require a client certificate (mutual TLS).
+    mtls: bool,
 }
 
 const STATIC_FILES: &[(&str, usize)] = &[
@@ -462,6 +464,9 @@ fn start_nginx(n: &Nginx) -> (TempDir, Process, SocketAddr) {
     if n.tls {
         harness::self_signed_cert(&dir);
     }
+    if n.mtls {
+        harness::self_signed_client_cert(&dir);
+    }
     let port = harness::free_port();
     let d = root.display();
     let conf = format!(
@@ -473,7 +478,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log notice;
 events {{ worker_connections 512; }}
 http {{
-    log_format conformance '$request_method\t$request_uri\t$status\t$request_length\t$body_bytes_sent\t$request_time\t$bytes_sent';
+    log_format conformance '$request_method\t$request_uri\t$status\t$request_length\t$body_bytes_sent\t$request_time\t$bytes_sent\t$ssl_client_verify';
     access_log {d}/access.log conformance;
     client_body_temp_path {d}/tmp/client_body;
     proxy_temp_path {d}/tmp/proxy;
@@ -499,7 +504,14 @@ http {{
         ssl = if n.tls {
             format!(
                 " ssl;\n        ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;\n        \
-                 ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:conformance:1m"
+                 ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:conformance:1m{}",
+                if n.mtls {
+                    format!(
+                        ";\n        ssl_client_certificate {d}/client-cert.pem;\n        ssl_verify_client on"
+                    )
+                } else {
+                    String::new()
+                }
             )
         } else {
             String::new()
@@ -545,9 +557,15 @@ fn run_nginx(label: &str, n: Nginx) {
     let root = dir.path();
     let agent = start_agent(nginx.pid());
     let plans = traffic::plan(seed, CONNECTIONS, EXCHANGES, &nginx_profile());
-    let tls = n
-        .tls
-        .then(|| TlsClient::trusting(&root.join("cert.pem").display().to_string()));
+    let path = |f: &str| root.join(f).display().to_string();
+    let tls = match (n.tls, n.mtls) {
+        (false, _) => None,
+        (true, false) => Some(TlsClient::trusting(&path("cert.pem"))),
+        (true, true) => Some(TlsClient::with_identity(
+            &path("cert.pem"),
+            (&path("client-cert.pem"), &path("client-key.pem")),
+        )),
+    };
     let started = Instant::now();
     let sent = traffic::run_over(addr, &plans, PARALLEL, tls.as_ref());
     let traffic_time = started.elapsed();
@@ -555,6 +573,14 @@ fn run_nginx(label: &str, n: Nginx) {
     let exit = agent.stop();
     drop(nginx);
     let log = fs::read_to_string(root.join("access.log")).unwrap_or_default();
+    if n.mtls {
+        // The client really authenticated: nginx verified its certificate every time.
+        let unverified = log.lines().filter(|l| !l.ends_with("\tSUCCESS")).count();
+        assert_eq!(
+            unverified, 0,
+            "{label}: exchanges without a verified client certificate"
+        );
+    }
     let o = Outcome {
         seed,
         plans,
@@ -575,6 +601,22 @@ fn nginx_one_worker_sendfile() {
             sendfile: true,
             keepalive_requests: 1000,
             tls: false,
+            mtls: false,
+        },
+    );
+}
+
+/// Mutual TLS: nginx requires and verifies the client's certificate.
+#[test]
+fn nginx_mutual_tls() {
+    run_nginx(
+        "nginx mutual TLS, 1 worker",
+        Nginx {
+            workers: 1,
+            sendfile: true,
+            keepalive_requests: 1000,
+            tls: true,
+            mtls: true,
         },
     );
 }
@@ -590,6 +632,7 @@ fn nginx_tls_two_workers() {
             sendfile: false,
             keepalive_requests: 1000,
             tls: true,
+            mtls: false,
         },
     );
 }
@@ -603,6 +646,7 @@ fn nginx_four_workers_no_sendfile_small_keepalive_requests() {
             sendfile: false,
             keepalive_requests: 7,
             tls: false,
+            mtls: false,
         },
     );
 }
@@ -846,6 +890,7 @@ fn one_worker() -> Nginx {
         sendfile: true,
         keepalive_requests: 1000,
         tls: false,
+        mtls: false,
     }
 }
 

@@ -407,14 +407,66 @@ pub fn bench() -> Result<()> {
 
     attach_times(&agent, &go[0].1, &dir)?;
 
+    // HTTPS: the Go TLS test server (crypto/tls, HTTP/1.1), GET of a 5-byte body.
+    let gotls = dir.join("gotls");
+    demo::build_go_program(&go[0].1, "gotls", &gotls, "")?;
+    let mut gotls_child = Command::new(&gotls)
+        .args(["server", "/dev/null", "none"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the Go TLS server")?;
+    let mut line = String::new();
+    BufReader::new(gotls_child.stdout.take().unwrap()).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line from gotls: {line:?}"))?
+        .to_string();
+    let r = bench_server(
+        &format!("Go crypto/tls (Go {}) GET /?size=5", go[0].0),
+        &agent,
+        gotls_child.id(),
+        &format!("https://{addr}/?size=5"),
+        None,
+        // The Go TLS probes come with the Go runtime probes.
+        &[
+            Mode {
+                name: "untraced",
+                agent_args: None,
+            },
+            Mode {
+                name: "traced",
+                agent_args: Some(&[]),
+            },
+        ],
+        sink,
+    );
+    let _ = gotls_child.kill();
+    let _ = gotls_child.wait();
+    r?;
+
     let nginx_dir = dir.join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let tls_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    tools::run(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(nginx_dir.join("key.pem"))
+            .arg("-out")
+            .arg(nginx_dir.join("cert.pem"))
+            .stderr(Stdio::null()),
+    )?;
     let conf = format!(
         "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
          events {{ worker_connections 1024; }}\n\
          http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-         server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }} }}\n",
+         server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }}\n\
+         server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
+         location / {{ return 200 \"hello\\n\"; }} }} }}\n",
         d = nginx_dir.display()
     );
     std::fs::write(nginx_dir.join("nginx.conf"), conf)?;
@@ -448,7 +500,18 @@ pub fn bench() -> Result<()> {
         None,
         &modes,
         sink,
-    );
+    )
+    .and_then(|()| {
+        bench_server(
+            "nginx (1 worker) over TLS (OpenSSL 3) return 200",
+            &agent,
+            nginx.id(),
+            &format!("https://127.0.0.1:{tls_port}/"),
+            None,
+            &modes,
+            sink,
+        )
+    });
     let _ = nginx.kill();
     let _ = nginx.wait();
     r
