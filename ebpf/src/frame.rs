@@ -28,7 +28,7 @@ struct Stream {
     generation: u32,
     /// [`FRAMED`], [`LOST`] (captured from each syscall's first byte, for good) or
     /// [`PLAINTEXT`].
-    lost: u32,
+    state: u32,
     /// Bytes the stream has moved so far.
     pos: u64,
     framer: Framer,
@@ -88,7 +88,7 @@ pub(crate) fn start(key: u64, generation: u16, direction: u32) {
     }
     let s = Stream {
         generation: generation as u32,
-        lost: FRAMED,
+        state: FRAMED,
         pos: 0,
         framer: Framer::at(0),
     };
@@ -123,20 +123,18 @@ fn stream_of(
     let st = STREAMS.get_ptr_mut(&key)?;
     // SAFETY: a map value; concurrent syscalls on one socket only misplace windows.
     unsafe {
-        let generation = if tls_generation == SYSCALL {
-            if (*st).lost != FRAMED {
+        if tls_generation == SYSCALL {
+            if (*st).state != FRAMED || (*st).generation != stash.class >> 16 {
                 return None;
             }
-            stash.class >> 16
         } else {
-            if (*st).lost == LOST || ((*st).lost == FRAMED && (*st).pos != 0) {
+            if (*st).generation != tls_generation
+                || (*st).state == LOST
+                || ((*st).state == FRAMED && (*st).pos != 0)
+            {
                 return None;
             }
-            (*st).lost = PLAINTEXT;
-            tls_generation
-        };
-        if (*st).generation != generation {
-            return None;
+            (*st).state = PLAINTEXT;
         }
         let pos = (*st).pos;
         (*st).pos = pos + total;
@@ -160,7 +158,7 @@ pub(crate) fn uncut(pid_tgid: u64, stash: &Stash, total: u64, direction: u32) ->
         crate::net::emit_count(pid_tgid, stash, total, direction);
         return true;
     }
-    st.lost = LOST;
+    st.state = LOST;
     count(STAT_FRAME_LOST);
     false
 }
@@ -205,11 +203,11 @@ pub(crate) fn emit_framed(
             count_n(STAT_PAYLOAD_SUPPRESSED, total);
             if c == CLASS_TLS {
                 // Its requests come as the TLS library's plaintext, from its first byte.
-                st.lost = PLAINTEXT;
+                st.state = PLAINTEXT;
                 st.pos = 0;
                 st.framer = Framer::at(0);
             } else {
-                st.lost = LOST;
+                st.state = LOST;
             }
             crate::net::emit_count_as(pid_tgid, stash, total, direction, class);
             return true;
@@ -226,7 +224,7 @@ pub(crate) fn emit_framed(
     let (lost, segments, framer) = unsafe { ((*cut).seg.lost, (*cut).seg.segments, (*cut).seg.framer) };
     st.framer = framer;
     if lost != 0 {
-        st.lost = LOST;
+        st.state = LOST;
         count(STAT_FRAME_LOST);
     }
     if segments > 0 {
