@@ -257,6 +257,18 @@ struct Mode<'a> {
     agent_args: Option<&'a [&'a str]>,
 }
 
+/// Without the agent, and with it as users run it (every probe).
+const UNTRACED_TRACED: [Mode<'static>; 2] = [
+    Mode {
+        name: "untraced",
+        agent_args: None,
+    },
+    Mode {
+        name: "traced",
+        agent_args: Some(&[]),
+    },
+];
+
 fn bench_server(
     name: &str,
     agent: &std::path::Path,
@@ -410,35 +422,15 @@ pub fn bench() -> Result<()> {
     // HTTPS: the Go TLS test server (crypto/tls, HTTP/1.1), GET of a 5-byte body.
     let gotls = dir.join("gotls");
     demo::build_go_program(&go[0].1, "gotls", &gotls, "")?;
-    let mut gotls_child = Command::new(&gotls)
-        .args(["server", "/dev/null", "none"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the Go TLS server")?;
-    let mut line = String::new();
-    BufReader::new(gotls_child.stdout.take().unwrap()).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line from gotls: {line:?}"))?
-        .to_string();
+    let (mut gotls_child, addr) = demo::start_announced(&gotls, &["server", "/dev/null", "none"])?;
     let r = bench_server(
         &format!("Go crypto/tls (Go {}) GET /?size=5", go[0].0),
         &agent,
         gotls_child.id(),
         &format!("https://{addr}/?size=5"),
         None,
-        // The Go TLS probes come with the Go runtime probes.
-        &[
-            Mode {
-                name: "untraced",
-                agent_args: None,
-            },
-            Mode {
-                name: "traced",
-                agent_args: Some(&[]),
-            },
-        ],
+        // All probes: the Go TLS ones come with the Go runtime probes.
+        &UNTRACED_TRACED,
         sink,
     );
     let _ = gotls_child.kill();
@@ -482,23 +474,13 @@ pub fn bench() -> Result<()> {
         }
         thread::sleep(Duration::from_millis(100));
     }
-    let modes = [
-        Mode {
-            name: "untraced",
-            agent_args: None,
-        },
-        Mode {
-            name: "traced",
-            agent_args: Some(&[]),
-        },
-    ];
     let r = bench_server(
         "nginx (1 worker) return 200",
         &agent,
         nginx.id(),
         &url,
         None,
-        &modes,
+        &UNTRACED_TRACED,
         sink,
     )
     .and_then(|()| {
@@ -508,7 +490,7 @@ pub fn bench() -> Result<()> {
             nginx.id(),
             &format!("https://127.0.0.1:{tls_port}/"),
             None,
-            &modes,
+            &UNTRACED_TRACED,
             sink,
         )
     });

@@ -48,8 +48,17 @@ pub fn build_go_program(
 
 /// Starts the Go service and returns it with its address.
 pub fn start_goserver(bin: &std::path::Path) -> Result<(std::process::Child, String)> {
+    start_announced(bin, &["-addr", "127.0.0.1:0"])
+}
+
+/// Starts one of our test programs that prints "listening on ADDR" first, and returns it
+/// with that address.
+pub fn start_announced(
+    bin: &std::path::Path,
+    args: &[&str],
+) -> Result<(std::process::Child, String)> {
     let mut child = Command::new(bin)
-        .args(["-addr", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
@@ -58,7 +67,7 @@ pub fn start_goserver(bin: &std::path::Path) -> Result<(std::process::Child, Str
     let addr = line
         .trim()
         .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line from the Go service: {line:?}"))?
+        .with_context(|| format!("unexpected first line from {}: {line:?}", bin.display()))?
         .to_string();
     Ok((child, addr))
 }
