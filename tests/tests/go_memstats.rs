@@ -117,6 +117,27 @@ fn types(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Waits until the program at `addr` answers its /metrics, `secs` at most.
+fn wait_up(addr: SocketAddr, secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while get(addr, "/metrics").is_none() {
+        assert!(Instant::now() < deadline, "{what}: program not up");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The agent tracing `pid`, with its Prometheus endpoint on a free loopback port.
+fn agent_for(pid: u32) -> (Agent, SocketAddr) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let agent = Agent::start([
+        "--pid".to_string(),
+        pid.to_string(),
+        "--prometheus".into(),
+        addr.to_string(),
+    ]);
+    (agent, addr)
+}
+
 /// Families whose `# TYPE` differs from the program's (or that the agent lacks).
 fn type_mismatches(
     theirs: &BTreeMap<String, String>,
@@ -192,22 +213,8 @@ fn client_golang_go_series_match_from_outside() {
         let mut cmd = Command::new(&bin);
         cmd.arg(prog_addr.to_string());
         let prog = Process::spawn("cgprog", cmd);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while get(prog_addr, "/metrics").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "Go {}: program not up",
-                tc.version
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-        let agent_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let _agent = Agent::start([
-            "--pid".to_string(),
-            prog.pid().to_string(),
-            "--prometheus".into(),
-            agent_addr.to_string(),
-        ]);
+        wait_up(prog_addr, 20, &format!("Go {}", tc.version));
+        let (_agent, agent_addr) = agent_for(prog.pid());
         // Wait until the agent publishes the statistics, then compare at one moment.
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut warm = false;
@@ -341,24 +348,14 @@ fn debian_prometheus_go1_19_series_match_from_outside() {
         .arg(format!("--web.listen-address={prog_addr}"))
         .arg("--log.level=warn");
     let prog = Process::spawn("prometheus", cmd);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(prog_addr, "/metrics").is_none() {
-        assert!(Instant::now() < deadline, "prometheus not up");
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_up(prog_addr, 30, "prometheus");
     let version = get(prog_addr, "/metrics")
         .unwrap()
         .lines()
         .find(|l| l.starts_with("go_info{"))
         .map(str::to_string)
         .unwrap_or_default();
-    let agent_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _agent = Agent::start([
-        "--pid".to_string(),
-        prog.pid().to_string(),
-        "--prometheus".into(),
-        agent_addr.to_string(),
-    ]);
+    let (_agent, agent_addr) = agent_for(prog.pid());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !get(agent_addr, "/metrics")
         .unwrap_or_default()

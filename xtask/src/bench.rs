@@ -541,19 +541,7 @@ fn attach_times(
          func init() {\n\tif len(pad) == 1 {\n\t\tprintln(pad)\n\t}\n}\n",
     )?;
     let padded = dir.join("goserver-padded");
-    tools::run(
-        Command::new(go)
-            .current_dir(&src)
-            .args(["build", "-o"])
-            .arg(&padded)
-            .arg("-ldflags=-s -w")
-            .arg(".")
-            .env("GOTOOLCHAIN", "local")
-            .env("GOPROXY", "off")
-            .env("GOFLAGS", "-mod=mod")
-            .env("CGO_ENABLED", "0")
-            .env("GOCACHE", tools::tools_dir().join("gocache")),
-    )?;
+    demo::build_go_dir(go, &src, &padded, "-s -w")?;
     println!("Go runtime attach (as the agent reports it; 3 attaches each):");
     for bin in [&plain, &padded] {
         let (mut child, _addr) = demo::start_goserver(bin)?;

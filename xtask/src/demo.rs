@@ -30,10 +30,24 @@ pub fn build_go_program(
     out: &std::path::Path,
     ldflags: &str,
 ) -> Result<()> {
-    let root = tools::repo_root();
+    build_go_dir(
+        go,
+        &tools::repo_root().join("tests/programs").join(program),
+        out,
+        ldflags,
+    )
+}
+
+/// Builds the Go program in `dir` with the given Go, offline, statically.
+pub fn build_go_dir(
+    go: &std::path::Path,
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    ldflags: &str,
+) -> Result<()> {
     tools::run(
         Command::new(go)
-            .current_dir(root.join("tests/programs").join(program))
+            .current_dir(dir)
             .args(["build", "-o"])
             .arg(out)
             .arg(format!("-ldflags={ldflags}"))
