@@ -262,6 +262,11 @@ impl Process {
         &self.output
     }
 
+    /// Whether the process has exited (it is reaped then).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Panics (with its output) if the process has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -465,7 +470,8 @@ pub fn start_nginx() -> Server {
     start_nginx_from(&workspace_root().join("tests/programs/nginx/nginx.conf.in"))
 }
 
-/// [`start_nginx`] with another config template (same substitutions, same files).
+/// [`start_nginx`] with another config template (same substitutions, same files; a
+/// template with `@CERT@` and `@KEY@` gets a self-signed certificate's files there).
 pub fn start_nginx_from(template: &Path) -> Server {
     let dir = TempDir::new("nginx");
     let root = dir.path();
@@ -493,8 +499,14 @@ pub fn start_nginx_from(template: &Path) -> Server {
         ""
     };
     let port = free_port();
-    let conf = fs::read_to_string(template)
-        .unwrap_or_else(|e| panic!("read {}: {e}", template.display()))
+    let mut conf = fs::read_to_string(template)
+        .unwrap_or_else(|e| panic!("read {}: {e}", template.display()));
+    if conf.contains("@CERT@") {
+        // A template serving TLS gets a self-signed certificate for localhost.
+        let (cert, key) = self_signed_cert(&dir);
+        conf = conf.replace("@CERT@", &cert).replace("@KEY@", &key);
+    }
+    let conf = conf
         .replace("@DIR@", &root.display().to_string())
         .replace("@PORT@", &port.to_string())
         .replace("@USER@", user);

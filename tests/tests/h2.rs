@@ -1,7 +1,8 @@
 //! HTTP/2 and gRPC spans from real, uninstrumented programs, checked against each
 //! program's own record of what it served:
-//! - nginx serving h2c (prior knowledge) under `h2load` and `curl --http2-prior-knowledge`:
-//!   one SERVER span per access-log line, with its method, path, status and body bytes;
+//! - nginx serving h2c (prior knowledge) under `h2load` and `curl --http2-prior-knowledge`,
+//!   and h2 over TLS (ALPN) under `h2load` and `curl --http2`: one SERVER span per
+//!   access-log line, with its method, path, status and body bytes;
 //! - a Python grpcio server (the standard health service) called by a traced grpcio
 //!   client: Health/Check answered OK and NOT_FOUND, as SERVER and CLIENT spans with the
 //!   rpc.* attributes and the status each side must have, counts as the server logged.
@@ -72,13 +73,26 @@ type Row = (String, String, u16, u64);
 
 #[test]
 fn nginx_h2c_spans_match_access_log() {
+    nginx_h2_spans_match_access_log(false);
+}
+
+/// The same over TLS (ALPN h2): the plaintext comes from nginx's SSL_read/SSL_write.
+#[test]
+fn nginx_h2_over_tls_spans_match_access_log() {
+    nginx_h2_spans_match_access_log(true);
+}
+
+fn nginx_h2_spans_match_access_log(tls: bool) {
     harness::require_root();
     let _serial = harness::serial();
     harness::agent_bin();
     let receiver = Receiver::start();
-    let server = harness::start_nginx_from(
-        &harness::workspace_root().join("tests/programs/h2/nginx-h2.conf.in"),
-    );
+    let template = if tls {
+        "tests/programs/h2/nginx-h2-tls.conf.in"
+    } else {
+        "tests/programs/h2/nginx-h2.conf.in"
+    };
+    let server = harness::start_nginx_from(&harness::workspace_root().join(template));
     let dir = server.dir().expect("nginx dir").to_path_buf();
     // A static page larger than one DATA frame (sent with sendfile) and a small one.
     let page: String = (0..300).map(|i| format!("line {i} of a page\n")).collect();
@@ -104,7 +118,14 @@ fn nginx_h2c_spans_match_access_log() {
         "--prometheus".to_string(),
         metrics_addr.to_string(),
     ]);
-    let base = format!("http://127.0.0.1:{}", server.port());
+    let scheme = if tls { "https" } else { "http" };
+    let base = format!("{scheme}://127.0.0.1:{}", server.port());
+    // h2c by prior knowledge; over TLS, h2 by ALPN (the certificate is self-signed).
+    let curl_h2 = if tls {
+        ["--http2", "-k"].as_slice()
+    } else {
+        ["--http2-prior-knowledge"].as_slice()
+    };
     // curl: one connection per URL (curl 7.88 fails several URLs over one h2c prior-
     // knowledge connection to nginx 1.22 with exit 16, untraced too).
     let mut curl_conns = 0;
@@ -117,13 +138,13 @@ fn nginx_h2c_spans_match_access_log() {
         "/error",
         "/static/page.txt",
     ] {
-        run_ok(Command::new("curl").args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "--http2-prior-knowledge",
-            &format!("{base}{p}"),
-        ]));
+        let out = run_ok(
+            Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_version}"])
+                .args(curl_h2)
+                .arg(format!("{base}{p}")),
+        );
+        assert_eq!(out, "2", "curl spoke HTTP/{out} to {p}");
         curl_conns += 1;
     }
     // h2load: 4 connections, 10 streams in flight on each, the URIs in turn.
@@ -183,6 +204,9 @@ fn nginx_h2c_spans_match_access_log() {
         }
         if s.attr("network.protocol.version").as_deref() != Some("2") {
             problems.push(format!("network.protocol.version: {:?}", s.span));
+        }
+        if s.attr("url.scheme").as_deref() != Some(scheme) {
+            problems.push(format!("url.scheme: {:?}", s.span));
         }
         let path = s.attr("url.path").unwrap_or_default();
         let target = match s.attr("url.query") {

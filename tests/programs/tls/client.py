@@ -1,15 +1,24 @@
 """HTTPS client: a seeded mix of GET/HEAD/POST (404s included) over keep-alive and fresh
 connections, TLS 1.2 and 1.3. Prints one line per exchange: "METHOD PATH STATUS".
 
-usage: client.py PORT SEED N
+usage: client.py PORT SEED N [GO_FILE]
+
+With GO_FILE, the client prints "ready" once its libssl is loaded and starts only when
+that file exists (so that an agent can attach to it first).
 """
 import http.client
+import os
 import random
 import ssl
 import sys
+import time
 
 port, seed, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
+if len(sys.argv) > 4:
+    print("ready", flush=True)
+    while not os.path.exists(sys.argv[4]):
+        time.sleep(0.02)
 
 
 def context(version):
