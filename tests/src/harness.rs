@@ -499,8 +499,8 @@ pub fn start_nginx_from(template: &Path) -> Server {
         ""
     };
     let port = free_port();
-    let mut conf = fs::read_to_string(template)
-        .unwrap_or_else(|e| panic!("read {}: {e}", template.display()));
+    let mut conf =
+        fs::read_to_string(template).unwrap_or_else(|e| panic!("read {}: {e}", template.display()));
     if conf.contains("@CERT@") {
         // A template serving TLS gets a self-signed certificate for localhost.
         let (cert, key) = self_signed_cert(&dir);

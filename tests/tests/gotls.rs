@@ -4,7 +4,8 @@
 //! one right CLIENT span, checked against what the client printed (both written by the
 //! Go programs, not by us): `url.scheme=https`, method, path, status, body size. The
 //! client is a seeded mix of GET/HEAD/POST, 404s, bodies up to 1 MiB, keep-alive and
-//! fresh connections; HTTP/1.1 only (HTTP/2 is another issue's).
+//! fresh connections; HTTP/1.1, and HTTP/2 by ALPN (net/http's own h2 on both ends),
+//! where every span must also say `network.protocol.version=2`.
 //!
 //! Needs root and the Go toolchains (`PERISCOPE_GO_TOOLCHAINS`, set by `cargo xtask
 //! test`). Run a seed again with `PERISCOPE_TLS_SEED=<seed>`.
@@ -83,7 +84,7 @@ fn check<'a>(
 /// syscalls made inside the handshake and the calls).
 type End<'a> = (&'a str, GoFlavor, &'a str);
 
-fn go_tls_run(server: End, client: End) {
+fn go_tls_run(server: End, client: End, proto: &str) {
     harness::require_root();
     let _serial = harness::serial();
     let seed = seed();
@@ -95,7 +96,7 @@ fn go_tls_run(server: End, client: End) {
     let go_file = dir.path().join("go");
 
     let mut cmd = Command::new(&server_bin);
-    cmd.arg("server").arg(&log_path).arg(server.2);
+    cmd.arg("server").arg(&log_path).arg(server.2).arg(proto);
     let mut srv = Process::spawn("gotls-server", cmd);
     let line =
         srv.wait_for_stdout_line(Duration::from_secs(20), |l| l.starts_with("listening on "));
@@ -106,7 +107,8 @@ fn go_tls_run(server: End, client: End) {
         .arg(seed.to_string())
         .arg(EXCHANGES.to_string())
         .arg(&go_file)
-        .arg(client.2);
+        .arg(client.2)
+        .arg(proto);
     let mut cli = Process::spawn("gotls-client", cmd);
 
     let receiver = Receiver::start();
@@ -162,6 +164,15 @@ fn go_tls_run(server: End, client: End) {
             s.name()
         );
     }
+    let version = if proto == "h2" { "2" } else { "1.1" };
+    for s in servers.iter().chain(&clients) {
+        assert_eq!(
+            s.attr("network.protocol.version").as_deref(),
+            Some(version),
+            "seed {seed}: {}",
+            s.name()
+        );
+    }
     let prefix = format!("https://{addr}/");
     for s in &clients {
         let full = s.attr("url.full").unwrap_or_default();
@@ -211,6 +222,7 @@ fn go_tls_go121_plain_server_go127_stripped_client_embedded_conn() {
     go_tls_run(
         ("1.21", GoFlavor::Plain, "none"),
         ("1.27", GoFlavor::Stripped, "embed"),
+        "h1",
     );
 }
 
@@ -219,5 +231,17 @@ fn go_tls_go127_stripped_server_opaque_conn_go121_plain_client() {
     go_tls_run(
         ("1.27", GoFlavor::Stripped, "opaque"),
         ("1.21", GoFlavor::Plain, "none"),
+        "h1",
+    );
+}
+
+/// HTTP/2 over TLS between two Go programs: the h2 sessions run on the plaintext of
+/// Go's crypto/tls, on a stripped server behind a wrapped conn.
+#[test]
+fn go_h2_over_tls_go125_stripped_server_embedded_conn_go123_plain_client() {
+    go_tls_run(
+        ("1.25", GoFlavor::Stripped, "embed"),
+        ("1.23", GoFlavor::Plain, "none"),
+        "h2",
     );
 }

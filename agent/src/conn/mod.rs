@@ -41,6 +41,9 @@ use crate::{
 /// Requests waiting for a response on one connection (pipelining depth) before the
 /// oldest is given up: bounds memory on a connection whose responses we cannot see.
 const MAX_PENDING: usize = 64;
+/// HTTP/2 client stream identities fixed ahead of their exchange, per connection: one
+/// per open stream at most.
+const MAX_H2_IDS: usize = crate::h2::MAX_STREAMS;
 /// How often process gauges are sampled from /proc.
 const PROC_SAMPLE_NS: u64 = 1_000_000_000;
 /// Connections tracked at once; beyond it new connections are not followed (counted).
@@ -102,6 +105,9 @@ struct Conn {
     /// HTTP/2 (the client preface was seen): every later byte goes to this session
     /// instead of the HTTP/1 parsers.
     h2: Option<Box<crate::h2::Session>>,
+    /// HTTP/2 client streams whose span identity was fixed before their exchange ended
+    /// (a traced server read the request and joined it): stream id -> identity.
+    h2_ids: HashMap<u32, Ids>,
 }
 
 /// What is known of TLS on a connection.
@@ -155,6 +161,7 @@ impl Conn {
             tls: Tls::No,
             fed: false,
             h2: None,
+            h2_ids: HashMap::new(),
         }
     }
 
@@ -1103,20 +1110,92 @@ impl Tracker {
         };
         for x in out {
             self.stats.requests += 1;
+            let mut client_service = None;
+            let (ids, local_parent) = match kind {
+                // Fixed already when a traced server joined the stream.
+                SpanKind::Client => match conn.h2_ids.remove(&x.stream_id) {
+                    Some(ids) => (ids, false),
+                    None => (Ids::for_request(kind, &x.req), false),
+                },
+                SpanKind::Server => {
+                    let joined = conn
+                        .from_start
+                        .then(|| self.h2_client_parent(key.0, &conn.ends, x.stream_id, &x.req))
+                        .flatten();
+                    match joined {
+                        Some((parent, service)) => {
+                            self.stats.joined += 1;
+                            client_service = Some(service);
+                            (parent.child(), true)
+                        }
+                        None => (Ids::for_request(kind, &x.req), false),
+                    }
+                }
+            };
             self.exchanges.push(Exchange {
                 kind,
-                ids: Ids::for_request(kind, &x.req),
+                ids,
                 req: x.req,
                 resp: x.resp,
                 ends: conn.ends,
-                local_parent: false,
+                local_parent,
                 ctx_key: u64::MAX,
-                client_service: None,
+                client_service,
                 h2: Some(Box::new(H2Extra { grpc: x.grpc })),
             });
         }
         self.conns.insert(key, conn);
         self.finish_exchanges(key.0, sink);
+    }
+
+    /// The traced client end of an HTTP/2 server connection's stream: the client
+    /// socket whose local address is the connection's peer, and on it the open stream
+    /// with the same id (both ends number streams alike) and the same method and path.
+    /// The client span's identity is fixed here, for its exchange to use when it ends.
+    fn h2_client_parent(
+        &mut self,
+        server_pid: u32,
+        ends: &Endpoints,
+        stream: u32,
+        req: &Message,
+    ) -> Option<(Ids, Arc<str>)> {
+        let MessageKind::Request { method, target } = &req.kind else {
+            return None;
+        };
+        for c in client_candidates(&self.clients, &self.procs, server_pid, ends) {
+            let Some(conn) = self.conns.get_mut(&(c.pid, c.fd)) else {
+                continue;
+            };
+            if !conn.from_start || conn.role != Role::Client {
+                continue;
+            }
+            let Some(session) = conn.h2.as_ref() else {
+                continue;
+            };
+            if session.open_request(stream) != Some((method.as_str(), target.as_str())) {
+                continue;
+            }
+            if conn.h2_ids.len() >= MAX_H2_IDS {
+                // Streams that ended without an exchange (reset, lost) leave theirs.
+                let session = conn.h2.as_ref().expect("checked above");
+                conn.h2_ids
+                    .retain(|id, _| session.open_request(*id).is_some());
+                if conn.h2_ids.len() >= MAX_H2_IDS {
+                    return None;
+                }
+            }
+            let ids = conn
+                .h2_ids
+                .entry(stream)
+                .or_insert_with(|| Ids::for_request(SpanKind::Client, req))
+                .clone();
+            let service = self.procs.get(&c.pid).map_or_else(
+                || Arc::from(""),
+                |p| Arc::from(p.resource.service_name.as_str()),
+            );
+            return Some((ids, service));
+        }
+        None
     }
 
     /// Turns paired exchanges into metrics (always) and spans (when sampled).
@@ -1684,16 +1763,7 @@ fn find_client_end(
     seq: u64,
     msg: &Message,
 ) -> Option<(ActiveSpan, Arc<str>)> {
-    let peer = ends.peer?;
-    let candidates = peers.clients.get(&(peer.ip(), peer.port()))?;
-    let server_port = ends.local.map(|l| l.port());
-    let netns = |pid: u32| peers.procs.get(&pid).and_then(|p| p.netns);
-    let server_netns = netns(server_pid);
-    let same_port = |c: &&ClientEnd| server_port.is_none_or(|p| p == c.server_port);
-    let ordered = candidates
-        .iter()
-        .filter(same_port)
-        .chain(candidates.iter().filter(|c| !same_port(c)));
+    let ordered = client_candidates(peers.clients, peers.procs, server_pid, ends);
     let same_line = |m: &Message| match (&m.kind, &msg.kind) {
         (
             MessageKind::Request { method, target },
@@ -1705,12 +1775,6 @@ fn find_client_end(
         _ => false,
     };
     for c in ordered {
-        if peer.ip().is_loopback()
-            && let (Some(a), Some(b)) = (server_netns, netns(c.pid))
-            && a != b
-        {
-            continue;
-        }
         let Some(conn) = peers.conns.get(&(c.pid, c.fd)) else {
             continue;
         };
@@ -1741,6 +1805,38 @@ fn find_client_end(
         ));
     }
     None
+}
+
+/// The traced client sockets that may be the other end of a server connection: those
+/// whose local address is its peer, the ones whose destination port is the server's
+/// local port first (see `find_client_end`); loopback ones only within the server's
+/// network namespace.
+fn client_candidates(
+    clients: &HashMap<(IpAddr, u16), Vec<ClientEnd>>,
+    procs: &HashMap<u32, Proc>,
+    server_pid: u32,
+    ends: &Endpoints,
+) -> Vec<ClientEnd> {
+    let Some(peer) = ends.peer else {
+        return Vec::new();
+    };
+    let Some(candidates) = clients.get(&(peer.ip(), peer.port())) else {
+        return Vec::new();
+    };
+    let server_port = ends.local.map(|l| l.port());
+    let netns = |pid: u32| procs.get(&pid).and_then(|p| p.netns);
+    let server_netns = netns(server_pid);
+    let same_port = |c: &&ClientEnd| server_port.is_none_or(|p| p == c.server_port);
+    candidates
+        .iter()
+        .filter(same_port)
+        .chain(candidates.iter().filter(|c| !same_port(c)))
+        .filter(|c| {
+            !(peer.ip().is_loopback()
+                && matches!((server_netns, netns(c.pid)), (Some(a), Some(b)) if a != b))
+        })
+        .copied()
+        .collect()
 }
 
 /// CLOCK_MONOTONIC now, in the kernel's bpf_ktime_get_ns units.

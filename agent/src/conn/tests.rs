@@ -467,3 +467,89 @@ fn a_service_port_in_front_of_the_target_port_still_joins() {
 
 mod model;
 mod pairing;
+
+/// An HTTP/2 frame (9-byte header, payload).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    v.extend_from_slice(&[kind, flags]);
+    v.extend_from_slice(&stream.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A HEADERS frame with END_HEADERS (and END_STREAM when `end`), literal fields only so
+/// that each encoding is independent of the ones before it.
+fn h2_headers(stream: u32, end: bool, fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (k, v) in fields {
+        // Literal header field without indexing, new name (RFC 7541 6.2.2).
+        block.push(0);
+        block.push(k.len() as u8);
+        block.extend_from_slice(k.as_bytes());
+        block.push(v.len() as u8);
+        block.extend_from_slice(v.as_bytes());
+    }
+    h2_frame(1, 0x4 | if end { 0x1 } else { 0 }, stream, &block)
+}
+
+/// h2 streams join across processes by connection and stream id: the server's span of
+/// stream 1 is the child of the client's span of stream 1, and so for stream 3, sent
+/// before stream 1's answer; a server stream whose path differs from the client's
+/// stream of that id joins nothing.
+#[test]
+fn h2_server_stream_is_child_of_the_traced_client_stream() {
+    let mut r = Run::new();
+    let (a, b) = (std::process::id(), 1);
+    r.t.add_process(a);
+    r.t.add_process(b);
+    r.open(connect(a, 5, 40_000, 8443, 1));
+    r.open(accept(b, 7, 40_000, 2));
+    let mut hello = crate::h2::PREFACE.to_vec();
+    hello.extend(h2_frame(4, 0, 0, &[]));
+    let get = |stream: u32, path: &str| {
+        h2_headers(
+            stream,
+            true,
+            &[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", path),
+                (":authority", "backend"),
+            ],
+        )
+    };
+    let ok = |stream: u32| {
+        let mut v = h2_headers(stream, false, &[(":status", "200")]);
+        v.extend(h2_frame(0, 1, stream, b"ok"));
+        v
+    };
+    let mut first = hello.clone();
+    first.extend(get(1, "/one"));
+    // The client opens streams 1 and 3 (and 5, which the server reads as another
+    // path: bytes the two ends disagree on never join).
+    r.data(a, a, 5, DIR_EGRESS, 10, &first);
+    r.data(b, b, 7, DIR_INGRESS, 11, &first);
+    r.data(b, b, 7, DIR_EGRESS, 12, &h2_frame(4, 0, 0, &[]));
+    r.data(a, a, 5, DIR_INGRESS, 13, &h2_frame(4, 0, 0, &[]));
+    r.data(a, a, 5, DIR_EGRESS, 20, &get(3, "/two"));
+    r.data(b, b, 7, DIR_INGRESS, 21, &get(3, "/two"));
+    r.data(a, a, 5, DIR_EGRESS, 22, &get(5, "/three"));
+    r.data(b, b, 7, DIR_INGRESS, 23, &get(5, "/other"));
+    for (i, stream) in [3u32, 1, 5].into_iter().enumerate() {
+        let ts = 30 + 10 * i as u64;
+        r.data(b, b, 7, DIR_EGRESS, ts, &ok(stream));
+        r.data(a, a, 5, DIR_INGRESS, ts + 1, &ok(stream));
+    }
+    assert_eq!(r.spans.len(), 6, "{:#?}", r.spans);
+    for path in ["/one", "/two"] {
+        let c = r.find(SpanKind::Client, path).clone();
+        let s = r.find(SpanKind::Server, path);
+        assert_eq!(s.trace_id, c.trace_id, "{path}");
+        assert_eq!(s.parent_span_id, c.span_id, "{path}");
+    }
+    let c = r.find(SpanKind::Client, "/three").clone();
+    let s = r.find(SpanKind::Server, "/other");
+    assert_ne!(s.trace_id, c.trace_id);
+    assert_eq!(s.parent_span_id, [0; 8]);
+    assert_eq!(r.t.stats().joined, 2);
+}

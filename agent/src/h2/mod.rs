@@ -408,6 +408,14 @@ impl Session {
         self.core.stats
     }
 
+    /// The method and path of the request on `stream` while the stream is open (its
+    /// response has not ended): what a traced server must have read, for the two ends'
+    /// spans of one stream to be joined.
+    pub fn open_request(&self, stream: u32) -> Option<(&str, &str)> {
+        let f = self.core.streams.get(&stream)?.req.as_ref()?;
+        Some((f.method.as_deref()?, f.path.as_deref()?))
+    }
+
     /// Whether headers are no longer decoded on this connection.
     pub fn is_blind(&self) -> bool {
         self.core.blind

@@ -108,6 +108,17 @@ impl Ids {
         }
     }
 
+    /// A new span's identity in this one's trace, with this one as its parent.
+    pub fn child(&self) -> Self {
+        Ids {
+            trace_id: self.trace_id,
+            span_id: new_span_id(),
+            parent_span_id: self.span_id,
+            flags: self.flags,
+            trace_state: self.trace_state.clone(),
+        }
+    }
+
     pub fn has_parent(&self) -> bool {
         self.parent_span_id != [0; 8]
     }

@@ -1,11 +1,11 @@
-// gotls is a Go HTTPS server and client (crypto/tls, HTTP/1.1 only) used as a tracing
-// target by the Go TLS end-to-end test. Stdlib only; built with several Go toolchains,
+// gotls is a Go HTTPS server and client (crypto/tls, HTTP/1.1 or HTTP/2) used as a
+// tracing target by the Go TLS end-to-end test. Stdlib only; built with several Go toolchains,
 // plain and stripped.
 //
-//	gotls server LOG WRAP     listens on 127.0.0.1:0 with a certificate made at start,
+//	gotls server LOG WRAP [PROTO]  listens on 127.0.0.1:0 with a certificate made at start,
 //	                          prints "listening on ADDR", appends one line per request to
 //	                          LOG: "METHOD PATH STATUS BYTES" (BYTES = response body)
-//	gotls client URL SEED N GO WRAP  waits for the file GO to exist, then makes N seeded
+//	gotls client URL SEED N GO WRAP [PROTO]  waits for the file GO to exist, then makes N seeded
 //	                          requests to URL (GET/HEAD/POST, 404s, bodies up to 1 MiB,
 //	                          keep-alive and fresh connections) and prints the same line
 //	                          per exchange, then "done"
@@ -14,7 +14,9 @@
 // embeds the net.Conn as its first field) or "opaque" (a struct holding it after other
 // fields, forwarding each method), as proxies and instrumentation libraries do.
 //
-// Both force HTTP/1.1 (TLSNextProto empty): HTTP/2 is traced elsewhere.
+// PROTO is "h1" (the default: both force HTTP/1.1, TLSNextProto empty) or "h2" (HTTP/2
+// by ALPN, net/http's own HTTP/2 on both ends; the client attempts it although it dials
+// itself).
 package main
 
 import (
@@ -43,15 +45,28 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		log.Fatal("usage: gotls server LOG WRAP | gotls client URL SEED N GOFILE WRAP")
+		log.Fatal("usage: gotls server LOG WRAP [PROTO] | gotls client URL SEED N GOFILE WRAP [PROTO]")
+	}
+	proto := func(i int) bool {
+		if len(os.Args) <= i {
+			return false
+		}
+		switch os.Args[i] {
+		case "h1":
+			return false
+		case "h2":
+			return true
+		}
+		log.Fatalf("unknown PROTO %q", os.Args[i])
+		return false
 	}
 	switch os.Args[1] {
 	case "server":
-		server(os.Args[2], os.Args[3])
+		server(os.Args[2], os.Args[3], proto(4))
 	case "client":
 		seed, _ := strconv.ParseInt(os.Args[3], 10, 64)
 		n, _ := strconv.Atoi(os.Args[4])
-		client(os.Args[2], seed, n, os.Args[5], os.Args[6])
+		client(os.Args[2], seed, n, os.Args[5], os.Args[6], proto(7))
 	default:
 		log.Fatalf("unknown mode %q", os.Args[1])
 	}
@@ -150,7 +165,7 @@ func (l wrapListener) Accept() (net.Conn, error) {
 	return wrap(c, l.how), nil
 }
 
-func server(logPath, how string) {
+func server(logPath, how string, h2 bool) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		log.Fatal(err)
@@ -190,12 +205,16 @@ func server(logPath, how string) {
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ErrorLog:     log.New(io.Discard, "", 0),
 	}
+	if h2 {
+		// nil: ServeTLS offers h2 by ALPN.
+		srv.TLSNextProto = nil
+	}
 	fmt.Printf("listening on %s\n", ln.Addr())
 	os.Stdout.Sync()
 	log.Fatal(srv.ServeTLS(wrapListener{ln, how}, "", ""))
 }
 
-func client(base string, seed int64, n int, goFile, how string) {
+func client(base string, seed int64, n int, goFile, how string, h2 bool) {
 	for {
 		if _, err := os.Stat(goFile); err == nil {
 			break
@@ -216,6 +235,10 @@ func client(base string, seed int64, n int, goFile, how string) {
 			}
 			return wrap(c, how), nil
 		},
+	}
+	if h2 {
+		tr.TLSNextProto = nil
+		tr.ForceAttemptHTTP2 = true
 	}
 	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	out := bufio.NewWriter(os.Stdout)
@@ -254,6 +277,9 @@ func client(base string, seed int64, n int, goFile, how string) {
 		p := path
 		if q := strings.IndexByte(p, '?'); q >= 0 {
 			p = p[:q]
+		}
+		if h2 != (resp.ProtoMajor == 2) {
+			log.Fatalf("%s %s: answered over %s", method, path, resp.Proto)
 		}
 		fmt.Fprintf(out, "%s %s %d %d\n", method, p, resp.StatusCode, got)
 	}
