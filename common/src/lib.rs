@@ -619,6 +619,25 @@ pub fn classify(first: &[u8; CLASSIFY_LEN], len: usize) -> Class {
         }
         return Class::Unknown;
     }
+    // HTTP/2's server connection preface: a SETTINGS frame (not an ACK) on stream 0,
+    // its length a multiple of 6 below 2^16. A server may write it before it reads the
+    // client's preface (grpc-go, Go net/http), so it can be a server socket's first bytes.
+    if first[0] == 0 {
+        let mut settings = true;
+        for (i, want) in [(3usize, 4u8), (4, 0), (5, 0), (6, 0), (7, 0), (8, 0)] {
+            if i < len && first[i] != want {
+                settings = false;
+            }
+        }
+        if settings {
+            if len < 9 {
+                return Class::NeedMore;
+            }
+            if (((first[1] as u32) << 8) | first[2] as u32) % 6 == 0 {
+                return Class::Http2;
+            }
+        }
+    }
     match prefix(first, len, H2_PREFACE) {
         Prefix::Whole => return Class::Http2,
         // Would pass for an extension method below, but it is HTTP/2's start.
@@ -719,6 +738,19 @@ mod tests {
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00",
             Class::Http2,
         ),
+        (
+            "grpc-go 1.33 server preface (SETTINGS before the client's preface)",
+            b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x05\x00\x00\x40\x00",
+            Class::Http2,
+        ),
+        (
+            "Go net/http server preface",
+            b"\x00\x00\x18\x04\x00\x00\x00\x00\x00\x00\x05\x00\x10\x00\x00\x00\x03",
+            Class::Http2,
+        ),
+        ("SETTINGS ACK is no preface", b"\x00\x00\x00\x04\x01\x00\x00\x00\x00", Class::Unknown),
+        ("SETTINGS of a broken length", b"\x00\x00\x07\x04\x00\x00\x00\x00\x00\x00", Class::Unknown),
+        ("start of a SETTINGS frame", b"\x00\x00\x06\x04", Class::NeedMore),
         (
             "openssl s_client TLS 1.2 ClientHello record",
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x8a\x1f",

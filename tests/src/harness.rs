@@ -813,7 +813,8 @@ fn hash_dir(h: &mut impl Hasher, dir: &Path) {
     }
 }
 
-/// Builds `tests/programs/<program>` with `tc` in `flavor`, offline, into
+/// Builds `tests/programs/<program>` with `tc` in `flavor`, offline (a directory
+/// without `go.mod` in GOPATH mode against /usr/share/gocode), into
 /// `target/e2e/go/<program>-go<version>-<flavor>-<hash>/<program>` and
 /// returns the binary. The hash covers the sources, the toolchain and the
 /// flavor, so reruns reuse the binary. The binary is named after the program
@@ -861,15 +862,22 @@ pub fn build_go_program(program: &str, tc: &GoToolchain, flavor: GoFlavor) -> Pa
         .current_dir(&src)
         .env("GOTOOLCHAIN", "local")
         .env("GOPROXY", "off")
-        .env("GOFLAGS", "-mod=mod")
         .env("GOWORK", "off")
         .env(
             "CGO_ENABLED",
             if flavor == GoFlavor::Cgo { "1" } else { "0" },
         )
         .env("GOCACHE", go_dir.join("cache"))
-        .env("GOPATH", go_dir.join("gopath"))
         .env("GOENV", "off");
+    if src.join("go.mod").is_file() {
+        cmd.env("GOFLAGS", "-mod=mod")
+            .env("GOPATH", go_dir.join("gopath"));
+    } else {
+        // No module: a GOPATH build against Debian's Go library sources (grpc-go's
+        // golang-google-grpc-dev and its dependencies).
+        cmd.env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode");
+    }
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", tc.go.display()));

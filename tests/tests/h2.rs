@@ -3,6 +3,10 @@
 //! - nginx serving h2c (prior knowledge) under `h2load` and `curl --http2-prior-knowledge`,
 //!   and h2 over TLS (ALPN) under `h2load` and `curl --http2`: one SERVER span per
 //!   access-log line, with its method, path, status and body bytes;
+//! - grpc-go (Debian's golang-google-grpc-dev, built with two Go releases, plain and
+//!   stripped) server and client, both traced: unary and cancelled server-streaming
+//!   health calls, per side and status code as each program logged them, every server
+//!   span the child of its client span, the RPC metrics counting the same calls;
 //! - a Python grpcio server (the standard health service) called by a traced grpcio
 //!   client: Health/Check answered OK and NOT_FOUND, as SERVER and CLIENT spans with the
 //!   rpc.* attributes and the status each side must have, counts as the server logged.
@@ -492,4 +496,203 @@ fn grpcio_health_check(exact: bool) {
     );
     drop(client);
     server.process.assert_running();
+}
+
+/// One grpc-go build: Go release and flavor.
+type GoBuild<'a> = (&'a str, harness::GoFlavor);
+
+/// grpc-go (Debian's golang-google-grpc-dev, 1.33) server and client, both traced: a
+/// seeded mix of unary Health/Check (OK, NOT_FOUND) and server-streaming Health/Watch
+/// (cancelled by the client after its first message), concurrent streams on one
+/// connection and calls on fresh ones. Per side, the spans' (method, code) counts equal
+/// what each program logged; every server span is the child of the client span of its
+/// stream; the RPC metrics count what the spans say.
+fn grpc_go(server: GoBuild, client: GoBuild) {
+    harness::require_root();
+    let _serial = harness::serial();
+    harness::agent_bin();
+    let seed: u64 = std::env::var("PERISCOPE_GRPC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
+        });
+    eprintln!("PERISCOPE_GRPC_SEED={seed}");
+    let n = 80;
+    let server_bin =
+        harness::build_go_program("gogrpc", &harness::go_toolchain(server.0), server.1);
+    let client_bin =
+        harness::build_go_program("gogrpc", &harness::go_toolchain(client.0), client.1);
+    let dir = harness::TempDir::new("gogrpc");
+    let log_path = dir.path().join("server.log");
+    let go_file = dir.path().join("go");
+    let mut cmd = Command::new(&server_bin);
+    cmd.arg("server").arg(&log_path);
+    let srv = harness::start_announced("gogrpc-server", cmd);
+    let mut cmd = Command::new(&client_bin);
+    cmd.arg("client")
+        .arg(srv.addr.to_string())
+        .arg(seed.to_string())
+        .arg(n.to_string())
+        .arg(&go_file);
+    let mut cli = Process::spawn("gogrpc-client", cmd);
+    let receiver = Receiver::start();
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
+    let agent = Agent::start([
+        "--pid".to_string(),
+        srv.pid().to_string(),
+        "--pid".to_string(),
+        cli.pid().to_string(),
+        "--otlp-endpoint".to_string(),
+        receiver.endpoint(Protocol::Grpc),
+        "--otlp-protocol".to_string(),
+        "grpc".to_string(),
+        "--prometheus".to_string(),
+        metrics_addr.to_string(),
+    ]);
+    std::fs::write(&go_file, b"").unwrap();
+    cli.wait_for_stdout_line(Duration::from_secs(60), |l| l == "done");
+    // (method, code) -> calls, as each program logged them.
+    let count_lines = |text: &str| {
+        let mut m: BTreeMap<(String, String), u32> = BTreeMap::new();
+        for l in text.lines().filter(|l| *l != "done") {
+            let (method, code) = l.rsplit_once(' ').expect("METHOD CODE");
+            *m.entry((method.to_string(), code.to_string())).or_default() += 1;
+        }
+        m
+    };
+    let client_calls = count_lines(&cli.output().stdout());
+    assert_eq!(client_calls.values().sum::<u32>(), n, "the client's lines");
+    // The server logs a call when its handler returns (a cancelled Watch a moment after
+    // the client saw it end).
+    let deadline = Instant::now() + SPAN_TIMEOUT;
+    let server_calls = loop {
+        let m = count_lines(&std::fs::read_to_string(&log_path).unwrap_or_default());
+        if m.values().sum::<u32>() >= n || Instant::now() > deadline {
+            break m;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(server_calls.values().sum::<u32>(), n, "the server's lines");
+    receiver.wait_for_spans(2 * n as usize, SPAN_TIMEOUT);
+    thread::sleep(SETTLE);
+    let text = scrape(metrics_addr);
+    let exit = agent.stop();
+    let spans = receiver.spans();
+
+    let mut problems = Vec::new();
+    let mut got: [BTreeMap<(String, String), u32>; 2] = Default::default();
+    let mut clients = std::collections::HashMap::new();
+    for s in &spans {
+        if s.kind() == SpanKind::Client {
+            clients.insert(s.span_id_hex(), s);
+        }
+    }
+    for s in &spans {
+        let (side, kind) = match s.kind() {
+            SpanKind::Server => (0, "server"),
+            SpanKind::Client => (1, "client"),
+            k => {
+                problems.push(format!("kind {k:?}: {:?}", s.span));
+                continue;
+            }
+        };
+        for (k, v) in [
+            ("rpc.system", "grpc"),
+            ("rpc.service", "grpc.health.v1.Health"),
+            ("network.protocol.version", "2"),
+        ] {
+            if s.attr(k).as_deref() != Some(v) {
+                problems.push(format!("{kind} span {k}={:?}, want {v}", s.attr(k)));
+            }
+        }
+        let method = format!(
+            "/grpc.health.v1.Health/{}",
+            s.attr("rpc.method").unwrap_or_default()
+        );
+        let code = s.attr("rpc.grpc.status_code").unwrap_or_default();
+        // Servers: CANCELLED and NOT_FOUND are the caller's doing; clients: any non-OK
+        // code is an error (OTel gRPC conventions).
+        let want_error = kind == "client" && code != "0";
+        if s.is_error() != want_error {
+            problems.push(format!(
+                "{kind} span {method} {code}: error={}, want {want_error}",
+                s.is_error()
+            ));
+        }
+        if side == 0 {
+            match clients.get(&s.parent_span_id_hex()) {
+                Some(c)
+                    if c.trace_id_hex() == s.trace_id_hex()
+                        && c.attr("rpc.method") == s.attr("rpc.method") => {}
+                _ => problems.push(format!("server span {method} {code} not joined")),
+            }
+        }
+        *got[side].entry((method, code)).or_default() += 1;
+    }
+    if got[0] != server_calls {
+        problems.push(format!(
+            "server spans {:?}, the server logged {server_calls:?}",
+            got[0]
+        ));
+    }
+    if got[1] != client_calls {
+        problems.push(format!(
+            "client spans {:?}, the client logged {client_calls:?}",
+            got[1]
+        ));
+    }
+    for (side, kind) in [(0, "server"), (1, "client")] {
+        let mut by_code: BTreeMap<&str, u32> = BTreeMap::new();
+        for ((_, code), c) in &got[side] {
+            *by_code.entry(code).or_default() += c;
+        }
+        for (code, c) in by_code {
+            let name = format!("rpc_{kind}_duration_seconds_count{{");
+            let label = format!("rpc_grpc_status_code=\"{code}\"");
+            let metric: f64 = text
+                .lines()
+                .filter(|l| l.starts_with(&name) && l.contains(&label))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if metric != f64::from(c) {
+                problems.push(format!(
+                    "rpc_{kind}_duration_seconds_count with status {code} = {metric}, {c} spans"
+                ));
+            }
+        }
+    }
+    let unplaced = metric_sum(&text, "periscope_h2_streams_unplaced_total");
+    if unplaced != 0.0 {
+        problems.push(format!("{unplaced} unplaced streams"));
+    }
+    if !exit.status.success() {
+        problems.push(format!("agent exited with {}", exit.status));
+    }
+    assert!(
+        problems.is_empty(),
+        "seed {seed}: {} problem(s), {} spans for {n} calls:\n  {}\n--- agent stderr (tail) ---\n{}",
+        problems.len(),
+        spans.len(),
+        problems.join("\n  "),
+        harness::tail(&exit.stderr, 4000)
+    );
+}
+
+#[test]
+fn grpc_go121_plain_server_go127_stripped_client() {
+    grpc_go(
+        ("1.21", harness::GoFlavor::Plain),
+        ("1.27", harness::GoFlavor::Stripped),
+    );
+}
+
+#[test]
+fn grpc_go127_stripped_server_go121_plain_client() {
+    grpc_go(
+        ("1.27", harness::GoFlavor::Stripped),
+        ("1.21", harness::GoFlavor::Plain),
+    );
 }

@@ -30,6 +30,8 @@ pub fn prerequisites() -> Result<(std::path::PathBuf, String)> {
             "busybox",
             // client_golang sources for GOPATH builds: the truth for go_* series.
             "golang-github-prometheus-client-golang-dev",
+            // grpc-go sources (1.33) for GOPATH builds: a gRPC server and client in Go.
+            "golang-google-grpc-dev",
             // Debian's Go 1.19 (prometheus is built with it): the Go binary unit tests
             // check offsets and runtime globals found from code against its builds too.
             "golang-1.19-go",

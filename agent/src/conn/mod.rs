@@ -44,6 +44,10 @@ const MAX_PENDING: usize = 64;
 /// HTTP/2 client stream identities fixed ahead of their exchange, per connection: one
 /// per open stream at most.
 const MAX_H2_IDS: usize = crate::h2::MAX_STREAMS;
+/// Ended HTTP/2 client streams remembered per connection (see `Conn::h2_ended`).
+const MAX_H2_ENDED: usize = 64;
+/// Closed HTTP/2 client connections remembered (see `Tracker::h2_closed`).
+const MAX_H2_CLOSED: usize = 256;
 /// How often process gauges are sampled from /proc.
 const PROC_SAMPLE_NS: u64 = 1_000_000_000;
 /// Connections tracked at once; beyond it new connections are not followed (counted).
@@ -108,6 +112,26 @@ struct Conn {
     /// HTTP/2 client streams whose span identity was fixed before their exchange ended
     /// (a traced server read the request and joined it): stream id -> identity.
     h2_ids: HashMap<u32, Ids>,
+    /// The last HTTP/2 client streams that ended (at most [`MAX_H2_ENDED`]), for a
+    /// server whose end of the stream ends later (a stream the client reset): stream
+    /// ids are never reused on a connection, so the id names one stream for good.
+    h2_ended: VecDeque<EndedStream>,
+}
+
+/// A traced HTTP/2 client connection closed lately: its last ended streams, for a
+/// server end that finishes a stream after the client closed (a stream the client
+/// reset, then closed the connection).
+struct ClosedH2Client {
+    pid: u32,
+    ended: VecDeque<EndedStream>,
+}
+
+/// An HTTP/2 client stream that ended: its id, its span's identity and a hash of its
+/// method and path (what the server end must have read too).
+struct EndedStream {
+    stream: u32,
+    ids: Ids,
+    request: u64,
 }
 
 /// What is known of TLS on a connection.
@@ -162,6 +186,7 @@ impl Conn {
             fed: false,
             h2: None,
             h2_ids: HashMap::new(),
+            h2_ended: VecDeque::new(),
         }
     }
 
@@ -429,6 +454,10 @@ pub struct Tracker {
     last_proc_sample_ns: u64,
     /// Client sockets of traced processes by local (address, port).
     clients: HashMap<(IpAddr, u16), Vec<ClientEnd>>,
+    /// HTTP/2 client connections closed lately, by local (address, port), oldest first
+    /// in `h2_closed_order`.
+    h2_closed: HashMap<(IpAddr, u16), ClosedH2Client>,
+    h2_closed_order: VecDeque<(IpAddr, u16)>,
     /// (pid, goid) -> the goroutine that created it (from goroutine events).
     go_parents: HashMap<(u32, u64), u64>,
     /// Fds that name another fd's connection (dup, adopted twice); see `follow`.
@@ -492,6 +521,8 @@ impl Tracker {
             active: HashMap::new(),
             last_proc_sample_ns: 0,
             clients: HashMap::new(),
+            h2_closed: HashMap::new(),
+            h2_closed_order: VecDeque::new(),
             go_parents: HashMap::new(),
             aliases: follow::Aliases::default(),
             mutes: Vec::new(),
@@ -722,6 +753,8 @@ impl Tracker {
         let (Some(local), Some(peer)) = (ends.local, ends.peer) else {
             return;
         };
+        // A new connection from the same address: the closed one's streams are history.
+        self.h2_closed.remove(&(local.ip(), local.port()));
         let v = self.clients.entry((local.ip(), local.port())).or_default();
         v.retain(|c| (c.pid, c.fd) != (pid, fd));
         v.push(ClientEnd {
@@ -950,6 +983,17 @@ impl Tracker {
                 conn.fed = true;
                 self.stats.h2_conns += 1;
             }
+        } else if !suppressed
+            && conn.h2.is_none()
+            && !ingress
+            && !conn.fed
+            && conn.role == Role::Server
+            && crate::h2::is_server_preface(head)
+        {
+            // The server's preface before the client's was read (grpc-go, Go net/http).
+            conn.h2 = Some(Box::default());
+            conn.fed = true;
+            self.stats.h2_conns += 1;
         }
         if conn.h2.is_some() {
             // Count-only chunks reach the session as gaps.
@@ -1113,10 +1157,23 @@ impl Tracker {
             let mut client_service = None;
             let (ids, local_parent) = match kind {
                 // Fixed already when a traced server joined the stream.
-                SpanKind::Client => match conn.h2_ids.remove(&x.stream_id) {
-                    Some(ids) => (ids, false),
-                    None => (Ids::for_request(kind, &x.req), false),
-                },
+                SpanKind::Client => {
+                    let ids = conn
+                        .h2_ids
+                        .remove(&x.stream_id)
+                        .unwrap_or_else(|| Ids::for_request(kind, &x.req));
+                    if conn.h2_ended.len() >= MAX_H2_ENDED {
+                        conn.h2_ended.pop_front();
+                    }
+                    if let MessageKind::Request { method, target } = &x.req.kind {
+                        conn.h2_ended.push_back(EndedStream {
+                            stream: x.stream_id,
+                            ids: ids.clone(),
+                            request: request_hash(method.as_str(), target),
+                        });
+                    }
+                    (ids, false)
+                }
                 SpanKind::Server => {
                     let joined = conn
                         .from_start
@@ -1149,9 +1206,10 @@ impl Tracker {
     }
 
     /// The traced client end of an HTTP/2 server connection's stream: the client
-    /// socket whose local address is the connection's peer, and on it the open stream
-    /// with the same id (both ends number streams alike) and the same method and path.
-    /// The client span's identity is fixed here, for its exchange to use when it ends.
+    /// socket whose local address is the connection's peer, and on it the stream with
+    /// the same id (both ends number streams alike) and the same method and path: open
+    /// (the client span's identity is fixed here, for its exchange to use when it ends)
+    /// or among the last ended (a stream the client reset ends there first).
     fn h2_client_parent(
         &mut self,
         server_pid: u32,
@@ -1173,7 +1231,16 @@ impl Tracker {
                 continue;
             };
             if session.open_request(stream) != Some((method.as_str(), target.as_str())) {
-                continue;
+                // Ended on the client's side already (it reset the stream)?
+                let request = request_hash(method.as_str(), target);
+                match conn
+                    .h2_ended
+                    .iter()
+                    .find(|e| e.stream == stream && e.request == request)
+                {
+                    Some(e) => return Some((e.ids.clone(), service_name(&self.procs, c.pid))),
+                    None => continue,
+                }
             }
             if conn.h2_ids.len() >= MAX_H2_IDS {
                 // Streams that ended without an exchange (reset, lost) leave theirs.
@@ -1189,13 +1256,23 @@ impl Tracker {
                 .entry(stream)
                 .or_insert_with(|| Ids::for_request(SpanKind::Client, req))
                 .clone();
-            let service = self.procs.get(&c.pid).map_or_else(
-                || Arc::from(""),
-                |p| Arc::from(p.resource.service_name.as_str()),
-            );
-            return Some((ids, service));
+            return Some((ids, service_name(&self.procs, c.pid)));
         }
-        None
+        // The client's connection is closed already.
+        let peer = ends.peer?;
+        let closed = self.h2_closed.get(&(peer.ip(), peer.port()))?;
+        let netns = |pid: u32| self.procs.get(&pid).and_then(|p| p.netns);
+        if peer.ip().is_loopback()
+            && matches!((netns(server_pid), netns(closed.pid)), (Some(a), Some(b)) if a != b)
+        {
+            return None;
+        }
+        let request = request_hash(method.as_str(), target);
+        let e = closed
+            .ended
+            .iter()
+            .find(|e| e.stream == stream && e.request == request)?;
+        Some((e.ids.clone(), service_name(&self.procs, closed.pid)))
     }
 
     /// Turns paired exchanges into metrics (always) and spans (when sampled).
@@ -1363,6 +1440,24 @@ impl Tracker {
         if let Some(mut session) = conn.h2.take() {
             session.close();
             self.stats.h2.add(&session.stats());
+            if let (Role::Client, true, Some(local)) = (conn.role, conn.from_start, conn.ends.local)
+                && !conn.h2_ended.is_empty()
+            {
+                let key = (local.ip(), local.port());
+                if self.h2_closed_order.len() >= MAX_H2_CLOSED
+                    && let Some(old) = self.h2_closed_order.pop_front()
+                {
+                    self.h2_closed.remove(&old);
+                }
+                self.h2_closed_order.push_back(key);
+                self.h2_closed.insert(
+                    key,
+                    ClosedH2Client {
+                        pid,
+                        ended: std::mem::take(&mut conn.h2_ended),
+                    },
+                );
+            }
             return;
         }
         let requests_are_ingress = conn.role != Role::Client;
@@ -1789,10 +1884,7 @@ fn find_client_end(
         else {
             continue;
         };
-        let service = peers.procs.get(&c.pid).map_or_else(
-            || Arc::from(""),
-            |p| Arc::from(p.resource.service_name.as_str()),
-        );
+        let service = service_name(peers.procs, c.pid);
         return Some((
             ActiveSpan {
                 trace_id: p.ids.trace_id,
@@ -1805,6 +1897,22 @@ fn find_client_end(
         ));
     }
     None
+}
+
+/// The service name of a traced process ("" once it is gone).
+fn service_name(procs: &HashMap<u32, Proc>, pid: u32) -> Arc<str> {
+    procs.get(&pid).map_or_else(
+        || Arc::from(""),
+        |p| Arc::from(p.resource.service_name.as_str()),
+    )
+}
+
+/// A hash of a request's method and target, to recognise it at the other end.
+fn request_hash(method: &str, target: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (method, target).hash(&mut h);
+    h.finish()
 }
 
 /// The traced client sockets that may be the other end of a server connection: those

@@ -553,3 +553,61 @@ fn h2_server_stream_is_child_of_the_traced_client_stream() {
     assert_eq!(s.parent_span_id, [0; 8]);
     assert_eq!(r.t.stats().joined, 2);
 }
+
+/// A server-streaming call the client cancels (RST_STREAM) and whose connection it then
+/// closes, all before the server reads the reset: the server's span still joins the
+/// client's, from what the closed connection left.
+#[test]
+fn h2_stream_reset_and_closed_by_the_client_still_joins() {
+    let mut r = Run::new();
+    let (a, b) = (std::process::id(), 1);
+    r.t.add_process(a);
+    r.t.add_process(b);
+    r.open(connect(a, 5, 40_002, 8443, 1));
+    r.open(accept(b, 7, 40_002, 2));
+    let mut first = crate::h2::PREFACE.to_vec();
+    first.extend(h2_frame(4, 0, 0, &[]));
+    first.extend(h2_headers(
+        1,
+        true,
+        &[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/grpc.health.v1.Health/Watch"),
+            ("content-type", "application/grpc"),
+        ],
+    ));
+    let mut answer = h2_frame(4, 0, 0, &[]);
+    answer.extend(h2_headers(
+        1,
+        false,
+        &[(":status", "200"), ("content-type", "application/grpc")],
+    ));
+    answer.extend(h2_frame(0, 0, 1, &[0, 0, 0, 0, 2, 8, 1]));
+    let reset = h2_frame(3, 0, 1, &8u32.to_be_bytes());
+    r.data(a, a, 5, DIR_EGRESS, 10, &first);
+    r.data(b, b, 7, DIR_INGRESS, 11, &first);
+    r.data(b, b, 7, DIR_EGRESS, 12, &answer);
+    r.data(a, a, 5, DIR_INGRESS, 13, &answer);
+    r.data(a, a, 5, DIR_EGRESS, 14, &reset);
+    let spans = &mut r.spans;
+    r.t.handle(
+        Event::ConnClose(periscope_common::ConnCloseEvent {
+            header: hdr(EventKind::ConnClose, a, a, 15),
+            fd: 5,
+            _pad: 0,
+        }),
+        &mut |s| spans.push(s),
+    );
+    r.data(b, b, 7, DIR_INGRESS, 16, &reset);
+    let path = "/grpc.health.v1.Health/Watch";
+    let c = r.find(SpanKind::Client, path).clone();
+    let s = r
+        .spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server)
+        .expect("server span");
+    assert_eq!(s.trace_id, c.trace_id);
+    assert_eq!(s.parent_span_id, c.span_id);
+    assert_eq!(r.t.stats().joined, 1);
+}

@@ -29,6 +29,13 @@ mod tests;
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a server's first bytes are HTTP/2's server connection preface: a SETTINGS
+/// frame (not an ACK) on stream 0 (the same rule as the kernel's classifier). Servers
+/// may write it before they read the client's preface.
+pub fn is_server_preface(head: &[u8]) -> bool {
+    matches!(head, [0, hi, lo, 4, 0, 0, 0, 0, 0, ..] if (u32::from(*hi) << 8 | u32::from(*lo)) % 6 == 0)
+}
 /// Streams tracked at once per connection; a stream opened beyond it is not followed
 /// (its header blocks are still decoded, to keep HPACK in step) and is counted.
 pub const MAX_STREAMS: usize = 256;
@@ -641,7 +648,10 @@ impl Core {
             .as_deref()
             .is_some_and(|ct| ct.starts_with("application/grpc"))
             .then(|| GrpcInfo {
-                status: trailers.grpc_status.or(resp_f.grpc_status),
+                status: trailers
+                    .grpc_status
+                    .or(resp_f.grpc_status)
+                    .or(reset.map(grpc_status_of_reset)),
                 message: trailers
                     .grpc_message
                     .clone()
@@ -730,6 +740,20 @@ impl Core {
                 s.resp_msgs.skip(n);
             }
         }
+    }
+}
+
+/// The gRPC status of a call whose stream was reset before its trailers, from the
+/// RST_STREAM error code, as gRPC's HTTP/2 transport mapping says (PROTOCOL-HTTP2.md:
+/// CANCEL is CANCELLED, REFUSED_STREAM UNAVAILABLE, ENHANCE_YOUR_CALM
+/// RESOURCE_EXHAUSTED, INADEQUATE_SECURITY PERMISSION_DENIED, the rest INTERNAL).
+fn grpc_status_of_reset(code: u32) -> u32 {
+    match code {
+        0x7 => 14,
+        0x8 => 1,
+        0xb => 8,
+        0xc => 7,
+        _ => 13,
     }
 }
 

@@ -698,3 +698,51 @@ fn not_a_preface_is_malformed() {
     s.feed(true, &Chunk::full(1, b"GET / HTTP/1.1\r\n\r\n"), &mut out);
     assert!(s.is_blind());
 }
+
+/// A gRPC call whose stream is reset after its response began, before any trailers
+/// (a cancelled server-streaming call, a refused one): its status is what gRPC's HTTP/2
+/// mapping makes of the RST_STREAM code; with trailers first, the trailers say.
+#[test]
+fn grpc_status_of_a_reset_stream() {
+    let mut ce = loona_hpack::Encoder::new();
+    let mut se = loona_hpack::Encoder::new();
+    let mut client = PREFACE.to_vec();
+    client.extend(frame(SETTINGS, 0, 0, &[]));
+    for stream in [1u32, 3, 5] {
+        let req = hpack(
+            &mut ce,
+            &[
+                (":method", "POST"),
+                (":path", "/grpc.health.v1.Health/Watch"),
+                (":scheme", "http"),
+                ("content-type", "application/grpc"),
+            ],
+        );
+        client.extend(frame(HEADERS, END_HEADERS, stream, &req));
+        client.extend(frame(DATA, END_STREAM, stream, &[0, 0, 0, 0, 0]));
+    }
+    let mut server = frame(SETTINGS, 0, 0, &[]);
+    for stream in [1u32, 3, 5] {
+        let resp = hpack(
+            &mut se,
+            &[(":status", "200"), ("content-type", "application/grpc")],
+        );
+        server.extend(frame(HEADERS, END_HEADERS, stream, &resp));
+        server.extend(frame(DATA, 0, stream, &[0, 0, 0, 0, 2, 8, 1]));
+    }
+    // Stream 5 ends with trailers (OK) before a late reset.
+    let trailers = hpack(&mut se, &[("grpc-status", "0")]);
+    server.extend(frame(HEADERS, END_HEADERS | END_STREAM, 5, &trailers));
+    let mut resets = frame(RST_STREAM, 0, 1, &8u32.to_be_bytes());
+    resets.extend(frame(RST_STREAM, 0, 3, &7u32.to_be_bytes()));
+    resets.extend(frame(RST_STREAM, 0, 5, &8u32.to_be_bytes()));
+    let (out, _) = run(&[(true, client), (false, server), (true, resets)]);
+    let status = |id: u32| {
+        let x = out.iter().find(|x| x.stream_id == id).expect("stream");
+        x.grpc.as_ref().expect("gRPC").status
+    };
+    assert_eq!(out.len(), 3);
+    assert_eq!(status(1), Some(1), "CANCEL is CANCELLED");
+    assert_eq!(status(3), Some(14), "REFUSED_STREAM is UNAVAILABLE");
+    assert_eq!(status(5), Some(0), "trailers first");
+}

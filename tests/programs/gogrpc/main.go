@@ -1,0 +1,175 @@
+// gogrpc is a grpc-go server and client (Debian's golang-google-grpc-dev, built in
+// GOPATH mode against /usr/share/gocode) used as a tracing target by the gRPC
+// end-to-end test. It serves and calls the standard health service, so no code
+// generation is needed.
+//
+//	gogrpc server LOG         listens on 127.0.0.1:0 (h2c), prints "listening on ADDR",
+//	                          appends one line per finished RPC to LOG:
+//	                          "FULL_METHOD CODE" (CODE: the gRPC status code number)
+//	gogrpc client ADDR SEED N GO  waits for the file GO to exist, then makes N seeded
+//	                          RPCs (Health/Check answered OK and NOT_FOUND, and
+//	                          server-streaming Health/Watch read to its first message,
+//	                          then cancelled) on
+//	                          one shared connection from several goroutines and on
+//	                          fresh ones; prints the same line per RPC, then "done"
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"math/rand"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+)
+
+func main() {
+	if len(os.Args) < 3 {
+		log.Fatal("usage: gogrpc server LOG | gogrpc client ADDR SEED N GOFILE")
+	}
+	switch os.Args[1] {
+	case "server":
+		server(os.Args[2])
+	case "client":
+		seed, _ := strconv.ParseInt(os.Args[3], 10, 64)
+		n, _ := strconv.Atoi(os.Args[4])
+		client(os.Args[2], seed, n, os.Args[5])
+	default:
+		log.Fatalf("unknown mode %q", os.Args[1])
+	}
+}
+
+func server(logPath string) {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		log.Fatal(err)
+	}
+	var mu sync.Mutex
+	record := func(method string, err error) {
+		mu.Lock()
+		fmt.Fprintf(logFile, "%s %d\n", method, int(status.Code(err)))
+		mu.Unlock()
+	}
+	unary := func(ctx context.Context, req interface{}, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (interface{}, error) {
+		resp, err := h(ctx, req)
+		record(info.FullMethod, err)
+		return resp, err
+	}
+	stream := func(srv interface{}, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		err := h(srv, ss)
+		record(info.FullMethod, err)
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	s := grpc.NewServer(grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream))
+	hs := health.NewServer()
+	hs.SetServingStatus("periscope.Up", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(s, hs)
+	fmt.Printf("listening on %s\n", ln.Addr())
+	os.Stdout.Sync()
+	log.Fatal(s.Serve(ln))
+}
+
+func client(addr string, seed int64, n int, goFile string) {
+	for {
+		if _, err := os.Stat(goFile); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rng := rand.New(rand.NewSource(seed))
+	dial := func() *grpc.ClientConn {
+		cc, err := grpc.Dial(addr, grpc.WithInsecure(), grpc.WithBlock())
+		if err != nil {
+			log.Fatal(err)
+		}
+		return cc
+	}
+	shared := dial()
+	var mu sync.Mutex
+	out := bufio.NewWriter(os.Stdout)
+	record := func(method string, err error) {
+		mu.Lock()
+		fmt.Fprintf(out, "%s %d\n", method, int(status.Code(err)))
+		mu.Unlock()
+	}
+	// One RPC of a seeded kind on cc.
+	call := func(cc *grpc.ClientConn, k float64) {
+		hc := healthpb.NewHealthClient(cc)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		switch {
+		case k < 0.5:
+			_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "periscope.Up"})
+			record("/grpc.health.v1.Health/Check", err)
+		case k < 0.85:
+			_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "periscope.Missing"})
+			record("/grpc.health.v1.Health/Check", err)
+		default:
+			// Watch: read the first message (SERVING), then cancel. The client resets
+			// the stream; both ends end the RPC with CANCELLED.
+			wctx, wcancel := context.WithCancel(ctx)
+			w, err := hc.Watch(wctx, &healthpb.HealthCheckRequest{Service: "periscope.Up"})
+			if err == nil {
+				_, err = w.Recv()
+			}
+			wcancel()
+			if err == nil {
+				// Drain until the cancellation is seen, so that the RPC is over.
+				for err == nil {
+					_, err = w.Recv()
+				}
+			}
+			if err == io.EOF {
+				err = nil
+			}
+			record("/grpc.health.v1.Health/Watch", err)
+		}
+	}
+	done := 0
+	for done < n {
+		switch r := rng.Float64(); {
+		case r < 0.6:
+			// A burst on the shared connection, concurrent streams.
+			burst := 1 + rng.Intn(8)
+			if burst > n-done {
+				burst = n - done
+			}
+			ks := make([]float64, burst)
+			for i := range ks {
+				ks[i] = rng.Float64()
+			}
+			var wg sync.WaitGroup
+			for _, k := range ks {
+				wg.Add(1)
+				go func(k float64) {
+					defer wg.Done()
+					call(shared, k)
+				}(k)
+			}
+			wg.Wait()
+			done += burst
+		default:
+			// A fresh connection for one RPC.
+			cc := dial()
+			call(cc, rng.Float64())
+			cc.Close()
+			done++
+		}
+	}
+	fmt.Fprintln(out, "done")
+	out.Flush()
+}
