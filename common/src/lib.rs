@@ -20,8 +20,12 @@ pub const MAX_HEAD: usize = 2048;
 pub const MAX_TAIL: usize = 64;
 /// Size of the payload buffer following a [`DataEvent`].
 pub const MAX_PAYLOAD: usize = MAX_HEAD + MAX_TAIL;
-/// How many iovec entries readv/writev/recvmsg/sendmsg probes walk.
+/// How many iovec entries readv/writev/recvmsg/sendmsg probes walk without `bpf_loop`
+/// (kernels before 5.17, or framing turned off): the walk is unrolled.
 pub const MAX_IOV: usize = 8;
+/// How many they walk with `bpf_loop`, one iovec per step (Linux's UIO_MAXIOV is 1024;
+/// grpcio's C core writes ~30 per sendmsg).
+pub const MAX_IOV_LOOP: u32 = 256;
 
 /// Fixed ids of event kinds. Never renumber.
 #[repr(u32)]

@@ -68,7 +68,7 @@ struct Cut {
 static CUT: PerCpuArray<Cut> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     unsafe { core::ptr::read_volatile(&FRAMING) != 0 }
 }
 

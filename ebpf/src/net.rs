@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_probe_read_user as raw_probe_read_user,
+        generated::{bpf_loop, bpf_probe_read_user as raw_probe_read_user},
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -440,7 +440,7 @@ fn go_first_reader(pid_tgid: u64, fd: u32) {
 /// request streams are cut in frame.rs; a constant per program, so the others do not
 /// carry (nor get verified with) that code.
 #[inline(always)]
-fn exit_data(ctx: &TracePointContext, direction: u32, cuttable: bool) -> u32 {
+fn exit_data(ctx: &TracePointContext, direction: u32, cuttable: bool, iov_loop: bool) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(s) = take_stash(pid_tgid) else {
         return 0;
@@ -474,7 +474,12 @@ fn exit_data(ctx: &TracePointContext, direction: u32, cuttable: bool) -> u32 {
     if framed {
         return 0;
     }
-    if try_emit_data(pid_tgid, &s, rv as u64, direction).is_err() {
+    let sent = if iov_loop {
+        try_emit_vectored(pid_tgid, &s, rv as u64, direction)
+    } else {
+        try_emit_data(pid_tgid, &s, rv as u64, direction)
+    };
+    if sent.is_err() {
         count(STAT_READ_ERRORS);
     }
     0
@@ -637,6 +642,104 @@ fn copy_user<const LEN_MASK: usize>(
     }
 }
 
+/// A vectored syscall's iovecs being walked by [`iov_step`], between `bpf_loop` steps.
+#[repr(C)]
+struct IovWalk {
+    /// The iovec array and its length.
+    ptr: u64,
+    iovcnt: u64,
+    /// Bytes the syscall moved, and those not yet walked.
+    total: u64,
+    left: u64,
+    /// Head and tail bytes copied so far.
+    head: u64,
+    tail: u64,
+    /// A user read failed.
+    failed: u64,
+}
+
+#[map]
+static IOV_WALK: PerCpuArray<IovWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// One `bpf_loop` step of the iovec walk in `IOV_WALK`: iovec `i`, as one turn of the
+/// unrolled walk in [`try_emit_data`] does.
+#[inline(never)]
+extern "C" fn iov_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let (Some(w), Some(buf)) = (IOV_WALK.get_ptr_mut(0), scratch()) else {
+        return 1;
+    };
+    // SAFETY: per-CPU map values, used by this program run only.
+    let w = unsafe { &mut *w };
+    if i >= w.iovcnt || w.left == 0 {
+        return 1;
+    }
+    let iov = w.ptr + i * 16;
+    // SAFETY: user memory reads, checked by the helper.
+    let read = unsafe {
+        (
+            bpf_probe_read_user(iov as *const u64),
+            bpf_probe_read_user((iov + 8) as *const u64),
+        )
+    };
+    let (Ok(base), Ok(len)) = read else {
+        w.failed = 1;
+        return 1;
+    };
+    let used = if len < w.left { len } else { w.left };
+    let head = w.head;
+    if head < MAX_HEAD as u64 {
+        let room = MAX_HEAD as u64 - head;
+        let n = if used < room { used } else { room };
+        if copy_user::<HEAD_MASK>(buf, head as usize, n as usize, base).is_err() {
+            w.failed = 1;
+            return 1;
+        }
+        w.head = head + n;
+    }
+    w.left -= used;
+    if w.left == 0 && w.total > w.head {
+        let t = if used < MAX_TAIL as u64 {
+            used
+        } else {
+            MAX_TAIL as u64
+        };
+        if copy_user::<TAIL_MASK>(buf, w.head as usize, t as usize, base + used - t).is_err() {
+            w.failed = 1;
+            return 1;
+        }
+        w.tail = t;
+    }
+    0
+}
+
+/// [`try_emit_data`] for a vectored syscall, its iovecs walked by `bpf_loop` (up to
+/// [`MAX_IOV_LOOP`]) instead of the unrolled [`MAX_IOV`]. Only the programs that may
+/// reference a `bpf_loop` callback call it (see `uncut_probes`).
+#[inline(always)]
+fn try_emit_vectored(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result<(), i64> {
+    if !crate::frame::enabled() {
+        return try_emit_data(pid_tgid, s, total, direction);
+    }
+    let w = IOV_WALK.get_ptr_mut(0).ok_or(0i64)?;
+    // SAFETY: per-CPU map value.
+    unsafe {
+        *w = IovWalk {
+            ptr: s.ptr,
+            iovcnt: s.iovcnt,
+            total,
+            left: total,
+            head: 0,
+            tail: 0,
+            failed: 0,
+        };
+        let _ = bpf_loop(MAX_IOV_LOOP, iov_step as *mut core::ffi::c_void, core::ptr::null_mut(), 0);
+        if (*w).failed != 0 {
+            return Err(0);
+        }
+        finish_data(pid_tgid, s, total, direction, (*w).head as usize, (*w).tail as usize)
+    }
+}
+
 pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result<(), i64> {
     let buf = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     let mut head: usize = 0;
@@ -695,6 +798,14 @@ pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32
             }
         }
     }
+    finish_data(pid_tgid, s, total, direction, head, tail)
+}
+
+/// Classifies an unseen socket on the `head` bytes in the scratch buffer and sends the
+/// data event with its `head + tail` payload bytes.
+#[inline(always)]
+fn finish_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32, mut head: usize, mut tail: usize) -> Result<(), i64> {
+    let buf = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     let mut class = s.class as u8;
     let generation = s.class & 0xffff_0000;
     if class == CLASS_UNSEEN && head > 0 {
@@ -730,28 +841,29 @@ pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32
 }
 
 macro_rules! data_probes {
-    ($($enter:ident, $exit:ident, $sys:expr, $dir:expr, $cut:expr;)*) => {$(
+    ($($enter:ident, $exit:ident, $sys:expr, $dir:expr, $cut:expr, $iov_loop:expr;)*) => {$(
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
             enter_data(&ctx, $sys)
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_data(&ctx, $dir, $cut)
+            exit_data(&ctx, $dir, $cut, $iov_loop)
         }
     )*};
 }
 
+// (enter, exit, syscall, direction, cut by the request framing, iovecs walked by bpf_loop)
 data_probes! {
-    sys_enter_read, sys_exit_read, SYS_READ, DIR_INGRESS, true;
-    sys_enter_readv, sys_exit_readv, SYS_READV, DIR_INGRESS, false;
-    sys_enter_recvfrom, sys_exit_recvfrom, SYS_RECVFROM, DIR_INGRESS, true;
-    sys_enter_recvmsg, sys_exit_recvmsg, SYS_RECVMSG, DIR_INGRESS, false;
-    sys_enter_write, sys_exit_write, SYS_WRITE, DIR_EGRESS, true;
-    sys_enter_writev, sys_exit_writev, SYS_WRITEV, DIR_EGRESS, false;
-    sys_enter_sendto, sys_exit_sendto, SYS_SENDTO, DIR_EGRESS, true;
-    sys_enter_sendmsg, sys_exit_sendmsg, SYS_SENDMSG, DIR_EGRESS, false;
-    sys_enter_sendfile64, sys_exit_sendfile64, SYS_SENDFILE, DIR_EGRESS, false;
+    sys_enter_read, sys_exit_read, SYS_READ, DIR_INGRESS, true, false;
+    sys_enter_readv, sys_exit_readv, SYS_READV, DIR_INGRESS, false, true;
+    sys_enter_recvfrom, sys_exit_recvfrom, SYS_RECVFROM, DIR_INGRESS, true, false;
+    sys_enter_recvmsg, sys_exit_recvmsg, SYS_RECVMSG, DIR_INGRESS, false, true;
+    sys_enter_write, sys_exit_write, SYS_WRITE, DIR_EGRESS, true, false;
+    sys_enter_writev, sys_exit_writev, SYS_WRITEV, DIR_EGRESS, false, true;
+    sys_enter_sendto, sys_exit_sendto, SYS_SENDTO, DIR_EGRESS, true, false;
+    sys_enter_sendmsg, sys_exit_sendmsg, SYS_SENDMSG, DIR_EGRESS, false, true;
+    sys_enter_sendfile64, sys_exit_sendfile64, SYS_SENDFILE, DIR_EGRESS, false, false;
 }
 
 /// The cutting exits without their `bpf_loop` (kernels before 5.13 reject a program
@@ -761,7 +873,7 @@ macro_rules! uncut_probes {
     ($($exit:ident, $dir:expr;)*) => {$(
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_data(&ctx, $dir, false)
+            exit_data(&ctx, $dir, false, false)
         }
     )*};
 }
@@ -771,6 +883,10 @@ uncut_probes! {
     sys_exit_recvfrom_uncut, DIR_INGRESS;
     sys_exit_write_uncut, DIR_EGRESS;
     sys_exit_sendto_uncut, DIR_EGRESS;
+    sys_exit_readv_uncut, DIR_INGRESS;
+    sys_exit_recvmsg_uncut, DIR_INGRESS;
+    sys_exit_writev_uncut, DIR_EGRESS;
+    sys_exit_sendmsg_uncut, DIR_EGRESS;
 }
 
 // ---------------------------------------------------------------------------------------

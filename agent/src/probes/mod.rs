@@ -593,14 +593,19 @@ fn timed_load(name: &str, prog: &mut TracePoint) -> Result<(), aya::programs::Pr
     Ok(())
 }
 
-/// Data exits that cut framed request streams with `bpf_loop`, and the same programs
-/// without it, loaded instead on kernels without `bpf_loop` (before 5.17; before 5.13 a
+/// Data exits that use `bpf_loop` (the plain-buffer ones cut framed request streams,
+/// the vectored ones walk up to `MAX_IOV_LOOP` iovecs), and the same programs without
+/// it (no cutting; an unrolled walk of `MAX_IOV` iovecs), loaded instead on kernels without `bpf_loop` (before 5.17; before 5.13 a
 /// program referencing a callback does not load at all) or when the first is refused.
 pub const UNCUT_FALLBACKS: &[(&str, &str)] = &[
     ("sys_exit_read", "sys_exit_read_uncut"),
     ("sys_exit_recvfrom", "sys_exit_recvfrom_uncut"),
     ("sys_exit_write", "sys_exit_write_uncut"),
     ("sys_exit_sendto", "sys_exit_sendto_uncut"),
+    ("sys_exit_readv", "sys_exit_readv_uncut"),
+    ("sys_exit_recvmsg", "sys_exit_recvmsg_uncut"),
+    ("sys_exit_writev", "sys_exit_writev_uncut"),
+    ("sys_exit_sendmsg", "sys_exit_sendmsg_uncut"),
 ];
 
 /// Loads and attaches one tracepoint program; the reason when it cannot.
