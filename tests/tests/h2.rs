@@ -438,7 +438,9 @@ fn grpcio_health_check(exact: bool) {
             })
             .count();
         if unjoined > 0 {
-            problems.push(format!("{unjoined} server spans not children of a client span"));
+            problems.push(format!(
+                "{unjoined} server spans not children of a client span"
+            ));
         }
         if unplaced != 0.0 {
             let lines: Vec<&str> = text

@@ -11,6 +11,12 @@
 //! Memory is bounded: past [`MAX_BYTES`] held, the oldest records are released early
 //! (counted in [`Reorder::forced`]); they are only applied out of order if an older
 //! record is still to come.
+//!
+//! Each record is copied in once. Released records leave their bytes in the arena as
+//! dead space, and the arena is compacted only once the dead bytes outweigh the live
+//! ones, so a record is moved at most once more on average (compacting at every
+//! release moved each held record again at every release: a sixth of the agent's CPU
+//! at saturation).
 
 /// How long a record is held before it is applied. Longer than the time a thread can
 /// be kept off a CPU between moving bytes and returning from the syscall on a busy
@@ -43,6 +49,8 @@ pub struct Reorder {
     pub late: u64,
     released_ts: u64,
     spare: Vec<u8>,
+    /// Bytes of released records still in `arena`.
+    dead: usize,
 }
 
 impl Reorder {
@@ -59,9 +67,9 @@ impl Reorder {
         self.entries.is_empty()
     }
 
-    /// Bytes held.
+    /// Bytes held (of records not yet released).
     pub fn bytes(&self) -> usize {
-        self.arena.len()
+        self.arena.len() - self.dead
     }
 
     /// Copies one record in. Records too short to carry a timestamp sort first (they
@@ -117,21 +125,32 @@ impl Reorder {
                 self.late += 1;
             }
             self.released_ts = self.released_ts.max(e.ts_ns);
+            self.dead += e.len;
             f(&self.arena[e.start..e.start + e.len]);
         }
-        // Compact what is left into a fresh arena, in sorted order.
-        let mut arena = std::mem::take(&mut self.spare);
-        arena.clear();
-        for e in &mut self.entries[n..] {
-            let start = arena.len();
-            arena.extend_from_slice(&self.arena[e.start..e.start + e.len]);
-            e.start = start;
-        }
         self.entries.drain(..n);
-        self.spare = std::mem::replace(&mut self.arena, arena);
-        // Do not keep a huge spare allocation after a burst.
+        if self.entries.is_empty() {
+            self.arena.clear();
+            self.dead = 0;
+        } else if self.dead > self.arena.len() - self.dead {
+            // More dead than live: compact what is left into the spare arena, in
+            // sorted order.
+            let mut arena = std::mem::take(&mut self.spare);
+            arena.clear();
+            for e in &mut self.entries {
+                let start = arena.len();
+                arena.extend_from_slice(&self.arena[e.start..e.start + e.len]);
+                e.start = start;
+            }
+            self.spare = std::mem::replace(&mut self.arena, arena);
+            self.dead = 0;
+        }
+        // Do not keep a huge allocation after a burst.
         if self.spare.capacity() > 4 * MAX_BYTES / 8 {
             self.spare = Vec::new();
+        }
+        if self.arena.is_empty() && self.arena.capacity() > 4 * MAX_BYTES / 8 {
+            self.arena = Vec::new();
         }
     }
 }
@@ -180,6 +199,57 @@ mod tests {
         r.push(&rec(u64::MAX / 2, 3));
         assert_eq!(tags(&mut r, 0, true), vec![2, 3]);
         assert_eq!(r.late, 1);
+    }
+
+    /// Records pushed and released in many small steps (dead bytes piling up, arenas
+    /// compacted now and then) all come out once, whole, in time order.
+    #[test]
+    fn interleaved_pushes_and_releases_keep_every_record_whole() {
+        let mut r = Reorder::new();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut now = 20_000_000u64;
+        for i in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            now += 1_000_000;
+            // Stamped up to 20 ms in the past: out of ring order.
+            let ts = now - x % 20_000_000;
+            let mut b = vec![0u8; 24 + (x % 300) as usize];
+            b[TS_OFFSET..TS_OFFSET + 8].copy_from_slice(&ts.to_ne_bytes());
+            b[16..24].copy_from_slice(&i.to_ne_bytes());
+            for (j, v) in b[24..].iter_mut().enumerate() {
+                *v = (i as usize + j) as u8;
+            }
+            r.push(&b);
+            if i % 3 == 0 {
+                r.release(now, false, |rec| {
+                    let ts = u64::from_ne_bytes(rec[8..16].try_into().unwrap());
+                    out.push((ts, rec.to_vec()));
+                });
+                assert!(
+                    r.arena.len() <= 2 * r.bytes() + 400,
+                    "dead bytes stay bounded"
+                );
+            }
+        }
+        r.release(0, true, |rec| {
+            let ts = u64::from_ne_bytes(rec[8..16].try_into().unwrap());
+            out.push((ts, rec.to_vec()));
+        });
+        assert_eq!(out.len(), 20_000);
+        assert!(out.windows(2).all(|w| w[0].0 <= w[1].0), "time order");
+        let mut seen = vec![false; 20_000];
+        for (_, rec) in &out {
+            let i = u64::from_ne_bytes(rec[16..24].try_into().unwrap()) as usize;
+            assert!(!seen[i], "record {i} twice");
+            seen[i] = true;
+            for (j, v) in rec[24..].iter().enumerate() {
+                assert_eq!(*v, (i + j) as u8, "record {i} byte {j}");
+            }
+        }
+        assert_eq!((r.late, r.bytes()), (0, 0));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod logs;
 pub mod metrics;
 pub mod otlp;
 pub mod tls;
+pub mod trace_wire;
 pub mod transport;
 
 use std::collections::HashSet;
@@ -40,8 +41,6 @@ pub use config::{
     BatchConfig, ClientIdentity, ConfigError, ConsoleFormat, ExportConfig, ExportFlags, OtlpConfig,
     Protocol, TlsConfig, TlsFile,
 };
-
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::span::Span;
 
@@ -103,8 +102,8 @@ type Msg = batch::Msg<Span>;
 impl batch::Item for Span {
     type Service = transport::Traces;
     const NOUN: &'static str = "spans";
-    fn to_request(batch: &[Span]) -> ExportTraceServiceRequest {
-        otlp::to_request(batch)
+    fn to_request(batch: &[Span]) -> trace_wire::EncodedTraces {
+        trace_wire::encode(batch)
     }
 }
 

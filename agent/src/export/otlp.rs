@@ -31,10 +31,11 @@ pub const SCOPE_VERSION: &str = SDK_VERSION;
 const USER_AGENT: &str = concat!("periscope/", env!("CARGO_PKG_VERSION"));
 
 /// OTLP span flags bits 8 and 9: whether the parent is known to be remote, and whether it is.
-const FLAG_HAS_IS_REMOTE: u32 = proto::SpanFlags::ContextHasIsRemoteMask as u32;
-const FLAG_IS_REMOTE: u32 = proto::SpanFlags::ContextIsRemoteMask as u32;
+pub(super) const FLAG_HAS_IS_REMOTE: u32 = proto::SpanFlags::ContextHasIsRemoteMask as u32;
+pub(super) const FLAG_IS_REMOTE: u32 = proto::SpanFlags::ContextIsRemoteMask as u32;
 
-/// Builds one request, grouping spans into one `ResourceSpans` per process (spans sharing an
+/// Builds one request with the generated types (what the exporter sends is
+/// [`super::trace_wire::encode`]'s, the same bytes without the copy), grouping spans into one `ResourceSpans` per process (spans sharing an
 /// `Arc<Resource>`, or equal resources), in order of first appearance.
 pub fn to_request(spans: &[Span]) -> ExportTraceServiceRequest {
     let mut groups: Vec<(&Arc<Resource>, Vec<proto::Span>)> = Vec::new();
@@ -84,14 +85,6 @@ pub fn resource_to_proto(r: &Resource) -> ProtoResource {
 
 pub fn span_to_proto(s: &Span) -> proto::Span {
     let has_parent = s.parent_span_id != [0; 8];
-    // A server span's parent is always in another process (an incoming traceparent, or the
-    // client span the agent joined it to); a client span's parent is the server span of the
-    // same process. So whether the parent is remote is known for every span.
-    let remote = if has_parent && s.kind == SpanKind::Server {
-        FLAG_IS_REMOTE
-    } else {
-        0
-    };
     proto::Span {
         trace_id: s.trace_id.to_vec(),
         span_id: s.span_id.to_vec(),
@@ -101,7 +94,7 @@ pub fn span_to_proto(s: &Span) -> proto::Span {
         } else {
             Vec::new()
         },
-        flags: u32::from(s.flags) | FLAG_HAS_IS_REMOTE | remote,
+        flags: super::trace_wire::span_flags(s),
         name: s.name.clone(),
         kind: match s.kind {
             SpanKind::Server => span::SpanKind::Server,

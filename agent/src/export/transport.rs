@@ -16,10 +16,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -28,6 +25,7 @@ use super::config::{OtlpConfig, Protocol};
 use super::otlp::{
     ExportError, grpc_channel, grpc_error, grpc_request, http_client, post_protobuf,
 };
+use super::trace_wire::EncodedTraces;
 
 /// An OTLP collector service, one per signal: what differs between the signals is the
 /// messages, the gRPC client and how a partial success counts what was rejected.
@@ -81,13 +79,49 @@ macro_rules! otlp_service {
     };
 }
 
-otlp_service!(
-    Traces,
-    TraceServiceClient,
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-    rejected_spans
-);
+/// Traces go out as bytes encoded straight from the spans ([`EncodedTraces`]), so their
+/// gRPC call is the generated client's, made with tonic's generic client.
+#[derive(Debug)]
+pub enum Traces {}
+
+impl Service for Traces {
+    type Request = EncodedTraces;
+    type Response = ExportTraceServiceResponse;
+    type Client = tonic::client::Grpc<Channel>;
+
+    fn client(channel: Channel) -> Self::Client {
+        tonic::client::Grpc::new(channel)
+    }
+
+    fn call(
+        client: &mut Self::Client,
+        mut request: tonic::Request<Self::Request>,
+    ) -> impl Future<Output = Result<tonic::Response<Self::Response>, tonic::Status>> + Send {
+        async move {
+            client
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+            request.extensions_mut().insert(tonic::GrpcMethod::new(
+                "opentelemetry.proto.collector.trace.v1.TraceService",
+                "Export",
+            ));
+            let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            );
+            let codec =
+                tonic_prost::ProstCodec::<EncodedTraces, ExportTraceServiceResponse>::default();
+            client.unary(request, path, codec).await
+        }
+    }
+
+    fn rejected(response: &Self::Response) -> u64 {
+        response
+            .partial_success
+            .as_ref()
+            .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0))
+    }
+}
 otlp_service!(
     Metrics,
     MetricsServiceClient,
