@@ -137,7 +137,8 @@ impl Tracker {
             tls: false,
         };
         let role = self.adopted_role(pid, ends.local);
-        self.conns.insert((pid, fd), Conn::new(role, ends));
+        self.conns
+            .insert((pid, fd), Box::new(Conn::new(role, ends)));
         if ev.inode != 0 && self.aliases.by_inode.len() < MAX_ALIASES {
             self.aliases.by_inode.insert((pid, ev.inode), fd);
             self.aliases.inode_of.insert((pid, fd), ev.inode);

@@ -424,7 +424,7 @@ struct MessageCtx<'a> {
 
 /// The connections and the index that find the traced client end of a connection.
 struct Peers<'a> {
-    conns: &'a HashMap<(u32, u32), Conn>,
+    conns: &'a HashMap<(u32, u32), Box<Conn>>,
     clients: &'a HashMap<(IpAddr, u16), Vec<ClientEnd>>,
     procs: &'a HashMap<u32, Proc>,
 }
@@ -438,7 +438,9 @@ struct ClientEnd {
 }
 
 pub struct Tracker {
-    conns: HashMap<(u32, u32), Conn>,
+    /// Boxed: a connection leaves the map while its event is handled, and moving the
+    /// whole struct out and back for every event was a measurable share of the CPU.
+    conns: HashMap<(u32, u32), Box<Conn>>,
     procs: HashMap<u32, Proc>,
     resource_cfg: ResourceConfig,
     route_cfg: RouteConfig,
@@ -724,7 +726,10 @@ impl Tracker {
         }
         self.stats.conns_opened += 1;
         // A reused fd number means the old connection is gone even if we missed its close.
-        if let Some(old) = self.conns.insert((pid, ev.fd), Conn::new(role, ends)) {
+        if let Some(old) = self
+            .conns
+            .insert((pid, ev.fd), Box::new(Conn::new(role, ends)))
+        {
             self.stats.add_unpaired(&old);
             self.unindex_client(pid, ev.fd, &old);
         }
@@ -935,7 +940,8 @@ impl Tracker {
                     tls: false,
                 })
                 .unwrap_or_default();
-            self.conns.insert(key, Conn::new(Role::Unknown, ends));
+            self.conns
+                .insert(key, Box::new(Conn::new(Role::Unknown, ends)));
         }
         // Out of the map while its messages are handled, so that the other
         // connections can be searched for this one's client end.
@@ -976,7 +982,7 @@ impl Tracker {
                 if role != conn.role {
                     let ends = conn.ends;
                     let tls = conn.tls;
-                    conn = Conn::new(role, ends);
+                    *conn = Conn::new(role, ends);
                     conn.tls = tls;
                 }
                 conn.h2 = Some(Box::default());
@@ -1128,7 +1134,7 @@ impl Tracker {
     fn h2_data(
         &mut self,
         key: (u32, u32),
-        mut conn: Conn,
+        mut conn: Box<Conn>,
         ev: &DataEvent,
         head: &[u8],
         tail: &[u8],
