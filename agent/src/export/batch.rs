@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -161,6 +162,21 @@ impl<T: Item, C: Counters> BatchWorker<T, C> {
                             batch_due = Some(Instant::now() + self.batch.schedule_delay);
                         }
                         batch.push(item);
+                        // Take what else is queued now, up to a full batch, without a
+                        // trip through the select (its timers) per item.
+                        while batch.len() < max_batch {
+                            match rx.try_recv() {
+                                Ok(Msg::Item(item)) => {
+                                    self.stats.dequeued();
+                                    batch.push(item);
+                                }
+                                Ok(Msg::Flush) | Err(TryRecvError::Disconnected) => {
+                                    flushing = true;
+                                    break;
+                                }
+                                Err(TryRecvError::Empty) => break,
+                            }
+                        }
                         if batch.len() >= max_batch {
                             batch_due = None;
                             self.send(std::mem::take(&mut batch)).await;
