@@ -637,7 +637,7 @@ pub fn classify(first: &[u8; CLASSIFY_LEN], len: usize) -> Class {
             if len < 9 {
                 return Class::NeedMore;
             }
-            if (((first[1] as u32) << 8) | first[2] as u32) % 6 == 0 {
+            if (((first[1] as u32) << 8) | first[2] as u32).is_multiple_of(6) {
                 return Class::Http2;
             }
         }

@@ -93,26 +93,23 @@ impl Service for Traces {
         tonic::client::Grpc::new(channel)
     }
 
-    fn call(
+    async fn call(
         client: &mut Self::Client,
         mut request: tonic::Request<Self::Request>,
-    ) -> impl Future<Output = Result<tonic::Response<Self::Response>, tonic::Status>> + Send {
-        async move {
-            client
-                .ready()
-                .await
-                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
-            request.extensions_mut().insert(tonic::GrpcMethod::new(
-                "opentelemetry.proto.collector.trace.v1.TraceService",
-                "Export",
-            ));
-            let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-            );
-            let codec =
-                tonic_prost::ProstCodec::<EncodedTraces, ExportTraceServiceResponse>::default();
-            client.unary(request, path, codec).await
-        }
+    ) -> Result<tonic::Response<Self::Response>, tonic::Status> {
+        client
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+        request.extensions_mut().insert(tonic::GrpcMethod::new(
+            "opentelemetry.proto.collector.trace.v1.TraceService",
+            "Export",
+        ));
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        );
+        let codec = tonic_prost::ProstCodec::<EncodedTraces, ExportTraceServiceResponse>::default();
+        client.unary(request, path, codec).await
     }
 
     fn rejected(response: &Self::Response) -> u64 {

@@ -34,7 +34,7 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// frame (not an ACK) on stream 0 (the same rule as the kernel's classifier). Servers
 /// may write it before they read the client's preface.
 pub fn is_server_preface(head: &[u8]) -> bool {
-    matches!(head, [0, hi, lo, 4, 0, 0, 0, 0, 0, ..] if (u32::from(*hi) << 8 | u32::from(*lo)) % 6 == 0)
+    matches!(head, [0, hi, lo, 4, 0, 0, 0, 0, 0, ..] if (u32::from(*hi) << 8 | u32::from(*lo)).is_multiple_of(6))
 }
 /// Streams tracked at once per connection; a stream opened beyond it is not followed
 /// (its header blocks are still decoded, to keep HPACK in step) and is counted.
