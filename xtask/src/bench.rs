@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: overhead of tracing, measured side by side in one run.
 //!
-//! For each server (the sample Go service, nginx) wrk drives it at saturation with and
-//! without the agent attached, alternating, and we report throughput and p99 as ratios,
+//! For each server (the sample Go service, goroutine churn, Go crypto/tls, a grpc-go
+//! unary server, nginx plain, over TLS and in HTTP/2 cleartext) a load generator (wrk;
+//! h2load for HTTP/2; the gRPC test program's load mode) drives it at saturation with
+//! and without the agent attached, alternating, and we report throughput and p99 as ratios,
 //! the agent's CPU time per request, its peak RSS and the events it lost. The agent
 //! exports over OTLP/HTTP to a local sink that acknowledges without decoding, so the
 //! whole pipeline (parse, build, batch, encode, send) is in the measurement.
@@ -28,8 +30,90 @@ const ROUNDS: usize = 2;
 
 struct WrkResult {
     rps: f64,
+    /// NaN where the load generator does not report it (h2load).
     p99_ms: f64,
     requests: u64,
+}
+
+/// What drives a server at saturation.
+enum Load<'a> {
+    /// wrk (HTTP/1.1): `-t2 -c64`, an optional Lua script.
+    Wrk {
+        url: &'a str,
+        script: Option<&'a std::path::Path>,
+    },
+    /// h2load (HTTP/2, h2c or by ALPN): 2 threads, 64 connections, 10 streams each.
+    H2load { url: &'a str },
+    /// The gRPC test program's load mode (grpc-go unary calls): 64 goroutines over 2
+    /// connections.
+    Grpc {
+        bin: &'a std::path::Path,
+        addr: &'a str,
+    },
+}
+
+impl Load<'_> {
+    fn run(&self) -> Result<WrkResult> {
+        match self {
+            Load::Wrk { url, script } => wrk(url, *script),
+            Load::H2load { url } => h2load(url),
+            Load::Grpc { bin, addr } => grpc_load(bin, addr),
+        }
+    }
+}
+
+/// h2load for [`WRK_SECS`]: its "finished in" line (req/s) and "requests:" line (done).
+fn h2load(url: &str) -> Result<WrkResult> {
+    let out = Command::new("h2load")
+        .args(["-t2", "-c64", "-m10", "-D", &WRK_SECS.to_string(), url])
+        .output()
+        .context("running h2load")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rps = None;
+    let mut requests = None;
+    for l in text.lines().map(str::trim) {
+        if let Some(rest) = l.strip_prefix("finished in ") {
+            rps = rest
+                .split(", ")
+                .nth(1)
+                .and_then(|v| v.strip_suffix(" req/s"))
+                .and_then(|v| v.parse().ok());
+        } else if let Some(rest) = l.strip_prefix("requests: ") {
+            requests = rest
+                .split(", ")
+                .find_map(|p| p.strip_suffix(" succeeded"))
+                .and_then(|v| v.parse().ok());
+        }
+    }
+    match (rps, requests) {
+        (Some(rps), Some(requests)) => Ok(WrkResult {
+            rps,
+            p99_ms: f64::NAN,
+            requests,
+        }),
+        _ => bail!("could not parse h2load output:\n{text}"),
+    }
+}
+
+/// The gRPC program's "requests N rps R p99_ms P" line.
+fn grpc_load(bin: &std::path::Path, addr: &str) -> Result<WrkResult> {
+    let out = Command::new(bin)
+        .args(["load", addr, &WRK_SECS.to_string(), "64"])
+        .output()
+        .context("running the gRPC load")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<&str> = text.split_whitespace().collect();
+    match f[..] {
+        ["requests", n, "rps", r, "p99_ms", p] => Ok(WrkResult {
+            rps: r.parse()?,
+            p99_ms: p.parse()?,
+            requests: n.parse()?,
+        }),
+        _ => bail!(
+            "could not parse the gRPC load output:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
 
 fn parse_duration_ms(s: &str) -> Option<f64> {
@@ -198,8 +282,7 @@ fn traced_run(
     agent: &std::path::Path,
     extra: &[&str],
     pid: u32,
-    url: &str,
-    script: Option<&std::path::Path>,
+    load: &Load<'_>,
     sink: u16,
 ) -> Result<Traced> {
     let mut proc = Command::new(agent)
@@ -221,7 +304,7 @@ fn traced_run(
     }
     let t0 = cpu_ticks(apid);
     let k0 = bpf_prog_stats(apid);
-    let w = wrk(url, script)?;
+    let w = load.run()?;
     let k1 = bpf_prog_stats(apid);
     // Let the agent drain and export what wrk caused before reading its CPU time.
     thread::sleep(Duration::from_millis(1500));
@@ -273,8 +356,7 @@ fn bench_server(
     name: &str,
     agent: &std::path::Path,
     pid: u32,
-    url: &str,
-    script: Option<&std::path::Path>,
+    load: &Load<'_>,
     modes: &[Mode<'_>],
     sink: u16,
 ) -> Result<()> {
@@ -284,9 +366,9 @@ fn bench_server(
     for _ in 0..ROUNDS {
         for (i, m) in modes.iter().enumerate() {
             runs[i].push(match m.agent_args {
-                None => (wrk(url, script)?, None),
+                None => (load.run()?, None),
                 Some(args) => {
-                    let t = traced_run(agent, args, pid, url, script, sink)?;
+                    let t = traced_run(agent, args, pid, load, sink)?;
                     let w = WrkResult {
                         rps: t.wrk.rps,
                         p99_ms: t.wrk.p99_ms,
@@ -304,12 +386,12 @@ fn bench_server(
     for (m, r) in modes.iter().zip(&runs) {
         let rps = mean(r.iter().map(|x| x.0.rps).collect());
         let p99 = mean(r.iter().map(|x| x.0.p99_ms).collect());
-        print!(
-            "  {:<26} {rps:>9.0} req/s (x{:.3})   p99 {p99:>7.2} ms (x{:.3})",
-            m.name,
-            rps / base_rps,
-            p99 / base_p99
-        );
+        print!("  {:<26} {rps:>9.0} req/s (x{:.3})", m.name, rps / base_rps);
+        if p99.is_nan() {
+            print!("   p99 n/a (h2load)");
+        } else {
+            print!("   p99 {p99:>7.2} ms (x{:.3})", p99 / base_p99);
+        }
         let traced: Vec<&Traced> = r.iter().filter_map(|x| x.1.as_ref()).collect();
         if !traced.is_empty() {
             let cpu = mean(traced.iter().map(|t| t.cpu_us_per_req).collect());
@@ -336,8 +418,8 @@ pub fn bench() -> Result<()> {
         );
     }
     tools::apt_install(
-        &["wrk", "nginx"],
-        "load generator and a reference server for the benchmark",
+        &["wrk", "nginx", "nghttp2-client", "golang-google-grpc-dev"],
+        "load generators (wrk, h2load), a reference server and grpc-go's sources for the benchmark",
     )?;
     // Another build of the agent (say main's, for a side-by-side with a branch), or this tree's.
     let agent = match std::env::var_os("PERISCOPE_BENCH_AGENT") {
@@ -389,8 +471,10 @@ pub fn bench() -> Result<()> {
         &format!("Go net/http (Go {}) GET /", go[0].0),
         &agent,
         go_child.id(),
-        &format!("http://{addr}/"),
-        None,
+        &Load::Wrk {
+            url: &format!("http://{addr}/"),
+            script: None,
+        },
         &go_modes,
         sink,
     );
@@ -408,8 +492,10 @@ pub fn bench() -> Result<()> {
         "Go goroutine churn (POST /churn?n=100)",
         &agent,
         truth_child.id(),
-        &format!("http://{addr}/churn?n=100"),
-        Some(&script),
+        &Load::Wrk {
+            url: &format!("http://{addr}/churn?n=100"),
+            script: Some(&script),
+        },
         &go_modes,
         sink,
     );
@@ -427,8 +513,10 @@ pub fn bench() -> Result<()> {
         &format!("Go crypto/tls (Go {}) GET /?size=5", go[0].0),
         &agent,
         gotls_child.id(),
-        &format!("https://{addr}/?size=5"),
-        None,
+        &Load::Wrk {
+            url: &format!("https://{addr}/?size=5"),
+            script: None,
+        },
         // All probes: the Go TLS ones come with the Go runtime probes.
         &UNTRACED_TRACED,
         sink,
@@ -437,10 +525,30 @@ pub fn bench() -> Result<()> {
     let _ = gotls_child.wait();
     r?;
 
+    // gRPC: a grpc-go 1.33 unary server (Debian's sources), Health/Check at saturation.
+    let gogrpc = dir.join("gogrpc");
+    demo::build_go_program(&go[0].1, "gogrpc", &gogrpc, "")?;
+    let (mut grpc_child, addr) = demo::start_announced(&gogrpc, &["server", "/dev/null"])?;
+    let r = bench_server(
+        &format!("grpc-go 1.33 (Go {}) unary Health/Check", go[0].0),
+        &agent,
+        grpc_child.id(),
+        &Load::Grpc {
+            bin: &gogrpc,
+            addr: &addr,
+        },
+        &UNTRACED_TRACED,
+        sink,
+    );
+    let _ = grpc_child.kill();
+    let _ = grpc_child.wait();
+    r?;
+
     let nginx_dir = dir.join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let tls_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let h2c_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     tools::run(
         Command::new("openssl")
             .args([
@@ -458,7 +566,8 @@ pub fn bench() -> Result<()> {
          http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
          server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }}\n\
          server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
-         location / {{ return 200 \"hello\\n\"; }} }} }}\n",
+         location / {{ return 200 \"hello\\n\"; }} }}\n\
+         server {{ listen 127.0.0.1:{h2c_port} http2; location / {{ return 200 \"hello\\n\"; }} }} }}\n",
         d = nginx_dir.display()
     );
     std::fs::write(nginx_dir.join("nginx.conf"), conf)?;
@@ -478,8 +587,10 @@ pub fn bench() -> Result<()> {
         "nginx (1 worker) return 200",
         &agent,
         nginx.id(),
-        &url,
-        None,
+        &Load::Wrk {
+            url: &url,
+            script: None,
+        },
         &UNTRACED_TRACED,
         sink,
     )
@@ -488,8 +599,22 @@ pub fn bench() -> Result<()> {
             "nginx (1 worker) over TLS (OpenSSL 3) return 200",
             &agent,
             nginx.id(),
-            &format!("https://127.0.0.1:{tls_port}/"),
-            None,
+            &Load::Wrk {
+                url: &format!("https://127.0.0.1:{tls_port}/"),
+                script: None,
+            },
+            &UNTRACED_TRACED,
+            sink,
+        )
+    })
+    .and_then(|()| {
+        bench_server(
+            "nginx (1 worker) HTTP/2 cleartext (h2load, 10 streams per connection) return 200",
+            &agent,
+            nginx.id(),
+            &Load::H2load {
+                url: &format!("http://127.0.0.1:{h2c_port}/"),
+            },
             &UNTRACED_TRACED,
             sink,
         )

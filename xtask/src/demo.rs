@@ -38,26 +38,32 @@ pub fn build_go_program(
     )
 }
 
-/// Builds the Go program in `dir` with the given Go, offline, statically.
+/// Builds the Go program in `dir` with the given Go, offline, statically. A directory
+/// without `go.mod` is built in GOPATH mode against Debian's Go library sources
+/// (/usr/share/gocode: grpc-go from golang-google-grpc-dev).
 pub fn build_go_dir(
     go: &std::path::Path,
     dir: &std::path::Path,
     out: &std::path::Path,
     ldflags: &str,
 ) -> Result<()> {
-    tools::run(
-        Command::new(go)
-            .current_dir(dir)
-            .args(["build", "-o"])
-            .arg(out)
-            .arg(format!("-ldflags={ldflags}"))
-            .arg(".")
-            .env("GOTOOLCHAIN", "local")
-            .env("GOPROXY", "off")
-            .env("GOFLAGS", "-mod=mod")
-            .env("CGO_ENABLED", "0")
-            .env("GOCACHE", tools::tools_dir().join("gocache")),
-    )
+    let mut cmd = Command::new(go);
+    cmd.current_dir(dir)
+        .args(["build", "-o"])
+        .arg(out)
+        .arg(format!("-ldflags={ldflags}"))
+        .arg(".")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", tools::tools_dir().join("gocache"));
+    if dir.join("go.mod").is_file() {
+        cmd.env("GOFLAGS", "-mod=mod");
+    } else {
+        cmd.env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode");
+    }
+    tools::run(&mut cmd)
 }
 
 /// Starts the Go service and returns it with its address.

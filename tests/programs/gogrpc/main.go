@@ -12,6 +12,9 @@
 //	                          then cancelled) on
 //	                          one shared connection from several goroutines and on
 //	                          fresh ones; prints the same line per RPC, then "done"
+//	gogrpc load ADDR SECONDS CONC  unary Health/Check calls from CONC goroutines over
+//	                          2 connections for SECONDS (the benchmark's load), then
+//	                          prints "requests N rps R p99_ms P"
 package main
 
 import (
@@ -23,6 +26,7 @@ import (
 	"math/rand"
 	"net"
 	"os"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -44,6 +48,10 @@ func main() {
 		seed, _ := strconv.ParseInt(os.Args[3], 10, 64)
 		n, _ := strconv.Atoi(os.Args[4])
 		client(os.Args[2], seed, n, os.Args[5])
+	case "load":
+		secs, _ := strconv.Atoi(os.Args[3])
+		conc, _ := strconv.Atoi(os.Args[4])
+		load(os.Args[2], time.Duration(secs)*time.Second, conc)
 	default:
 		log.Fatalf("unknown mode %q", os.Args[1])
 	}
@@ -172,4 +180,47 @@ func client(addr string, seed int64, n int, goFile string) {
 	}
 	fmt.Fprintln(out, "done")
 	out.Flush()
+}
+
+func load(addr string, d time.Duration, conc int) {
+	var conns [2]*grpc.ClientConn
+	for i := range conns {
+		cc, err := grpc.Dial(addr, grpc.WithInsecure(), grpc.WithBlock())
+		if err != nil {
+			log.Fatal(err)
+		}
+		conns[i] = cc
+	}
+	start := time.Now()
+	end := start.Add(d)
+	lat := make([][]time.Duration, conc)
+	var wg sync.WaitGroup
+	for g := 0; g < conc; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			hc := healthpb.NewHealthClient(conns[g%len(conns)])
+			req := &healthpb.HealthCheckRequest{Service: "periscope.Up"}
+			for time.Now().Before(end) {
+				t := time.Now()
+				if _, err := hc.Check(context.Background(), req); err != nil {
+					log.Fatal(err)
+				}
+				lat[g] = append(lat[g], time.Since(t))
+			}
+		}(g)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	p99 := time.Duration(0)
+	if len(all) > 0 {
+		p99 = all[len(all)*99/100]
+	}
+	fmt.Printf("requests %d rps %.1f p99_ms %.3f\n", len(all),
+		float64(len(all))/elapsed.Seconds(), float64(p99.Microseconds())/1000)
 }
