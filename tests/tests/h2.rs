@@ -72,6 +72,39 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// The agent on two traced processes, exporting over OTLP/gRPC to `receiver` and
+/// serving Prometheus on `metrics`.
+fn agent_for(
+    pids: [u32; 2],
+    receiver: &Receiver,
+    metrics: SocketAddr,
+    env: &[(&str, &str)],
+) -> Agent {
+    let mut args = Vec::new();
+    for pid in pids {
+        args.extend(["--pid".to_string(), pid.to_string()]);
+    }
+    args.extend([
+        "--otlp-endpoint".to_string(),
+        receiver.endpoint(Protocol::Grpc),
+        "--otlp-protocol".to_string(),
+        "grpc".to_string(),
+        "--prometheus".to_string(),
+        metrics.to_string(),
+    ]);
+    Agent::start_with_env(args, env)
+}
+
+/// Calls `rpc_{kind}_duration_seconds_count` counts with this status code, summed.
+fn rpc_calls(text: &str, kind: &str, code: &str) -> f64 {
+    let name = format!("rpc_{kind}_duration_seconds_count{{");
+    let label = format!("rpc_grpc_status_code=\"{code}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&name) && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// One access-log line / one span, as compared.
 type Row = (String, String, u16, u64);
 
@@ -334,19 +367,10 @@ fn grpcio_health_check(exact: bool) {
     client.wait_for_stdout_line(Duration::from_secs(20), |l| l == "ready");
     let metrics_addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
     let framing = if exact { "1" } else { "0" };
-    let agent = Agent::start_with_env(
-        [
-            "--pid".to_string(),
-            server.pid().to_string(),
-            "--pid".to_string(),
-            client.pid().to_string(),
-            "--otlp-endpoint".to_string(),
-            receiver.endpoint(Protocol::Grpc),
-            "--otlp-protocol".to_string(),
-            "grpc".to_string(),
-            "--prometheus".to_string(),
-            metrics_addr.to_string(),
-        ],
+    let agent = agent_for(
+        [server.pid(), client.pid()],
+        &receiver,
+        metrics_addr,
         &[("PERISCOPE_KERNEL_FRAMING", framing)],
     );
     std::fs::write(&go_file, b"").unwrap();
@@ -475,13 +499,7 @@ fn grpcio_health_check(exact: bool) {
     // call recorded is exported, so per side and status code the counts agree; and gRPC
     // calls are in no HTTP family.
     for ((kind, code, _), n) in &counts {
-        let name = format!("rpc_{kind}_duration_seconds_count{{");
-        let label = format!("rpc_grpc_status_code=\"{code}\"");
-        let metric: f64 = text
-            .lines()
-            .filter(|l| l.starts_with(&name) && l.contains(&label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let metric = rpc_calls(&text, kind, code);
         if metric != f64::from(*n) {
             problems.push(format!(
                 "rpc_{kind}_duration_seconds_count with status {code} = {metric}, {n} spans"
@@ -561,18 +579,7 @@ fn grpc_go(server: GoBuild, client: GoBuild) {
     let mut cli = Process::spawn("gogrpc-client", cmd);
     let receiver = Receiver::start();
     let metrics_addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
-    let agent = Agent::start([
-        "--pid".to_string(),
-        srv.pid().to_string(),
-        "--pid".to_string(),
-        cli.pid().to_string(),
-        "--otlp-endpoint".to_string(),
-        receiver.endpoint(Protocol::Grpc),
-        "--otlp-protocol".to_string(),
-        "grpc".to_string(),
-        "--prometheus".to_string(),
-        metrics_addr.to_string(),
-    ]);
+    let agent = agent_for([srv.pid(), cli.pid()], &receiver, metrics_addr, &[]);
     std::fs::write(&go_file, b"").unwrap();
     cli.wait_for_stdout_line(Duration::from_secs(60), |l| l == "done");
     // (method, code) -> calls, as each program logged them.
@@ -671,13 +678,7 @@ fn grpc_go(server: GoBuild, client: GoBuild) {
             *by_code.entry(code).or_default() += c;
         }
         for (code, c) in by_code {
-            let name = format!("rpc_{kind}_duration_seconds_count{{");
-            let label = format!("rpc_grpc_status_code=\"{code}\"");
-            let metric: f64 = text
-                .lines()
-                .filter(|l| l.starts_with(&name) && l.contains(&label))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
+            let metric = rpc_calls(&text, kind, code);
             if metric != f64::from(c) {
                 problems.push(format!(
                     "rpc_{kind}_duration_seconds_count with status {code} = {metric}, {c} spans"

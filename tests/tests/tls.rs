@@ -28,6 +28,19 @@ fn seed() -> u64 {
         })
 }
 
+/// The spans once `n` arrived (or 30 s passed), and anything extra that arrives with
+/// them: a moment more, so that a doubled span is seen.
+fn settled_spans(receiver: &Receiver, n: usize) -> Vec<periscope_e2e::receiver::ReceivedSpan> {
+    let spans = receiver.wait_for_spans(n, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let more = receiver.spans();
+    if more.len() > spans.len() {
+        more
+    } else {
+        spans
+    }
+}
+
 /// The threaded HTTPS server of tests/programs/tls, ready: (process, port, access log).
 fn start_server(dir: &TempDir) -> (Process, u16, std::path::PathBuf) {
     let (cert, key) = harness::self_signed_cert(dir);
@@ -78,17 +91,7 @@ fn openssl_python_server_spans_match_its_access_log() {
         harness::parse_method_path_log(&std::fs::read_to_string(&log_path).expect("access log"));
     assert_eq!(logged.len(), EXCHANGES, "the server logged every exchange");
 
-    let spans = receiver.wait_for_spans(EXCHANGES, Duration::from_secs(30));
-    // Anything extra would arrive with the ones waited for; give it a moment.
-    std::thread::sleep(Duration::from_millis(500));
-    let spans = {
-        let more = receiver.spans();
-        if more.len() > spans.len() {
-            more
-        } else {
-            spans
-        }
-    };
+    let spans = settled_spans(&receiver, EXCHANGES);
     let stderr = harness::tail(&agent.output().stderr(), 4000).to_string();
     assert!(
         stderr.contains("TLS plaintext probes attached to libssl"),
@@ -209,16 +212,7 @@ fn openssl_python_client_spans_join_the_server() {
         harness::parse_method_path_log(&std::fs::read_to_string(&log_path).expect("access log"));
     assert_eq!(logged.len(), EXCHANGES, "the server logged every exchange");
 
-    let spans = receiver.wait_for_spans(2 * EXCHANGES, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500));
-    let spans = {
-        let more = receiver.spans();
-        if more.len() > spans.len() {
-            more
-        } else {
-            spans
-        }
-    };
+    let spans = settled_spans(&receiver, 2 * EXCHANGES);
     let stderr = harness::tail(&agent.output().stderr(), 4000).to_string();
     let client_pid = client.pid().to_string();
     let mut problems = Vec::new();

@@ -548,6 +548,8 @@ pub fn bench() -> Result<()> {
     std::fs::create_dir_all(&nginx_dir)?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let tls_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // HTTP/2 cleartext; nginx closes a connection after keepalive_requests (1000) streams
+    // and h2load does not reconnect, so the limit is lifted.
     let h2c_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     tools::run(
         Command::new("openssl")
@@ -567,7 +569,7 @@ pub fn bench() -> Result<()> {
          server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }}\n\
          server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
          location / {{ return 200 \"hello\\n\"; }} }}\n\
-         server {{ listen 127.0.0.1:{h2c_port} http2; location / {{ return 200 \"hello\\n\"; }} }} }}\n",
+         server {{ listen 127.0.0.1:{h2c_port} http2; keepalive_requests 100000000; location / {{ return 200 \"hello\\n\"; }} }} }}\n",
         d = nginx_dir.display()
     );
     std::fs::write(nginx_dir.join("nginx.conf"), conf)?;
