@@ -36,6 +36,7 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub fn is_server_preface(head: &[u8]) -> bool {
     matches!(head, [0, hi, lo, 4, 0, 0, 0, 0, 0, ..] if (u32::from(*hi) << 8 | u32::from(*lo)).is_multiple_of(6))
 }
+
 /// Streams tracked at once per connection; a stream opened beyond it is not followed
 /// (its header blocks are still decoded, to keep HPACK in step) and is counted.
 pub const MAX_STREAMS: usize = 256;
