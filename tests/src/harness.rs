@@ -931,6 +931,27 @@ impl Agent {
     }
 
     /// Like [`Agent::start`], with extra environment variables.
+    /// The agent on `pids`, exporting over OTLP/gRPC to `otlp` (a receiver's endpoint)
+    /// and serving Prometheus on `metrics`, with `env` set.
+    pub fn start_on_pids(
+        pids: &[u32],
+        otlp: String,
+        metrics: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let mut args = vec!["--prometheus".to_string(), metrics.to_string()];
+        for pid in pids {
+            args.extend(["--pid".to_string(), pid.to_string()]);
+        }
+        args.extend([
+            "--otlp-endpoint".to_string(),
+            otlp,
+            "--otlp-protocol".to_string(),
+            "grpc".to_string(),
+        ]);
+        Agent::start_with_env(args, env)
+    }
+
     pub fn start_with_env<I, S>(args: I, env: &[(&str, &str)]) -> Agent
     where
         I: IntoIterator<Item = S>,
@@ -1058,6 +1079,21 @@ impl Drop for Agent {
             );
         }
     }
+}
+
+/// A test's seed: the u64 in environment variable `var` (to replay a run), else the
+/// current Unix second. Printed as `VAR=seed`.
+pub fn seed_from_env(var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
+        });
+    eprintln!("{var}={seed}");
+    seed
 }
 
 /// A self-signed certificate for `localhost` and its key, made in `dir` by openssl

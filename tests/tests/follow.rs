@@ -147,17 +147,12 @@ fn run_against(
 ) {
     let receiver = Receiver::start();
     let metrics_addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
-    let mut args = vec!["--prometheus".to_string(), metrics_addr.to_string()];
-    for pid in targets {
-        args.extend(["--pid".to_string(), pid.to_string()]);
-    }
-    args.extend([
-        "--otlp-endpoint".to_string(),
+    let agent = Agent::start_on_pids(
+        targets,
         receiver.endpoint(Protocol::Grpc),
-        "--otlp-protocol".to_string(),
-        "grpc".to_string(),
-    ]);
-    let agent = Agent::start(args);
+        metrics_addr,
+        &[],
+    );
     let sent: Vec<Sent> = plan
         .iter()
         .enumerate()

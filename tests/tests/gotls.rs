@@ -21,17 +21,6 @@ const EXCHANGES: usize = 60;
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
 
-fn seed() -> u64 {
-    std::env::var("PERISCOPE_TLS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs())
-        })
-}
-
 /// Checks `spans` (all of one kind) against `truth`: one span per line, each right.
 /// Returns the spans by path.
 fn check<'a>(
@@ -87,8 +76,7 @@ type End<'a> = (&'a str, GoFlavor, &'a str);
 fn go_tls_run(server: End, client: End, proto: &str) {
     harness::require_root();
     let _serial = harness::serial();
-    let seed = seed();
-    eprintln!("PERISCOPE_TLS_SEED={seed}");
+    let seed = harness::seed_from_env("PERISCOPE_TLS_SEED");
     let server_bin = harness::build_go_program("gotls", &harness::go_toolchain(server.0), server.1);
     let client_bin = harness::build_go_program("gotls", &harness::go_toolchain(client.0), client.1);
     let dir = TempDir::new("gotls");

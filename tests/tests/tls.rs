@@ -17,17 +17,6 @@ use periscope_e2e::receiver::{Protocol, Receiver};
 
 const EXCHANGES: usize = 120;
 
-fn seed() -> u64 {
-    std::env::var("PERISCOPE_TLS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs())
-        })
-}
-
 /// The spans once `n` arrived (or 30 s passed), and anything extra that arrives with
 /// them: a moment more, so that a doubled span is seen.
 fn settled_spans(receiver: &Receiver, n: usize) -> Vec<periscope_e2e::receiver::ReceivedSpan> {
@@ -60,8 +49,7 @@ fn start_server(dir: &TempDir) -> (Process, u16, std::path::PathBuf) {
 fn openssl_python_server_spans_match_its_access_log() {
     harness::require_root();
     let _serial = harness::serial();
-    let seed = seed();
-    eprintln!("PERISCOPE_TLS_SEED={seed}");
+    let seed = harness::seed_from_env("PERISCOPE_TLS_SEED");
     let dir = TempDir::new("tls");
     let (server, port, log_path) = start_server(&dir);
     let programs = harness::program_dir("tls");
@@ -151,8 +139,7 @@ fn openssl_python_server_spans_match_its_access_log() {
 fn openssl_python_client_spans_join_the_server() {
     harness::require_root();
     let _serial = harness::serial();
-    let seed = seed();
-    eprintln!("PERISCOPE_TLS_SEED={seed}");
+    let seed = harness::seed_from_env("PERISCOPE_TLS_SEED");
     let dir = TempDir::new("tls-client");
     let (server, port, log_path) = start_server(&dir);
     let go = dir.path().join("go");

@@ -994,9 +994,10 @@ impl Tracker {
             && !ingress
             && !conn.fed
             && conn.role == Role::Server
-            && crate::h2::is_server_preface(head)
+            && periscope_common::classify_bytes(head) == periscope_common::Class::Http2
         {
-            // The server's preface before the client's was read (grpc-go, Go net/http).
+            // The server's preface (a SETTINGS frame, the kernel classifier's rule)
+            // before the client's was read (grpc-go, Go net/http).
             conn.h2 = Some(Box::default());
             conn.fed = true;
             self.stats.h2_conns += 1;
@@ -1267,10 +1268,7 @@ impl Tracker {
         // The client's connection is closed already.
         let peer = ends.peer?;
         let closed = self.h2_closed.get(&(peer.ip(), peer.port()))?;
-        let netns = |pid: u32| self.procs.get(&pid).and_then(|p| p.netns);
-        if peer.ip().is_loopback()
-            && matches!((netns(server_pid), netns(closed.pid)), (Some(a), Some(b)) if a != b)
-        {
+        if netns_apart(&self.procs, peer.ip(), server_pid, closed.pid) {
             return None;
         }
         let request = request_hash(method.as_str(), target);
@@ -1938,19 +1936,21 @@ fn client_candidates(
         return Vec::new();
     };
     let server_port = ends.local.map(|l| l.port());
-    let netns = |pid: u32| procs.get(&pid).and_then(|p| p.netns);
-    let server_netns = netns(server_pid);
     let same_port = |c: &&ClientEnd| server_port.is_none_or(|p| p == c.server_port);
     candidates
         .iter()
         .filter(same_port)
         .chain(candidates.iter().filter(|c| !same_port(c)))
-        .filter(|c| {
-            !(peer.ip().is_loopback()
-                && matches!((server_netns, netns(c.pid)), (Some(a), Some(b)) if a != b))
-        })
+        .filter(|c| !netns_apart(procs, peer.ip(), server_pid, c.pid))
         .copied()
         .collect()
+}
+
+/// Whether a loopback address cannot join processes `a` and `b`: they are in known,
+/// different network namespaces (every pod has its own 127.0.0.1).
+fn netns_apart(procs: &HashMap<u32, Proc>, ip: IpAddr, a: u32, b: u32) -> bool {
+    let netns = |pid: u32| procs.get(&pid).and_then(|p| p.netns);
+    ip.is_loopback() && matches!((netns(a), netns(b)), (Some(x), Some(y)) if x != y)
 }
 
 /// CLOCK_MONOTONIC now, in the kernel's bpf_ktime_get_ns units.

@@ -30,13 +30,6 @@ mod tests;
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether a server's first bytes are HTTP/2's server connection preface: a SETTINGS
-/// frame (not an ACK) on stream 0 (the same rule as the kernel's classifier). Servers
-/// may write it before they read the client's preface.
-pub fn is_server_preface(head: &[u8]) -> bool {
-    matches!(head, [0, hi, lo, 4, 0, 0, 0, 0, 0, ..] if (u32::from(*hi) << 8 | u32::from(*lo)).is_multiple_of(6))
-}
-
 /// Streams tracked at once per connection; a stream opened beyond it is not followed
 /// (its header blocks are still decoded, to keep HPACK in step) and is counted.
 pub const MAX_STREAMS: usize = 256;
