@@ -72,29 +72,6 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-/// The agent on two traced processes, exporting over OTLP/gRPC to `receiver` and
-/// serving Prometheus on `metrics`.
-fn agent_for(
-    pids: [u32; 2],
-    receiver: &Receiver,
-    metrics: SocketAddr,
-    env: &[(&str, &str)],
-) -> Agent {
-    let mut args = Vec::new();
-    for pid in pids {
-        args.extend(["--pid".to_string(), pid.to_string()]);
-    }
-    args.extend([
-        "--otlp-endpoint".to_string(),
-        receiver.endpoint(Protocol::Grpc),
-        "--otlp-protocol".to_string(),
-        "grpc".to_string(),
-        "--prometheus".to_string(),
-        metrics.to_string(),
-    ]);
-    Agent::start_with_env(args, env)
-}
-
 /// Calls `rpc_{kind}_duration_seconds_count` counts with this status code, summed.
 fn rpc_calls(text: &str, kind: &str, code: &str) -> f64 {
     let name = format!("rpc_{kind}_duration_seconds_count{{");
@@ -367,9 +344,9 @@ fn grpcio_health_check(exact: bool) {
     client.wait_for_stdout_line(Duration::from_secs(20), |l| l == "ready");
     let metrics_addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
     let framing = if exact { "1" } else { "0" };
-    let agent = agent_for(
-        [server.pid(), client.pid()],
-        &receiver,
+    let agent = Agent::start_on_pids(
+        &[server.pid(), client.pid()],
+        receiver.endpoint(Protocol::Grpc),
         metrics_addr,
         &[("PERISCOPE_KERNEL_FRAMING", framing)],
     );
@@ -550,15 +527,7 @@ fn grpc_go(server: GoBuild, client: GoBuild) {
     harness::require_root();
     let _serial = harness::serial();
     harness::agent_bin();
-    let seed: u64 = std::env::var("PERISCOPE_GRPC_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs())
-        });
-    eprintln!("PERISCOPE_GRPC_SEED={seed}");
+    let seed = harness::seed_from_env("PERISCOPE_GRPC_SEED");
     let n = 80;
     let server_bin =
         harness::build_go_program("gogrpc", &harness::go_toolchain(server.0), server.1);
@@ -579,7 +548,12 @@ fn grpc_go(server: GoBuild, client: GoBuild) {
     let mut cli = Process::spawn("gogrpc-client", cmd);
     let receiver = Receiver::start();
     let metrics_addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
-    let agent = agent_for([srv.pid(), cli.pid()], &receiver, metrics_addr, &[]);
+    let agent = Agent::start_on_pids(
+        &[srv.pid(), cli.pid()],
+        receiver.endpoint(Protocol::Grpc),
+        metrics_addr,
+        &[],
+    );
     std::fs::write(&go_file, b"").unwrap();
     cli.wait_for_stdout_line(Duration::from_secs(60), |l| l == "done");
     // (method, code) -> calls, as each program logged them.
@@ -688,7 +662,11 @@ fn grpc_go(server: GoBuild, client: GoBuild) {
     }
     let unplaced = metric_sum(&text, "periscope_h2_streams_unplaced_total");
     if unplaced != 0.0 {
-        problems.push(format!("{unplaced} unplaced streams"));
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("periscope_h2_streams_unplaced_total"))
+            .collect();
+        problems.push(format!("{unplaced} unplaced streams: {lines:?}"));
     }
     if !exit.status.success() {
         problems.push(format!("agent exited with {}", exit.status));
