@@ -305,4 +305,11 @@ impl Capture for KernelCapture {
             cut.class,
         );
     }
+
+    #[inline(always)]
+    fn emit_run(&mut self, from: u64, to: u64, run: u32) {
+        // SAFETY: per-CPU map value.
+        let cut = unsafe { &*self.cut };
+        crate::net::emit_count_as(cut.pid_tgid, &cut.stash, to - from, cut.direction, cut.class | run);
+    }
 }

@@ -9,7 +9,9 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use periscope::http::{Chunk, Direction, StreamParser};
-use periscope_common::frame::{Capture, Framer, MAX_SEGMENTER_STEPS, Segmenter};
+use periscope_common::frame::{
+    Capture, Framer, MAX_SEGMENTER_STEPS, RUN_CHUNKS, RUN_MASK, Segmenter,
+};
 use periscope_common::{MAX_HEAD, MAX_TAIL, SCRATCH_PAYLOAD};
 
 #[derive(Arbitrary, Debug)]
@@ -23,7 +25,7 @@ struct Sys<'a> {
     bytes: &'a [u8],
     buf: Box<[u8; SCRATCH_PAYLOAD]>,
     win: Option<u64>,
-    chunks: Vec<(u64, u64, Vec<u8>, Vec<u8>)>,
+    chunks: Vec<(u64, u64, Vec<u8>, Vec<u8>, u32)>,
 }
 
 impl Capture for Sys<'_> {
@@ -48,7 +50,13 @@ impl Capture for Sys<'_> {
             0
         };
         let tail = self.bytes[(to - t) as usize..to as usize].to_vec();
-        self.chunks.push((from, to, self.buf[..head as usize].to_vec(), tail));
+        self.chunks.push((from, to, self.buf[..head as usize].to_vec(), tail, 0));
+    }
+    fn emit_run(&mut self, from: u64, to: u64, run: u32) {
+        assert!(from < to && to <= self.bytes.len() as u64);
+        assert_eq!(run & !RUN_MASK, 0);
+        assert_ne!(run & RUN_CHUNKS, 0);
+        self.chunks.push((from, to, Vec::new(), Vec::new(), run));
     }
 }
 
@@ -90,11 +98,15 @@ fuzz_target!(|input: Input| {
             lost = seg.lost != 0;
         }
         let mut at = 0;
-        for (from, to, head, tail) in &cap.chunks {
+        for (from, to, head, tail, run) in &cap.chunks {
             assert_eq!(*from, at, "chunks tile the syscall");
             assert_eq!(&head[..], &sys[*from as usize..*from as usize + head.len()]);
             at = *to;
-            parser.feed(&Chunk::captured(k as u64, to - from, head, tail), &mut out);
+            let chunk = Chunk {
+                run: *run,
+                ..Chunk::captured(k as u64, to - from, head, tail)
+            };
+            parser.feed(&chunk, &mut out);
         }
         assert_eq!(at, size, "chunks tile the syscall");
         pos += size;

@@ -216,7 +216,10 @@ pub fn plan(seed: u64, conns: usize, total: usize, profile: &Profile) -> Vec<Con
                 }
                 .min(profile.max_body);
                 if profile.chunked && rng.chance(25) {
-                    Body::Chunked(size, 1 + rng.below(9000) as usize)
+                    // A third densely chunked: a server's 64 KiB read then holds
+                    // thousands of chunk-size lines (the kernel's framing elides them).
+                    let most = if rng.chance(33) { 64 } else { 9000 };
+                    Body::Chunked(size, 1 + rng.below(most) as usize)
                 } else {
                     Body::Length(size)
                 }

@@ -1018,6 +1018,7 @@ impl Tracker {
             total_len: ev.total_len,
             head,
             tail,
+            run: ev.class & periscope_common::frame::RUN_MASK,
         };
         let mut out = std::mem::take(&mut self.scratch);
         let parser = if ingress {
@@ -1143,12 +1144,7 @@ impl Tracker {
     ) {
         let ingress = ev.direction == DIR_INGRESS;
         let from_client = ingress == (conn.role != Role::Client);
-        let chunk = Chunk {
-            ts_ns: ev.header.ts_ns,
-            total_len: ev.total_len,
-            head,
-            tail,
-        };
+        let chunk = Chunk::captured(ev.header.ts_ns, ev.total_len, head, tail);
         conn.fed = true;
         let mut out = Vec::new();
         if let Some(session) = conn.h2.as_mut() {

@@ -75,6 +75,9 @@ pub struct Chunk<'a> {
     pub head: &'a [u8],
     /// Last bytes of the chunk, only when `total_len > head.len()`.
     pub tail: &'a [u8],
+    /// `periscope_common::frame::RUN_*` bits when the kernel reports the chunk as a run
+    /// of whole chunks of a chunked request body (no bytes copied), else 0.
+    pub run: u32,
 }
 
 impl<'a> Chunk<'a> {
@@ -85,6 +88,7 @@ impl<'a> Chunk<'a> {
             total_len: data.len() as u64,
             head: data,
             tail: &[],
+            run: 0,
         }
     }
 
@@ -95,6 +99,7 @@ impl<'a> Chunk<'a> {
             total_len,
             head,
             tail,
+            run: 0,
         }
     }
 }
@@ -270,6 +275,10 @@ pub struct ParserStats {
     /// Gaps that hid where the next message starts (between messages, or a body that
     /// ended inside the gap with more bytes after it).
     pub gaps_hiding_start: u64,
+    /// Runs of whole chunks the kernel framed (counted as body, no bytes seen).
+    pub chunk_runs: u64,
+    /// Such runs that did not start where the parser stood (taken as gaps).
+    pub chunk_runs_refused: u64,
 }
 
 impl AddAssign for ParserStats {
@@ -284,6 +293,8 @@ impl AddAssign for ParserStats {
         self.dropped_at_close += o.dropped_at_close;
         self.gaps_in_header += o.gaps_in_header;
         self.gaps_in_chunk_framing += o.gaps_in_chunk_framing;
+        self.chunk_runs += o.chunk_runs;
+        self.chunk_runs_refused += o.chunk_runs_refused;
         self.gaps_hiding_start += o.gaps_hiding_start;
     }
 }

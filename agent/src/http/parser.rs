@@ -11,6 +11,8 @@
 use std::collections::VecDeque;
 use std::mem;
 
+use periscope_common::frame::{RUN_CHUNKS, RUN_FROM_DATA_END, RUN_TO_DATA_END};
+
 use super::syntax::{
     self, Before, FieldLine, StartError, capped_string, ends_chunked_body, list_tokens,
     looks_like_start, method_from_token, parse_chunk_size, parse_content_length, parse_field_line,
@@ -278,6 +280,14 @@ impl StreamParser {
         }
         if let State::Passthrough(_) = self.state {
             self.stats.passthrough_bytes += total;
+            return;
+        }
+
+        if chunk.run & RUN_CHUNKS != 0
+            && head.is_empty()
+            && tail.is_empty()
+            && self.run(chunk.run, total, ts)
+        {
             return;
         }
 
@@ -790,6 +800,32 @@ impl StreamParser {
                 used
             }
         }
+    }
+
+    /// A run of whole chunks of a chunked body, `n` bytes, framed by the kernel
+    /// (`run`: its `RUN_*` bits). Taken only where it says it starts: at a chunk-size
+    /// line's first byte or at the CRLF after a chunk's data; false otherwise (the
+    /// bytes are then a gap like any other, and framing is lost).
+    fn run(&mut self, run: u32, n: u64, ts: u64) -> bool {
+        let from_data_end = run & RUN_FROM_DATA_END != 0;
+        let fits = match self.state {
+            State::Chunked(Chunked::Size) => !from_data_end && self.line.is_empty(),
+            State::Chunked(Chunked::DataCr) => from_data_end,
+            _ => false,
+        };
+        if !fits || self.dir != Direction::Request {
+            self.stats.chunk_runs_refused += 1;
+            return false;
+        }
+        self.stats.chunk_runs += 1;
+        self.draft.last_ts = ts;
+        self.draft.body_bytes += n;
+        self.state = State::Chunked(if run & RUN_TO_DATA_END != 0 {
+            Chunked::DataCr
+        } else {
+            Chunked::Size
+        });
+        true
     }
 
     // ---- gaps -----------------------------------------------------------------------
