@@ -16,14 +16,16 @@
 //! for good ("blind"), emits nothing more, and counts every stream it can still see
 //! start (and those open at the loss) as unplaced, by reason. Missing beats wrong.
 //!
-//! HPACK is decoded with `loona-hpack` (a maintained fork of the `hpack` crate: dynamic
-//! table, Huffman, size updates), with the table size capped so a peer cannot make the
-//! agent hold more than [`MAX_HPACK_TABLE`] bytes per direction.
+//! HPACK is decoded by the `hpack` module (written here: of the maintained decoders,
+//! one was too slow and the other private), with the table size capped at
+//! [`MAX_HPACK_TABLE`] so a peer cannot make the agent hold more than a small multiple
+//! of it per direction.
 
-use std::{borrow::Cow, collections::HashMap};
+use std::collections::HashMap;
 
 use crate::http::{Chunk, MAX_TARGET, MAX_VALUE, Message, MessageKind, Method};
 
+mod hpack;
 #[cfg(test)]
 mod tests;
 
@@ -314,15 +316,13 @@ struct Dir {
     /// Payload kept of the current frame (not DATA).
     payload: Vec<u8>,
     block: Option<Block>,
-    hpack: loona_hpack::Decoder<'static>,
+    hpack: hpack::Decoder,
     /// Frame boundaries were lost; `resync` says the next chunk may start a frame.
     lost: bool,
 }
 
 impl Dir {
     fn new(from_client: bool) -> Self {
-        let mut hpack = loona_hpack::Decoder::new();
-        hpack.set_max_allowed_table_size(MAX_HPACK_TABLE);
         Self {
             from_client,
             preface_left: if from_client { PREFACE.len() } else { 0 },
@@ -331,7 +331,7 @@ impl Dir {
             frame: None,
             payload: Vec::new(),
             block: None,
-            hpack,
+            hpack: hpack::Decoder::new(MAX_HPACK_TABLE),
             lost: false,
         }
     }
@@ -1002,11 +1002,7 @@ fn decode_block(dir: &mut Dir, cx: &mut Cx<'_>) {
         return;
     }
     let mut fields = Fields::default();
-    let res = dir
-        .hpack
-        .decode_with_cb(&block.bytes, |n: Cow<'_, [u8]>, v: Cow<'_, [u8]>| {
-            fields.set(&n, &v)
-        });
+    let res = dir.hpack.decode(&block.bytes, |n, v| fields.set(n, v));
     if res.is_err() {
         return lose(dir, cx, Unplaced::Malformed);
     }
