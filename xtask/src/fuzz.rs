@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::tools;
 
-pub const TARGETS: &[&str] = &["http_stream", "tracker_events", "gobin", "frame"];
+pub const TARGETS: &[&str] = &["http_stream", "tracker_events", "gobin", "frame", "h2"];
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// How long each target runs.

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 
 use crate::http::{Chunk, MAX_TARGET, MAX_VALUE, Message, MessageKind, Method};
 
-mod hpack;
+pub mod hpack;
 #[cfg(test)]
 mod tests;
 
