@@ -610,6 +610,33 @@ pub fn bench() -> Result<()> {
         )
     })
     .and_then(|()| {
+        // Uploads in tiny chunks: each request's body is 4096 chunk-size lines, which
+        // the kernel's request framing follows (and elides) in nginx's reads.
+        let script = nginx_dir.join("chunked.lua");
+        std::fs::write(
+            &script,
+            "local req\n\
+             function init(args)\n\
+             \x20 local parts = {}\n\
+             \x20 for i = 1, 4096 do parts[#parts + 1] = \"10\\r\\n0123456789abcdef\\r\\n\" end\n\
+             \x20 parts[#parts + 1] = \"0\\r\\n\\r\\n\"\n\
+             \x20 req = \"POST /up HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n\" .. table.concat(parts)\n\
+             end\n\
+             function request() return req end\n",
+        )?;
+        bench_server(
+            "nginx (1 worker) POST of 64 KiB in 16-byte chunks, return 200",
+            &agent,
+            nginx.id(),
+            &Load::Wrk {
+                url: &url,
+                script: Some(&script),
+            },
+            &UNTRACED_TRACED,
+            sink,
+        )
+    })
+    .and_then(|()| {
         bench_server(
             "nginx (1 worker) HTTP/2 cleartext (h2load, 10 streams per connection) return 200",
             &agent,
