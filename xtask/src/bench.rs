@@ -360,6 +360,13 @@ fn bench_server(
     modes: &[Mode<'_>],
     sink: u16,
 ) -> Result<()> {
+    // PERISCOPE_BENCH_ONLY=<text>: only the loads whose name holds it (for a focused
+    // before/after; the whole bench is what the numbers of record come from).
+    if let Some(only) = std::env::var_os("PERISCOPE_BENCH_ONLY")
+        && !name.contains(only.to_string_lossy().as_ref())
+    {
+        return Ok(());
+    }
     // Rounds alternate the modes so drift (thermal, page cache) hits them alike.
     let mut runs: Vec<Vec<(WrkResult, Option<Traced>)>> =
         modes.iter().map(|_| Vec::new()).collect();
