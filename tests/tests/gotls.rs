@@ -233,3 +233,24 @@ fn go_h2_over_tls_go125_stripped_server_embedded_conn_go123_plain_client() {
         "h2",
     );
 }
+
+/// Go 1.19 (Debian's golang-1.19-go, the oldest Go the runtime probes read) on both
+/// ends: a stripped server behind a wrapped conn, a plain client; HTTP/1.1, then
+/// HTTP/2.
+#[test]
+fn go_tls_go119_stripped_server_embedded_conn_go119_plain_client() {
+    go_tls_run(
+        ("1.19", GoFlavor::Stripped, "embed"),
+        ("1.19", GoFlavor::Plain, "none"),
+        "h1",
+    );
+}
+
+#[test]
+fn go_h2_over_tls_go119_plain_server_opaque_conn_go125_stripped_client() {
+    go_tls_run(
+        ("1.19", GoFlavor::Plain, "opaque"),
+        ("1.25", GoFlavor::Stripped, "none"),
+        "h2",
+    );
+}

@@ -1033,7 +1033,8 @@ impl Tracker {
         // A byte count on a request stream may be a body discarded unread after its
         // answer (lighttpd's lingering close consumes it with MSG_TRUNC); what the
         // request was up to then, in case the count hides framing the parser needed.
-        let discarded = if head.is_empty() && tail.is_empty() && !suppressed {
+        // Not for a run of whole chunks (the kernel read that framing itself).
+        let discarded = if head.is_empty() && tail.is_empty() && !suppressed && chunk.run == 0 {
             parser.open_request()
         } else {
             None
