@@ -420,16 +420,19 @@ fn rfc_c5_responses_without_huffman() {
     ]);
 }
 
+/// RFC 7541 C.6: three responses, Huffman-coded, on a 256-byte table.
+const C6: [&str; 3] = [
+    "4882 6402 5885 aec3 771a 4b61 96d0 7abe 9410 54d4 44a8 2005 9504 0b81 66e0 82a6
+     2d1b ff6e 919d 29ad 1718 63c7 8f0b 97c8 e9ae 82ae 43d3",
+    "4883 640e ffc1 c0bf",
+    "88c1 6196 d07a be94 1054 d444 a820 0595 040b 8166 e084 a62d 1bff c05a 839b d9ab
+     77ad 94e7 821d d7f2 e6c7 b335 dfdf cd5b 3960 d5af 2708 7f36 72c1 ab27 0fb5 291f
+     9587 3160 65c0 03ed 4ee5 b106 3d50 07",
+];
+
 #[test]
 fn rfc_c6_responses_with_huffman() {
-    responses([
-        "4882 6402 5885 aec3 771a 4b61 96d0 7abe 9410 54d4 44a8 2005 9504 0b81 66e0 82a6
-         2d1b ff6e 919d 29ad 1718 63c7 8f0b 97c8 e9ae 82ae 43d3",
-        "4883 640e ffc1 c0bf",
-        "88c1 6196 d07a be94 1054 d444 a820 0595 040b 8166 e084 a62d 1bff c05a 839b d9ab
-         77ad 94e7 821d d7f2 e6c7 b335 dfdf cd5b 3960 d5af 2708 7f36 72c1 ab27 0fb5 291f
-         9587 3160 65c0 03ed 4ee5 b106 3d50 07",
-    ]);
+    responses(C6);
 }
 
 #[test]
@@ -801,15 +804,7 @@ fn check_truncations(mut d: Decoder, blocks: &[Vec<u8>]) {
 
 #[test]
 fn truncated_blocks_give_a_prefix_or_an_error() {
-    let c6 = [
-        "4882 6402 5885 aec3 771a 4b61 96d0 7abe 9410 54d4 44a8 2005 9504 0b81 66e0 82a6
-         2d1b ff6e 919d 29ad 1718 63c7 8f0b 97c8 e9ae 82ae 43d3",
-        "4883 640e ffc1 c0bf",
-        "88c1 6196 d07a be94 1054 d444 a820 0595 040b 8166 e084 a62d 1bff c05a 839b d9ab
-         77ad 94e7 821d d7f2 e6c7 b335 dfdf cd5b 3960 d5af 2708 7f36 72c1 ab27 0fb5 291f
-         9587 3160 65c0 03ed 4ee5 b106 3d50 07",
-    ]
-    .map(hex);
+    let c6 = C6.map(hex);
     check_truncations(with_table_size(256), &c6);
 
     let mut rng = fastrand::Rng::with_seed(11);
