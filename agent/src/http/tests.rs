@@ -944,6 +944,7 @@ fn kernel_framing_gives_the_parser_every_request() {
             .collect();
 
         let mut framed = StreamParser::new(Direction::Request);
+        let mut round_runs = 0u64;
         let mut old = StreamParser::new(Direction::Request);
         let (mut got, mut got_old) = (Vec::new(), Vec::new());
         let mut framer = Framer::at(0);
@@ -972,7 +973,7 @@ fn kernel_framing_gives_the_parser_every_request() {
                 framer = seg.framer;
             }
             for (len, head, tail, run) in &cap.chunks {
-                runs += u64::from(*run != 0);
+                round_runs += u64::from(*run != 0);
                 let chunk = Chunk {
                     run: *run,
                     ..Chunk::captured(ts, *len, head, tail)
@@ -983,6 +984,11 @@ fn kernel_framing_gives_the_parser_every_request() {
         }
         let stats = framed.stats();
         assert_eq!(stats.chunk_runs_refused, 0, "round {round}");
+        assert_eq!(
+            stats.chunk_runs, round_runs,
+            "round {round}: every run taken"
+        );
+        runs += round_runs;
         assert_eq!(
             (
                 stats.gaps_in_header,
