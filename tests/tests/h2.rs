@@ -696,3 +696,250 @@ fn grpc_go127_stripped_server_go121_plain_client() {
         ("1.21", harness::GoFlavor::Plain),
     );
 }
+
+/// One exchange as compared: method, path, status, request and response body bytes.
+type Exchange = (String, String, u16, u64, u64);
+
+/// `METHOD PATH PROTO STATUS IN OUT` lines (goh2c's log and its client's output).
+fn goh2c_lines(text: &str) -> BTreeMap<Exchange, u32> {
+    let mut m = BTreeMap::new();
+    for l in text.lines().filter(|l| *l != "done") {
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!(f.len(), 6, "line {l:?}");
+        let num = |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("line {l:?}"));
+        let key = (
+            f[0].to_string(),
+            f[1].to_string(),
+            num(f[3]) as u16,
+            num(f[4]),
+            num(f[5]),
+        );
+        *m.entry(key).or_default() += 1;
+    }
+    m
+}
+
+fn span_exchange(s: &periscope_e2e::receiver::ReceivedSpan) -> Exchange {
+    let num = |k: &str| s.attr(k).and_then(|v| v.parse::<u64>().ok());
+    // Server spans carry `url.path`; client spans `url.full`.
+    let path = s.attr("url.path").or_else(|| {
+        let full = s.attr("url.full")?;
+        let after_scheme = full.split_once("://")?.1;
+        Some(after_scheme[after_scheme.find('/')?..].to_string())
+    });
+    (
+        s.attr("http.request.method").unwrap_or_default(),
+        path.unwrap_or_default(),
+        num("http.response.status_code").unwrap_or(0) as u16,
+        num("http.request.body.size").unwrap_or(0),
+        num("http.response.body.size").unwrap_or(u64::MAX),
+    )
+}
+
+/// Go net/http serving HTTP/2 in cleartext through golang.org/x/net/http2/h2c (Debian's
+/// sources; a stripped Go 1.23 server) to clients that ask for it by Upgrade (`curl
+/// --http2` and `nghttp -u`: the request that asks, sent as HTTP/1.1, is answered on
+/// stream 1 as HTTP/2; one request per connection and several) and by prior knowledge
+/// (curl, and a traced Go 1.27 client). Truth is the programs' own lines: one SERVER
+/// span per line of the server's log, with its method, path, status and both body
+/// sizes, every one `network.protocol.version=2`; the Go client's CLIENT spans equal its
+/// output and each is the parent of the server span of its request; the upgraded
+/// connections are counted and no stream is unplaced. Seeded (`PERISCOPE_H2C_SEED`).
+#[test]
+fn go_h2c_upgrade_and_prior_knowledge_spans_match_its_log() {
+    use periscope_e2e::traffic::Rng;
+    harness::require_root();
+    let _serial = harness::serial();
+    harness::agent_bin();
+    let seed = harness::seed_from_env("PERISCOPE_H2C_SEED");
+    let mut rng = Rng::new(seed);
+    let server_bin = harness::build_go_program(
+        "goh2c",
+        &harness::go_toolchain("1.23"),
+        harness::GoFlavor::Stripped,
+    );
+    let client_bin = harness::build_go_program(
+        "goh2c",
+        &harness::go_toolchain("1.27"),
+        harness::GoFlavor::Plain,
+    );
+    let dir = harness::TempDir::new("goh2c");
+    let log_path = dir.path().join("server.log");
+    let go_file = dir.path().join("go");
+    let mut cmd = Command::new(&server_bin);
+    cmd.arg("server").arg(&log_path);
+    let srv = harness::start_announced("goh2c-server", cmd);
+    let go_n = 20;
+    let mut cmd = Command::new(&client_bin);
+    cmd.arg("client")
+        .arg(srv.addr.to_string())
+        .arg(seed.to_string())
+        .arg(go_n.to_string())
+        .arg(&go_file);
+    let mut cli = Process::spawn("goh2c-client", cmd);
+    let receiver = Receiver::start();
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
+    let agent = Agent::start_on_pids(
+        &[srv.pid(), cli.pid()],
+        receiver.endpoint(Protocol::Grpc),
+        metrics_addr,
+        &[],
+    );
+    let base = format!("http://{}", srv.addr);
+    let body_file = dir.path().join("body");
+    let mut path = |rng: &mut Rng| {
+        let code = *rng.pick(&[200, 200, 201, 404, 500]);
+        let size = rng.below(3) * rng.below(20_000);
+        format!("{base}/s/{code}/{size}")
+    };
+    let mut requests = 0;
+    let mut upgrades = 0;
+    // curl --http2 on http:// asks for the upgrade with its first request; the URLs
+    // after it go as streams 3, 5... on the upgraded connection. Bodies go in the
+    // HTTP/1.1 request that asks.
+    for urls in [1, 1, 1, 1, 1, 1, 1, 1, 3, 3] {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--http2", "-w", "%{http_version}\\n"]);
+        if urls == 1 && rng.chance(50) {
+            let size = rng.below(30_000) as usize;
+            std::fs::write(&body_file, vec![b'p'; size]).unwrap();
+            cmd.arg("--data-binary")
+                .arg(format!("@{}", body_file.display()));
+        }
+        for _ in 0..urls {
+            cmd.args(["-o", "/dev/null"]).arg(path(&mut rng));
+        }
+        let out = run_ok(&mut cmd);
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            vec!["2"; urls],
+            "curl --http2"
+        );
+        requests += urls;
+        upgrades += 1;
+    }
+    // nghttp asks for the upgrade too (and opens idle streams for priorities).
+    for _ in 0..2 {
+        run_ok(
+            Command::new("nghttp")
+                .args(["-u", "-n"])
+                .args([path(&mut rng), path(&mut rng)]),
+        );
+        requests += 2;
+        upgrades += 1;
+    }
+    // Prior knowledge: the preface opens the connection.
+    for _ in 0..4 {
+        let out = run_ok(
+            Command::new("curl")
+                .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null"])
+                .args(["-w", "%{http_version}"])
+                .arg(path(&mut rng)),
+        );
+        assert_eq!(out, "2", "curl --http2-prior-knowledge");
+        requests += 1;
+    }
+    std::fs::write(&go_file, b"").unwrap();
+    cli.wait_for_stdout_line(Duration::from_secs(60), |l| l == "done");
+    requests += go_n;
+    let deadline = Instant::now() + SPAN_TIMEOUT;
+    let logged = loop {
+        let m = goh2c_lines(&std::fs::read_to_string(&log_path).unwrap_or_default());
+        if m.values().sum::<u32>() as usize >= requests || Instant::now() > deadline {
+            break m;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        logged.values().sum::<u32>() as usize,
+        requests,
+        "the server's lines"
+    );
+    let client_lines = goh2c_lines(&cli.output().stdout());
+    assert_eq!(
+        client_lines.values().sum::<u32>() as usize,
+        go_n,
+        "the client's lines"
+    );
+    receiver.wait_for_spans(requests + go_n, SPAN_TIMEOUT);
+    thread::sleep(SETTLE);
+    let text = scrape(metrics_addr);
+    let exit = agent.stop();
+    let spans = receiver.spans();
+
+    let mut problems = Vec::new();
+    let mut got: [BTreeMap<Exchange, u32>; 2] = Default::default();
+    let clients: std::collections::HashMap<String, _> = spans
+        .iter()
+        .filter(|s| s.kind() == SpanKind::Client)
+        .map(|s| (s.span_id_hex(), s))
+        .collect();
+    for s in &spans {
+        let x = span_exchange(s);
+        let side = match s.kind() {
+            SpanKind::Server => 0,
+            SpanKind::Client => 1,
+            k => {
+                problems.push(format!("kind {k:?}: {x:?}"));
+                continue;
+            }
+        };
+        if s.attr("network.protocol.version").as_deref() != Some("2") {
+            problems.push(format!(
+                "{x:?}: network.protocol.version {:?}",
+                s.attr("network.protocol.version")
+            ));
+        }
+        let from_go = s
+            .attr("user_agent.original")
+            .is_some_and(|ua| ua.starts_with("Go-http-client"));
+        if side == 0 && from_go {
+            match clients.get(&s.parent_span_id_hex()) {
+                Some(c) if c.trace_id_hex() == s.trace_id_hex() && span_exchange(c) == x => {}
+                _ => problems.push(format!("server span {x:?} of the Go client not joined")),
+            }
+        } else if side == 0 && !s.is_root() {
+            problems.push(format!("server span {x:?} of curl/nghttp has a parent"));
+        }
+        *got[side].entry(x).or_default() += 1;
+    }
+    for (side, want, who) in [
+        (0, &logged, "the server logged"),
+        (1, &client_lines, "the Go client printed"),
+    ] {
+        if &got[side] != want {
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|(k, n)| got[side].get(*k) != Some(n))
+                .collect();
+            let extra: Vec<_> = got[side]
+                .iter()
+                .filter(|(k, n)| want.get(*k) != Some(n))
+                .collect();
+            problems.push(format!(
+                "{who}: not as spans {missing:?}; spans not so {extra:?}"
+            ));
+        }
+    }
+    let upgraded = metric_sum(&text, "periscope_h2_upgrades_total");
+    if upgraded != upgrades as f64 {
+        problems.push(format!(
+            "periscope_h2_upgrades_total {upgraded}, want {upgrades}"
+        ));
+    }
+    let unplaced = metric_sum(&text, "periscope_h2_streams_unplaced_total");
+    if unplaced != 0.0 {
+        problems.push(format!("{unplaced} unplaced streams"));
+    }
+    if !exit.status.success() {
+        problems.push(format!("agent exited with {}", exit.status));
+    }
+    assert!(
+        problems.is_empty(),
+        "seed {seed}: {} problem(s), {} spans for {requests} logged requests and {go_n} client calls:\n  {}\n--- agent stderr (tail) ---\n{}",
+        problems.len(),
+        spans.len(),
+        problems.join("\n  "),
+        harness::tail(&exit.stderr, 4000)
+    );
+}

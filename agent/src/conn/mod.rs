@@ -116,6 +116,24 @@ struct Conn {
     /// server whose end of the stream ends later (a stream the client reset): stream
     /// ids are never reused on a connection, so the id names one stream for good.
     h2_ended: VecDeque<EndedStream>,
+    /// Upgraded to HTTP/2 by `Upgrade: h2c`: the request that asked, whose entry (span
+    /// identity, parent, context) stream 1's exchange takes over.
+    h2_upgraded: Option<Box<Pending>>,
+}
+
+/// Remembers an HTTP/2 client stream that ended, for a traced server whose end of it
+/// ends later.
+fn push_ended(conn: &mut Conn, stream: u32, ids: &Ids, req: &Message) {
+    if conn.h2_ended.len() >= MAX_H2_ENDED {
+        conn.h2_ended.pop_front();
+    }
+    if let MessageKind::Request { method, target } = &req.kind {
+        conn.h2_ended.push_back(EndedStream {
+            stream,
+            ids: ids.clone(),
+            request: request_hash(method.as_str(), target),
+        });
+    }
 }
 
 /// A traced HTTP/2 client connection closed lately: its last ended streams, for a
@@ -187,6 +205,7 @@ impl Conn {
             h2: None,
             h2_ids: HashMap::new(),
             h2_ended: VecDeque::new(),
+            h2_upgraded: None,
         }
     }
 
@@ -272,8 +291,10 @@ pub struct TrackerStats {
     pub sockets_muted: u64,
     /// Mute requests that did not reach the kernel (socket gone, queue full).
     pub mute_failures: u64,
-    /// HTTP/2 connections (client preface seen).
+    /// HTTP/2 connections (client preface seen, or an h2c upgrade granted).
     pub h2_conns: u64,
+    /// Of those, connections switched from HTTP/1.1 by `Upgrade: h2c` and a `101`.
+    pub h2_upgrades: u64,
     /// HTTP/2 sessions' counters, added when their connection closes.
     pub h2: crate::h2::H2Stats,
 }
@@ -1004,7 +1025,8 @@ impl Tracker {
         }
         if conn.h2.is_some() {
             // Count-only chunks reach the session as gaps.
-            self.h2_data(key, conn, ev, head, tail, sink);
+            let chunk = Chunk::captured(ev.header.ts_ns, ev.total_len, head, tail);
+            self.h2_data(key, conn, ingress, chunk, sink);
             return;
         }
         if suppressed {
@@ -1115,9 +1137,32 @@ impl Tracker {
         } else {
             &conn.egress
         };
+        // Upgraded to HTTP/2 in this chunk (h2c): the bytes after the `101` are the
+        // server's first frames.
+        let upgraded = conn.h2.is_some();
+        let h2_rest = if upgraded {
+            let parser = if ingress { &conn.ingress } else { &conn.egress };
+            match parser.upgraded_at() {
+                Some(at) => chunk.after(at),
+                None => {
+                    // Where the `101` ended is not known: the bytes after it are lost.
+                    if let Some(session) = conn.h2.as_mut() {
+                        session.lose(is_request_stream);
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
         // A TLS connection's socket carries ciphertext the kernel already keeps to
         // itself; its plaintext comes from the TLS probes, which a mute does not stop.
-        if !suppressed && !from_tls && !head.is_empty() && request_parser.is_passthrough() {
+        if !suppressed
+            && !from_tls
+            && !upgraded
+            && !head.is_empty()
+            && request_parser.is_passthrough()
+        {
             if self.mutes.len() < MAX_MUTES {
                 self.mutes.push((pid, ev.fd, (ev.class >> 16) as u16));
             } else {
@@ -1130,6 +1175,11 @@ impl Tracker {
         }
         self.scratch = out;
         self.finish_exchanges(pid, sink);
+        if let Some(rest) = h2_rest
+            && let Some(conn) = self.conns.remove(&key)
+        {
+            self.h2_data(key, conn, ingress, rest, sink);
+        }
     }
 
     /// A chunk of an HTTP/2 connection: its session pairs by stream id; each stream
@@ -1138,14 +1188,11 @@ impl Tracker {
         &mut self,
         key: (u32, u32),
         mut conn: Box<Conn>,
-        ev: &DataEvent,
-        head: &[u8],
-        tail: &[u8],
+        ingress: bool,
+        chunk: Chunk<'_>,
         sink: &mut dyn FnMut(Span),
     ) {
-        let ingress = ev.direction == DIR_INGRESS;
         let from_client = ingress == (conn.role != Role::Client);
-        let chunk = Chunk::captured(ev.header.ts_ns, ev.total_len, head, tail);
         conn.fed = true;
         let mut out = Vec::new();
         if let Some(session) = conn.h2.as_mut() {
@@ -1158,6 +1205,28 @@ impl Tracker {
         };
         for x in out {
             self.stats.requests += 1;
+            if x.stream_id == 1
+                && let Some(p) = conn.h2_upgraded.take()
+            {
+                // The request that asked for the upgrade (h2c): its HTTP/1.1 entry
+                // already has its identity, parent and context.
+                conn.h2_ids.remove(&1);
+                if kind == SpanKind::Client {
+                    push_ended(&mut conn, 1, &p.ids, &x.req);
+                }
+                self.exchanges.push(Exchange {
+                    kind,
+                    ids: p.ids,
+                    req: x.req,
+                    resp: x.resp,
+                    ends: conn.ends,
+                    local_parent: p.local_parent,
+                    ctx_key: p.ctx_key,
+                    client_service: p.client_service,
+                    h2: Some(Box::new(H2Extra { grpc: x.grpc })),
+                });
+                continue;
+            }
             let mut client_service = None;
             let (ids, local_parent) = match kind {
                 // Fixed already when a traced server joined the stream.
@@ -1166,16 +1235,7 @@ impl Tracker {
                         .h2_ids
                         .remove(&x.stream_id)
                         .unwrap_or_else(|| Ids::for_request(kind, &x.req));
-                    if conn.h2_ended.len() >= MAX_H2_ENDED {
-                        conn.h2_ended.pop_front();
-                    }
-                    if let MessageKind::Request { method, target } = &x.req.kind {
-                        conn.h2_ended.push_back(EndedStream {
-                            stream: x.stream_id,
-                            ids: ids.clone(),
-                            request: request_hash(method.as_str(), target),
-                        });
-                    }
+                    push_ended(&mut conn, x.stream_id, &ids, &x.req);
                     (ids, false)
                 }
                 SpanKind::Server => {
@@ -1438,6 +1498,15 @@ impl Tracker {
             return;
         };
         self.unindex_client(pid, fd, &conn);
+        if let Some(p) = conn.h2_upgraded.take()
+            && self
+                .active
+                .get(&(pid, p.ctx_key))
+                .is_some_and(|a| a.span_id == p.ids.span_id)
+        {
+            // Stream 1 was never answered: its request is no one's context any more.
+            self.active.remove(&(pid, p.ctx_key));
+        }
         if let Some(mut session) = conn.h2.take() {
             session.close();
             self.stats.h2.add(&session.stats());
@@ -1619,6 +1688,27 @@ fn on_message(
                     &mut conn.ingress
                 };
                 req_parser.enter_passthrough();
+                // To HTTP/2 (h2c): the request that asked is answered on stream 1.
+                if msg.upgrade_h2c
+                    && conn.h2.is_none()
+                    && conn.pending.len() == 1
+                    && conn.pending[0].complete
+                    && conn.pending[0].resp.is_none()
+                    && conn.pending[0].msg.upgrade_h2c
+                {
+                    let p = conn.pending.pop_front().expect("one entry, checked above");
+                    conn.h2 = Some(Box::new(crate::h2::Session::upgraded(&p.msg)));
+                    if conn.role == Role::Client {
+                        // For a traced server's end of stream 1 to join.
+                        conn.h2_ids.insert(1, p.ids.clone());
+                    }
+                    // The entry the request got (identity, parent, context) is
+                    // stream 1's.
+                    conn.h2_upgraded = Some(Box::new(p));
+                    ctx.stats.h2_conns += 1;
+                    ctx.stats.h2_upgrades += 1;
+                    return None;
+                }
             }
             // Responses come in request order: this one answers the oldest request
             // not answered yet.

@@ -611,3 +611,108 @@ fn h2_stream_reset_and_closed_by_the_client_still_joins() {
     assert_eq!(s.parent_span_id, c.span_id);
     assert_eq!(r.t.stats().joined, 1);
 }
+
+/// h2c by Upgrade (RFC 7540 §3.2), both ends traced: the HTTP/1.1 request that asks is
+/// answered on stream 1 as HTTP/2 (one span per end, joined, protocol version 2, its
+/// status and body size from the HTTP/2 frames), the streams after it as for prior
+/// knowledge. The server writes its `101` and first frames in one write (the client
+/// reads them in two), so the bytes after the `101` must reach the HTTP/2 session.
+#[test]
+fn h2c_upgrade_answers_the_asking_request_on_stream_1() {
+    let mut r = Run::new();
+    let (a, b) = (std::process::id(), 1);
+    r.t.add_process(a);
+    r.t.add_process(b);
+    r.open(connect(a, 5, 40_004, 8080, 1));
+    r.open(accept(b, 7, 40_004, 2));
+    let ask = b"GET /up HTTP/1.1\r\nHost: backend\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+    let switch = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+    let mut frames = h2_frame(4, 0, 0, &[]);
+    frames.extend(h2_headers(1, false, &[(":status", "404")]));
+    frames.extend(h2_frame(0, 1, 1, b"nothing"));
+    let mut written = switch.to_vec();
+    written.extend(&frames);
+    let mut preface = crate::h2::PREFACE.to_vec();
+    preface.extend(h2_frame(4, 0, 0, &[]));
+    preface.extend(h2_headers(
+        3,
+        true,
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/next"),
+            (":authority", "backend"),
+        ],
+    ));
+    let mut next = h2_headers(3, false, &[(":status", "200")]);
+    next.extend(h2_frame(0, 1, 3, b"ok"));
+    r.data(a, a, 5, DIR_EGRESS, 10, ask);
+    r.data(b, b, 7, DIR_INGRESS, 11, ask);
+    r.data(b, b, 7, DIR_EGRESS, 12, &written);
+    r.data(a, a, 5, DIR_INGRESS, 13, switch);
+    r.data(a, a, 5, DIR_INGRESS, 14, &frames);
+    r.data(a, a, 5, DIR_EGRESS, 15, &preface);
+    r.data(b, b, 7, DIR_INGRESS, 16, &preface);
+    r.data(b, b, 7, DIR_EGRESS, 17, &next);
+    r.data(a, a, 5, DIR_INGRESS, 18, &next);
+    assert_eq!(r.spans.len(), 4, "{:#?}", r.spans);
+    for (path, status, body) in [("/up", 404, 7), ("/next", 200, 2)] {
+        let c = r.find(SpanKind::Client, path).clone();
+        let s = r.find(SpanKind::Server, path);
+        assert_eq!(s.trace_id, c.trace_id, "{path}");
+        assert_eq!(s.parent_span_id, c.span_id, "{path}");
+        for span in [&c, s] {
+            assert_eq!(
+                span.attr("http.response.status_code"),
+                Some(&Value::Int(status)),
+                "{path}"
+            );
+            assert_eq!(
+                span.attr("network.protocol.version"),
+                Some(&Value::Str("2".into())),
+                "{path}"
+            );
+            assert_eq!(
+                span.attr("http.response.body.size"),
+                Some(&Value::Int(body)),
+                "{path}"
+            );
+        }
+    }
+    let stats = r.t.stats();
+    assert_eq!((stats.h2_upgrades, stats.h2_conns), (2, 2));
+    assert_eq!(stats.sockets_muted + r.t.take_mutes().count() as u64, 0);
+}
+
+/// A `101` to another protocol (WebSocket), or one granting h2c to a request that did
+/// not ask for it, is not HTTP/2: the connection goes passthrough as before.
+#[test]
+fn upgrade_to_anything_else_is_not_http2() {
+    for (ask, grant) in [
+        ("websocket", "websocket"),
+        ("websocket", "h2c"),
+        ("h2c", "websocket"),
+    ] {
+        let mut r = Run::new();
+        let b = 1;
+        r.t.add_process(b);
+        r.open(accept(b, 7, 40_006, 2));
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: backend\r\nConnection: Upgrade\r\nUpgrade: {ask}\r\n\r\n"
+        );
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {grant}\r\n\r\n"
+        );
+        let mut written = resp.into_bytes();
+        written.extend(h2_frame(4, 0, 0, &[]));
+        r.data(b, b, 7, DIR_INGRESS, 10, req.as_bytes());
+        r.data(b, b, 7, DIR_EGRESS, 11, &written);
+        assert_eq!(r.t.stats().h2_upgrades, 0, "{ask} -> {grant}");
+        assert_eq!(r.spans.len(), 1, "{ask} -> {grant}: {:#?}", r.spans);
+        assert_eq!(
+            r.spans[0].attr("http.response.status_code"),
+            Some(&Value::Int(101))
+        );
+    }
+}

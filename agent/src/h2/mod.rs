@@ -405,6 +405,44 @@ impl Session {
         }
     }
 
+    /// A connection upgraded from HTTP/1.1 (`Upgrade: h2c`, RFC 7540 §3.2; RFC 9113
+    /// deprecates it, servers still grant it): the request that asked for it is stream 1, sent whole
+    /// (half-closed by the client), and its response comes as HTTP/2 on that stream.
+    /// The client's connection preface is still to come; the server's frames start
+    /// right after the `101` response.
+    pub fn upgraded(req: &Message) -> Self {
+        let mut session = Self::new();
+        let MessageKind::Request { method, target } = &req.kind else {
+            return session;
+        };
+        let fields = Fields {
+            method: Some(method.as_str().to_string()),
+            path: Some(target.clone()),
+            host: req.host.clone(),
+            content_type: req.content_type.clone(),
+            content_length: req.content_length,
+            user_agent: req.user_agent.clone(),
+            traceparent: req.traceparent.clone(),
+            tracestate: req.tracestate.clone(),
+            ..Fields::default()
+        };
+        let core = &mut session.core;
+        core.max_stream = 1;
+        core.stats.streams += 1;
+        core.streams.insert(
+            1,
+            Stream {
+                req: Some(fields),
+                req_start_ns: req.start_ns,
+                req_end_ns: req.end_ns,
+                req_header_bytes: req.header_bytes,
+                req_body: req.body_bytes,
+                ..Stream::default()
+            },
+        );
+        session
+    }
+
     pub fn stats(&self) -> H2Stats {
         self.core.stats
     }
@@ -461,6 +499,22 @@ impl Session {
                 read(dir, tail, &mut cx);
             }
         }
+    }
+
+    /// Bytes of one direction went by unseen, how many is not known: its frame
+    /// boundaries and HPACK state are lost (the session goes blind).
+    pub fn lose(&mut self, from_client: bool) {
+        let mut out = Vec::new();
+        let mut cx = Cx {
+            core: &mut self.core,
+            out: &mut out,
+            ts_ns: 0,
+        };
+        lose(
+            &mut self.dirs[usize::from(!from_client)],
+            &mut cx,
+            Unplaced::Gap,
+        );
     }
 
     /// The connection closed: open streams are counted.
@@ -676,6 +730,7 @@ impl Core {
             chunked: false,
             connection_close: false,
             expect_continue: false,
+            upgrade_h2c: false,
             truncated: false,
             size_unknown: false,
         };
@@ -698,6 +753,7 @@ impl Core {
             chunked: false,
             connection_close: false,
             expect_continue: false,
+            upgrade_h2c: false,
             truncated: false,
             size_unknown: false,
         };

@@ -102,6 +102,25 @@ impl<'a> Chunk<'a> {
             run: 0,
         }
     }
+
+    /// The bytes of this chunk from offset `at` on (counting the uncaptured middle), as
+    /// a chunk of their own; `None` when there are none.
+    pub fn after(&self, at: u64) -> Option<Self> {
+        let total = self.total_len.max(self.head.len() as u64);
+        if at >= total {
+            return None;
+        }
+        // Past the head, the tail alone is kept: of it, what lies past `at` is its
+        // last `total - at` bytes, which is how a chunk's tail is read.
+        let from = usize::try_from(at).map_or(self.head.len(), |a| a.min(self.head.len()));
+        Some(Self {
+            ts_ns: self.ts_ns,
+            total_len: total - at,
+            head: &self.head[from..],
+            tail: self.tail,
+            run: 0,
+        })
+    }
 }
 
 /// Which kind of message a stream carries: what a client writes (and a server reads) is
@@ -208,6 +227,9 @@ pub struct Message {
     pub connection_close: bool,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
+    /// `Upgrade` names `h2c`: a request asking to switch to HTTP/2 over cleartext (RFC
+    /// 7540 §3.2), or the `101 Switching Protocols` granting it.
+    pub upgrade_h2c: bool,
     /// Bytes the framing needed were not captured, so where this message ends (and
     /// possibly some fields) is a best guess. Sizes of a truncated message are not exact.
     pub truncated: bool,

@@ -110,6 +110,7 @@ struct Draft {
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
+    upgrade_h2c: bool,
     truncated: bool,
 }
 
@@ -134,6 +135,9 @@ impl Draft {
             4 if is("host") => keep(&mut self.host, value),
             6 if is("expect") => {
                 self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
+            }
+            7 if is("upgrade") => {
+                self.upgrade_h2c |= list_tokens(value).any(|t| t.eq_ignore_ascii_case(b"h2c"));
             }
             10 if is("user-agent") => keep(&mut self.user_agent, value),
             10 if is("tracestate") => keep(&mut self.tracestate, value),
@@ -183,6 +187,7 @@ impl Draft {
             chunked: self.transfer_encoding == TransferEncoding::Chunked,
             connection_close: self.close || (self.version_minor == 0 && !self.keep_alive),
             expect_continue: self.expect_continue,
+            upgrade_h2c: self.upgrade_h2c,
             truncated: self.truncated,
             size_unknown: false,
         })
@@ -226,6 +231,11 @@ pub struct StreamParser {
     started: bool,
     pending: VecDeque<Pending>,
     stats: ParserStats,
+    /// Bytes of the chunk being fed consumed so far (head, gap and tail, in order).
+    fed: u64,
+    /// Where, in the chunk last fed, the bytes after an upgrade (`101`, or a 2xx to
+    /// CONNECT) begin, when the response granting it ended in that chunk.
+    upgraded_at: Option<u64>,
 }
 
 impl StreamParser {
@@ -239,6 +249,8 @@ impl StreamParser {
             started: false,
             pending: VecDeque::new(),
             stats: ParserStats::default(),
+            fed: 0,
+            upgraded_at: None,
         }
     }
 
@@ -260,6 +272,8 @@ impl StreamParser {
     /// Feeds the next chunk of the stream and appends every message that completes in it
     /// to `out`, in stream order.
     pub fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Message>) {
+        self.fed = 0;
+        self.upgraded_at = None;
         let ts = chunk.ts_ns;
         let head = chunk.head;
         let total = chunk.total_len.max(head.len() as u64);
@@ -305,6 +319,7 @@ impl StreamParser {
         self.bytes(head, ts, out);
         if gap > 0 {
             self.gap(gap, ts, out);
+            self.fed += gap;
         }
         self.bytes(tail, ts, out);
 
@@ -431,6 +446,14 @@ impl StreamParser {
         self.stats
     }
 
+    /// Where, in the chunk last fed, the bytes of the protocol switched to begin (an
+    /// offset into the chunk's bytes, counting its gap): set when the response granting
+    /// an upgrade (`101 Switching Protocols`, or a 2xx to CONNECT) ended in that chunk
+    /// and its end is known.
+    pub fn upgraded_at(&self) -> Option<u64> {
+        self.upgraded_at
+    }
+
     /// True once the stream was judged not to be HTTP/1.x or was upgraded.
     pub fn is_passthrough(&self) -> bool {
         matches!(self.state, State::Passthrough(_))
@@ -478,6 +501,7 @@ impl StreamParser {
             chunked: d.transfer_encoding == TransferEncoding::Chunked,
             connection_close: d.close || (d.version_minor == 0 && !d.keep_alive),
             expect_continue: d.expect_continue,
+            upgrade_h2c: d.upgrade_h2c,
             truncated: d.truncated,
             size_unknown: false,
         })
@@ -512,6 +536,13 @@ impl StreamParser {
         while !data.is_empty() {
             let used = self.step(data, ts, out);
             data = &data[used..];
+            self.fed += used as u64;
+            if self.upgraded_at.is_none() && self.state == State::Passthrough(Passthrough::Upgraded)
+            {
+                // The step that ended the response granting an upgrade stops right
+                // after its header section: the other protocol starts here.
+                self.upgraded_at = Some(self.fed);
+            }
         }
     }
 

@@ -140,6 +140,7 @@ const NAMES: &[&str] = &[
     "Content-Type",
     "Connection",
     "Expect",
+    "Upgrade",
     "Accept",
     "X-Request-Id",
 ];
@@ -148,7 +149,7 @@ fn value(mode: Mode) -> BoxedStrategy<String> {
     let common = prop_oneof![
         6 => "[a-z1-9 ;=/._-]{0,40}",
         1 => "[a-z]{500,600}",
-        1 => select(&["close", "keep-alive", "Keep-Alive, upgrade", "upgrade", "100-continue", "100-Continue"][..])
+        1 => select(&["close", "keep-alive", "Keep-Alive, upgrade", "upgrade", "100-continue", "100-Continue", "h2c", "websocket, H2C"][..])
             .prop_map(str::to_owned),
     ];
     match mode {
@@ -195,6 +196,12 @@ fn apply_fields(m: &mut Message, fields: &[Field]) {
             }
             "expect" => {
                 m.expect_continue |= v.eq_ignore_ascii_case("100-continue");
+                continue;
+            }
+            "upgrade" => {
+                m.upgrade_h2c |= v
+                    .split(',')
+                    .any(|t| t.trim_matches([' ', '\t']).eq_ignore_ascii_case("h2c"));
                 continue;
             }
             _ => continue,
@@ -463,6 +470,7 @@ fn base(kind: MessageKind, minor: u8) -> Message {
         chunked: false,
         connection_close: false,
         expect_continue: false,
+        upgrade_h2c: false,
         truncated: false,
         size_unknown: false,
     }

@@ -248,6 +248,72 @@ fn switching_protocols_then_passthrough() {
     assert_eq!(req.stats().parse_errors, 0);
 }
 
+/// Where the upgraded protocol's bytes start in the chunk holding the end of the `101`
+/// (what the h2c upgrade feeds to its HTTP/2 session): right after the header section,
+/// wherever the chunk was cut; and `upgrade_h2c` on the messages that name it.
+#[test]
+fn upgraded_at_is_where_the_other_protocol_starts() {
+    let switch: &[u8] =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+    let frames = [0x55u8; 3000];
+    let mut both = switch.to_vec();
+    both.extend_from_slice(&frames);
+    // In the head, frames after it; exactly at the chunk's end; and a 101 that is
+    // the captured tail of a chunk whose middle is a gap (bytes before it were body).
+    let mut p = StreamParser::new(Direction::Response);
+    let mut out = Vec::new();
+    p.feed(&kernel(1, &both), &mut out);
+    assert_eq!(p.upgraded_at(), Some(switch.len() as u64));
+    let rest = kernel(1, &both)
+        .after(switch.len() as u64)
+        .expect("bytes after");
+    assert_eq!(rest.total_len, frames.len() as u64);
+    assert_eq!(rest.head, &both[switch.len()..MAX_HEAD]);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].upgrade_h2c);
+    assert_eq!(out[0].status(), Some(101));
+    // Nothing after it: the offset is the chunk's end, and no chunk follows.
+    let (out, p) = responses(&[switch]);
+    assert!(out[0].upgrade_h2c);
+    assert_eq!(p.upgraded_at(), Some(switch.len() as u64));
+    assert!(Chunk::full(1, switch).after(switch.len() as u64).is_none());
+    // The next chunk is not the one that switched.
+    let mut p = StreamParser::new(Direction::Response);
+    let mut out = Vec::new();
+    p.feed(&Chunk::full(1, switch), &mut out);
+    p.feed(&Chunk::full(2, &frames[..9]), &mut out);
+    assert_eq!(p.upgraded_at(), None);
+    // Past a gap: a 200 whose body runs into the gap, then a pipelined 101 in the
+    // tail (bytes after the head, counted with the gap).
+    let body = 4000usize;
+    let mut data = format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\n\r\n").into_bytes();
+    let head_end = data.len();
+    data.extend(std::iter::repeat_n(b'b', body));
+    let short: &[u8] = b"HTTP/1.1 101 S\r\nUpgrade: h2c\r\n\r\n";
+    data.extend_from_slice(short);
+    data.extend_from_slice(b"\0\0\0\x04\0\0\0\0\0");
+    let tail = &data[data.len() - MAX_TAIL..];
+    assert!(MAX_TAIL > short.len() + 9 && head_end < MAX_HEAD);
+    let chunk = Chunk::captured(1, data.len() as u64, &data[..MAX_HEAD], tail);
+    let mut p = StreamParser::new(Direction::Response);
+    p.push_request(false);
+    p.push_request(false);
+    let mut out = Vec::new();
+    p.feed(&chunk, &mut out);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert!(out[1].upgrade_h2c);
+    let at = p.upgraded_at().expect("the 101 ended in this chunk");
+    assert_eq!(at, (data.len() - 9) as u64);
+    let rest = chunk.after(at).expect("the SETTINGS frame");
+    assert_eq!((rest.total_len, rest.head.len()), (9, 0));
+    assert_eq!(&rest.tail[rest.tail.len() - 9..], b"\0\0\0\x04\0\0\0\0\0");
+    // The asking request says so too; a WebSocket upgrade does not.
+    let (out, _) = requests(&[
+        b"GET / HTTP/1.1\r\nUpgrade: websocket, H2C\r\n\r\nGET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+    ]);
+    assert!(out[0].upgrade_h2c && !out[1].upgrade_h2c);
+}
+
 /// A client that reads the status line and resets (the conformance suite's MidResponse
 /// abort): the server's response is what it answered, with no size claimed. A request
 /// cut the same way is not a message (the connection decides what it was).

@@ -298,8 +298,13 @@ pub fn render(src: &Sources, format: Format) -> String {
     );
     enc.counter(
         "periscope_h2_connections",
-        "Connections seen to speak HTTP/2 (the client preface was read or written).",
+        "Connections seen to speak HTTP/2 (the client preface was read or written, or an h2c upgrade was granted).",
         &one(snap.tracker.h2_conns),
+    );
+    enc.counter(
+        "periscope_h2_upgrades",
+        "Of those, connections switched from HTTP/1.1 to HTTP/2 in cleartext (`Upgrade: h2c` granted by a 101); the request that asked is answered on stream 1.",
+        &one(snap.tracker.h2_upgrades),
     );
     enc.counter(
         "periscope_spans_joined",
