@@ -736,6 +736,73 @@ fn span_exchange(s: &periscope_e2e::receiver::ReceivedSpan) -> Exchange {
     )
 }
 
+/// What differs between the spans and the programs' own lines: one SERVER span per
+/// logged line and one CLIENT span per client line (method, path, status, body sizes),
+/// every span `network.protocol.version=2`, the server spans of requests from the traced
+/// client (`from_traced_client`) children of the client span of the same exchange, the
+/// others roots.
+fn exchange_problems(
+    spans: &[periscope_e2e::receiver::ReceivedSpan],
+    logged: &BTreeMap<Exchange, u32>,
+    client_lines: &BTreeMap<Exchange, u32>,
+    from_traced_client: &dyn Fn(&periscope_e2e::receiver::ReceivedSpan) -> bool,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut got: [BTreeMap<Exchange, u32>; 2] = Default::default();
+    let clients: std::collections::HashMap<String, _> = spans
+        .iter()
+        .filter(|s| s.kind() == SpanKind::Client)
+        .map(|s| (s.span_id_hex(), s))
+        .collect();
+    for s in spans {
+        let x = span_exchange(s);
+        let side = match s.kind() {
+            SpanKind::Server => 0,
+            SpanKind::Client => 1,
+            k => {
+                problems.push(format!("kind {k:?}: {x:?}"));
+                continue;
+            }
+        };
+        if s.attr("network.protocol.version").as_deref() != Some("2") {
+            problems.push(format!(
+                "{x:?}: network.protocol.version {:?}",
+                s.attr("network.protocol.version")
+            ));
+        }
+        if side == 0 && from_traced_client(s) {
+            match clients.get(&s.parent_span_id_hex()) {
+                Some(c) if c.trace_id_hex() == s.trace_id_hex() && span_exchange(c) == x => {}
+                _ => problems.push(format!("server span {x:?} of the traced client not joined")),
+            }
+        } else if side == 0 && !s.is_root() {
+            problems.push(format!(
+                "server span {x:?} of an untraced client has a parent"
+            ));
+        }
+        *got[side].entry(x).or_default() += 1;
+    }
+    for (side, want, who) in [
+        (0, logged, "the server logged"),
+        (1, client_lines, "the client printed"),
+    ] {
+        if got[side] != *want {
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|(k, n)| got[side].get(*k) != Some(n))
+                .collect();
+            let extra: Vec<_> = got[side]
+                .iter()
+                .filter(|(k, n)| want.get(*k) != Some(n))
+                .collect();
+            problems.push(format!(
+                "{who}: not as spans {missing:?}; spans not so {extra:?}"
+            ));
+        }
+    }
+    problems
+}
+
 /// Go net/http serving HTTP/2 in cleartext through golang.org/x/net/http2/h2c (Debian's
 /// sources; a stripped Go 1.23 server) to clients that ask for it by Upgrade (`curl
 /// --http2` and `nghttp -u`: the request that asks, sent as HTTP/1.1, is answered on
@@ -787,7 +854,7 @@ fn go_h2c_upgrade_and_prior_knowledge_spans_match_its_log() {
     );
     let base = format!("http://{}", srv.addr);
     let body_file = dir.path().join("body");
-    let mut path = |rng: &mut Rng| {
+    let path = |rng: &mut Rng| {
         let code = *rng.pick(&[200, 200, 201, 404, 500]);
         let size = rng.below(3) * rng.below(20_000);
         format!("{base}/s/{code}/{size}")
@@ -867,60 +934,10 @@ fn go_h2c_upgrade_and_prior_knowledge_spans_match_its_log() {
     let exit = agent.stop();
     let spans = receiver.spans();
 
-    let mut problems = Vec::new();
-    let mut got: [BTreeMap<Exchange, u32>; 2] = Default::default();
-    let clients: std::collections::HashMap<String, _> = spans
-        .iter()
-        .filter(|s| s.kind() == SpanKind::Client)
-        .map(|s| (s.span_id_hex(), s))
-        .collect();
-    for s in &spans {
-        let x = span_exchange(s);
-        let side = match s.kind() {
-            SpanKind::Server => 0,
-            SpanKind::Client => 1,
-            k => {
-                problems.push(format!("kind {k:?}: {x:?}"));
-                continue;
-            }
-        };
-        if s.attr("network.protocol.version").as_deref() != Some("2") {
-            problems.push(format!(
-                "{x:?}: network.protocol.version {:?}",
-                s.attr("network.protocol.version")
-            ));
-        }
-        let from_go = s
-            .attr("user_agent.original")
-            .is_some_and(|ua| ua.starts_with("Go-http-client"));
-        if side == 0 && from_go {
-            match clients.get(&s.parent_span_id_hex()) {
-                Some(c) if c.trace_id_hex() == s.trace_id_hex() && span_exchange(c) == x => {}
-                _ => problems.push(format!("server span {x:?} of the Go client not joined")),
-            }
-        } else if side == 0 && !s.is_root() {
-            problems.push(format!("server span {x:?} of curl/nghttp has a parent"));
-        }
-        *got[side].entry(x).or_default() += 1;
-    }
-    for (side, want, who) in [
-        (0, &logged, "the server logged"),
-        (1, &client_lines, "the Go client printed"),
-    ] {
-        if &got[side] != want {
-            let missing: Vec<_> = want
-                .iter()
-                .filter(|(k, n)| got[side].get(*k) != Some(n))
-                .collect();
-            let extra: Vec<_> = got[side]
-                .iter()
-                .filter(|(k, n)| want.get(*k) != Some(n))
-                .collect();
-            problems.push(format!(
-                "{who}: not as spans {missing:?}; spans not so {extra:?}"
-            ));
-        }
-    }
+    let mut problems = exchange_problems(&spans, &logged, &client_lines, &|s| {
+        s.attr("user_agent.original")
+            .is_some_and(|ua| ua.starts_with("Go-http-client"))
+    });
     let upgraded = metric_sum(&text, "periscope_h2_upgrades_total");
     if upgraded != upgrades as f64 {
         problems.push(format!(
@@ -937,6 +954,150 @@ fn go_h2c_upgrade_and_prior_knowledge_spans_match_its_log() {
     assert!(
         problems.is_empty(),
         "seed {seed}: {} problem(s), {} spans for {requests} logged requests and {go_n} client calls:\n  {}\n--- agent stderr (tail) ---\n{}",
+        problems.len(),
+        spans.len(),
+        problems.join("\n  "),
+        harness::tail(&exit.stderr, 4000)
+    );
+}
+
+/// node's http2 module in cleartext, server and client traced: the client sends 60
+/// seeded GETs and POSTs (bodies up to 20 KB each way) on one session, up to four
+/// streams at a time. node writes frames with writev (one iovec per frame, DATA
+/// payloads apart) and reads 64 KiB at a time, so most syscalls move more than the
+/// capture keeps of them (2 KiB head, 64 B tail) and the gap hides frame boundaries:
+/// the session then stops decoding headers for good (kernel-side HTTP/2 framing is
+/// not built yet). What this test holds today is the contract for that case: every
+/// span is one of the logged exchanges (server) or printed ones (client), and every
+/// exchange without a span is counted in `periscope_h2_streams_unplaced_total`, per
+/// end, exactly. Seeded (`PERISCOPE_H2C_SEED`).
+#[test]
+fn node_h2c_spans_are_right_or_counted() {
+    harness::require_root();
+    let _serial = harness::serial();
+    harness::agent_bin();
+    let seed = harness::seed_from_env("PERISCOPE_H2C_SEED");
+    let script = harness::workspace_root().join("tests/programs/h2/node_h2.js");
+    let dir = harness::TempDir::new("node-h2");
+    let log_path = dir.path().join("server.log");
+    let go_file = dir.path().join("go");
+    let mut cmd = Command::new("node");
+    cmd.arg(&script).arg("server").arg(&log_path);
+    let srv = harness::start_announced("node-h2-server", cmd);
+    let n = 60;
+    let mut cmd = Command::new("node");
+    cmd.arg(&script)
+        .arg("client")
+        .arg(srv.addr.to_string())
+        .arg(seed.to_string())
+        .arg(n.to_string())
+        .arg(&go_file)
+        .arg("20000")
+        .arg("n");
+    let mut cli = Process::spawn("node-h2-client", cmd);
+    let receiver = Receiver::start();
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
+    let agent = Agent::start_on_pids(
+        &[srv.pid(), cli.pid()],
+        receiver.endpoint(Protocol::Grpc),
+        metrics_addr,
+        &[],
+    );
+    std::fs::write(&go_file, b"").unwrap();
+    cli.wait_for_stdout_line(Duration::from_secs(60), |l| l == "done");
+    let client_lines = goh2c_lines(&cli.output().stdout());
+    assert_eq!(
+        client_lines.values().sum::<u32>() as usize,
+        n,
+        "the client's lines"
+    );
+    let deadline = Instant::now() + SPAN_TIMEOUT;
+    let logged = loop {
+        let m = goh2c_lines(&std::fs::read_to_string(&log_path).unwrap_or_default());
+        if m.values().sum::<u32>() as usize >= n || Instant::now() > deadline {
+            break m;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        logged.values().sum::<u32>() as usize,
+        n,
+        "the server's lines"
+    );
+    // Every exchange ends as a span or as a count: wait for the two to add up.
+    let deadline = Instant::now() + SPAN_TIMEOUT;
+    let (text, spans) = loop {
+        let text = scrape(metrics_addr);
+        let spans = receiver.spans();
+        let unplaced = metric_sum(&text, "periscope_h2_streams_unplaced_total") as usize;
+        if spans.len() + unplaced >= 2 * n || Instant::now() > deadline {
+            thread::sleep(SETTLE);
+            break (scrape(metrics_addr), receiver.spans());
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    let exit = agent.stop();
+    let mut problems = Vec::new();
+    let mut without_span = 0;
+    for (kind, want) in [
+        (SpanKind::Server, &logged),
+        (SpanKind::Client, &client_lines),
+    ] {
+        let mut got: BTreeMap<Exchange, u32> = BTreeMap::new();
+        for s in spans.iter().filter(|s| s.kind() == kind) {
+            if s.attr("network.protocol.version").as_deref() != Some("2") {
+                problems.push(format!("{kind:?} span without network.protocol.version=2"));
+            }
+            *got.entry(span_exchange(s)).or_default() += 1;
+        }
+        for (x, c) in &got {
+            if want.get(x).is_none_or(|w| w < c) {
+                problems.push(format!(
+                    "{kind:?} span {x:?} (x{c}) is not an exchange of the log"
+                ));
+            }
+        }
+        without_span += n - got.values().sum::<u32>() as usize;
+    }
+    // A server span whose client span exists is its child.
+    let by_id: std::collections::HashMap<String, _> = spans
+        .iter()
+        .filter(|s| s.kind() == SpanKind::Client)
+        .map(|s| (s.span_id_hex(), s))
+        .collect();
+    for s in spans.iter().filter(|s| s.kind() == SpanKind::Server) {
+        if let Some(c) = by_id.get(&s.parent_span_id_hex())
+            && span_exchange(c) != span_exchange(s)
+        {
+            problems.push(format!(
+                "server span {:?} is the child of {:?}",
+                span_exchange(s),
+                span_exchange(c)
+            ));
+        } else if !s.is_root() && !by_id.contains_key(&s.parent_span_id_hex()) {
+            problems.push(format!(
+                "server span {:?} has a parent no client span is",
+                span_exchange(s)
+            ));
+        }
+    }
+    let unplaced = metric_sum(&text, "periscope_h2_streams_unplaced_total");
+    if unplaced != without_span as f64 {
+        problems.push(format!(
+            "{unplaced} streams counted unplaced, {without_span} exchanges (both ends) without a span"
+        ));
+    }
+    if !exit.status.success() {
+        problems.push(format!("agent exited with {}", exit.status));
+    }
+    eprintln!(
+        "node h2c, seed {seed}: {} spans, {without_span} of {} exchange ends counted unplaced",
+        spans.len(),
+        2 * n
+    );
+    assert!(
+        problems.is_empty(),
+        "seed {seed}: {} problem(s), {} spans:\n  {}\n--- agent stderr (tail) ---\n{}",
         problems.len(),
         spans.len(),
         problems.join("\n  "),
