@@ -295,6 +295,8 @@ pub struct TrackerStats {
     pub h2_conns: u64,
     /// Of those, connections switched from HTTP/1.1 by `Upgrade: h2c` and a `101`.
     pub h2_upgrades: u64,
+    /// Of those, connections older than the agent, joined in the middle of HTTP/2.
+    pub h2_mid_stream: u64,
     /// HTTP/2 sessions' counters, added when their connection closes.
     pub h2: crate::h2::H2Stats,
 }
@@ -1022,6 +1024,20 @@ impl Tracker {
             conn.h2 = Some(Box::default());
             conn.fed = true;
             self.stats.h2_conns += 1;
+        } else if !suppressed
+            && conn.h2.is_none()
+            && !conn.from_start
+            && conn.role == Role::Unknown
+            && conn.ingress.stats().messages == 0
+            && conn.egress.stats().messages == 0
+            && crate::h2::looks_like_frames(head, ev.total_len)
+        {
+            // A connection older than the agent, in the middle of HTTP/2: its streams
+            // are counted, never given headers decoded against an unknown table.
+            conn.h2 = Some(Box::new(crate::h2::Session::mid_stream()));
+            conn.fed = true;
+            self.stats.h2_conns += 1;
+            self.stats.h2_mid_stream += 1;
         }
         if conn.h2.is_some() {
             // Count-only chunks reach the session as gaps.

@@ -716,3 +716,56 @@ fn upgrade_to_anything_else_is_not_http2() {
         );
     }
 }
+
+/// A connection older than the agent, in the middle of HTTP/2 (no preface, no open
+/// event): no span is made from headers decoded against an unknown table, and each
+/// stream that starts from then on is counted once, whichever end's frames show it.
+/// Body bytes of an HTTP/1 connection joined mid-stream are not taken for frames.
+#[test]
+fn h2_joined_mid_stream_counts_its_streams() {
+    let mut r = Run::new();
+    let b = 1;
+    r.t.add_process(b);
+    let get = |stream: u32| {
+        h2_headers(
+            stream,
+            true,
+            &[(":method", "GET"), (":path", "/x"), (":authority", "a")],
+        )
+    };
+    let ok = |stream: u32| {
+        let mut v = h2_headers(stream, false, &[(":status", "200")]);
+        v.extend(h2_frame(0, 1, stream, b"ok"));
+        v
+    };
+    // The end of a DATA frame whose start came before the agent: not a frame start,
+    // so it is not taken (nor parsed) as HTTP/2 yet.
+    r.data(b, b, 9, DIR_INGRESS, 10, b"tail of a body");
+    let mut first = h2_frame(8, 0, 0, &[0, 0, 1, 0]);
+    first.extend(get(7));
+    r.data(b, b, 9, DIR_INGRESS, 11, &first);
+    r.data(b, b, 9, DIR_EGRESS, 12, &ok(7));
+    r.data(b, b, 9, DIR_EGRESS, 13, &ok(5));
+    r.data(b, b, 9, DIR_INGRESS, 14, &get(9));
+    r.data(b, b, 9, DIR_EGRESS, 15, &ok(9));
+    let spans = &mut r.spans;
+    r.t.handle(
+        Event::ConnClose(periscope_common::ConnCloseEvent {
+            header: hdr(EventKind::ConnClose, b, b, 16),
+            fd: 9,
+            _pad: 0,
+        }),
+        &mut |s| spans.push(s),
+    );
+    assert!(r.spans.is_empty(), "{:#?}", r.spans);
+    let st = r.t.stats();
+    assert_eq!((st.h2_conns, st.h2_mid_stream), (1, 1));
+    // Streams 7 and 9 started in view; 5 (answered late) began before.
+    assert_eq!(st.h2.unplaced_mid_stream, 2);
+
+    // An HTTP/1 connection joined mid-body, then a request: HTTP/1 as before.
+    r.data(b, b, 11, DIR_INGRESS, 20, b"name=value&x=1");
+    r.data(b, b, 11, DIR_INGRESS, 21, &req("/after"));
+    r.data(b, b, 11, DIR_EGRESS, 22, RESP);
+    assert_eq!(r.t.stats().h2_mid_stream, 1);
+}

@@ -75,6 +75,9 @@ pub enum Unplaced {
     Close,
     /// Malformed frames or header blocks (the session goes blind, as for a gap).
     Malformed,
+    /// On a connection older than the agent, joined in the middle of HTTP/2: the
+    /// HPACK state of its past is unknown, so its streams are only counted.
+    MidStream,
 }
 
 /// Counters of one session; add them up with [`H2Stats::add`].
@@ -89,6 +92,7 @@ pub struct H2Stats {
     pub unplaced_reset: u64,
     pub unplaced_close: u64,
     pub unplaced_malformed: u64,
+    pub unplaced_mid_stream: u64,
     /// Times the session went blind (once per connection at most).
     pub blind: u64,
     /// Streams refused by a GOAWAY (id above its last stream id): never processed.
@@ -104,6 +108,7 @@ impl H2Stats {
         self.unplaced_reset += o.unplaced_reset;
         self.unplaced_close += o.unplaced_close;
         self.unplaced_malformed += o.unplaced_malformed;
+        self.unplaced_mid_stream += o.unplaced_mid_stream;
         self.blind += o.blind;
         self.refused += o.refused;
     }
@@ -115,6 +120,7 @@ impl H2Stats {
             Unplaced::Reset => self.unplaced_reset += n,
             Unplaced::Close => self.unplaced_close += n,
             Unplaced::Malformed => self.unplaced_malformed += n,
+            Unplaced::MidStream => self.unplaced_mid_stream += n,
         }
     }
 }
@@ -380,6 +386,9 @@ struct Core {
     ignored: HashMap<u32, ()>,
     /// HPACK state unknown: no headers are decoded any more.
     blind: bool,
+    /// Joined mid-stream (a connection older than the agent): blind from the start,
+    /// and which end is the client is not known.
+    mid_stream: bool,
     /// Highest client stream id seen (blind: new ids are counted as unplaced).
     max_stream: u32,
     stats: H2Stats,
@@ -399,6 +408,7 @@ impl Session {
                 streams: HashMap::new(),
                 ignored: HashMap::new(),
                 blind: false,
+                mid_stream: false,
                 max_stream: 0,
                 stats: H2Stats::default(),
             },
@@ -440,6 +450,23 @@ impl Session {
                 ..Stream::default()
             },
         );
+        session
+    }
+
+    /// A connection older than the agent, joined in the middle of HTTP/2 (see
+    /// [`looks_like_frames`]): what its past did to the HPACK tables is unknown, so no
+    /// header is decoded; each direction's framing is picked up where a chunk starts
+    /// with a plausible frame, and every stream that starts from then on (a header
+    /// block on a new client stream id, whichever end sent it) is counted unplaced
+    /// ([`Unplaced::MidStream`]).
+    pub fn mid_stream() -> Self {
+        let mut session = Self::new();
+        session.core.blind = true;
+        session.core.mid_stream = true;
+        for d in &mut session.dirs {
+            d.preface_left = 0;
+            d.lost = true;
+        }
         session
     }
 
@@ -561,9 +588,16 @@ impl Core {
         match ev {
             Event::Lost(why) => self.go_blind(why),
             Event::HeadersUnknown { stream } => {
-                if from_client && stream > self.max_stream && stream % 2 == 1 {
+                // Joined mid-stream, either end may be the client: stream ids only
+                // grow, so a new odd id is a new stream whoever carried it.
+                if (from_client || self.mid_stream) && stream > self.max_stream && stream % 2 == 1 {
                     self.max_stream = stream;
-                    self.stats.unplaced(Unplaced::Gap, 1);
+                    let why = if self.mid_stream {
+                        Unplaced::MidStream
+                    } else {
+                        Unplaced::Gap
+                    };
+                    self.stats.unplaced(why, 1);
                 }
             }
             Event::Headers {
@@ -842,6 +876,29 @@ fn plausible_frame(b: &[u8], from_client: bool) -> bool {
     }
     // Clients open odd streams; a server's HEADERS answer them (odd too).
     !(kind == HEADERS && stream.is_multiple_of(2) && from_client)
+}
+
+/// Whether the captured start of a chunk of a connection joined mid-stream reads as
+/// HTTP/2 frames: at least one whole frame header, every header plausible and within
+/// the default largest frame size (16 KiB; a peer that raised it is not recognised),
+/// and the frames tiling the head exactly when the whole chunk was captured. Other
+/// protocols' bytes almost never do.
+pub fn looks_like_frames(head: &[u8], total_len: u64) -> bool {
+    let mut at = 0usize;
+    let mut frames = 0;
+    while at + 9 <= head.len() {
+        let b = &head[at..];
+        // Parity of HEADERS ids is the one check that needs the role: not used.
+        let len = u32::from_be_bytes([0, b[0], b[1], b[2]]) as usize;
+        if !plausible_frame(b, false) || len > 1 << 14 || b[3] == CONTINUATION && frames == 0 {
+            return false;
+        }
+        at += 9 + len;
+        frames += 1;
+    }
+    // Cut short by the capture, the walk stops past the head or inside a header.
+    let whole = total_len <= head.len() as u64;
+    frames > 0 && (!whole || at == head.len())
 }
 
 /// Reads captured bytes of one direction, acting on each frame as it completes.

@@ -746,3 +746,37 @@ fn grpc_status_of_a_reset_stream() {
     assert_eq!(status(3), Some(14), "REFUSED_STREAM is UNAVAILABLE");
     assert_eq!(status(5), Some(0), "trailers first");
 }
+
+proptest! {
+    /// What a connection joined mid-stream is taken for: a run of whole frames is
+    /// HTTP/2 (also when the capture stops inside the last one); HTTP/1 start lines
+    /// and text bodies never are.
+    #[test]
+    fn frames_are_told_from_http1_when_joined_mid_stream(
+        frames in prop::collection::vec(
+            (prop::sample::select(vec![DATA, HEADERS, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE]),
+             0u8..=255, 1u32..1000, prop::collection::vec(any::<u8>(), 0..300)),
+            1..6),
+        cut in 0usize..2000,
+        text in "[ -~\r\n]{9,400}",
+    ) {
+        let mut bytes = Vec::new();
+        for (kind, flags, stream, payload) in &frames {
+            let stream = if matches!(*kind, SETTINGS | PING) { 0 } else { *stream };
+            bytes.extend(frame(*kind, *flags, stream, payload));
+        }
+        prop_assert!(looks_like_frames(&bytes, bytes.len() as u64));
+        // Captured in part: the rest of the last frame is in the gap.
+        let head = &bytes[..(9 + cut).min(bytes.len())];
+        prop_assert!(looks_like_frames(head, bytes.len() as u64));
+        // One byte too many or too few for the frames to tile a whole chunk.
+        prop_assert!(!looks_like_frames(&bytes[..bytes.len() - 1], bytes.len() as u64 - 1));
+        for http1 in [
+            format!("GET /{text} HTTP/1.1\r\nHost: a\r\n\r\n"),
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}", text.len()),
+            text.clone(),
+        ] {
+            prop_assert!(!looks_like_frames(http1.as_bytes(), http1.len() as u64), "{:?}", http1);
+        }
+    }
+}

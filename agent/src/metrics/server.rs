@@ -287,13 +287,14 @@ pub fn render(src: &Sources, format: Format) -> String {
     );
     enc.counter(
         "periscope_h2_streams_unplaced",
-        "HTTP/2 streams that got no span, by reason: gap (a capture gap hid frame boundaries or header-block bytes, so the connection's HPACK state is unknown and no header is decoded on it any more), over_limit (too many open streams on one connection), reset (reset before its response headers), close (still open when the connection closed), malformed (frames or header blocks that do not parse).",
+        "HTTP/2 streams that got no span, by reason: gap (a capture gap hid frame boundaries or header-block bytes, so the connection's HPACK state is unknown and no header is decoded on it any more), over_limit (too many open streams on one connection), reset (reset before its response headers), close (still open when the connection closed), malformed (frames or header blocks that do not parse), mid_stream (on a connection older than the agent, whose HPACK state is unknown).",
         &by_reason(&[
             ("gap", snap.tracker.h2.unplaced_gap),
             ("over_limit", snap.tracker.h2.unplaced_over_limit),
             ("reset", snap.tracker.h2.unplaced_reset),
             ("close", snap.tracker.h2.unplaced_close),
             ("malformed", snap.tracker.h2.unplaced_malformed),
+            ("mid_stream", snap.tracker.h2.unplaced_mid_stream),
         ]),
     );
     enc.counter(
@@ -305,6 +306,11 @@ pub fn render(src: &Sources, format: Format) -> String {
         "periscope_h2_upgrades",
         "Of those, connections switched from HTTP/1.1 to HTTP/2 in cleartext (`Upgrade: h2c` granted by a 101); the request that asked is answered on stream 1.",
         &one(snap.tracker.h2_upgrades),
+    );
+    enc.counter(
+        "periscope_h2_mid_stream_connections",
+        "Of those, connections older than the agent, joined in the middle of HTTP/2: their streams are counted (periscope_h2_streams_unplaced_total{reason=\"mid_stream\"}), not traced.",
+        &one(snap.tracker.h2_mid_stream),
     );
     enc.counter(
         "periscope_spans_joined",

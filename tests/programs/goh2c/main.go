@@ -9,10 +9,11 @@
 //	                   "METHOD PATH PROTO STATUS REQUEST_BODY_BYTES RESPONSE_BODY_BYTES"
 //	                   GET|POST|... /s/CODE/SIZE answers CODE with SIZE body bytes
 //	                   (after reading the whole request body)
-//	goh2c client ADDR SEED N GO  waits for the file GO to exist, then makes N seeded
-//	                   requests with prior knowledge (an http2.Transport dialing plain
-//	                   TCP) on one shared connection; prints the same line per response,
-//	                   then "done", and stays up until killed
+//	goh2c client ADDR SEED N GO [BEFORE]  makes BEFORE (default 0) seeded requests,
+//	                   prints "ready", waits for the file GO to exist, then makes N
+//	                   more, all with prior knowledge (an http2.Transport dialing plain
+//	                   TCP) on one shared connection; prints the same line per response
+//	                   made after the wait, then "done", and stays up until killed
 package main
 
 import (
@@ -44,7 +45,11 @@ func main() {
 	case "client":
 		seed, _ := strconv.ParseInt(os.Args[3], 10, 64)
 		n, _ := strconv.Atoi(os.Args[4])
-		client(os.Args[2], seed, n, os.Args[5])
+		before := 0
+		if len(os.Args) > 6 {
+			before, _ = strconv.Atoi(os.Args[6])
+		}
+		client(os.Args[2], seed, n, os.Args[5], before)
 	default:
 		log.Fatalf("unknown mode %q", os.Args[1])
 	}
@@ -110,13 +115,7 @@ func server(logPath string) {
 	log.Fatal(srv.Serve(ln))
 }
 
-func client(addr string, seed int64, n int, goFile string) {
-	for {
-		if _, err := os.Stat(goFile); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+func client(addr string, seed int64, n int, goFile string, before int) {
 	rng := rand.New(rand.NewSource(seed))
 	tr := &http2.Transport{
 		AllowHTTP: true,
@@ -126,7 +125,17 @@ func client(addr string, seed int64, n int, goFile string) {
 	}
 	c := &http.Client{Transport: tr}
 	codes := []int{200, 200, 201, 404, 500}
-	for i := 0; i < n; i++ {
+	for i := 0; i < before+n; i++ {
+		if i == before {
+			fmt.Println("ready")
+			os.Stdout.Sync()
+			for {
+				if _, err := os.Stat(goFile); err == nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
 		code := codes[rng.Intn(len(codes))]
 		size := rng.Intn(3) * rng.Intn(20000)
 		method, body := "GET", []byte(nil)
@@ -144,7 +153,9 @@ func client(addr string, seed int64, n int, goFile string) {
 		}
 		got, _ := io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		fmt.Printf("%s %s %s %d %d %d\n", method, path, resp.Proto, resp.StatusCode, len(body), got)
+		if i >= before {
+			fmt.Printf("%s %s %s %d %d %d\n", method, path, resp.Proto, resp.StatusCode, len(body), got)
+		}
 	}
 	fmt.Println("done")
 	os.Stdout.Sync()
