@@ -659,8 +659,8 @@ fn status_line(s: &Snapshot, outputs: &[Arc<export::ExportStats>]) -> String {
         ));
     }
     line.push_str(&format!(
-        " frame_splits={} frame_lost={}",
-        s.kernel.frame_splits, s.kernel.frame_lost
+        " frame_splits={} frame_lost={} h2_splits={} h2_lost={}",
+        s.kernel.frame_splits, s.kernel.frame_lost, s.kernel.h2_splits, s.kernel.h2_lost
     ));
     for o in outputs {
         line.push_str(&format!(

@@ -9,6 +9,7 @@
 use core::mem::size_of;
 
 pub mod frame;
+pub mod h2frame;
 
 /// Largest prefix of one syscall's payload copied into an event. Enough for a request
 /// line, a status line and the headers of nearly every request; the agent treats the
@@ -433,7 +434,13 @@ pub const STAT_FRAME_SPLITS: u32 = 14;
 /// Request streams whose framing the kernel gave up (see `frame`): captured from each
 /// syscall's start for the rest of the connection.
 pub const STAT_FRAME_LOST: u32 = 15;
-pub const STAT_COUNT: u32 = 16;
+/// Chunks the kernel's HTTP/2 framing cut data syscalls into (see `h2frame`).
+pub const STAT_H2_SPLITS: u32 = 16;
+/// HTTP/2 socket directions whose frames the kernel stopped following (a read failed,
+/// too many steps, the first syscall's frames not followable): captured from each
+/// syscall's start from then on.
+pub const STAT_H2_LOST: u32 = 17;
+pub const STAT_COUNT: u32 = 18;
 const _: () = assert!(STAT_PAYLOAD_SUPPRESSED < STAT_FRAME_SPLITS && STAT_FRAME_LOST < STAT_COUNT);
 
 /// Offsets into tracepoint records, patched into the kernel object's `TP_FIELDS` at

@@ -199,6 +199,11 @@ pub(crate) fn emit_framed(
         }
         let c = crate::net::classify_first(pid_tgid, stash, buf, n as usize, direction == DIR_EGRESS);
         class = (class & 0xffff_0000) | c as u32;
+        if c == CLASS_HTTP2 {
+            // Not HTTP/1: the capture path classifies it again and follows its frames.
+            st.state = LOST;
+            return false;
+        }
         if !class_captures(c) {
             count_n(STAT_PAYLOAD_SUPPRESSED, total);
             if c == CLASS_TLS {

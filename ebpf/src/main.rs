@@ -17,6 +17,7 @@ mod classify;
 mod common;
 mod frame;
 mod go;
+mod h2;
 mod gotls;
 mod net;
 mod sched;

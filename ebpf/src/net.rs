@@ -465,6 +465,13 @@ fn exit_data(ctx: &TracePointContext, direction: u32, cuttable: bool, iov_loop: 
         output(&data_event(pid_tgid, &s, rv as u64, direction, 0, 0, s.class));
         return 0;
     }
+    // HTTP/2: cut at DATA payloads (programs that may run a `bpf_loop` only).
+    if (cuttable || iov_loop)
+        && s.class as u8 == CLASS_HTTP2
+        && crate::h2::emit_framed(pid_tgid, &s, s.class, rv as u64, direction)
+    {
+        return 0;
+    }
     // A request stream followed from its start: cut where its requests start.
     let framed = if cuttable {
         crate::frame::emit_framed(pid_tgid, &s, rv as u64, direction, crate::frame::SYSCALL)
@@ -477,7 +484,11 @@ fn exit_data(ctx: &TracePointContext, direction: u32, cuttable: bool, iov_loop: 
     let sent = if iov_loop {
         try_emit_vectored(pid_tgid, &s, rv as u64, direction)
     } else {
-        try_emit_data(pid_tgid, &s, rv as u64, direction)
+        if cuttable {
+            try_emit_data::<true>(pid_tgid, &s, rv as u64, direction)
+        } else {
+            try_emit_data::<false>(pid_tgid, &s, rv as u64, direction)
+        }
     };
     if sent.is_err() {
         count(STAT_READ_ERRORS);
@@ -642,6 +653,12 @@ fn copy_user<const LEN_MASK: usize>(
     }
 }
 
+/// [`copy_user`] into the head part of the payload, for the HTTP/2 framing.
+#[inline(always)]
+pub(crate) fn copy_user_at(buf: *mut DataEventBuf, off: usize, len: usize, src: u64) -> Result<(), i64> {
+    copy_user::<HEAD_MASK>(buf, off, len, src)
+}
+
 /// A vectored syscall's iovecs being walked by [`iov_step`], between `bpf_loop` steps.
 #[repr(C)]
 struct IovWalk {
@@ -718,7 +735,7 @@ extern "C" fn iov_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
 #[inline(always)]
 fn try_emit_vectored(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result<(), i64> {
     if !crate::frame::enabled() {
-        return try_emit_data(pid_tgid, s, total, direction);
+        return try_emit_data::<true>(pid_tgid, s, total, direction);
     }
     let w = IOV_WALK.get_ptr_mut(0).ok_or(0i64)?;
     // SAFETY: per-CPU map value.
@@ -736,11 +753,13 @@ fn try_emit_vectored(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Re
         if (*w).failed != 0 {
             return Err(0);
         }
-        finish_data(pid_tgid, s, total, direction, (*w).head as usize, (*w).tail as usize)
+        finish_data(pid_tgid, s, total, direction, (*w).head as usize, (*w).tail as usize, true)
     }
 }
 
-pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result<(), i64> {
+/// `CAN_LOOP`: the calling program may run a `bpf_loop` (see `uncut_probes`); a
+/// separate function each way, so that the others never reference one.
+pub(crate) fn try_emit_data<const CAN_LOOP: bool>(pid_tgid: u64, s: &Stash, total: u64, direction: u32) -> Result<(), i64> {
     let buf = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     let mut head: usize = 0;
     let mut tail: usize = 0;
@@ -798,18 +817,40 @@ pub(crate) fn try_emit_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32
             }
         }
     }
-    finish_data(pid_tgid, s, total, direction, head, tail)
+    finish_data(pid_tgid, s, total, direction, head, tail, CAN_LOOP)
 }
 
 /// Classifies an unseen socket on the `head` bytes in the scratch buffer and sends the
 /// data event with its `head + tail` payload bytes.
 #[inline(always)]
-fn finish_data(pid_tgid: u64, s: &Stash, total: u64, direction: u32, mut head: usize, mut tail: usize) -> Result<(), i64> {
+#[allow(clippy::too_many_arguments)]
+fn finish_data(
+    pid_tgid: u64,
+    s: &Stash,
+    total: u64,
+    direction: u32,
+    mut head: usize,
+    mut tail: usize,
+    can_loop: bool,
+) -> Result<(), i64> {
     let buf = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     let mut class = s.class as u8;
     let generation = s.class & 0xffff_0000;
     if class == CLASS_UNSEEN && head > 0 {
         class = classify_first(pid_tgid, s, buf, head, direction == DIR_EGRESS);
+        if class == CLASS_HTTP2 {
+            if can_loop {
+                // Followed from this first byte on, both ways: this syscall is cut
+                // at its DATA payloads too.
+                crate::h2::start(pid_tgid, s, head, direction);
+                let class = class as u32 | generation;
+                if crate::h2::emit_framed(pid_tgid, s, class, total, direction) {
+                    return Ok(());
+                }
+            } else {
+                crate::h2::classified(pid_tgid, s, head, total, direction);
+            }
+        }
         if !class_captures(class) {
             count_n(STAT_PAYLOAD_SUPPRESSED, total);
             head = 0;
@@ -904,6 +945,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let _ = SOCKS.remove(&key);
     let _ = GO_FD_READER.remove(&key);
     crate::frame::forget(key);
+    crate::h2::forget(key);
     output(&ConnCloseEvent {
         header: header(EventKind::ConnClose, pid_tgid),
         fd,

@@ -203,7 +203,7 @@ pub fn emit_plaintext(pid_tgid: u64, fd: u32, buf: u64, n: u64, direction: u32, 
             }
         }
     }
-    if crate::net::try_emit_data(pid_tgid, &s, n, direction).is_err() {
+    if crate::net::try_emit_data::<false>(pid_tgid, &s, n, direction).is_err() {
         count(STAT_READ_ERRORS);
     }
 }

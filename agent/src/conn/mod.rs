@@ -119,6 +119,8 @@ struct Conn {
     /// Upgraded to HTTP/2 by `Upgrade: h2c`: the request that asked, whose entry (span
     /// identity, parent, context) stream 1's exchange takes over.
     h2_upgraded: Option<Box<Pending>>,
+    /// The peer address was looked up in procfs (the accept did not give it).
+    peer_looked_up: bool,
 }
 
 /// Remembers an HTTP/2 client stream that ended, for a traced server whose end of it
@@ -206,6 +208,7 @@ impl Conn {
             h2_ids: HashMap::new(),
             h2_ended: VecDeque::new(),
             h2_upgraded: None,
+            peer_looked_up: false,
         }
     }
 
@@ -297,6 +300,9 @@ pub struct TrackerStats {
     pub h2_upgrades: u64,
     /// Of those, connections older than the agent, joined in the middle of HTTP/2.
     pub h2_mid_stream: u64,
+    /// Accepted connections whose peer address was read from procfs (the accept
+    /// syscall did not ask for it).
+    pub peer_lookups: u64,
     /// HTTP/2 sessions' counters, added when their connection closes.
     pub h2: crate::h2::H2Stats,
 }
@@ -971,6 +977,16 @@ impl Tracker {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
+        if conn.role == Role::Server && conn.ends.peer.is_none() && !conn.peer_looked_up {
+            // Accepted without a peer address (libuv's accept(fd, NULL, NULL): node):
+            // read it once from procfs, for the span's client address and the join to
+            // a traced client.
+            conn.peer_looked_up = true;
+            self.stats.peer_lookups += 1;
+            if let Some(r) = procnet::fd_addrs(pid, fd) {
+                conn.ends.peer = Some(r.remote);
+            }
+        }
         // TLS: the socket's bytes are ciphertext; plaintext comes from the TLS probes.
         if from_tls {
             if conn.tls != Tls::Plain {

@@ -179,6 +179,14 @@ pub fn render(src: &Sources, format: Format) -> String {
             &[("split", snap.kernel.frame_splits), ("lost", snap.kernel.frame_lost)],
         ),
     );
+    enc.counter(
+        "periscope_kernel_h2_framing",
+        "The kernel's following of HTTP/2 frames on sockets it classified HTTP/2 from their first byte: outcome=chunk counts the chunks syscalls were cut into (frame headers and non-DATA payloads copied, each large DATA payload a byte count); outcome=lost counts socket directions whose frames it stopped following (a read failed, over 512 steps in one syscall, or a first syscall whose frames ran past its captured head), which are then captured from each syscall's start.",
+        &labelled(
+            "outcome",
+            &[("chunk", snap.kernel.h2_splits), ("lost", snap.kernel.h2_lost)],
+        ),
+    );
     let p = snap.tracker.payload_bytes;
     use periscope_common::{
         CLASS_DEFERRED, CLASS_HTTP1, CLASS_HTTP2, CLASS_MUTED, CLASS_TLS, CLASS_UNKNOWN,
@@ -360,6 +368,11 @@ pub fn render(src: &Sources, format: Format) -> String {
         "periscope_connections_opened",
         "Connections of traced processes the agent started to follow.",
         &one(snap.tracker.conns_opened),
+    );
+    enc.counter(
+        "periscope_peer_address_lookups",
+        "Accepted connections whose peer address the accept did not give (libuv's accept(fd, NULL, NULL): node) and was read once from /proc/PID/net/tcp instead.",
+        &one(snap.tracker.peer_lookups),
     );
     enc.counter(
         "periscope_connections_over_limit",

@@ -473,6 +473,10 @@ pub struct KernelStats {
     pub frame_splits: u64,
     /// Requests the kernel could not frame.
     pub frame_lost: u64,
+    /// Chunks the kernel's HTTP/2 framing cut data syscalls into.
+    pub h2_splits: u64,
+    /// HTTP/2 socket directions whose frames the kernel stopped following.
+    pub h2_lost: u64,
 }
 
 /// The uprobe links on one executable or library file, and the traced pids using it.
@@ -889,6 +893,8 @@ impl Probes {
             payload_suppressed: sum(periscope_common::STAT_PAYLOAD_SUPPRESSED),
             frame_splits: sum(periscope_common::STAT_FRAME_SPLITS),
             frame_lost: sum(periscope_common::STAT_FRAME_LOST),
+            h2_splits: sum(periscope_common::STAT_H2_SPLITS),
+            h2_lost: sum(periscope_common::STAT_H2_LOST),
         }
     }
 
