@@ -585,13 +585,18 @@ pub(crate) fn classify_first(pid_tgid: u64, s: &Stash, buf: *const DataEventBuf,
         return CLASS_DEFERRED;
     };
     let class = unsafe { crate::classify::decide(&(*buf).payload, head, (*info).role) };
+    // Classified already by the request framing (which hands HTTP/2 sockets back to
+    // the capture path, which classifies again): counted once.
+    let again = unsafe { (*info).class } == class;
     unsafe {
         (*info).class = class;
         if egress {
             (*info).flags |= SOCK_CLASSIFIED_EGRESS;
         }
     }
-    count(STAT_CLASSIFIED + class as u32 - 1);
+    if !again {
+        count(STAT_CLASSIFIED + class as u32 - 1);
+    }
     class
 }
 
