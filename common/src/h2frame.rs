@@ -6,8 +6,9 @@
 //! hides one frame header leaves the agent's HPACK state unknown for the rest of the
 //! connection. So on HTTP/2 sockets the kernel follows the frames itself: frame headers
 //! and the payloads of every frame but DATA (header blocks, SETTINGS, RST_STREAM,
-//! GOAWAY...) are copied; DATA payloads are only counted, except small ones (a gRPC
-//! message prefix is what message counts need). A syscall becomes a few chunks, each the
+//! GOAWAY...) are copied; of a DATA payload only the first 5 bytes are (where a gRPC
+//! message prefix is, when a message starts with its frame), the rest counted, and small
+//! payloads whole (several messages may share one). A syscall becomes a few chunks, each the
 //! copied bytes up to a DATA payload and that payload's length: `head` bytes, then
 //! `total - head` uncaptured. The agent reads them as it reads any capture; a gap that
 //! lies inside a DATA payload costs it nothing.
@@ -26,10 +27,12 @@ use crate::MAX_HEAD;
 
 /// Steps one syscall may take (about three per frame, one per iovec); a syscall that
 /// needs more is reported uncut from there and the direction is no longer followed.
-pub const H2_MAX_STEPS: u32 = 512;
-/// DATA payloads up to this long are copied (a gRPC message prefix is in them); longer
-/// ones are only counted.
+pub const H2_MAX_STEPS: u32 = 2048;
+/// DATA payloads up to this long are copied whole; of longer ones the first
+/// [`H2_DATA_PREFIX`] bytes, the rest counted.
 pub const H2_SMALL_DATA: u32 = 64;
+/// Bytes copied of a longer DATA payload: a gRPC message prefix (flag and length).
+pub const H2_DATA_PREFIX: u32 = 5;
 /// Length of the client connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE_LEN: u32 = 24;
 
@@ -46,6 +49,9 @@ pub struct H2Pos {
     pub left: u32,
     /// Those bytes are copied (1) or counted (0).
     pub copy: u32,
+    /// Payload bytes after those, counted (the rest of a DATA payload whose prefix is
+    /// being copied).
+    pub then: u32,
     /// Bytes of the next frame header seen so far.
     pub hdr_len: u32,
     /// Those bytes (9 used).
@@ -203,15 +209,25 @@ impl H2Cut {
             pos.preface -= n as u32;
         } else if pos.left > 0 {
             pos.left -= n as u32;
+            if pos.left == 0 && pos.then > 0 {
+                pos.left = pos.then;
+                pos.then = 0;
+                pos.copy = 0;
+            }
         } else {
             pos.hdr_len += n as u32;
             if pos.hdr_len >= 9 {
                 let len = (pos.hdr[0] as u32) << 16 | (pos.hdr[1] as u32) << 8 | pos.hdr[2] as u32;
-                pos.left = len;
-                pos.copy = u32::from(
-                    pos.hdr[3] != DATA || pos.hdr[4] & PADDED != 0 || len <= H2_SMALL_DATA,
-                );
                 pos.hdr_len = 0;
+                if pos.hdr[3] == DATA && pos.hdr[4] & PADDED == 0 && len > H2_SMALL_DATA {
+                    pos.left = H2_DATA_PREFIX;
+                    pos.copy = 1;
+                    pos.then = len - H2_DATA_PREFIX;
+                } else {
+                    pos.left = len;
+                    pos.copy = 1;
+                    pos.then = 0;
+                }
             }
         }
         self.base += n;
@@ -324,18 +340,19 @@ mod tests {
             }
             assert_eq!(all.len(), bytes.len(), "split {split}");
             for (i, b) in all.iter().enumerate() {
-                // Only the two large DATA payloads are uncaptured.
+                // Only the two large DATA payloads past their first 5 bytes are
+                // uncaptured.
                 let frame_start = 24 + 15 + 49;
-                let in_big = (frame_start + 9..frame_start + 9 + 16_384).contains(&i)
-                    || (frame_start + 9 + 16_384 + 9..frame_start + 9 + 16_384 + 9 + 3_000)
-                        .contains(&i);
+                let second = frame_start + 9 + 16_384 + 9;
+                let in_big = (frame_start + 9 + 5..frame_start + 9 + 16_384).contains(&i)
+                    || (second + 5..second + 3_000).contains(&i);
                 match b {
                     Some(v) => assert!(!in_big && *v == bytes[i], "split {split} byte {i}"),
                     None => assert!(in_big, "split {split} byte {i} not captured"),
                 }
             }
             // At a frame boundary at the end.
-            assert_eq!((pos.preface, pos.left, pos.hdr_len), (0, 0, 0));
+            assert_eq!((pos.preface, pos.left, pos.then, pos.hdr_len), (0, 0, 0, 0));
         }
     }
 
@@ -357,7 +374,7 @@ mod tests {
     #[test]
     fn out_of_steps_reports_the_rest_uncut() {
         let mut bytes = Vec::new();
-        for i in 0..400u32 {
+        for i in 0..1200u32 {
             bytes.extend(frame(8, 0, 2 * i + 1, &[0, 0, 1, 0]));
         }
         let mut pos = H2Pos::start(false);

@@ -133,12 +133,23 @@ pub(crate) fn classified(pid_tgid: u64, s: &Stash, head: usize, total: u64, dire
     }
     let mut pos = H2Pos::start(false);
     if at > total {
-        // The rest of the last frame's payload is still to come.
+        // The rest of the last frame's payload is still to come: as `H2Cut` would
+        // have left it.
         let kind = byte(last + 3);
         let flags = byte(last + 4);
         let len = at - last - 9;
-        pos.left = (at - total) as u32;
-        pos.copy = u32::from(kind != 0 || flags & 0x8 != 0 || len <= H2_SMALL_DATA as u64);
+        let rest = at - total;
+        let done = len - rest;
+        pos.copy = 1;
+        pos.left = rest as u32;
+        if kind == 0 && flags & 0x8 == 0 && len > H2_SMALL_DATA as u64 {
+            if done < H2_DATA_PREFIX as u64 {
+                pos.left = (H2_DATA_PREFIX as u64 - done) as u32;
+                pos.then = (len - H2_DATA_PREFIX as u64) as u32;
+            } else {
+                pos.copy = 0;
+            }
+        }
     }
     let this = Dir {
         generation,

@@ -181,7 +181,7 @@ pub fn render(src: &Sources, format: Format) -> String {
     );
     enc.counter(
         "periscope_kernel_h2_framing",
-        "The kernel's following of HTTP/2 frames on sockets it classified HTTP/2 from their first byte: outcome=chunk counts the chunks syscalls were cut into (frame headers and non-DATA payloads copied, each large DATA payload a byte count); outcome=lost counts socket directions whose frames it stopped following (a read failed, over 512 steps in one syscall, or a first syscall whose frames ran past its captured head), which are then captured from each syscall's start.",
+        "The kernel's following of HTTP/2 frames on sockets it classified HTTP/2 from their first byte: outcome=chunk counts the chunks syscalls were cut into (frame headers and non-DATA payloads copied, each large DATA payload a byte count); outcome=lost counts socket directions whose frames it stopped following (a read failed, over 2048 steps in one syscall, or a first syscall whose frames ran past its captured head), which are then captured from each syscall's start.",
         &labelled(
             "outcome",
             &[("chunk", snap.kernel.h2_splits), ("lost", snap.kernel.h2_lost)],
