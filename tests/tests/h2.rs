@@ -719,6 +719,19 @@ fn goh2c_lines(text: &str) -> BTreeMap<Exchange, u32> {
     m
 }
 
+/// The server's log lines once `n` are there (or `SPAN_TIMEOUT` passed): the server
+/// writes each after its handler, a moment after its client saw the response.
+fn logged_lines(log_path: &std::path::Path, n: usize) -> BTreeMap<Exchange, u32> {
+    let deadline = Instant::now() + SPAN_TIMEOUT;
+    loop {
+        let m = goh2c_lines(&std::fs::read_to_string(log_path).unwrap_or_default());
+        if m.values().sum::<u32>() as usize >= n || Instant::now() > deadline {
+            return m;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn span_exchange(s: &periscope_e2e::receiver::ReceivedSpan) -> Exchange {
     let num = |k: &str| s.attr(k).and_then(|v| v.parse::<u64>().ok());
     // Server spans carry `url.path`; client spans `url.full`.
@@ -918,14 +931,7 @@ fn go_h2c_upgrade_and_prior_knowledge_spans_match_its_log() {
     std::fs::write(&go_file, b"").unwrap();
     cli.wait_for_stdout_line(Duration::from_secs(60), |l| l == "done");
     requests += go_n;
-    let deadline = Instant::now() + SPAN_TIMEOUT;
-    let logged = loop {
-        let m = goh2c_lines(&std::fs::read_to_string(&log_path).unwrap_or_default());
-        if m.values().sum::<u32>() as usize >= requests || Instant::now() > deadline {
-            break m;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let logged = logged_lines(&log_path, requests);
     assert_eq!(
         logged.values().sum::<u32>() as usize,
         requests,
@@ -1019,14 +1025,7 @@ fn node_h2c_server_and_client_spans_match_their_lines() {
         n,
         "the client's lines"
     );
-    let deadline = Instant::now() + SPAN_TIMEOUT;
-    let logged = loop {
-        let m = goh2c_lines(&std::fs::read_to_string(&log_path).unwrap_or_default());
-        if m.values().sum::<u32>() as usize >= n || Instant::now() > deadline {
-            break m;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let logged = logged_lines(&log_path, n);
     assert_eq!(
         logged.values().sum::<u32>() as usize,
         n,
@@ -1119,14 +1118,7 @@ fn h2_connection_older_than_the_agent_is_counted_not_traced() {
     );
     std::fs::write(&go_file, b"").unwrap();
     cli.wait_for_stdout_line(Duration::from_secs(60), |l| l == "done");
-    let deadline = Instant::now() + SPAN_TIMEOUT;
-    let logged = loop {
-        let m = goh2c_lines(&std::fs::read_to_string(&log_path).unwrap_or_default());
-        if m.values().sum::<u32>() as usize >= before + n || Instant::now() > deadline {
-            break m;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let logged = logged_lines(&log_path, before + n);
     assert_eq!(
         logged.values().sum::<u32>() as usize,
         before + n,
