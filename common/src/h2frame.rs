@@ -237,22 +237,37 @@ impl H2Cut {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    extern crate std;
-    use super::*;
-    use std::{vec, vec::Vec};
+/// The walk in userspace, on a syscall given as its pieces (iovecs): for the agent's
+/// tests, the fuzzer and the tests here, one capture instead of one per place.
+#[cfg(any(test, feature = "user"))]
+pub mod user {
+    extern crate alloc;
+    use alloc::{vec, vec::Vec};
 
-    /// A syscall's bytes in pieces (iovecs), captured into a vector.
-    struct Fake<'a> {
-        pieces: Vec<&'a [u8]>,
-        /// Address of piece i: i << 32.
-        payload: [u8; MAX_HEAD],
-        chunks: Vec<(Vec<u8>, u64)>,
-        fail_at: Option<u32>,
+    use super::*;
+
+    /// A syscall's pieces; address `i << 32 | offset` is byte `offset` of piece `i`.
+    pub struct Pieces<'a> {
+        pub pieces: &'a [&'a [u8]],
+        /// Piece index whose read fails (tests of a failed read).
+        pub fail_at: Option<u32>,
+        payload: Vec<u8>,
+        /// The chunks reported: the copied bytes and how many bytes each covers.
+        pub chunks: Vec<(Vec<u8>, u64)>,
     }
 
-    impl H2Capture for Fake<'_> {
+    impl<'a> Pieces<'a> {
+        pub fn new(pieces: &'a [&'a [u8]]) -> Self {
+            Self {
+                pieces,
+                fail_at: None,
+                payload: vec![0; MAX_HEAD],
+                chunks: Vec::new(),
+            }
+        }
+    }
+
+    impl H2Capture for Pieces<'_> {
         fn piece(&mut self, index: u32) -> Option<(u64, u64)> {
             if self.fail_at == Some(index) {
                 return None;
@@ -261,7 +276,7 @@ mod tests {
             Some(((index as u64) << 32, p.len() as u64))
         }
         fn copy(&mut self, at: u64, src: u64, n: u64) -> bool {
-            assert!(at + n <= MAX_HEAD as u64);
+            assert!(at + n <= MAX_HEAD as u64, "copy past the head");
             let p = self.pieces[(src >> 32) as usize];
             let off = (src & 0xffff_ffff) as usize;
             self.payload[at as usize..(at + n) as usize].copy_from_slice(&p[off..off + n as usize]);
@@ -271,10 +286,35 @@ mod tests {
             self.payload[at as usize]
         }
         fn emit(&mut self, head: u64, total: u64) {
+            assert!(head <= total && head <= MAX_HEAD as u64);
             self.chunks
                 .push((self.payload[..head as usize].to_vec(), total));
         }
     }
+
+    /// One syscall of `pieces` walked from `pos` (updated) as the kernel's `bpf_loop`
+    /// would: its chunks, the cut (for `lost`), and the steps it took.
+    pub fn syscall(pos: &mut H2Pos, pieces: &[&[u8]]) -> (Vec<(Vec<u8>, u64)>, H2Cut, u32) {
+        let total = pieces.iter().map(|p| p.len() as u64).sum();
+        let mut cap = Pieces::new(pieces);
+        let mut cut = H2Cut::new(*pos, total);
+        let mut steps = 0;
+        while steps < H2_MAX_STEPS && cut.step(&mut cap) {
+            steps += 1;
+        }
+        if steps == H2_MAX_STEPS {
+            cut.out_of_steps(&mut cap);
+        }
+        *pos = cut.pos;
+        (cap.chunks, cut, steps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::{vec, vec::Vec};
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
@@ -285,26 +325,12 @@ mod tests {
         v
     }
 
-    /// Walks one syscall of `pieces`; returns its chunks.
+    /// Walks one syscall of `pieces`; returns its chunks and whether it was lost.
     fn walk(pos: &mut H2Pos, pieces: &[&[u8]]) -> (Vec<(Vec<u8>, u64)>, bool) {
-        let total = pieces.iter().map(|p| p.len() as u64).sum();
-        let mut cap = Fake {
-            pieces: pieces.to_vec(),
-            payload: [0; MAX_HEAD],
-            chunks: Vec::new(),
-            fail_at: None,
-        };
-        let mut cut = H2Cut::new(*pos, total);
-        let mut steps = 0;
-        while steps < H2_MAX_STEPS && cut.step(&mut cap) {
-            steps += 1;
-        }
-        if steps == H2_MAX_STEPS {
-            cut.out_of_steps(&mut cap);
-        }
-        *pos = cut.pos;
-        assert_eq!(cap.chunks.iter().map(|c| c.1).sum::<u64>(), total);
-        (cap.chunks, cut.lost != 0)
+        let total: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        let (chunks, cut, _) = user::syscall(pos, pieces);
+        assert_eq!(chunks.iter().map(|c| c.1).sum::<u64>(), total);
+        (chunks, cut.lost != 0)
     }
 
     /// Bytes as the chunks say: copied ones, and `None` for each counted one.
@@ -359,12 +385,9 @@ mod tests {
     #[test]
     fn a_failed_read_reports_the_rest_uncut() {
         let bytes = frame(1, 4, 1, &[1; 30]);
-        let mut cap = Fake {
-            pieces: vec![&bytes[..10], &bytes[10..]],
-            payload: [0; MAX_HEAD],
-            chunks: Vec::new(),
-            fail_at: Some(1),
-        };
+        let pieces: [&[u8]; 2] = [&bytes[..10], &bytes[10..]];
+        let mut cap = user::Pieces::new(&pieces);
+        cap.fail_at = Some(1);
         let mut cut = H2Cut::new(H2Pos::start(false), bytes.len() as u64);
         while cut.step(&mut cap) {}
         assert_eq!(cut.lost, 1);

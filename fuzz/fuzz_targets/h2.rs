@@ -16,37 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use periscope::h2::hpack::{Decoder, Error};
 use periscope::h2::{MAX_HPACK_TABLE, PREFACE, Session};
 use periscope::http::Chunk;
-use periscope_common::MAX_HEAD;
-use periscope_common::h2frame::{H2Capture, H2Cut, H2Pos, H2_MAX_STEPS};
-
-/// One syscall's iovecs (`pieces`: offset and length in `data`), captured into vectors.
-struct Walk<'a> {
-    data: &'a [u8],
-    pieces: Vec<(usize, usize)>,
-    payload: Vec<u8>,
-    /// The chunks: copied bytes and how many bytes each covers.
-    chunks: Vec<(Vec<u8>, u64)>,
-}
-
-impl H2Capture for Walk<'_> {
-    fn piece(&mut self, index: u32) -> Option<(u64, u64)> {
-        let &(from, len) = self.pieces.get(index as usize)?;
-        Some((from as u64, len as u64))
-    }
-    fn copy(&mut self, at: u64, src: u64, n: u64) -> bool {
-        assert!(at + n <= MAX_HEAD as u64, "copy past the head");
-        let (at, src, n) = (at as usize, src as usize, n as usize);
-        self.payload[at..at + n].copy_from_slice(&self.data[src..src + n]);
-        true
-    }
-    fn byte(&self, at: u64) -> u8 {
-        self.payload[at as usize]
-    }
-    fn emit(&mut self, head: u64, total: u64) {
-        assert!(head <= total && head <= MAX_HEAD as u64);
-        self.chunks.push((self.payload[..head as usize].to_vec(), total));
-    }
-}
+use periscope_common::h2frame::{H2Pos, user};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -111,29 +81,22 @@ fuzz_target!(|input: Input| {
         let cut = input.cuts.get(k % input.cuts.len().max(1)).copied().unwrap_or(0);
         let end = (at + 4 * usize::from(cut & 0x3fff).max(1)).min(data.len());
         k += 1;
-        let mut pieces = Vec::new();
+        let mut pieces: Vec<&[u8]> = Vec::new();
         let mut p = at;
         let mut j = k;
         while p < end {
             let c = input.cuts.get(j % input.cuts.len().max(1)).copied().unwrap_or(0);
             let n = usize::from(c & 0xfff).max(1).min(end - p);
             j += 1;
-            pieces.push((p, n));
+            pieces.push(&data[p..p + n]);
             p += n;
         }
-        let mut walk = Walk { data, pieces, payload: vec![0; MAX_HEAD], chunks: Vec::new() };
-        let mut cutter = H2Cut::new(pos, (end - at) as u64);
-        let mut steps = 0;
-        while steps < H2_MAX_STEPS && cutter.step(&mut walk) {
-            steps += 1;
-        }
-        if steps == H2_MAX_STEPS {
-            cutter.out_of_steps(&mut walk);
-        }
-        let total: u64 = walk.chunks.iter().map(|c| c.1).sum();
+        // The walk asserts it never copies past the head.
+        let (chunks, cutter, _) = user::syscall(&mut pos, &pieces);
+        let total: u64 = chunks.iter().map(|c| c.1).sum();
         assert_eq!(total, (end - at) as u64, "every byte of the syscall reported once");
         let mut off = at;
-        for (head, total) in &walk.chunks {
+        for (head, total) in &chunks {
             assert_eq!(&head[..], &data[off..off + head.len()], "copied bytes are the data");
             off += *total as usize;
             session.feed(true, &Chunk::captured(k as u64, *total, head, &[]), &mut out);
@@ -143,8 +106,6 @@ fuzz_target!(|input: Input| {
             pos = H2Pos::start(false);
             session = Session::new();
             session.feed(true, &Chunk::full(0, PREFACE), &mut out);
-        } else {
-            pos = cutter.pos;
         }
         at = end;
     }

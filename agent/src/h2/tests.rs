@@ -783,35 +783,6 @@ proptest! {
     }
 }
 
-/// The kernel's HTTP/2 framing (`periscope_common::h2frame`), run here on the pieces
-/// (iovecs) of each syscall: its chunks, as the agent gets them (copied head, then the
-/// rest a gap).
-struct Walked<'a> {
-    pieces: Vec<&'a [u8]>,
-    payload: Vec<u8>,
-    chunks: Vec<(Vec<u8>, u64)>,
-}
-
-impl periscope_common::h2frame::H2Capture for Walked<'_> {
-    fn piece(&mut self, index: u32) -> Option<(u64, u64)> {
-        let p = self.pieces.get(index as usize)?;
-        Some(((index as u64) << 32, p.len() as u64))
-    }
-    fn copy(&mut self, at: u64, src: u64, n: u64) -> bool {
-        let p = self.pieces[(src >> 32) as usize];
-        let off = (src & 0xffff_ffff) as usize;
-        self.payload[at as usize..(at + n) as usize].copy_from_slice(&p[off..off + n as usize]);
-        true
-    }
-    fn byte(&self, at: u64) -> u8 {
-        self.payload[at as usize]
-    }
-    fn emit(&mut self, head: u64, total: u64) {
-        self.chunks
-            .push((self.payload[..head as usize].to_vec(), total));
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -823,7 +794,7 @@ proptest! {
         cuts in proptest::collection::vec(1usize..6000, 0..200),
         iov_cuts in proptest::collection::vec(16usize..3000, 1..8),
     ) {
-        use periscope_common::h2frame::{H2Cut, H2Pos, H2_MAX_STEPS};
+        use periscope_common::h2frame::{H2Pos, H2_MAX_STEPS};
         let (calls, writes) = recorded();
         let mut pos = [H2Pos::start(true), H2Pos::start(false)];
         let mut session = Session::new();
@@ -848,15 +819,10 @@ proptest! {
                     r = &r[m..];
                 }
                 let d = usize::from(!from_client);
-                let mut cap = Walked { pieces, payload: vec![0; periscope_common::MAX_HEAD], chunks: Vec::new() };
-                let mut cut = H2Cut::new(pos[d], sys.len() as u64);
-                let mut steps = 0;
-                while steps < H2_MAX_STEPS && cut.step(&mut cap) {
-                    steps += 1;
-                }
+                let (chunks, cut, steps) =
+                    periscope_common::h2frame::user::syscall(&mut pos[d], &pieces);
                 prop_assert!(steps < H2_MAX_STEPS && cut.lost == 0);
-                pos[d] = cut.pos;
-                for (head, total) in &cap.chunks {
+                for (head, total) in &chunks {
                     copied += head.len() as u64;
                     total_bytes += total;
                     session.feed(*from_client, &Chunk::captured(1, *total, head, &[]), &mut out);
