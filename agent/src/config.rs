@@ -50,6 +50,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub resource_attribute: Vec<String>,
     pub max_routes: Option<usize>,
+    pub ring_buffer_mib: Option<u32>,
     pub leak_window: Option<f64>,
     pub leak_min_growth: Option<i64>,
     pub top_sites: Option<usize>,
@@ -114,6 +115,7 @@ mod tests {
             prometheus = "0.0.0.0:9464"
             route = ["/api/users/{id}"]
             max-routes = 100
+            ring-buffer-mib = 8
             kube-metadata = "on"
             kube-api-url = "https://10.96.0.1:443"
             kube-ca-file = "/etc/kube/ca.crt"
@@ -140,6 +142,7 @@ mod tests {
             Some(Path::new("/etc/otlp/client.pem"))
         );
         assert_eq!(c.max_routes, Some(100));
+        assert_eq!(c.ring_buffer_mib, Some(8));
         assert_eq!(c.no_follow_forks, Some(true));
         assert_eq!(c.kube_metadata.as_deref(), Some("on"));
         assert_eq!(

@@ -124,6 +124,13 @@ struct Cli {
     #[arg(long, value_name = "N")]
     max_routes: Option<usize>,
 
+    /// Size of the kernel-to-agent event ring, in MiB: a power of two from 1 to 1024.
+    /// It absorbs bursts while the agent is not scheduled; events that do not fit are
+    /// counted as lost. Counted twice in the agent's RSS (the ring is mapped twice)
+    /// [default: 4]
+    #[arg(long, value_name = "MIB")]
+    ring_buffer_mib: Option<u32>,
+
     /// Do not attach the Go runtime uprobes (goroutines, GC): HTTP tracing and process
     /// metrics only.
     #[arg(long)]
@@ -394,6 +401,7 @@ fn merge_file(mut cli: Cli) -> Result<Cli> {
     cli.status_interval = cli.status_interval.or(file.status_interval);
     cli.prometheus = cli.prometheus.or(file.prometheus);
     cli.max_routes = cli.max_routes.or(file.max_routes);
+    cli.ring_buffer_mib = cli.ring_buffer_mib.or(file.ring_buffer_mib);
     cli.min_process_age = cli.min_process_age.or(file.min_process_age);
     cli.leak_window = cli.leak_window.or(file.leak_window);
     cli.leak_min_growth = cli.leak_min_growth.or(file.leak_min_growth);
@@ -491,7 +499,8 @@ fn run(cli: Cli) -> Result<()> {
         rt.handle(),
     )?;
     let discovering = discovery.selector().discovers();
-    let (probes, ring) = Probes::load(1 << 20, discovering)?;
+    let ring_bytes = periscope::probes::ring_bytes(cli.ring_buffer_mib)?;
+    let (probes, ring) = Probes::load(ring_bytes, discovering)?;
     probes.warn_unavailable();
     let follow = !cli.no_follow_forks;
     let found: Vec<u32> = discovery.initial(Instant::now()).into_iter().collect();

@@ -505,7 +505,8 @@ fn kprobe(env: &Env<'_>) -> Outcome {
 /// direct answer to "will `periscope` start here". `Ok(n)` = n programs attached.
 pub fn agent_programs() -> Result<AgentPrograms, crate::probes::ProbeError> {
     // No node-wide discovery: loading, then one exchange of our own, is the test.
-    let (mut probes, mut ring) = crate::probes::Probes::load(1 << 20, false)?;
+    let (mut probes, mut ring) =
+        crate::probes::Probes::load(crate::probes::DEFAULT_RING_BYTES, false)?;
     let capture = loopback_capture(&mut probes, &mut ring);
     Ok(AgentPrograms {
         report: probes.report().to_vec(),

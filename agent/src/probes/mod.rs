@@ -327,6 +327,8 @@ pub enum ProbeError {
     NotLoaded(&'static str, String),
     #[error("eBPF map {0} missing from the object")]
     MissingMap(&'static str),
+    #[error("--ring-buffer-mib {0}: the event ring must be a power of two from 1 to 1024 MiB")]
+    RingSize(u32),
     #[error("eBPF map {name}: {source}")]
     Map {
         name: &'static str,
@@ -528,6 +530,29 @@ pub struct Probes {
     report: Vec<ProgramReport>,
 }
 
+/// Detaching is slow in the kernel, not here: closing a tracepoint's perf event waits
+/// for an RCU grace period under `event_mutex` (40-120 ms each on a 2 vCPU VM; 4.3 s
+/// from SIGINT to exit for the agent's tracepoints and a python target's OpenSSL
+/// uprobes, one after another). From one thread per program the parts outside that
+/// mutex overlap: 2.5 s for the same set. Dropping [`Ebpf`] afterwards finds nothing
+/// left to detach.
+impl Drop for Probes {
+    fn drop(&mut self) {
+        let started = std::time::Instant::now();
+        let progs: Vec<&mut aya::programs::Program> =
+            self.ebpf.programs_mut().map(|(_, p)| p).collect();
+        let threads = progs.len().min(64);
+        in_parallel(progs, threads, |p| {
+            let _ = match p {
+                aya::programs::Program::TracePoint(p) => p.unload(),
+                aya::programs::Program::UProbe(p) => p.unload(),
+                _ => Ok(()),
+            };
+        });
+        tracing::debug!("programs detached in {} ms", started.elapsed().as_millis());
+    }
+}
+
 /// Where tracefs is (the directory holding `events/`).
 pub fn tracefs_root() -> &'static Path {
     if Path::new("/sys/kernel/tracing/events").exists() {
@@ -582,19 +607,120 @@ pub fn has_bpf_privileges(status: &str) -> bool {
 
 /// Loads one program and says at debug level what the verifier spent on it (load time
 /// is mostly verification, and it grows with the programs' loops).
-fn timed_load(name: &str, prog: &mut TracePoint) -> Result<(), aya::programs::ProgramError> {
+fn timed_load<P: Loadable>(name: &str, prog: &mut P) -> Result<(), aya::programs::ProgramError> {
     let start = std::time::Instant::now();
-    prog.load()?;
-    let insns = prog
-        .info()
-        .ok()
-        .and_then(|i| i.verified_instruction_count());
+    prog.load_now()?;
     tracing::debug!(
         "program {name}: verified in {} ms ({} instructions processed)",
         start.elapsed().as_millis(),
-        insns.map_or("?".to_string(), |n| n.to_string())
+        prog.verified().map_or("?".to_string(), |n| n.to_string())
     );
     Ok(())
+}
+
+/// The two kinds of program the agent loads, for [`timed_load`] and [`preload`].
+trait Loadable {
+    fn load_now(&mut self) -> Result<(), aya::programs::ProgramError>;
+    fn verified(&self) -> Option<u32>;
+}
+
+impl Loadable for TracePoint {
+    fn load_now(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+    fn verified(&self) -> Option<u32> {
+        self.info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count())
+    }
+}
+
+impl Loadable for UProbe {
+    fn load_now(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+    fn verified(&self) -> Option<u32> {
+        self.info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count())
+    }
+}
+
+/// Exits whose program is another's, instruction for instruction (the same `exit_data`
+/// direction and cutting, see ebpf `net.rs`; the syscall comes from the entry's stash):
+/// the second is not loaded, the first is attached to its tracepoint as well. Verifying
+/// the plain-buffer exits is most of the agent's start (0.8-1.3 s each on a 2 vCPU VM),
+/// and each loaded copy costs the kernel its JIT image. The object keeps one program per
+/// tracepoint (one macro line per syscall makes both ends, and the report and `doctor`
+/// name each); `shared_exits_are_the_same_code` checks the claim on the object.
+pub const SHARED_EXITS: &[(&str, &str)] = &[
+    ("sys_exit_recvfrom", "sys_exit_read"),
+    ("sys_exit_sendto", "sys_exit_write"),
+    ("sys_exit_recvmsg", "sys_exit_readv"),
+    ("sys_exit_sendmsg", "sys_exit_writev"),
+    ("sys_exit_recvfrom_uncut", "sys_exit_read_uncut"),
+    ("sys_exit_sendto_uncut", "sys_exit_write_uncut"),
+    ("sys_exit_recvmsg_uncut", "sys_exit_readv_uncut"),
+    ("sys_exit_sendmsg_uncut", "sys_exit_writev_uncut"),
+];
+
+/// The program that runs for `name` (itself unless it shares another's code).
+fn loaded_as(name: &str) -> &str {
+    SHARED_EXITS
+        .iter()
+        .find(|s| s.0 == name)
+        .map_or(name, |s| s.1)
+}
+
+/// Runs `f` on every item from up to `threads` threads, taking the items in order.
+fn in_parallel<T: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) + Sync) {
+    let queue = std::sync::Mutex::new(items.into_iter());
+    let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                while let Some(item) = next() {
+                    f(item);
+                }
+            });
+        }
+    });
+}
+
+/// Loads `names` (tracepoints and uprobes) from several threads: the kernel verifies
+/// privileged loads concurrently, and verification is most of the agent's start. The
+/// costliest go first (the plain-buffer data exits, then the vectored ones). Returns
+/// each failure, already worded; attaching happens afterwards, in table order.
+fn preload(ebpf: &mut Ebpf, names: &[&str]) -> StdHashMap<String, String> {
+    let rank = |name: &str| {
+        ["sys_exit_write", "sys_exit_read", "sys_exit_sendfile64"]
+            .iter()
+            .position(|h| name == *h)
+            .unwrap_or(if name.starts_with("sys_exit_") { 3 } else { 4 })
+    };
+    let mut progs: Vec<(String, &mut aya::programs::Program)> = ebpf
+        .programs_mut()
+        .filter(|(n, _)| names.contains(n))
+        .map(|(n, p)| (n.to_string(), p))
+        .collect();
+    progs.sort_by_key(|(n, _)| rank(n));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    let failures = std::sync::Mutex::new(StdHashMap::new());
+    in_parallel(progs, threads, |(name, prog)| {
+        let result = match prog {
+            aya::programs::Program::TracePoint(p) => timed_load(&name, p),
+            aya::programs::Program::UProbe(p) => timed_load(&name, p),
+            _ => Err(aya::programs::ProgramError::UnexpectedProgramType),
+        };
+        if let Err(e) = result {
+            let why = program_failure(&name, &e);
+            failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name, why);
+        }
+    });
+    failures.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Data exits that use `bpf_loop` (the plain-buffer ones cut framed request streams,
@@ -612,26 +738,39 @@ pub const UNCUT_FALLBACKS: &[(&str, &str)] = &[
     ("sys_exit_sendmsg", "sys_exit_sendmsg_uncut"),
 ];
 
-/// Loads and attaches one tracepoint program; the reason when it cannot.
+/// Attaches one tracepoint program (loading it first unless [`preload`] did, or failed
+/// to: `failed` has its reason); the reason when it cannot.
 fn load_tracepoint(
     ebpf: &mut Ebpf,
+    failed: &StdHashMap<String, String>,
     name: &str,
     category: &str,
     tracepoint: &str,
 ) -> Option<String> {
+    let name = loaded_as(name);
+    if let Some(why) = failed.get(name) {
+        return Some(why.clone());
+    }
     match ebpf.program_mut(name) {
         None => Some("not in the eBPF object".to_string()),
         Some(p) => match <&mut TracePoint>::try_from(p) {
             Err(e) => Some(program_failure(name, &e)),
-            Ok(prog) => match timed_load(name, prog) {
-                Err(e) => Some(program_failure(name, &e)),
-                Ok(()) => prog.attach(category, tracepoint).err().map(|e| {
-                    format!(
-                        "attaching to {category}:{tracepoint}: {}",
-                        program_failure(name, &e)
-                    )
-                }),
-            },
+            Ok(prog) => {
+                let loaded = if prog.fd().is_ok() {
+                    Ok(())
+                } else {
+                    timed_load(name, prog)
+                };
+                match loaded {
+                    Err(e) => Some(program_failure(name, &e)),
+                    Ok(()) => prog.attach(category, tracepoint).err().map(|e| {
+                        format!(
+                            "attaching to {category}:{tracepoint}: {}",
+                            program_failure(name, &e)
+                        )
+                    }),
+                }
+            }
         },
     }
 }
@@ -646,13 +785,28 @@ fn kernel_framing() -> bool {
     aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 17, 0))
 }
 
+/// The event ring's default size. The kernel maps a ring's pages twice into the reader
+/// (so that a record never wraps), and all of them up front: the ring counts twice in the
+/// agent's RSS whether it is busy or not (16 MiB, the size before, was 33 of an idle
+/// agent's 49 MiB).
+pub const DEFAULT_RING_BYTES: u64 = 4 << 20;
+
+/// The ring size for `--ring-buffer-mib` (the default without it); a clear error for a
+/// size the kernel would refuse (a power of two pages) or that makes no sense here.
+pub fn ring_bytes(mib: Option<u32>) -> Result<u64, ProbeError> {
+    match mib {
+        None => Ok(DEFAULT_RING_BYTES),
+        Some(m) if m.is_power_of_two() && m <= 1024 => Ok(u64::from(m) << 20),
+        Some(m) => Err(ProbeError::RingSize(m)),
+    }
+}
+
 impl Probes {
     /// Loads the object and attaches every program in [`PROBES`]. The returned ring is
-    /// the event stream; the caller drains it.
-    pub fn load(
-        wakeup_bytes: u64,
-        discovery: bool,
-    ) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+    /// the event stream; the caller drains it. The kernel wakes the reader once a quarter
+    /// of the ring is pending (the reader also polls every few milliseconds).
+    pub fn load(ring_bytes: u64, discovery: bool) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        let wakeup_bytes = ring_bytes / 4;
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
@@ -681,6 +835,7 @@ impl Probes {
             .override_global("FRAMING", &(framing as u32), true)
             .override_global("KOFFS", &koffs, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .map_max_entries("EVENTS", ring_bytes as u32)
             .override_global("DISCOVERY", &(discovery as u32), true)
             .override_global("TP_FIELDS", &layout.fields, true)
             .load(EBPF_OBJECT)
@@ -735,13 +890,33 @@ impl Probes {
                     .iter()
                     .map(|&n| (n, "TLS plaintext (OpenSSL)")),
             );
+        let uprobes: Vec<(&'static str, &'static str)> = uprobes.collect();
+        // Everything the tables load on their first choice, verified in parallel.
+        let mut first_choice: Vec<&str> = uprobes.iter().map(|u| u.0).collect();
+        for &(name, category, tracepoint, _) in PROBES {
+            if layout.problem(category, tracepoint).is_some() {
+                continue;
+            }
+            let fallback = UNCUT_FALLBACKS.iter().find(|f| f.0 == name).map(|f| f.1);
+            let name = loaded_as(match fallback {
+                Some(uncut) if !framing => uncut,
+                _ => name,
+            });
+            if !first_choice.contains(&name) {
+                first_choice.push(name);
+            }
+        }
+        let started = std::time::Instant::now();
+        let failed = preload(&mut ebpf, &first_choice);
+        tracing::debug!(
+            "{} programs verified in {} ms",
+            first_choice.len(),
+            started.elapsed().as_millis()
+        );
         for (name, what) in uprobes {
             let failure = match ebpf.program_mut(name) {
                 None => Some("not in the eBPF object".to_string()),
-                Some(p) => match <&mut UProbe>::try_from(p) {
-                    Err(e) => Some(program_failure(name, &e)),
-                    Ok(prog) => prog.load().err().map(|e| program_failure(name, &e)),
-                },
+                Some(_) => failed.get(name).cloned(),
             };
             report.push(ProgramReport {
                 name,
@@ -755,13 +930,13 @@ impl Probes {
             let fallback = UNCUT_FALLBACKS.iter().find(|f| f.0 == name).map(|f| f.1);
             let failure = match (layout.problem(category, tracepoint), fallback) {
                 (Some(p), _) => Some(format!("tracepoint {category}:{tracepoint}: {p}")),
-                (None, Some(uncut)) if !framing => load_tracepoint(&mut ebpf, uncut, category, tracepoint),
-                (None, Some(uncut)) => load_tracepoint(&mut ebpf, name, category, tracepoint).and_then(|why| {
+                (None, Some(uncut)) if !framing => load_tracepoint(&mut ebpf, &failed, uncut, category, tracepoint),
+                (None, Some(uncut)) => load_tracepoint(&mut ebpf, &failed, name, category, tracepoint).and_then(|why| {
                     // Capture as before (each syscall from its start) rather than not at all.
                     tracing::warn!("{name}: kernel request framing unavailable ({why}); capturing each syscall from its start");
-                    load_tracepoint(&mut ebpf, uncut, category, tracepoint)
+                    load_tracepoint(&mut ebpf, &failed, uncut, category, tracepoint)
                 }),
-                (None, None) => load_tracepoint(&mut ebpf, name, category, tracepoint),
+                (None, None) => load_tracepoint(&mut ebpf, &failed, name, category, tracepoint),
             };
             if let Some(reason) = &failure {
                 if essential {
@@ -1139,6 +1314,76 @@ pub fn existing_tcp_sockets(pid: u32) -> io::Result<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One program's code in the object: its bytes, and where each relocation sits with
+    /// the symbol it names (maps, callees), as the loader will resolve them.
+    fn program_code(obj: &object::File, name: &str) -> (Vec<u8>, Vec<(u64, String)>) {
+        use object::{Object, ObjectSection, ObjectSymbol};
+        let sym = obj
+            .symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("{name} not in the object"));
+        let section = obj
+            .section_by_index(sym.section_index().expect("a program's section"))
+            .unwrap();
+        let data = section.data().unwrap();
+        let (start, end) = (sym.address(), sym.address() + sym.size());
+        let bytes = data[start as usize..end as usize].to_vec();
+        let relocs = section
+            .relocations()
+            .filter(|(at, _)| (start..end).contains(at))
+            .map(|(at, r)| {
+                let target = match r.target() {
+                    object::RelocationTarget::Symbol(i) => obj
+                        .symbol_by_index(i)
+                        .map(|s| s.name().unwrap_or("?").to_string())
+                        .unwrap_or_default(),
+                    other => format!("{other:?}"),
+                };
+                (at - start, target)
+            })
+            .collect();
+        (bytes, relocs)
+    }
+
+    #[test]
+    fn ring_sizes_the_kernel_takes() {
+        assert_eq!(ring_bytes(None).unwrap(), DEFAULT_RING_BYTES);
+        assert_eq!(ring_bytes(Some(1)).unwrap(), 1 << 20);
+        assert_eq!(ring_bytes(Some(64)).unwrap(), 64 << 20);
+        for bad in [0, 3, 48, 2048] {
+            let e = ring_bytes(Some(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("power of two") && e.contains(&bad.to_string()),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn shared_exits_are_the_same_code() {
+        if EBPF_OBJECT.is_empty() {
+            eprintln!("no eBPF object embedded (cargo xtask build): nothing to compare");
+            return;
+        }
+        let obj = object::File::parse(EBPF_OBJECT).unwrap();
+        for &(name, runs_as) in SHARED_EXITS {
+            let (a, b) = (program_code(&obj, name), program_code(&obj, runs_as));
+            assert!(!a.0.is_empty(), "{name} has no code");
+            assert_eq!(a, b, "{name} is not {runs_as}'s code");
+            // Its tracepoint is one the table attaches, and its stand-in is loaded.
+            assert!(
+                PROBES.iter().any(|p| p.2 == name) || UNCUT_FALLBACKS.iter().any(|f| f.1 == name)
+            );
+            assert_eq!(loaded_as(name), runs_as);
+            assert_eq!(loaded_as(runs_as), runs_as);
+        }
+        // A different exit is told apart (the comparison sees what differs).
+        assert_ne!(
+            program_code(&obj, "sys_exit_read"),
+            program_code(&obj, "sys_exit_write")
+        );
+    }
 
     #[test]
     fn privileges_from_capeff() {
