@@ -200,6 +200,7 @@ fn client_golang_go_series_match_from_outside() {
             )
             .env("GOTOOLCHAIN", "local")
             .env("GOFLAGS", "")
+            .env("GOCACHE", harness::go_cache())
             .env("CGO_ENABLED", if flavor == "cgo" { "1" } else { "0" })
             .output()
             .expect("run go build");

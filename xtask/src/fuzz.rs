@@ -65,7 +65,7 @@ fn go_seed(root: &Path) -> Result<PathBuf> {
             .env("GOPROXY", "off")
             .env("GOFLAGS", "-mod=mod")
             .env("CGO_ENABLED", "0")
-            .env("GOCACHE", root.join("target/fuzz/gocache")),
+            .env("GOCACHE", tools::go_cache()),
     )
     .context("building the Go seed binary for the gobin fuzz target")?;
     Ok(out)

@@ -235,7 +235,7 @@ fn build_initramfs(work: &Path, agent: &Path, go: &[(String, PathBuf)]) -> Resul
             .env("GOFLAGS", "-mod=mod")
             .env("GOWORK", "off")
             .env("CGO_ENABLED", "0")
-            .env("GOCACHE", cache.join("cache"))
+            .env("GOCACHE", tools::go_cache())
             .env("GOPATH", cache.join("gopath"))
             .env("GOENV", "off");
         tools::run(&mut cmd).with_context(|| format!("building {name}"))?;

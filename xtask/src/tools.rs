@@ -22,6 +22,12 @@ pub fn tools_dir() -> PathBuf {
     repo_root().join(".tools")
 }
 
+/// `target/gocache`: the one Go build cache of the unit and end-to-end tests, the kernel
+/// matrix and the fuzz seeds (tests/src/harness.rs `go_cache` says why it is shared).
+pub fn go_cache() -> PathBuf {
+    repo_root().join("target").join("gocache")
+}
+
 /// Runs a command, failing with its command line when it does not succeed.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd

