@@ -66,6 +66,37 @@ impl H2Pos {
             ..Self::default()
         }
     }
+
+    /// Moves over `n` bytes that cannot be read (sendfile's: nginx writes a DATA frame's
+    /// header, then sends its payload from the file). Possible only when they are all
+    /// inside the current DATA payload: its counted rest, or its copied prefix and rest
+    /// (the prefix is then a gap inside DATA, as any counted byte). False when they may
+    /// hold anything else (the preface, a frame header, a payload that is copied whole):
+    /// the position is then unknown.
+    #[inline(always)]
+    pub fn skip(&mut self, n: u64) -> bool {
+        if self.preface != 0 || self.hdr_len != 0 {
+            return false;
+        }
+        let inside = if self.copy == 0 {
+            self.left as u64
+        } else if self.then > 0 {
+            self.left as u64 + self.then as u64
+        } else {
+            return false;
+        };
+        if n > inside {
+            return false;
+        }
+        if self.copy != 0 && n < self.left as u64 {
+            self.left -= n as u32;
+        } else {
+            self.left = (inside - n) as u32;
+            self.copy = 0;
+            self.then = 0;
+        }
+        true
+    }
 }
 
 /// What [`H2Cut`] needs from the capture path (the kernel's scratch buffer and ring; a
@@ -380,6 +411,55 @@ mod tests {
             // At a frame boundary at the end.
             assert_eq!((pos.preface, pos.left, pos.then, pos.hdr_len), (0, 0, 0, 0));
         }
+    }
+
+    /// nginx's h2c sendfile: a writev of HEADERS and a DATA frame header, the payload by
+    /// sendfile, then the next frames; the walk goes on after the unread payload, and
+    /// bytes that may hold a frame header cannot be skipped.
+    #[test]
+    fn sendfile_payloads_are_skipped_inside_data_only() {
+        let payload = [9u8; 6_000];
+        let headers = frame(1, 4, 1, &[0x88; 20]);
+        let mut data = frame(0, 1, 1, &payload);
+        data.truncate(9);
+        let after = frame(1, 4, 3, &[0x89; 10]);
+        for sent_first in [0usize, 3, 5, 100] {
+            let mut pos = H2Pos::start(false);
+            let mut w = headers.clone();
+            w.extend(&data);
+            w.extend(&payload[..sent_first]);
+            let (_, lost) = walk(&mut pos, &[&w]);
+            assert!(!lost);
+            // The rest of the payload by sendfile: in two parts, then one byte too many.
+            let rest = (payload.len() - sent_first) as u64;
+            let mut over = pos;
+            assert!(pos.skip(rest / 2), "sent_first {sent_first}");
+            assert!(pos.skip(rest - rest / 2));
+            assert_eq!((pos.left, pos.copy, pos.then, pos.hdr_len), (0, 0, 0, 0));
+            assert!(!over.skip(rest + 1), "past the payload: a frame header");
+            let (chunks, lost) = walk(&mut pos, &[&after]);
+            assert!(!lost);
+            assert_eq!(
+                seen(&chunks),
+                after.iter().map(|&b| Some(b)).collect::<Vec<_>>()
+            );
+        }
+        // Not inside a DATA payload: the preface, a header block, a frame header.
+        assert!(!H2Pos::start(true).skip(1));
+        let mut pos = H2Pos::start(false);
+        let (_, lost) = walk(&mut pos, &[&headers[..12]]);
+        assert!(!lost);
+        assert!(!pos.skip(1), "in a HEADERS payload");
+        let mut pos = H2Pos::start(false);
+        let (_, lost) = walk(&mut pos, &[&headers[..4]]);
+        assert!(!lost);
+        assert!(!pos.skip(1), "in a frame header");
+        // A small DATA payload is copied whole: not skippable either.
+        let mut pos = H2Pos::start(false);
+        let small = frame(0, 1, 1, b"tiny");
+        let (_, lost) = walk(&mut pos, &[&small[..9]]);
+        assert!(!lost);
+        assert!(!pos.skip(4));
     }
 
     #[test]

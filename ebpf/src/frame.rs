@@ -142,6 +142,35 @@ fn stream_of(
     }
 }
 
+/// Whether a TLS socket of `generation`, seen from its start, has moved no plaintext
+/// yet in its request stream (its first TLS call is under way, in either direction).
+#[inline(always)]
+pub(crate) fn plaintext_unclaimed(pid_tgid: u64, fd: u32, generation: u32) -> bool {
+    if !enabled() {
+        return false;
+    }
+    let key = sock_key((pid_tgid >> 32) as u32, fd);
+    for direction in [DIR_INGRESS, DIR_EGRESS] {
+        // SAFETY: a map value, read only.
+        if let Some(st) = unsafe { STREAMS.get(&stream_key(key, direction)) } {
+            return st.generation == generation && st.state != LOST && st.pos == 0;
+        }
+    }
+    false
+}
+
+/// A TLS socket's plaintext is HTTP/2: its request stream is not framed as HTTP/1.
+#[inline(always)]
+pub(crate) fn lose_plaintext(pid_tgid: u64, fd: u32) {
+    let key = sock_key((pid_tgid >> 32) as u32, fd);
+    for direction in [DIR_INGRESS, DIR_EGRESS] {
+        if let Some(st) = STREAMS.get_ptr_mut(&stream_key(key, direction)) {
+            // SAFETY: a map value.
+            unsafe { (*st).state = LOST };
+        }
+    }
+}
+
 /// A syscall whose bytes are not cut: vectored ones (the iovec walk per window is more
 /// than the verifier affords inside the `bpf_loop` callback), sendfile (its bytes are
 /// never copied) and receives that discard what they consume (`MSG_TRUNC`). If it moved

@@ -20,7 +20,9 @@ use crate::{common::*, net::Stash};
 struct Dir {
     /// The socket's generation: a reused fd is another socket.
     generation: u32,
-    _pad: u32,
+    /// Non-zero: a TLS socket's direction whose first plaintext is still to come, and
+    /// must start HTTP/2's way to be followed (see [`tls_plaintext`]).
+    waiting: u32,
     pos: H2Pos,
 }
 
@@ -70,7 +72,7 @@ pub(crate) fn start(pid_tgid: u64, s: &Stash, head: usize, direction: u32) {
     for (d, preface) in [(direction, client), (direction ^ 1, !client)] {
         let dir = Dir {
             generation,
-            _pad: 0,
+            waiting: 0,
             pos: H2Pos::start(preface),
         };
         let _ = H2_DIRS.insert(&dir_key(pid_tgid, s.fd, d), &dir, 0);
@@ -105,7 +107,7 @@ pub(crate) fn classified(pid_tgid: u64, s: &Stash, head: usize, total: u64, dire
     let client = head >= 3 && byte(0) == b'P' && byte(1) == b'R' && byte(2) == b'I';
     let other = Dir {
         generation,
-        _pad: 0,
+        waiting: 0,
         pos: H2Pos::start(!client),
     };
     let _ = H2_DIRS.insert(&dir_key(pid_tgid, s.fd, direction ^ 1), &other, 0);
@@ -153,10 +155,89 @@ pub(crate) fn classified(pid_tgid: u64, s: &Stash, head: usize, total: u64, dire
     }
     let this = Dir {
         generation,
-        _pad: 0,
+        waiting: 0,
         pos,
     };
     let _ = H2_DIRS.insert(&dir_key(pid_tgid, s.fd, direction), &this, 0);
+}
+
+/// Whether a TLS call's first plaintext bytes start HTTP/2, by the classifier's rules:
+/// 1 for the client's preface, 2 for a server's SETTINGS frame (its connection preface,
+/// which it may write before it reads the client's), 0 for anything else.
+#[inline(never)]
+fn plaintext_starts_h2(s: &Stash, total: u64) -> u32 {
+    let Some(buf) = crate::net::scratch() else {
+        return 0;
+    };
+    let n = if total < CLASSIFY_LEN as u64 { total } else { CLASSIFY_LEN as u64 };
+    if crate::net::copy_plain::<{ crate::net::HEAD_MASK }>(buf, 0, 0, n, s).is_err() {
+        return 0;
+    }
+    // SAFETY: per-CPU map value.
+    let payload = unsafe { &(*buf).payload };
+    if crate::classify::decide(payload, n as usize, ROLE_SERVER) != CLASS_HTTP2 {
+        return 0;
+    }
+    if payload[0] == b'P' { 1 } else { 2 }
+}
+
+/// A TLS call's plaintext (OpenSSL, Go crypto/tls) of `total` bytes on a socket of
+/// `generation` seen from its start: HTTP/2 frames are followed in it as in a cleartext
+/// socket's syscalls, so that a write of many frames (nginx and Go coalesce a dozen
+/// streams' HEADERS and DATA into one) is cut at its DATA payloads instead of losing the
+/// frame headers past the captured head. A socket's first plaintext decides: if it is
+/// HTTP/2's (the client's preface, or a server's SETTINGS written before the preface is
+/// read), that direction is followed from its first byte, and the other direction from
+/// its own first plaintext, if that starts HTTP/2's way too. Returns whether the call
+/// was reported.
+#[inline(never)]
+pub(crate) fn tls_plaintext(pid_tgid: u64, s: &Stash, total: u64, direction: u32, generation: u32) -> bool {
+    if !crate::frame::enabled() {
+        return false;
+    }
+    let key = dir_key(pid_tgid, s.fd, direction);
+    // As the data events of TLS calls carry it, with the socket's generation.
+    let class = (generation << 16) | CLASS_HTTP1 as u32;
+    if let Some(d) = H2_DIRS.get_ptr_mut(&key) {
+        // SAFETY: a map value (see `emit_framed`).
+        let d = unsafe { &mut *d };
+        if d.generation != generation {
+            return false;
+        }
+        if d.waiting != 0 {
+            let kind = plaintext_starts_h2(s, total);
+            if kind == 0 {
+                let _ = H2_DIRS.remove(&key);
+                return false;
+            }
+            d.pos = H2Pos::start(kind == 1);
+            d.waiting = 0;
+        }
+        return emit_framed(pid_tgid, s, class, total, direction);
+    }
+    if !crate::frame::plaintext_unclaimed(pid_tgid, s.fd, generation) {
+        return false;
+    }
+    let kind = plaintext_starts_h2(s, total);
+    if kind == 0 {
+        return false;
+    }
+    // Its requests are HTTP/2 streams: the request framing stops here for good, so a
+    // direction lost later is never picked up again mid-stream.
+    crate::frame::lose_plaintext(pid_tgid, s.fd);
+    let this = Dir {
+        generation,
+        waiting: 0,
+        pos: H2Pos::start(kind == 1),
+    };
+    let other = Dir {
+        generation,
+        waiting: 1,
+        pos: H2Pos::start(kind != 1),
+    };
+    let _ = H2_DIRS.insert(&key, &this, 0);
+    let _ = H2_DIRS.insert(&dir_key(pid_tgid, s.fd, direction ^ 1), &other, 0);
+    emit_framed(pid_tgid, s, class, total, direction)
 }
 
 /// Forgets a closed socket.
@@ -164,6 +245,29 @@ pub(crate) fn classified(pid_tgid: u64, s: &Stash, head: usize, total: u64, dire
 pub(crate) fn forget(key: u64) {
     let _ = H2_DIRS.remove(&key);
     let _ = H2_DIRS.remove(&(key | (1 << 31)));
+}
+
+/// A sendfile on an HTTP/2 socket (`total` bytes, never read): the followed direction
+/// moves over them if they lie inside a DATA payload, else it is lost (its later
+/// syscalls are captured from their start). The caller reports the byte count.
+#[inline(never)]
+pub(crate) fn skip(pid_tgid: u64, s: &Stash, total: u64, direction: u32) {
+    if !crate::frame::enabled() {
+        return;
+    }
+    let key = dir_key(pid_tgid, s.fd, direction);
+    let Some(d) = H2_DIRS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: a map value (see `emit_framed`).
+    let d = unsafe { &mut *d };
+    if d.generation != s.class >> 16 || d.waiting != 0 {
+        return;
+    }
+    if !d.pos.skip(total) {
+        count(STAT_H2_LOST);
+        let _ = H2_DIRS.remove(&key);
+    }
 }
 
 /// Reports a data syscall of an HTTP/2 socket (`class`: its class and generation as the

@@ -465,6 +465,11 @@ fn exit_data(ctx: &TracePointContext, direction: u32, cuttable: bool, iov_loop: 
         output(&data_event(pid_tgid, &s, rv as u64, direction, 0, 0, s.class));
         return 0;
     }
+    // HTTP/2: sendfile's bytes are a DATA payload's (or the direction is lost), counted
+    // below as any sendfile's.
+    if s.syscall == SYS_SENDFILE && s.class as u8 == CLASS_HTTP2 {
+        crate::h2::skip(pid_tgid, &s, rv as u64, direction);
+    }
     // HTTP/2: cut at DATA payloads (programs that may run a `bpf_loop` only).
     if (cuttable || iov_loop)
         && s.class as u8 == CLASS_HTTP2

@@ -198,6 +198,9 @@ pub fn emit_plaintext(pid_tgid: u64, fd: u32, buf: u64, n: u64, direction: u32, 
     if fd != NO_FD {
         let key = sock_key((pid_tgid >> 32) as u32, fd);
         if let Some(info) = unsafe { crate::net::SOCKS.get(&key) } {
+            if crate::h2::tls_plaintext(pid_tgid, &s, n, direction, info.generation as u32) {
+                return;
+            }
             if crate::frame::emit_framed(pid_tgid, &s, n, direction, info.generation as u32) {
                 return;
             }
