@@ -1,12 +1,13 @@
 //! `cargo xtask bench`: overhead of tracing, measured side by side in one run.
 //!
 //! For each server (the sample Go service, goroutine churn, Go crypto/tls, a grpc-go
-//! unary server, nginx plain, over TLS and in HTTP/2 cleartext) a load generator (wrk;
-//! h2load for HTTP/2; the gRPC test program's load mode) drives it at saturation with
-//! and without the agent attached, alternating, and we report throughput and p99 as ratios,
-//! the agent's CPU time per request, its peak RSS and the events it lost. The agent
-//! exports over OTLP/HTTP to a local sink that acknowledges without decoding, so the
-//! whole pipeline (parse, build, batch, encode, send) is in the measurement.
+//! unary server in h2c and over TLS, nginx plain, over TLS and in HTTP/2 cleartext) a
+//! load generator (wrk; h2load for HTTP/2; the gRPC test program's load mode) drives it
+//! at saturation with and without the agent attached, alternating, and we report
+//! throughput and p99 as ratios, the agent's CPU time per request, its peak RSS and the
+//! events it lost. The agent exports over OTLP/HTTP to a local sink that acknowledges
+//! without decoding, so the whole pipeline (parse, build, batch, encode, send) is in the
+//! measurement.
 //!
 //! Kernel side: BPF run-time statistics are switched on for the run (`BPF_ENABLE_STATS`,
 //! held as an fd, so they switch off again when the bench ends, whatever happens), and
@@ -45,10 +46,11 @@ enum Load<'a> {
     /// h2load (HTTP/2, h2c or by ALPN): 2 threads, 64 connections, 10 streams each.
     H2load { url: &'a str },
     /// The gRPC test program's load mode (grpc-go unary calls): 64 goroutines over 2
-    /// connections.
+    /// connections, over TLS when `tls`.
     Grpc {
         bin: &'a std::path::Path,
         addr: &'a str,
+        tls: bool,
     },
 }
 
@@ -57,7 +59,7 @@ impl Load<'_> {
         match self {
             Load::Wrk { url, script } => wrk(url, *script),
             Load::H2load { url } => h2load(url),
-            Load::Grpc { bin, addr } => grpc_load(bin, addr),
+            Load::Grpc { bin, addr, tls } => grpc_load(bin, addr, *tls),
         }
     }
 }
@@ -96,9 +98,10 @@ fn h2load(url: &str) -> Result<WrkResult> {
 }
 
 /// The gRPC program's "requests N rps R p99_ms P" line.
-fn grpc_load(bin: &std::path::Path, addr: &str) -> Result<WrkResult> {
+fn grpc_load(bin: &std::path::Path, addr: &str, tls: bool) -> Result<WrkResult> {
     let out = Command::new(bin)
         .args(["load", addr, &WRK_SECS.to_string(), "64"])
+        .env("GOGRPC_TLS", if tls { "1" } else { "0" })
         .output()
         .context("running the gRPC load")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -334,6 +337,23 @@ fn traced_run(
     })
 }
 
+/// nginx plain also with the event ring at its former size (16 MiB, 4 now): what the
+/// smaller ring saves in RSS, and whether it loses events at saturation.
+const RING_MODES: [Mode<'static>; 3] = [
+    Mode {
+        name: "untraced",
+        agent_args: None,
+    },
+    Mode {
+        name: "traced",
+        agent_args: Some(&[]),
+    },
+    Mode {
+        name: "traced, 16 MiB ring",
+        agent_args: Some(&["--ring-buffer-mib", "16"]),
+    },
+];
+
 /// One way of running the server: untraced, or traced with these extra agent flags.
 struct Mode<'a> {
     name: &'a str,
@@ -535,21 +555,32 @@ pub fn bench() -> Result<()> {
     // gRPC: a grpc-go 1.33 unary server (Debian's sources), Health/Check at saturation.
     let gogrpc = dir.join("gogrpc");
     demo::build_go_program(&go[0].1, "gogrpc", &gogrpc, "")?;
-    let (mut grpc_child, addr) = demo::start_announced(&gogrpc, &["server", "/dev/null"])?;
-    let r = bench_server(
-        &format!("grpc-go 1.33 (Go {}) unary Health/Check", go[0].0),
-        &agent,
-        grpc_child.id(),
-        &Load::Grpc {
-            bin: &gogrpc,
-            addr: &addr,
-        },
-        &UNTRACED_TRACED,
-        sink,
-    );
-    let _ = grpc_child.kill();
-    let _ = grpc_child.wait();
-    r?;
+    for tls in [false, true] {
+        let (mut grpc_child, addr) = demo::start_announced_with(
+            &gogrpc,
+            &["server", "/dev/null"],
+            &[("GOGRPC_TLS", if tls { "1" } else { "0" })],
+        )?;
+        let r = bench_server(
+            &format!(
+                "grpc-go 1.33 (Go {}) unary Health/Check{}",
+                go[0].0,
+                if tls { " over TLS" } else { "" }
+            ),
+            &agent,
+            grpc_child.id(),
+            &Load::Grpc {
+                bin: &gogrpc,
+                addr: &addr,
+                tls,
+            },
+            &UNTRACED_TRACED,
+            sink,
+        );
+        let _ = grpc_child.kill();
+        let _ = grpc_child.wait();
+        r?;
+    }
 
     let nginx_dir = dir.join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
@@ -600,7 +631,7 @@ pub fn bench() -> Result<()> {
             url: &url,
             script: None,
         },
-        &UNTRACED_TRACED,
+        &RING_MODES,
         sink,
     )
     .and_then(|()| {

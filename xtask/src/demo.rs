@@ -77,8 +77,18 @@ pub fn start_announced(
     bin: &std::path::Path,
     args: &[&str],
 ) -> Result<(std::process::Child, String)> {
+    start_announced_with(bin, args, &[])
+}
+
+/// [`start_announced`] with extra environment variables.
+pub fn start_announced_with(
+    bin: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(std::process::Child, String)> {
     let mut child = Command::new(bin)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
