@@ -85,6 +85,10 @@ pub enum EventKind {
     /// read syscall itself: g at fsbase-8). The first reader of an accepted socket in a
     /// net/http server is the goroutine serving it, whatever type wraps the net.Conn.
     GoSocketRead = 20,
+    /// A Go goroutine started a gRPC call ([`GoRpcCallEvent`]: entry of grpc-go's
+    /// `(*ClientConn).Invoke` or `(*ClientConn).NewStream`). The call's stream is written
+    /// by grpc-go's own writer goroutine, so this is the only record of who made it.
+    GoGrpcCall = 21,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -111,6 +115,7 @@ impl TryFrom<u32> for EventKind {
             18 => Self::ConnAdopt,
             19 => Self::ConnDup,
             20 => Self::GoSocketRead,
+            21 => Self::GoGrpcCall,
             other => return Err(other),
         })
     }
@@ -343,6 +348,35 @@ pub struct GoConnEvent {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<GoConnEvent>() == 48);
+
+/// Bytes of a gRPC method name (`/package.Service/Method`) a [`GoRpcCallEvent`] carries.
+pub const GO_RPC_METHOD_CAP: usize = 128;
+
+/// [`EventKind::GoGrpcCall`]: the goroutine that started a gRPC call, and the call's
+/// method as grpc-go got it (the HTTP/2 `:path` of the stream it opens).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoRpcCallEvent {
+    pub header: EventHeader,
+    /// The calling goroutine (R14's g.goid).
+    pub goid: u64,
+    /// g.parentGoid of the calling goroutine (0 when unknown: Go < 1.21).
+    pub parent_goid: u64,
+    /// The method string's full length; `method` holds its first
+    /// `min(method_len, GO_RPC_METHOD_CAP - 1)` bytes.
+    pub method_len: u32,
+    pub _pad: u32,
+    pub method: [u8; GO_RPC_METHOD_CAP],
+}
+const _: () = assert!(size_of::<GoRpcCallEvent>() == 48 + GO_RPC_METHOD_CAP);
+
+impl GoRpcCallEvent {
+    /// The method, when it was copied whole.
+    pub fn method(&self) -> Option<&[u8]> {
+        let n = self.method_len as usize;
+        (n > 0 && n < GO_RPC_METHOD_CAP).then(|| &self.method[..n])
+    }
+}
 
 /// Per-process facts the Go probes need, keyed by tgid: offsets into `runtime.g`
 /// for the binary's Go version (0 = field unknown, not read).

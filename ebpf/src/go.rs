@@ -264,3 +264,58 @@ pub fn go_http_roundtrip(ctx: ProbeContext) -> u32 {
     let _ = try_go_conn(&ctx, EventKind::GoHttpRoundTrip, false);
     0
 }
+
+/// One [`GoRpcCallEvent`]: the current goroutine (R14) and the method string whose
+/// pointer and length are in `ptr` and `len`.
+#[inline(always)]
+fn try_grpc_call(ptr: u64, len: u64, g: u64) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let info = unsafe { GO_PROCS.get(&((pid_tgid >> 32) as u32)).copied() }.ok_or(0i64)?;
+    if g == 0 || ptr == 0 || len == 0 {
+        return Err(0);
+    }
+    let mut ev = GoRpcCallEvent {
+        header: header(EventKind::GoGrpcCall, pid_tgid),
+        goid: read_ptr(g + info.goid_off as u64)?,
+        parent_goid: field(g, info.parent_goid_off),
+        method_len: len.min(u32::MAX as u64) as u32,
+        _pad: 0,
+        method: [0; GO_RPC_METHOD_CAP],
+    };
+    // At most CAP - 1 bytes; the mask bounds the size for the verifier.
+    let n = if len > (GO_RPC_METHOD_CAP - 1) as u64 {
+        (GO_RPC_METHOD_CAP - 1) as u64
+    } else {
+        len
+    };
+    let n = (n as u32) & (GO_RPC_METHOD_CAP as u32 - 1);
+    if n == 0 {
+        return Err(0);
+    }
+    // SAFETY: n < the method array's size.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            ev.method.as_mut_ptr().cast(),
+            n,
+            ptr as *const core::ffi::c_void,
+        )
+    };
+    if rc < 0 {
+        return Err(rc);
+    }
+    output(&ev);
+    Ok(())
+}
+
+/// Entry of grpc-go's `newClientStream(ctx, desc *StreamDesc, cc *ClientConn, method
+/// string, opts ...CallOption)`, which every call goes through, unary (`Invoke`) or
+/// streaming (`NewStream`): RAX/RBX are ctx, RCX desc, RDI cc, RSI/R8 the method. Not
+/// `Invoke` itself: small enough for Go to inline into a direct caller. The goroutine is
+/// the caller's; grpc-go's writer goroutine writes the stream's HEADERS. May fire twice
+/// for one call (see `go_http_serve`); the consumer keeps one call per goroutine.
+#[uprobe]
+pub fn go_grpc_call(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    let _ = try_grpc_call(r.rsi, r.r8, r.r14);
+    0
+}

@@ -6,7 +6,9 @@
 //! - grpc-go (Debian's golang-google-grpc-dev, built with two Go releases, plain and
 //!   stripped) server and client, both traced: unary and cancelled server-streaming
 //!   health calls, per side and status code as each program logged them, every server
-//!   span the child of its client span, the RPC metrics counting the same calls;
+//!   span the child of its client span, the RPC metrics counting the same calls; and
+//!   a Go HTTP/1.1 server whose handlers call grpc-go downstream: each call the child
+//!   of the request that made it, or (two calls of one method at once) of none;
 //! - a Python grpcio server (the standard health service) called by a traced grpcio
 //!   client: Health/Check answered OK and NOT_FOUND, as SERVER and CLIENT spans with the
 //!   rpc.* attributes and the status each side must have, counts as the server logged.
@@ -740,6 +742,193 @@ fn grpc_go125_server_go123_stripped_client_over_tls() {
         ("1.25", harness::GoFlavor::Plain),
         ("1.23", harness::GoFlavor::Stripped),
         true,
+    );
+}
+
+/// A Go HTTP/1.1 server whose handlers call gRPC downstream (gogrpc `front`, stripped
+/// Go 1.23) in front of a grpc-go server (Go 1.27), both traced: grpc-go writes a call's
+/// stream from its own writer goroutine, so only the call's probe (grpc-go's
+/// `newClientStream`) tells which goroutine made it. A seeded mix of /check (the
+/// handler's goroutine calls Health/Check), /spawned (a goroutine it starts does) and
+/// /watch (Health/Watch, cancelled after its first message), first one at a time, then
+/// four at a time. Every front request is one SERVER span; every gRPC CLIENT span with a
+/// parent has the front request that made it as parent (same trace, the method its
+/// path calls, one call per request); every such span one at a time has one; the rest
+/// are exactly the streams counted ambiguous (another call of the same method was
+/// waiting); every gRPC SERVER span is the child of its CLIENT span. Seeded
+/// (`PERISCOPE_GRPC_SEED`).
+#[test]
+fn grpc_go_handlers_parent_the_calls_they_make() {
+    harness::require_root();
+    let _serial = harness::serial();
+    harness::agent_bin();
+    let seed = harness::seed_from_env("PERISCOPE_GRPC_SEED");
+    let server_bin = harness::build_go_program(
+        "gogrpc",
+        &harness::go_toolchain("1.27"),
+        harness::GoFlavor::Plain,
+    );
+    let front_bin = harness::build_go_program(
+        "gogrpc",
+        &harness::go_toolchain("1.23"),
+        harness::GoFlavor::Stripped,
+    );
+    let dir = harness::TempDir::new("gogrpc-front");
+    let server_log = dir.path().join("server.log");
+    let front_log = dir.path().join("front.log");
+    let mut cmd = Command::new(&server_bin);
+    cmd.arg("server").arg(&server_log);
+    let srv = harness::start_announced("gogrpc-server", cmd);
+    let mut cmd = Command::new(&front_bin);
+    cmd.arg("front").arg(srv.addr.to_string()).arg(&front_log);
+    let front = harness::start_announced("gogrpc-front", cmd);
+    let receiver = Receiver::start();
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
+    let agent = Agent::start_on_pids(
+        &[srv.pid(), front.pid()],
+        receiver.endpoint(Protocol::Grpc),
+        metrics_addr,
+        &[],
+    );
+    let mut rng = periscope_e2e::traffic::Rng::new(seed);
+    let paths = ["/check", "/spawned", "/watch"];
+    let mut urls = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| format!("http://{}{}", front.addr, rng.pick(&paths)))
+            .collect()
+    };
+    let (alone, together) = (45, 45);
+    // One at a time on one keep-alive connection, then four at a time.
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "-o", "/dev/null"])
+        .args(urls(alone));
+    run_ok(&mut cmd);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--parallel", "--parallel-max", "4"]);
+    for u in urls(together) {
+        cmd.args(["-o", "/dev/null", &u]);
+    }
+    run_ok(&mut cmd);
+    let n = alone + together;
+    let lines = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + SPAN_TIMEOUT;
+    while (lines(&front_log).len() < n || lines(&server_log).len() < n) && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let front_lines = lines(&front_log);
+    assert_eq!(front_lines.len(), n, "the front's lines");
+    assert_eq!(lines(&server_log).len(), n, "the gRPC server's lines");
+    receiver.wait_for_spans(3 * n, SPAN_TIMEOUT);
+    thread::sleep(SETTLE);
+    let text = scrape(metrics_addr);
+    let exit = agent.stop();
+    let spans = receiver.spans();
+
+    let mut problems = Vec::new();
+    let is_grpc = |s: &&periscope_e2e::receiver::ReceivedSpan| s.attr("rpc.system").is_some();
+    let fronts: std::collections::HashMap<String, _> = spans
+        .iter()
+        .filter(|s| s.kind() == SpanKind::Server && !is_grpc(s))
+        .map(|s| (s.span_id_hex(), s))
+        .collect();
+    let clients: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind() == SpanKind::Client && is_grpc(s))
+        .collect();
+    let servers: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind() == SpanKind::Server && is_grpc(s))
+        .collect();
+    let mut logged: BTreeMap<String, u32> = BTreeMap::new();
+    for l in &front_lines {
+        let (path, _code) = l.split_once(' ').expect("PATH CODE");
+        *logged.entry(path.to_string()).or_default() += 1;
+    }
+    let mut served: BTreeMap<String, u32> = BTreeMap::new();
+    for s in fronts.values() {
+        *served
+            .entry(s.attr("url.path").unwrap_or_default())
+            .or_default() += 1;
+    }
+    if served != logged {
+        problems.push(format!(
+            "front SERVER spans by path {served:?}, its log {logged:?}"
+        ));
+    }
+    if clients.len() != n || servers.len() != n {
+        problems.push(format!(
+            "{} gRPC client and {} server spans for {n} calls",
+            clients.len(),
+            servers.len()
+        ));
+    }
+    let mut children: std::collections::HashMap<String, u32> = Default::default();
+    let mut parented = 0;
+    for c in &clients {
+        if c.is_root() {
+            continue;
+        }
+        parented += 1;
+        let method = c.attr("rpc.method").unwrap_or_default();
+        match fronts.get(&c.parent_span_id_hex()) {
+            Some(f) if f.trace_id_hex() == c.trace_id_hex() => {
+                let path = f.attr("url.path").unwrap_or_default();
+                let want = if path == "/watch" { "Watch" } else { "Check" };
+                if method != want {
+                    problems.push(format!("a {method} call's parent is a {path} request"));
+                }
+                *children.entry(f.span_id_hex()).or_default() += 1;
+            }
+            _ => problems.push(format!(
+                "a {method} call's parent {} is no front request of its trace",
+                c.parent_span_id_hex()
+            )),
+        }
+    }
+    if let Some((_, k)) = children.iter().find(|(_, k)| **k > 1) {
+        problems.push(format!("a front request is the parent of {k} calls"));
+    }
+    let ambiguous =
+        metric_sum(&text, "periscope_go_grpc_calls_total{outcome=\"ambiguous\"") as usize;
+    let linked = metric_sum(&text, "periscope_go_grpc_calls_total{outcome=\"linked\"") as usize;
+    eprintln!(
+        "{parented} of {} calls parented, {linked} linked, {ambiguous} ambiguous",
+        clients.len()
+    );
+    if parented < alone || parented != linked || clients.len() - parented != ambiguous {
+        problems.push(format!(
+            "{parented} of {} calls parented ({alone} made one at a time), {linked} linked, {ambiguous} ambiguous",
+            clients.len()
+        ));
+    }
+    let by_id: std::collections::HashMap<String, _> =
+        clients.iter().map(|c| (c.span_id_hex(), c)).collect();
+    for s in &servers {
+        match by_id.get(&s.parent_span_id_hex()) {
+            Some(c) if c.trace_id_hex() == s.trace_id_hex() => {}
+            _ => problems.push(format!(
+                "gRPC server span {} not joined to its client span",
+                s.attr("rpc.method").unwrap_or_default()
+            )),
+        }
+    }
+    if !exit.status.success() {
+        problems.push(format!("agent exited with {}", exit.status));
+    }
+    assert!(
+        problems.is_empty(),
+        "seed {seed}: {} problem(s), {} spans for {n} requests:\n  {}\n--- agent stderr (tail) ---\n{}",
+        problems.len(),
+        spans.len(),
+        problems.join("\n  "),
+        harness::tail(&exit.stderr, 4000)
     );
 }
 

@@ -18,7 +18,7 @@ use std::{
 
 use periscope_common::{
     AF_INET, AF_INET6, CLASS_TLS, ConnOpenEvent, DIR_INGRESS, DataEvent, GoConnEvent,
-    GoroutineEvent, NO_FD, ROLE_CLIENT, ROLE_SERVER, SYS_SSL_READ, SYS_SSL_WRITE,
+    GoRpcCallEvent, GoroutineEvent, NO_FD, ROLE_CLIENT, ROLE_SERVER, SYS_SSL_READ, SYS_SSL_WRITE,
 };
 
 use crate::{
@@ -56,6 +56,11 @@ const MAX_CONNS: usize = 65_536;
 const MAX_GO_PARENTS: usize = 1_000_000;
 /// How many creators up a goroutine's context is looked for.
 const MAX_LINEAGE_DEPTH: usize = 8;
+/// grpc-go calls waiting for their stream, per process.
+const MAX_GRPC_CALLS: usize = 1024;
+/// How long after a grpc-go call started its stream may start (the call may first wait
+/// for its connection); older calls are forgotten.
+const GRPC_CALL_WINDOW_NS: u64 = 5_000_000_000;
 /// Context keys (see [`ActiveSpan`]): a thread id, or a goroutine id with this bit.
 const GOROUTINE_KEY: u64 = 1 << 63;
 
@@ -112,6 +117,8 @@ struct Conn {
     /// HTTP/2 client streams whose span identity was fixed before their exchange ended
     /// (a traced server read the request and joined it): stream id -> identity.
     h2_ids: HashMap<u32, Ids>,
+    /// The highest client stream id [`Tracker::link_grpc_streams`] has looked at.
+    h2_linked_up_to: u32,
     /// The last HTTP/2 client streams that ended (at most [`MAX_H2_ENDED`]), for a
     /// server whose end of the stream ends later (a stream the client reset): stream
     /// ids are never reused on a connection, so the id names one stream for good.
@@ -206,6 +213,7 @@ impl Conn {
             fed: false,
             h2: None,
             h2_ids: HashMap::new(),
+            h2_linked_up_to: 0,
             h2_ended: VecDeque::new(),
             h2_upgraded: None,
             peer_looked_up: false,
@@ -305,6 +313,13 @@ pub struct TrackerStats {
     pub peer_lookups: u64,
     /// HTTP/2 sessions' counters, added when their connection closes.
     pub h2: crate::h2::H2Stats,
+    /// grpc-go calls whose client stream was linked to the goroutine that made them.
+    pub grpc_calls_linked: u64,
+    /// gRPC client streams that more than one recorded call could have opened: no
+    /// in-process parent (see [`Tracker::grpc_caller`]).
+    pub grpc_calls_ambiguous: u64,
+    /// grpc-go calls not recorded because the table of calls was full.
+    pub grpc_calls_dropped: u64,
 }
 
 /// Mute requests waiting for the event loop to write them to the kernel.
@@ -491,6 +506,8 @@ pub struct Tracker {
     h2_closed_order: VecDeque<(IpAddr, u16)>,
     /// (pid, goid) -> the goroutine that created it (from goroutine events).
     go_parents: HashMap<(u32, u64), u64>,
+    /// grpc-go calls per process whose client stream has not been seen yet.
+    grpc_calls: HashMap<u32, Vec<GrpcCall>>,
     /// Fds that name another fd's connection (dup, adopted twice); see `follow`.
     aliases: follow::Aliases,
     /// (pid, fd) of sockets whose payload is of no use any more (see `take_mutes`).
@@ -555,6 +572,7 @@ impl Tracker {
             h2_closed: HashMap::new(),
             h2_closed_order: VecDeque::new(),
             go_parents: HashMap::new(),
+            grpc_calls: HashMap::new(),
             aliases: follow::Aliases::default(),
             mutes: Vec::new(),
         }
@@ -698,6 +716,7 @@ impl Tracker {
         self.procs.remove(&pid);
         self.active.retain(|(p, _), _| *p != pid);
         self.go_parents.retain(|(p, _), _| *p != pid);
+        self.grpc_calls.remove(&pid);
         self.sampler.forget_service(pid);
         self.metrics
             .service_exited(pid, self.to_unix(crate::conn::monotonic_ns()));
@@ -730,6 +749,7 @@ impl Tracker {
             Event::ConnAdopt(ev) => self.adopt(&ev, sink),
             Event::ConnDup(ev) => self.dup(&ev, sink),
             Event::GoSocketRead(ev) => self.go_socket_read(&ev),
+            Event::GoGrpcCall(ev) => self.grpc_call(&ev),
         }
     }
 
@@ -825,6 +845,93 @@ impl Tracker {
         let fd = self.aliases.resolve(ev.header.tgid(), ev.fd);
         if let Some(c) = self.conns.get_mut(&(ev.header.tgid(), fd)) {
             c.go_caller = Some((ev.goid, ev.parent_goid));
+        }
+    }
+
+    /// A goroutine started a grpc-go call: kept until the client stream it opens is
+    /// seen. A goroutine makes one call at a time (a call returns once its stream is
+    /// open), so its new call replaces its previous one; the probe's double firing on a
+    /// stack growth repeats the same call.
+    fn grpc_call(&mut self, ev: &GoRpcCallEvent) {
+        let Some(method) = ev.method() else {
+            return;
+        };
+        let pid = ev.header.tgid();
+        if !self.procs.contains_key(&pid) {
+            return;
+        }
+        let calls = self.grpc_calls.entry(pid).or_default();
+        let now = ev.header.ts_ns;
+        calls.retain(|c| c.goid != ev.goid && now.saturating_sub(c.ts_ns) <= GRPC_CALL_WINDOW_NS);
+        if calls.len() >= MAX_GRPC_CALLS {
+            self.stats.grpc_calls_dropped += 1;
+            return;
+        }
+        calls.push(GrpcCall {
+            goid: ev.goid,
+            parent_goid: ev.parent_goid,
+            ts_ns: now,
+            method: method.into(),
+        });
+    }
+
+    /// The goroutine (and its parent) whose grpc-go call opened a client stream of
+    /// `path` in `pid` that started at `start_ns`: the one call of that method started
+    /// before the stream, within [`GRPC_CALL_WINDOW_NS`]. Taken from the table. None when
+    /// there is no such call, or more than one (counted): which of two concurrent calls
+    /// of one method got which stream id is not visible here, and a guess could give the
+    /// span another request's parent.
+    fn grpc_caller(&mut self, pid: u32, path: &str, start_ns: u64) -> Option<(u64, u64)> {
+        let calls = self.grpc_calls.get_mut(&pid)?;
+        let mut found = None;
+        for (i, c) in calls.iter().enumerate() {
+            if &*c.method == path.as_bytes()
+                && c.ts_ns <= start_ns
+                && start_ns - c.ts_ns <= GRPC_CALL_WINDOW_NS
+            {
+                if found.is_some() {
+                    self.stats.grpc_calls_ambiguous += 1;
+                    return None;
+                }
+                found = Some(i);
+            }
+        }
+        let c = calls.swap_remove(found?);
+        self.stats.grpc_calls_linked += 1;
+        Some((c.goid, c.parent_goid))
+    }
+
+    /// Streams a client HTTP/2 connection of `pid` opened since the last look, while
+    /// grpc-go calls of `pid` wait for theirs: each whose call is known (see
+    /// [`Self::grpc_caller`]) gets its span's identity now, a child of the server span
+    /// the calling goroutine (or its creator) serves at the time the stream opens, for
+    /// its exchange and a traced server's join to use.
+    fn link_grpc_streams(&mut self, pid: u32, conn: &mut Conn) {
+        if self.grpc_calls.get(&pid).is_none_or(|c| c.is_empty()) {
+            return;
+        }
+        let Some(session) = conn.h2.as_ref() else {
+            return;
+        };
+        let opened = session.requests_opened_after(conn.h2_linked_up_to);
+        for (stream, path, start_ns) in opened {
+            conn.h2_linked_up_to = conn.h2_linked_up_to.max(stream);
+            if conn.h2_ids.contains_key(&stream) || conn.h2_ids.len() >= MAX_H2_IDS {
+                continue;
+            }
+            let Some(caller) = self.grpc_caller(pid, &path, start_ns) else {
+                continue;
+            };
+            if let Some(a) = goroutine_span(&self.active, &self.go_parents, pid, caller) {
+                let ids = Ids {
+                    trace_id: a.trace_id,
+                    span_id: crate::span::context::new_span_id(),
+                    parent_span_id: a.span_id,
+                    flags: a.flags,
+                    trace_state: a.trace_state.clone(),
+                };
+                conn.h2_ids.insert(stream, ids);
+            }
         }
     }
 
@@ -1235,6 +1342,9 @@ impl Tracker {
         } else {
             SpanKind::Server
         };
+        if kind == SpanKind::Client && from_client {
+            self.link_grpc_streams(key.0, &mut conn);
+        }
         for x in out {
             self.stats.requests += 1;
             if x.stream_id == 1
@@ -1268,7 +1378,9 @@ impl Tracker {
                         .remove(&x.stream_id)
                         .unwrap_or_else(|| Ids::for_request(kind, &x.req));
                     push_ended(&mut conn, x.stream_id, &ids, &x.req);
-                    (ids, false)
+                    // A client span's parent is always this process's own span.
+                    let local = ids.has_parent();
+                    (ids, local)
                 }
                 SpanKind::Server => {
                     let joined = conn
@@ -1944,8 +2056,18 @@ fn caller_context<'a>(
     if ctx.thread_context {
         return ctx.active.get(&(ctx.pid, ctx.tid as u64));
     }
-    let (goid, parent) = go_caller?;
-    let lookup = |g: u64| ctx.active.get(&(ctx.pid, GOROUTINE_KEY | g));
+    goroutine_span(ctx.active, ctx.go_parents, ctx.pid, go_caller?)
+}
+
+/// The server span goroutine `goid` (whose parent is `parent`, 0 if unknown) of `pid`
+/// serves, or that of the goroutine that created it, up the creation lineage.
+fn goroutine_span<'a>(
+    active: &'a HashMap<(u32, u64), ActiveSpan>,
+    go_parents: &HashMap<(u32, u64), u64>,
+    pid: u32,
+    (goid, parent): (u64, u64),
+) -> Option<&'a ActiveSpan> {
+    let lookup = |g: u64| active.get(&(pid, GOROUTINE_KEY | g));
     if let Some(a) = lookup(goid) {
         return Some(a);
     }
@@ -1953,15 +2075,25 @@ fn caller_context<'a>(
     let mut g = if parent != 0 {
         parent
     } else {
-        *ctx.go_parents.get(&(ctx.pid, goid))?
+        *go_parents.get(&(pid, goid))?
     };
     for _ in 0..MAX_LINEAGE_DEPTH {
         if let Some(a) = lookup(g) {
             return Some(a);
         }
-        g = *ctx.go_parents.get(&(ctx.pid, g))?;
+        g = *go_parents.get(&(pid, g))?;
     }
     None
+}
+
+/// A grpc-go call a goroutine started (see [`Tracker::grpc_call`]).
+#[derive(Debug)]
+struct GrpcCall {
+    goid: u64,
+    parent_goid: u64,
+    ts_ns: u64,
+    /// The gRPC method: the HTTP/2 `:path` of the stream the call opens.
+    method: Box<[u8]>,
 }
 
 /// The traced client span that sent the request a server connection just read: the

@@ -769,3 +769,124 @@ fn h2_joined_mid_stream_counts_its_streams() {
     r.data(b, b, 11, DIR_EGRESS, 22, RESP);
     assert_eq!(r.t.stats().h2_mid_stream, 1);
 }
+
+/// A grpc-go call (`newClientStream` entry) by goroutine `goid` of `pid`, method `m`.
+fn grpc_call(r: &mut Run, pid: u32, ts: u64, goid: u64, parent: u64, m: &str) {
+    let mut method = [0; periscope_common::GO_RPC_METHOD_CAP];
+    method[..m.len()].copy_from_slice(m.as_bytes());
+    let ev = periscope_common::GoRpcCallEvent {
+        header: hdr(EventKind::GoGrpcCall, pid, pid, ts),
+        goid,
+        parent_goid: parent,
+        method_len: m.len() as u32,
+        _pad: 0,
+        method,
+    };
+    let spans = &mut r.spans;
+    r.t.handle(Event::GoGrpcCall(Box::new(ev)), &mut |s| spans.push(s));
+}
+
+/// grpc-go writes a call's stream from its own writer goroutine: the goroutine that
+/// made the call is known only from the call's probe. A client stream is the child of
+/// the server span that goroutine (or its creator) serves when exactly one recorded
+/// call of its method could have opened it, also when a traced server fixed the client
+/// stream's identity first; two concurrent calls of one method, a call too old and a
+/// stream with no call give no parent.
+#[test]
+fn grpc_client_streams_are_children_of_the_calling_goroutines_request() {
+    let mut r = Run::new();
+    let (p, b) = (std::process::id(), 1);
+    r.t.add_process(p);
+    r.t.add_process(b);
+    r.t.disable_thread_context(p);
+    // Two HTTP/1 requests served by goroutines 42 and 43.
+    r.open(accept(p, 7, 50_000, 1));
+    r.go(EventKind::GoHttpServe, p, 7, 42, 1);
+    r.data(p, 100, 7, DIR_INGRESS, 10, &req("/front"));
+    r.open(accept(p, 8, 50_010, 2));
+    r.go(EventKind::GoHttpServe, p, 8, 43, 1);
+    r.data(p, 100, 8, DIR_INGRESS, 11, &req("/front2"));
+    // The gRPC client connection, its server traced too (process b).
+    r.open(connect(p, 9, 50_001, 9090, 12));
+    r.open(accept(b, 5, 50_001, 13));
+    let call = |stream: u32, method: &str| {
+        h2_headers(
+            stream,
+            true,
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", method),
+                ("content-type", "application/grpc"),
+            ],
+        )
+    };
+    let answer = |stream: u32| {
+        let mut v = h2_headers(
+            stream,
+            false,
+            &[(":status", "200"), ("content-type", "application/grpc")],
+        );
+        v.extend(h2_frame(0, 0, stream, &[0, 0, 0, 0, 0]));
+        v.extend(h2_headers(stream, true, &[("grpc-status", "0")]));
+        v
+    };
+    let ms = 1_000_000;
+    // Goroutine 77, created by 42, calls A: stream 1, which the traced server reads
+    // (fixing the client stream's identity) before the client reads the answer.
+    grpc_call(&mut r, p, 14 * ms, 77, 42, "/pkg.Svc/A");
+    grpc_call(&mut r, p, 14 * ms + 1, 77, 42, "/pkg.Svc/A"); // the probe again (stack growth)
+    let mut first = crate::h2::PREFACE.to_vec();
+    first.extend(h2_frame(4, 0, 0, &[]));
+    first.extend(call(1, "/pkg.Svc/A"));
+    r.data(p, 101, 9, DIR_EGRESS, 15 * ms, &first);
+    r.data(b, b, 5, DIR_INGRESS, 16 * ms, &first);
+    let mut back = h2_frame(4, 0, 0, &[]);
+    back.extend(answer(1));
+    r.data(b, b, 5, DIR_EGRESS, 17 * ms, &back);
+    r.data(p, 102, 9, DIR_INGRESS, 18 * ms, &back);
+    // Goroutines 42 and 43 both call B: streams 3 and 5 could be either's.
+    grpc_call(&mut r, p, 20 * ms, 42, 1, "/pkg.Svc/B");
+    grpc_call(&mut r, p, 21 * ms, 43, 1, "/pkg.Svc/B");
+    r.data(p, 101, 9, DIR_EGRESS, 22 * ms, &call(3, "/pkg.Svc/B"));
+    r.data(p, 101, 9, DIR_EGRESS, 23 * ms, &call(5, "/pkg.Svc/B"));
+    r.data(p, 102, 9, DIR_INGRESS, 24 * ms, &answer(3));
+    r.data(p, 102, 9, DIR_INGRESS, 25 * ms, &answer(5));
+    // Goroutine 43 calls C, whose stream starts 6 s later: too old to be its call.
+    grpc_call(&mut r, p, 26 * ms, 43, 1, "/pkg.Svc/C");
+    r.data(p, 101, 9, DIR_EGRESS, 6_026 * ms, &call(7, "/pkg.Svc/C"));
+    r.data(p, 102, 9, DIR_INGRESS, 6_027 * ms, &answer(7));
+    // D: no call recorded (another gRPC library, say).
+    r.data(p, 101, 9, DIR_EGRESS, 6_028 * ms, &call(9, "/pkg.Svc/D"));
+    r.data(p, 102, 9, DIR_INGRESS, 6_029 * ms, &answer(9));
+    r.data(p, 100, 7, DIR_EGRESS, 6_030 * ms, RESP);
+    r.data(p, 100, 8, DIR_EGRESS, 6_031 * ms, RESP);
+
+    let front = r.find(SpanKind::Server, "/front").clone();
+    let a: Vec<&Span> = r
+        .spans
+        .iter()
+        .filter(|s| s.name.contains("pkg.Svc/A"))
+        .collect();
+    assert_eq!(a.len(), 2, "{:#?}", r.spans);
+    let client_a = a.iter().find(|s| s.kind == SpanKind::Client).unwrap();
+    let server_a = a.iter().find(|s| s.kind == SpanKind::Server).unwrap();
+    assert_eq!(client_a.trace_id, front.trace_id);
+    assert_eq!(client_a.parent_span_id, front.span_id);
+    assert_eq!(server_a.parent_span_id, client_a.span_id);
+    for m in ["pkg.Svc/B", "pkg.Svc/C", "pkg.Svc/D"] {
+        let spans: Vec<&Span> = r
+            .spans
+            .iter()
+            .filter(|s| s.kind == SpanKind::Client && s.name.contains(m))
+            .collect();
+        assert!(!spans.is_empty(), "{m}: {:#?}", r.spans);
+        for s in spans {
+            assert_eq!(s.parent_span_id, [0; 8], "{m}");
+            assert_ne!(s.trace_id, front.trace_id, "{m}");
+        }
+    }
+    let st = r.t.stats();
+    assert_eq!(st.grpc_calls_linked, 1);
+    assert_eq!(st.grpc_calls_ambiguous, 2);
+}

@@ -8,7 +8,7 @@ pub mod reorder;
 
 use periscope_common::{
     BindEvent, ConnAdoptEvent, ConnCloseEvent, ConnDupEvent, ConnOpenEvent, DataEvent, EventHeader,
-    EventKind, GcEvent, GoConnEvent, GoroutineEvent, ProcessEvent,
+    EventKind, GcEvent, GoConnEvent, GoRpcCallEvent, GoroutineEvent, ProcessEvent,
 };
 use thiserror::Error;
 
@@ -38,6 +38,7 @@ pub enum Event<'a> {
     ConnAdopt(ConnAdoptEvent),
     ConnDup(ConnDupEvent),
     GoSocketRead(GoConnEvent),
+    GoGrpcCall(Box<GoRpcCallEvent>),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -85,6 +86,7 @@ impl<'a> TryFrom<&'a [u8]> for Event<'a> {
             EventKind::ConnAdopt => Event::ConnAdopt(read(bytes)?),
             EventKind::ConnDup => Event::ConnDup(read(bytes)?),
             EventKind::GoSocketRead => Event::GoSocketRead(read(bytes)?),
+            EventKind::GoGrpcCall => Event::GoGrpcCall(Box::new(read(bytes)?)),
             EventKind::Data => {
                 let ev: DataEvent = read(bytes)?;
                 let payload = &bytes[size_of::<DataEvent>()..];

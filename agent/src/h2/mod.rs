@@ -482,6 +482,23 @@ impl Session {
         Some((f.method.as_deref()?, f.path.as_deref()?))
     }
 
+    /// Open streams above `after` whose request headers are decoded: (stream id, path,
+    /// when the request started), by stream id.
+    pub fn requests_opened_after(&self, after: u32) -> Vec<(u32, String, u64)> {
+        let mut v: Vec<(u32, String, u64)> = self
+            .core
+            .streams
+            .iter()
+            .filter(|(id, _)| **id > after)
+            .filter_map(|(id, st)| {
+                let path = st.req.as_ref()?.path.as_deref()?;
+                Some((*id, path.to_string(), st.req_start_ns))
+            })
+            .collect();
+        v.sort_unstable_by_key(|e| e.0);
+        v
+    }
+
     /// Whether headers are no longer decoded on this connection.
     pub fn is_blind(&self) -> bool {
         self.core.blind

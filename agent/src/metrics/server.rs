@@ -326,6 +326,18 @@ pub fn render(src: &Sources, format: Format) -> String {
         &one(snap.tracker.joined),
     );
     enc.counter(
+        "periscope_go_grpc_calls",
+        "grpc-go calls of traced Go processes (uprobe on newClientStream), by outcome: linked (the call's client stream was found and its span made the child of the server span its goroutine serves, if any), ambiguous (another call of the same method could have opened the stream: no in-process parent), dropped (the table of calls waiting for their stream was full).",
+        &labelled(
+            "outcome",
+            &[
+                ("linked", snap.tracker.grpc_calls_linked),
+                ("ambiguous", snap.tracker.grpc_calls_ambiguous),
+                ("dropped", snap.tracker.grpc_calls_dropped),
+            ],
+        ),
+    );
+    enc.counter(
         "periscope_connect_failures",
         "Failed TCP connects of traced processes (each is an ERROR client span named connect).",
         &one(snap.tracker.connect_failures),

@@ -20,6 +20,9 @@ use thiserror::Error;
 use super::gobin::{GoBinError, GoBinary, GoOffsets};
 use super::gomem::{GoMemStats, MemReader};
 
+/// grpc-go's `newClientStream`, under its import path (vendored copies keep it).
+pub const GRPC_NEW_CLIENT_STREAM: &str = "google.golang.org/grpc.newClientStream";
+
 /// When a Go probe is attached, beyond its function being in the binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GoProbeGate {
@@ -93,6 +96,16 @@ pub const GO_PROBES: &[(&str, &str, bool, bool, GoProbeGate)] = &[
         true,
         false,
         GoProbeGate::HttpConn,
+    ),
+    // grpc-go's calls: which goroutine made which call (its stream is written by the
+    // connection's writer goroutine). At entry of the function every unary and
+    // streaming call goes through; grpc-go is optional.
+    (
+        "go_grpc_call",
+        GRPC_NEW_CLIENT_STREAM,
+        true,
+        false,
+        GoProbeGate::Always,
     ),
     // crypto/tls.(*Conn).Read and Write (ebpf/src/gotls.rs): the entries remember the
     // call, `gotls_ret` at every RET of both sends the plaintext. Required (for this

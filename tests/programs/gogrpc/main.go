@@ -16,6 +16,15 @@
 //	gogrpc load ADDR SECONDS CONC  unary Health/Check calls from CONC goroutines over
 //	                          2 connections for SECONDS (the benchmark's load), then
 //	                          prints "requests N rps R p99_ms P"
+//	gogrpc front ADDR LOG     an HTTP/1.1 server on 127.0.0.1:0 (prints "listening on
+//	                          ADDR2") whose handlers call the gRPC server at ADDR over
+//	                          one connection they all share, dialled at the first
+//	                          request: /check calls Health/Check
+//	                          from the handler's goroutine, /spawned from a goroutine
+//	                          the handler starts and waits for, /watch reads the first
+//	                          message of Health/Watch, then cancels it. Appends
+//	                          "PATH CODE" to LOG per request (CODE: the call's gRPC
+//	                          status code number)
 //
 // With GOGRPC_TLS=1 in the environment the server serves over TLS (a self-signed
 // certificate made at start, ALPN h2) and the client and load modes dial TLS without
@@ -41,6 +50,7 @@ import (
 	"math/big"
 	mrand "math/rand"
 	"net"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -66,6 +76,8 @@ func main() {
 		seed, _ := strconv.ParseInt(os.Args[3], 10, 64)
 		n, _ := strconv.Atoi(os.Args[4])
 		client(os.Args[2], seed, n, os.Args[5])
+	case "front":
+		front(os.Args[2], os.Args[3])
 	case "load":
 		secs, _ := strconv.Atoi(os.Args[3])
 		conc, _ := strconv.Atoi(os.Args[4])
@@ -288,4 +300,61 @@ func load(addr string, d time.Duration, conc int) {
 	}
 	fmt.Printf("requests %d rps %.1f p99_ms %.3f\n", len(all),
 		float64(len(all))/elapsed.Seconds(), float64(p99.Microseconds())/1000)
+}
+
+// front serves HTTP/1.1 requests whose handlers call the gRPC server at addr.
+func front(addr, logPath string) {
+	// Dialled at the first request, so that a tracer started after this program sees
+	// the connection from its first byte.
+	var once sync.Once
+	var hc healthpb.HealthClient
+	health := func() healthpb.HealthClient {
+		once.Do(func() {
+			cc, err := grpc.Dial(addr, dialOption(), grpc.WithBlock())
+			if err != nil {
+				log.Fatalf("dial %s: %v", addr, err)
+			}
+			hc = healthpb.NewHealthClient(cc)
+		})
+		return hc
+	}
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		log.Fatal(err)
+	}
+	var mu sync.Mutex
+	answer := func(w http.ResponseWriter, r *http.Request, err error) {
+		mu.Lock()
+		fmt.Fprintf(logf, "%s %d\n", r.URL.Path, status.Code(err))
+		mu.Unlock()
+		fmt.Fprintf(w, "%d\n", status.Code(err))
+	}
+	check := func(ctx context.Context) error {
+		_, err := health().Check(ctx, &healthpb.HealthCheckRequest{Service: "periscope.Up"})
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/check", func(w http.ResponseWriter, r *http.Request) {
+		answer(w, r, check(r.Context()))
+	})
+	mux.HandleFunc("/spawned", func(w http.ResponseWriter, r *http.Request) {
+		done := make(chan error)
+		go func() { done <- check(r.Context()) }()
+		answer(w, r, <-done)
+	})
+	mux.HandleFunc("/watch", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		wc, err := health().Watch(ctx, &healthpb.HealthCheckRequest{Service: "periscope.Up"})
+		if err == nil {
+			_, err = wc.Recv()
+		}
+		answer(w, r, err)
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("listening on %s\n", ln.Addr())
+	log.Fatal(http.Serve(ln, mux))
 }
