@@ -85,9 +85,10 @@ pub enum EventKind {
     /// read syscall itself: g at fsbase-8). The first reader of an accepted socket in a
     /// net/http server is the goroutine serving it, whatever type wraps the net.Conn.
     GoSocketRead = 20,
-    /// A Go goroutine started a gRPC call ([`GoRpcCallEvent`]: entry of grpc-go's
-    /// `(*ClientConn).Invoke` or `(*ClientConn).NewStream`). The call's stream is written
-    /// by grpc-go's own writer goroutine, so this is the only record of who made it.
+    /// A Go goroutine is opening a gRPC stream ([`GoRpcCallEvent`]: entry of grpc-go's
+    /// `internal/transport.(*http2Client).NewStream`, once per stream of every call). The
+    /// stream is written by grpc-go's own writer goroutine, so this is the only record of
+    /// who made it.
     GoGrpcCall = 21,
 }
 

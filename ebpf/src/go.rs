@@ -307,15 +307,24 @@ fn try_grpc_call(ptr: u64, len: u64, g: u64) -> Result<(), i64> {
     Ok(())
 }
 
-/// Entry of grpc-go's `newClientStream(ctx, desc *StreamDesc, cc *ClientConn, method
-/// string, opts ...CallOption)`, which every call goes through, unary (`Invoke`) or
-/// streaming (`NewStream`): RAX/RBX are ctx, RCX desc, RDI cc, RSI/R8 the method. Not
-/// `Invoke` itself: small enough for Go to inline into a direct caller. The goroutine is
-/// the caller's; grpc-go's writer goroutine writes the stream's HEADERS. May fire twice
-/// for one call (see `go_http_serve`); the consumer keeps one call per goroutine.
+/// Entry of grpc-go's `internal/transport.(*http2Client).NewStream(t, ctx, callHdr
+/// *CallHdr)`, which opens every stream of every call (unary or streaming, each retry
+/// its own): RAX is t, RBX/RCX ctx, RDI callHdr, whose first fields are `Host string`
+/// and `Method string` (offset 16) in every grpc-go release. It runs on the calling
+/// goroutine; the connection's writer goroutine writes the stream's HEADERS. May fire
+/// twice for one call (see `go_http_serve`); the consumer keeps one stream per goroutine.
 #[uprobe]
 pub fn go_grpc_call(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
-    let _ = try_grpc_call(r.rsi, r.r8, r.r14);
+    let hdr = r.rdi;
+    if hdr == 0 {
+        return 0;
+    }
+    let ptr = read_u64(hdr + GRPC_CALLHDR_METHOD);
+    let len = read_u64(hdr + GRPC_CALLHDR_METHOD + 8);
+    let _ = try_grpc_call(ptr, len, r.r14);
     0
 }
+
+/// Offset of `Method` in grpc-go's `transport.CallHdr` (after `Host string`).
+const GRPC_CALLHDR_METHOD: u64 = 16;

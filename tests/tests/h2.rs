@@ -748,7 +748,7 @@ fn grpc_go125_server_go123_stripped_client_over_tls() {
 /// A Go HTTP/1.1 server whose handlers call gRPC downstream (gogrpc `front`, stripped
 /// Go 1.23) in front of a grpc-go server (Go 1.27), both traced: grpc-go writes a call's
 /// stream from its own writer goroutine, so only the call's probe (grpc-go's
-/// `newClientStream`) tells which goroutine made it. A seeded mix of /check (the
+/// `(*http2Client).NewStream`) tells which goroutine made it. A seeded mix of /check (the
 /// handler's goroutine calls Health/Check), /spawned (a goroutine it starts does) and
 /// /watch (Health/Watch, cancelled after its first message), first one at a time, then
 /// four at a time. Every front request is one SERVER span; every gRPC CLIENT span with a

@@ -507,7 +507,7 @@ pub struct Tracker {
     /// (pid, goid) -> the goroutine that created it (from goroutine events).
     go_parents: HashMap<(u32, u64), u64>,
     /// grpc-go calls per process whose client stream has not been seen yet.
-    grpc_calls: HashMap<u32, Vec<GrpcCall>>,
+    grpc_calls: HashMap<u32, GrpcCalls>,
     /// Fds that name another fd's connection (dup, adopted twice); see `follow`.
     aliases: follow::Aliases,
     /// (pid, fd) of sockets whose payload is of no use any more (see `take_mutes`).
@@ -848,10 +848,11 @@ impl Tracker {
         }
     }
 
-    /// A goroutine started a grpc-go call: kept until the client stream it opens is
-    /// seen. A goroutine makes one call at a time (a call returns once its stream is
-    /// open), so its new call replaces its previous one; the probe's double firing on a
-    /// stack growth repeats the same call.
+    /// A goroutine is opening a grpc-go stream (one event per stream: each attempt of
+    /// a retried call has its own): kept until that client stream is seen. A goroutine
+    /// opens one stream at a time (the opening returns once the stream has its id), so
+    /// its new opening replaces its previous one; the probe's double firing on a stack
+    /// growth repeats the same opening.
     fn grpc_call(&mut self, ev: &GoRpcCallEvent) {
         let Some(method) = ev.method() else {
             return;
@@ -860,9 +861,13 @@ impl Tracker {
         if !self.procs.contains_key(&pid) {
             return;
         }
-        let calls = self.grpc_calls.entry(pid).or_default();
+        let table = self.grpc_calls.entry(pid).or_default();
         let now = ev.header.ts_ns;
+        let calls = &mut table.calls;
         calls.retain(|c| c.goid != ev.goid && now.saturating_sub(c.ts_ns) <= GRPC_CALL_WINDOW_NS);
+        table
+            .unassigned
+            .retain(|u| now.saturating_sub(u.start_ns) <= GRPC_CALL_WINDOW_NS);
         if calls.len() >= MAX_GRPC_CALLS {
             self.stats.grpc_calls_dropped += 1;
             return;
@@ -880,25 +885,54 @@ impl Tracker {
     /// before the stream, within [`GRPC_CALL_WINDOW_NS`]. Taken from the table. None when
     /// there is no such call, or more than one (counted): which of two concurrent calls
     /// of one method got which stream id is not visible here, and a guess could give the
-    /// span another request's parent.
+    /// span another request's parent. Openings whose streams must all have been seen
+    /// (as many ambiguous streams as openings they could be from) are forgotten.
     fn grpc_caller(&mut self, pid: u32, path: &str, start_ns: u64) -> Option<(u64, u64)> {
-        let calls = self.grpc_calls.get_mut(&pid)?;
-        let mut found = None;
-        for (i, c) in calls.iter().enumerate() {
-            if &*c.method == path.as_bytes()
-                && c.ts_ns <= start_ns
-                && start_ns - c.ts_ns <= GRPC_CALL_WINDOW_NS
-            {
-                if found.is_some() {
-                    self.stats.grpc_calls_ambiguous += 1;
-                    return None;
+        let table = self.grpc_calls.get_mut(&pid)?;
+        let candidates: Vec<(u64, u64)> = table
+            .calls
+            .iter()
+            .filter(|c| {
+                &*c.method == path.as_bytes()
+                    && c.ts_ns <= start_ns
+                    && start_ns - c.ts_ns <= GRPC_CALL_WINDOW_NS
+            })
+            .map(|c| (c.goid, c.ts_ns))
+            .collect();
+        match candidates.len() {
+            0 => None,
+            1 => {
+                let i = table
+                    .calls
+                    .iter()
+                    .position(|c| (c.goid, c.ts_ns) == candidates[0])?;
+                let c = table.calls.swap_remove(i);
+                self.stats.grpc_calls_linked += 1;
+                Some((c.goid, c.parent_goid))
+            }
+            n => {
+                self.stats.grpc_calls_ambiguous += 1;
+                // Each opening opens one stream. Once as many unassigned streams as
+                // there are candidates could only be theirs, every candidate has its
+                // stream: none is waiting any more, and keeping them would make every
+                // later stream of the method ambiguous too.
+                if table.unassigned.len() >= MAX_GRPC_CALLS {
+                    table.unassigned.remove(0);
                 }
-                found = Some(i);
+                table.unassigned.push(Unassigned {
+                    start_ns,
+                    candidates: candidates.clone(),
+                });
+                let within = |u: &Unassigned| u.candidates.iter().all(|id| candidates.contains(id));
+                if table.unassigned.iter().filter(|u| within(u)).count() == n {
+                    table
+                        .calls
+                        .retain(|c| !candidates.contains(&(c.goid, c.ts_ns)));
+                    table.unassigned.retain(|u| !within(u));
+                }
+                None
             }
         }
-        let c = calls.swap_remove(found?);
-        self.stats.grpc_calls_linked += 1;
-        Some((c.goid, c.parent_goid))
     }
 
     /// Streams a client HTTP/2 connection of `pid` opened since the last look, while
@@ -907,7 +941,7 @@ impl Tracker {
     /// the calling goroutine (or its creator) serves at the time the stream opens, for
     /// its exchange and a traced server's join to use.
     fn link_grpc_streams(&mut self, pid: u32, conn: &mut Conn) {
-        if self.grpc_calls.get(&pid).is_none_or(|c| c.is_empty()) {
+        if self.grpc_calls.get(&pid).is_none_or(|t| t.calls.is_empty()) {
             return;
         }
         let Some(session) = conn.h2.as_ref() else {
@@ -2084,6 +2118,22 @@ fn goroutine_span<'a>(
         g = *go_parents.get(&(pid, g))?;
     }
     None
+}
+
+/// A process's grpc-go stream openings waiting for their stream, and the streams that
+/// more than one of them could have opened.
+#[derive(Debug, Default)]
+struct GrpcCalls {
+    calls: Vec<GrpcCall>,
+    unassigned: Vec<Unassigned>,
+}
+
+/// A client stream that more than one waiting opening could have opened: when it
+/// started, and those openings' (goroutine, time).
+#[derive(Debug)]
+struct Unassigned {
+    start_ns: u64,
+    candidates: Vec<(u64, u64)>,
 }
 
 /// A grpc-go call a goroutine started (see [`Tracker::grpc_call`]).

@@ -770,7 +770,7 @@ fn h2_joined_mid_stream_counts_its_streams() {
     assert_eq!(r.t.stats().h2_mid_stream, 1);
 }
 
-/// A grpc-go call (`newClientStream` entry) by goroutine `goid` of `pid`, method `m`.
+/// A grpc-go stream opening (`(*http2Client).NewStream` entry) by goroutine `goid` of `pid`, method `m`.
 fn grpc_call(r: &mut Run, pid: u32, ts: u64, goid: u64, parent: u64, m: &str) {
     let mut method = [0; periscope_common::GO_RPC_METHOD_CAP];
     method[..m.len()].copy_from_slice(m.as_bytes());
@@ -791,7 +791,8 @@ fn grpc_call(r: &mut Run, pid: u32, ts: u64, goid: u64, parent: u64, m: &str) {
 /// the server span that goroutine (or its creator) serves when exactly one recorded
 /// call of its method could have opened it, also when a traced server fixed the client
 /// stream's identity first; two concurrent calls of one method, a call too old and a
-/// stream with no call give no parent.
+/// stream with no call give no parent, and once the two concurrent calls' streams are
+/// both seen, a later call of that method is linked again.
 #[test]
 fn grpc_client_streams_are_children_of_the_calling_goroutines_request() {
     let mut r = Run::new();
@@ -852,13 +853,18 @@ fn grpc_client_streams_are_children_of_the_calling_goroutines_request() {
     r.data(p, 101, 9, DIR_EGRESS, 23 * ms, &call(5, "/pkg.Svc/B"));
     r.data(p, 102, 9, DIR_INGRESS, 24 * ms, &answer(3));
     r.data(p, 102, 9, DIR_INGRESS, 25 * ms, &answer(5));
+    // Two streams for the two waiting openings: both have theirs, so a later opening
+    // of B (goroutine 78, created by 42) is its stream's only candidate.
+    grpc_call(&mut r, p, 26 * ms, 78, 42, "/pkg.Svc/B");
+    r.data(p, 101, 9, DIR_EGRESS, 27 * ms, &call(7, "/pkg.Svc/B"));
+    r.data(p, 102, 9, DIR_INGRESS, 28 * ms, &answer(7));
     // Goroutine 43 calls C, whose stream starts 6 s later: too old to be its call.
-    grpc_call(&mut r, p, 26 * ms, 43, 1, "/pkg.Svc/C");
-    r.data(p, 101, 9, DIR_EGRESS, 6_026 * ms, &call(7, "/pkg.Svc/C"));
-    r.data(p, 102, 9, DIR_INGRESS, 6_027 * ms, &answer(7));
+    grpc_call(&mut r, p, 29 * ms, 43, 1, "/pkg.Svc/C");
+    r.data(p, 101, 9, DIR_EGRESS, 6_026 * ms, &call(9, "/pkg.Svc/C"));
+    r.data(p, 102, 9, DIR_INGRESS, 6_027 * ms, &answer(9));
     // D: no call recorded (another gRPC library, say).
-    r.data(p, 101, 9, DIR_EGRESS, 6_028 * ms, &call(9, "/pkg.Svc/D"));
-    r.data(p, 102, 9, DIR_INGRESS, 6_029 * ms, &answer(9));
+    r.data(p, 101, 9, DIR_EGRESS, 6_028 * ms, &call(11, "/pkg.Svc/D"));
+    r.data(p, 102, 9, DIR_INGRESS, 6_029 * ms, &answer(11));
     r.data(p, 100, 7, DIR_EGRESS, 6_030 * ms, RESP);
     r.data(p, 100, 8, DIR_EGRESS, 6_031 * ms, RESP);
 
@@ -874,19 +880,24 @@ fn grpc_client_streams_are_children_of_the_calling_goroutines_request() {
     assert_eq!(client_a.trace_id, front.trace_id);
     assert_eq!(client_a.parent_span_id, front.span_id);
     assert_eq!(server_a.parent_span_id, client_a.span_id);
-    for m in ["pkg.Svc/B", "pkg.Svc/C", "pkg.Svc/D"] {
-        let spans: Vec<&Span> = r
-            .spans
+    let clients = |m: &str| -> Vec<&Span> {
+        r.spans
             .iter()
             .filter(|s| s.kind == SpanKind::Client && s.name.contains(m))
-            .collect();
-        assert!(!spans.is_empty(), "{m}: {:#?}", r.spans);
-        for s in spans {
-            assert_eq!(s.parent_span_id, [0; 8], "{m}");
-            assert_ne!(s.trace_id, front.trace_id, "{m}");
-        }
+            .collect()
+    };
+    let b = clients("pkg.Svc/B");
+    assert_eq!(b.len(), 3, "{:#?}", r.spans);
+    let parented: Vec<&&Span> = b.iter().filter(|s| s.parent_span_id != [0; 8]).collect();
+    assert_eq!(parented.len(), 1, "{b:#?}");
+    assert_eq!(parented[0].parent_span_id, front.span_id);
+    for m in ["pkg.Svc/C", "pkg.Svc/D"] {
+        let spans = clients(m);
+        assert_eq!(spans.len(), 1, "{m}: {:#?}", r.spans);
+        assert_eq!(spans[0].parent_span_id, [0; 8], "{m}");
+        assert_ne!(spans[0].trace_id, front.trace_id, "{m}");
     }
     let st = r.t.stats();
-    assert_eq!(st.grpc_calls_linked, 1);
+    assert_eq!(st.grpc_calls_linked, 2);
     assert_eq!(st.grpc_calls_ambiguous, 2);
 }

@@ -327,7 +327,7 @@ pub fn render(src: &Sources, format: Format) -> String {
     );
     enc.counter(
         "periscope_go_grpc_calls",
-        "grpc-go calls of traced Go processes (uprobe on newClientStream), by outcome: linked (the call's client stream was found and its span made the child of the server span its goroutine serves, if any), ambiguous (another call of the same method could have opened the stream: no in-process parent), dropped (the table of calls waiting for their stream was full).",
+        "grpc-go calls of traced Go processes (uprobe on the transport's (*http2Client).NewStream: one per stream opened), by outcome: linked (the call's client stream was found and its span made the child of the server span its goroutine serves, if any), ambiguous (another call of the same method could have opened the stream: no in-process parent), dropped (the table of calls waiting for their stream was full).",
         &labelled(
             "outcome",
             &[

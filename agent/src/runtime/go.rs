@@ -20,8 +20,10 @@ use thiserror::Error;
 use super::gobin::{GoBinError, GoBinary, GoOffsets};
 use super::gomem::{GoMemStats, MemReader};
 
-/// grpc-go's `newClientStream`, under its import path (vendored copies keep it).
-pub const GRPC_NEW_CLIENT_STREAM: &str = "google.golang.org/grpc.newClientStream";
+/// grpc-go's transport function that opens a client stream, under its import path
+/// (vendored copies keep it).
+pub const GRPC_NEW_STREAM: &str =
+    "google.golang.org/grpc/internal/transport.(*http2Client).NewStream";
 
 /// When a Go probe is attached, beyond its function being in the binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,12 +99,12 @@ pub const GO_PROBES: &[(&str, &str, bool, bool, GoProbeGate)] = &[
         false,
         GoProbeGate::HttpConn,
     ),
-    // grpc-go's calls: which goroutine made which call (its stream is written by the
-    // connection's writer goroutine). At entry of the function every unary and
-    // streaming call goes through; grpc-go is optional.
+    // grpc-go's calls: which goroutine opened which stream (its HEADERS are written by
+    // the connection's writer goroutine). At entry of the transport's NewStream, which
+    // every attempt of every call goes through; grpc-go is optional.
     (
         "go_grpc_call",
-        GRPC_NEW_CLIENT_STREAM,
+        GRPC_NEW_STREAM,
         true,
         false,
         GoProbeGate::Always,
