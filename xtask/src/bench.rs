@@ -340,14 +340,8 @@ fn traced_run(
 /// nginx plain also with the event ring at its former size (16 MiB, 4 now): what the
 /// smaller ring saves in RSS, and whether it loses events at saturation.
 const RING_MODES: [Mode<'static>; 3] = [
-    Mode {
-        name: "untraced",
-        agent_args: None,
-    },
-    Mode {
-        name: "traced",
-        agent_args: Some(&[]),
-    },
+    UNTRACED_TRACED[0],
+    UNTRACED_TRACED[1],
     Mode {
         name: "traced, 16 MiB ring",
         agent_args: Some(&["--ring-buffer-mib", "16"]),
@@ -355,6 +349,7 @@ const RING_MODES: [Mode<'static>; 3] = [
 ];
 
 /// One way of running the server: untraced, or traced with these extra agent flags.
+#[derive(Clone, Copy)]
 struct Mode<'a> {
     name: &'a str,
     agent_args: Option<&'a [&'a str]>,

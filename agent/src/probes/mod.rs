@@ -624,27 +624,22 @@ trait Loadable {
     fn verified(&self) -> Option<u32>;
 }
 
-impl Loadable for TracePoint {
-    fn load_now(&mut self) -> Result<(), aya::programs::ProgramError> {
-        self.load()
-    }
-    fn verified(&self) -> Option<u32> {
-        self.info()
-            .ok()
-            .and_then(|i| i.verified_instruction_count())
-    }
+/// aya gives each program type its own inherent `load` and `info`, no shared trait.
+macro_rules! loadable {
+    ($($t:ty),*) => {$(
+        impl Loadable for $t {
+            fn load_now(&mut self) -> Result<(), aya::programs::ProgramError> {
+                self.load()
+            }
+            fn verified(&self) -> Option<u32> {
+                self.info()
+                    .ok()
+                    .and_then(|i| i.verified_instruction_count())
+            }
+        }
+    )*};
 }
-
-impl Loadable for UProbe {
-    fn load_now(&mut self) -> Result<(), aya::programs::ProgramError> {
-        self.load()
-    }
-    fn verified(&self) -> Option<u32> {
-        self.info()
-            .ok()
-            .and_then(|i| i.verified_instruction_count())
-    }
-}
+loadable!(TracePoint, UProbe);
 
 /// Exits whose program is another's, instruction for instruction (the same `exit_data`
 /// direction and cutting, see ebpf `net.rs`; the syscall comes from the entry's stash):
