@@ -212,6 +212,19 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// accept(fd, NULL, NULL) (libuv: node) names no peer: read it from the new socket
+/// now, while the connection surely exists (the agent's procfs lookup later finds
+/// nothing once the client has closed it). Its own subprogram: the socket walk's
+/// result stays in this frame.
+/// Fills the peer's port and address and returns its family (0: unknown). The caller
+/// stores the family: a used result keeps LLVM from dropping it, and the verifier
+/// rejects a subprogram whose R0 is left pointing into its own stack.
+#[inline(never)]
+fn accepted_peer(fd: u32, ev: &mut ConnOpenEvent) -> u32 {
+    crate::task::stream_peer(fd, &mut ev.peer_port, &mut ev.peer_addr) as u32
+}
+
+#[inline(always)]
 fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(s) = take_stash(pid_tgid) else {
@@ -265,6 +278,9 @@ fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
             // Datagram "connects" of other families (netlink…) carry no HTTP.
             return Ok(());
         }
+    }
+    if s.ptr == 0 && s.syscall == STASH_ACCEPT {
+        ev.family = accepted_peer(fd, &mut ev) as u16;
     }
     if failed {
         if ev.family != AF_INET && ev.family != AF_INET6 {

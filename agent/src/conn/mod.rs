@@ -1119,7 +1119,8 @@ impl Tracker {
             return;
         };
         if conn.role == Role::Server && conn.ends.peer.is_none() && !conn.peer_looked_up {
-            // Accepted without a peer address (libuv's accept(fd, NULL, NULL): node):
+            // Accepted without a peer address (libuv's accept(fd, NULL, NULL): node)
+            // that the kernel could not read from the socket either (no BTF offsets):
             // read it once from procfs, for the span's client address and the join to
             // a traced client.
             conn.peer_looked_up = true;

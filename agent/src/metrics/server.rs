@@ -383,7 +383,7 @@ pub fn render(src: &Sources, format: Format) -> String {
     );
     enc.counter(
         "periscope_peer_address_lookups",
-        "Accepted connections whose peer address the accept did not give (libuv's accept(fd, NULL, NULL): node) and was read once from /proc/PID/net/tcp instead.",
+        "Accepted connections whose peer address the accept did not give (libuv's accept(fd, NULL, NULL): node) and the kernel could not read from the socket either (no BTF offsets), read once from /proc/PID/net/tcp instead.",
         &one(snap.tracker.peer_lookups),
     );
     enc.counter(
