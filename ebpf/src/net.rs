@@ -214,11 +214,10 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 
 /// accept(fd, NULL, NULL) (libuv: node) names no peer: read it from the new socket
 /// now, while the connection surely exists (the agent's procfs lookup later finds
-/// nothing once the client has closed it). Its own subprogram: the socket walk's
-/// result stays in this frame.
-/// Fills the peer's port and address and returns its family (0: unknown). The caller
-/// stores the family: a used result keeps LLVM from dropping it, and the verifier
-/// rejects a subprogram whose R0 is left pointing into its own stack.
+/// nothing once the client has closed it). Fills the peer's port and address and
+/// returns its family (0: unknown). The caller stores the family: a used result keeps
+/// LLVM from dropping it, and the verifier rejects a subprogram whose R0 is left
+/// pointing into its own stack.
 #[inline(never)]
 fn accepted_peer(fd: u32, ev: &mut ConnOpenEvent) -> u32 {
     crate::task::stream_peer(fd, &mut ev.peer_port, &mut ev.peer_addr) as u32

@@ -450,6 +450,19 @@ struct ActiveSpan {
     fd: u32,
 }
 
+impl ActiveSpan {
+    /// A new span's identity in this span's trace, with this span as its parent.
+    fn child(&self) -> Ids {
+        Ids {
+            trace_id: self.trace_id,
+            span_id: crate::span::context::new_span_id(),
+            parent_span_id: self.span_id,
+            flags: self.flags,
+            trace_state: self.trace_state.clone(),
+        }
+    }
+}
+
 /// What `on_message` needs besides the connection.
 struct MessageCtx<'a> {
     pid: u32,
@@ -957,14 +970,7 @@ impl Tracker {
                 continue;
             };
             if let Some(a) = goroutine_span(&self.active, &self.go_parents, pid, caller) {
-                let ids = Ids {
-                    trace_id: a.trace_id,
-                    span_id: crate::span::context::new_span_id(),
-                    parent_span_id: a.span_id,
-                    flags: a.flags,
-                    trace_state: a.trace_state.clone(),
-                };
-                conn.h2_ids.insert(stream, ids);
+                conn.h2_ids.insert(stream, a.child());
             }
         }
     }
@@ -1009,13 +1015,7 @@ impl Tracker {
             .then(|| self.active.get(&(pid, ev.header.tid() as u64)))
             .flatten();
         let ids = match parent {
-            Some(a) => Ids {
-                trace_id: a.trace_id,
-                span_id: crate::span::context::new_span_id(),
-                parent_span_id: a.span_id,
-                flags: a.flags,
-                trace_state: a.trace_state.clone(),
-            },
+            Some(a) => a.child(),
             None => Ids {
                 trace_id: crate::span::context::new_trace_id(),
                 span_id: crate::span::context::new_span_id(),
@@ -2008,16 +2008,7 @@ fn push_request(conn: &mut Conn, msg: Message, complete: bool, ctx: &mut Message
     let (ids, local_parent) = if client {
         let caller = conn.go_caller.take();
         match caller_context(ctx, caller) {
-            Some(a) => (
-                Ids {
-                    trace_id: a.trace_id,
-                    span_id: crate::span::context::new_span_id(),
-                    parent_span_id: a.span_id,
-                    flags: a.flags,
-                    trace_state: a.trace_state.clone(),
-                },
-                true,
-            ),
+            Some(a) => (a.child(), true),
             None => (Ids::for_request(SpanKind::Client, &msg), false),
         }
     } else {
@@ -2028,16 +2019,7 @@ fn push_request(conn: &mut Conn, msg: Message, complete: bool, ctx: &mut Message
             Some((parent, service)) => {
                 ctx.stats.joined += 1;
                 client_service = Some(service);
-                (
-                    Ids {
-                        trace_id: parent.trace_id,
-                        span_id: crate::span::context::new_span_id(),
-                        parent_span_id: parent.span_id,
-                        flags: parent.flags,
-                        trace_state: parent.trace_state.clone(),
-                    },
-                    true,
-                )
+                (parent.child(), true)
             }
             None => (Ids::for_request(SpanKind::Server, &msg), false),
         };
