@@ -26,6 +26,7 @@ use crate::runtime::go::{self, GO_PROBES, GoPlan};
 
 pub mod btf;
 pub mod format;
+pub mod nostep;
 pub mod silence;
 pub mod tls;
 use thiserror::Error;
@@ -1198,8 +1199,24 @@ impl Probes {
             }
             return Ok(Some(lib));
         }
+        let sites = tls::sites(&lib.path).map_err(|why| {
+            ProbeError::TlsLibrary(
+                pid,
+                lib.name.clone(),
+                io::Error::new(ErrorKind::InvalidData, why),
+            )
+        })?;
+        tracing::debug!(
+            "PID {pid}: OpenSSL probes for {} at {}",
+            lib.name,
+            if sites.internal {
+                "the internal read and write calls (no single-step)"
+            } else {
+                "the exported calls"
+            }
+        );
         let mut links = Vec::new();
-        let mut attach = |name: &'static str, symbol: &str| {
+        let mut attach = |name: &'static str, offset: u64| {
             let p = self
                 .ebpf
                 .program_mut(name)
@@ -1209,18 +1226,22 @@ impl Probes {
                 what: "TLS plaintext (OpenSSL)",
                 source,
             })?;
-            p.attach(symbol, &lib.path, UProbeScope::AllProcesses)
-                .map_err(|source| ProbeError::Program {
-                    name,
-                    what: "TLS plaintext (OpenSSL)",
-                    source,
-                })
+            p.attach(
+                UProbeAttachLocation::AbsoluteOffset(offset),
+                &lib.path,
+                UProbeScope::AllProcesses,
+            )
+            .map_err(|source| ProbeError::Program {
+                name,
+                what: "TLS plaintext (OpenSSL)",
+                source,
+            })
         };
         let mut failed = None;
-        for &(entry, symbol, required) in tls::TLS_ENTRIES {
+        for &(entry, offset, required) in &sites.data {
             // The return probe first: an entry without its return would leave a call
             // stashed per thread until the next one overwrites it.
-            match attach(tls::TLS_RET, symbol).and_then(|ret| Ok((ret, attach(entry, symbol)?))) {
+            match attach(tls::TLS_RET, offset).and_then(|ret| Ok((ret, attach(entry, offset)?))) {
                 Ok((ret, ent)) => {
                     links.push((tls::TLS_RET, ret));
                     links.push((entry, ent));
@@ -1229,31 +1250,30 @@ impl Probes {
                     failed = Some(e);
                     break;
                 }
-                // OpenSSL before 1.1.1 has no _ex calls.
-                Err(_) => {}
+                Err(e) => tracing::debug!("PID {pid}: {entry} not hooked: {e}"),
             }
         }
         if failed.is_none() {
-            for &(entry, ret, symbol) in tls::TLS_SOCKET_HINTS {
+            for &(entry, ret, offset) in &sites.hints {
                 // Return first, as above.
                 let ret_link = if ret.is_empty() {
                     None
                 } else {
-                    match attach(ret, symbol) {
+                    match attach(ret, offset) {
                         Ok(l) => Some((ret, l)),
                         Err(e) => {
-                            tracing::debug!("PID {pid}: {symbol} not hooked: {e}");
+                            tracing::debug!("PID {pid}: {entry} not hooked: {e}");
                             continue;
                         }
                     }
                 };
-                match attach(entry, symbol) {
+                match attach(entry, offset) {
                     Ok(l) => {
                         links.extend(ret_link);
                         links.push((entry, l));
                     }
                     Err(e) => {
-                        tracing::debug!("PID {pid}: {symbol} not hooked: {e}");
+                        tracing::debug!("PID {pid}: {entry} not hooked: {e}");
                         links.extend(ret_link);
                     }
                 }

@@ -185,7 +185,7 @@ pub fn tls_sites(bin: &GoBinary) -> Result<Option<Vec<(&'static str, u64)>>, Str
                 return Ok(None);
             };
             let entry = bin
-                .file_offset(f.entry)
+                .entry_probe_offset(&f)
                 .ok_or_else(|| format!("{func}: entry not in the file"))?;
             let rets = bin.ret_offsets(&f).map_err(|e| format!("{func}: {e}"))?;
             if rets.is_empty() {
@@ -321,7 +321,7 @@ pub fn plan(pid: u32, goroutine_events: bool) -> Result<Option<GoPlan>, GoError>
             continue;
         };
         if at_entry {
-            if let Some(off) = bin.file_offset(f.entry) {
+            if let Some(off) = bin.entry_probe_offset(&f) {
                 attach.push((prog, off));
             }
         } else {

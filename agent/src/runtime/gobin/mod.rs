@@ -675,6 +675,20 @@ impl GoBinary {
         })
     }
 
+    /// File offset for an entry probe on `f`: the entry, or on amd64 the first instruction
+    /// after Go's stack check when the kernel runs a probe there without single-stepping
+    /// and the program sees the same registers (see [`crate::probes::nostep::go_entry`]).
+    /// Assembly functions keep their entry: they follow no calling convention.
+    pub fn entry_probe_offset(&self, f: &Func<'_>) -> Option<u64> {
+        let va = match self.code(f) {
+            Some(code) if self.elf.arch == Arch::Amd64 && !f.is_asm => {
+                crate::probes::nostep::go_entry(code, f.entry)
+            }
+            _ => f.entry,
+        };
+        self.file_offset(va)
+    }
+
     /// File offsets of every RET in `f`, for uprobes attached by offset. Tail-call jumps out
     /// of the function are not included (see [`GoBinary::exits`]).
     pub fn ret_offsets(&self, f: &Func<'_>) -> Result<Vec<u64>, GoBinError> {

@@ -792,7 +792,6 @@ fn plan_attaches_net_http_probes() {
         let _ = child.wait();
         let p = planned.unwrap().expect("a Go binary");
         let g = open(b);
-        let entry = |name: &str| g.file_offset(g.find_function(name).unwrap().entry).unwrap();
         for (prog, func) in [
             ("go_http_serve", "net/http.(*conn).serve"),
             ("go_http_roundtrip", "net/http.(*persistConn).roundTrip"),
@@ -803,7 +802,8 @@ fn plan_attaches_net_http_probes() {
                 .filter(|a| a.0 == prog)
                 .map(|a| a.1)
                 .collect();
-            assert_eq!(at, vec![entry(func)], "{prog} in {:?}", b.path);
+            assert_eq!(at.len(), 1, "{prog} in {:?}", b.path);
+            assert_entry_site(&g, func, at[0], &b.path);
         }
         // Per-goroutine probes stay off without goroutine events.
         assert!(!p.attach.iter().any(|a| a.0 == "go_newproc1_ret"));
@@ -831,9 +831,33 @@ fn plan_attaches_net_http_probes() {
     }
 }
 
-/// crypto/tls.(*Conn).Read and Write and the two handshakes: each entry where the symbol
-/// table puts it, and RET probes inside each function, found alike with and without
-/// symbols.
+/// An entry probe's site on a Go function with a frame: the `PUSHQ BP` right after its
+/// stack check (`[LEAQ;] CMPQ; JBE`), which the kernel emulates instead of single-stepping
+/// (probes/nostep.rs), checked against the bytes the Go compiler emits.
+fn assert_entry_site(g: &GoBinary, func: &str, off: u64, path: &Path) {
+    let f = g.find_function(func).unwrap();
+    let entry = g.file_offset(f.entry).unwrap();
+    assert!(
+        (entry + 10..=entry + 24).contains(&off),
+        "{func} probed at entry+{} in {path:?}",
+        off.wrapping_sub(entry)
+    );
+    let va = g.va_for_file_offset(off).unwrap();
+    assert_eq!(
+        g.bytes_at(va, 1),
+        Some(&[0x55][..]),
+        "{func}: no PUSHQ BP at the probe in {path:?}"
+    );
+    let jbe = g.bytes_at(va - 6, 6).unwrap();
+    assert!(
+        jbe[..2] == [0x0f, 0x86] || jbe[4] == 0x76,
+        "{func}: no JBE before the probe ({jbe:02x?}) in {path:?}"
+    );
+}
+
+/// crypto/tls.(*Conn).Read and Write and the two handshakes: each entry probe after the
+/// stack check of the function the symbol table names, and RET probes inside each
+/// function, found alike with and without symbols.
 #[test]
 fn go_tls_sites_found_stripped() {
     use crate::runtime::go::tls_sites;
@@ -843,7 +867,6 @@ fn go_tls_sites_found_stripped() {
         let sites = tls_sites(&g)
             .unwrap_or_else(|e| panic!("{:?}: {e}", b.path))
             .unwrap_or_else(|| panic!("no crypto/tls in {:?}", b.path));
-        let entry = |func: &str| g.file_offset(g.find_function(func).unwrap().entry).unwrap();
         let at = |prog: &str| -> Vec<u64> {
             let mut v: Vec<u64> = sites.iter().filter(|s| s.0 == prog).map(|s| s.1).collect();
             v.sort_unstable();
@@ -858,9 +881,15 @@ fn go_tls_sites_found_stripped() {
         .filter(|f| g.find_function(f).is_some())
         .collect();
         assert!(!handshake_fns.is_empty(), "{:?}", b.path);
-        let mut handshakes: Vec<u64> = handshake_fns.iter().map(|f| entry(f)).collect();
-        handshakes.sort_unstable();
-        assert_eq!(at("gotls_handshake_enter"), handshakes, "{:?}", b.path);
+        let handshakes = at("gotls_handshake_enter");
+        assert_eq!(handshakes.len(), handshake_fns.len(), "{:?}", b.path);
+        for f in &handshake_fns {
+            let start = g.file_offset(g.find_function(f).unwrap().entry).unwrap();
+            let site = handshakes
+                .iter()
+                .find(|&&o| (start..start + 32).contains(&o));
+            assert_entry_site(&g, f, *site.unwrap(), &b.path);
+        }
         let checks = [
             ("gotls_read_enter", "gotls_ret", "crypto/tls.(*Conn).Read"),
             ("gotls_write_enter", "gotls_ret", "crypto/tls.(*Conn).Write"),
@@ -875,7 +904,9 @@ fn go_tls_sites_found_stripped() {
             let f = g.find_function(func).unwrap();
             let start = g.file_offset(f.entry).unwrap();
             if !prog.is_empty() {
-                assert_eq!(at(prog), vec![start], "{prog} in {:?}", b.path);
+                let sites = at(prog);
+                assert_eq!(sites.len(), 1, "{prog} in {:?}", b.path);
+                assert_entry_site(&g, func, sites[0], &b.path);
             }
             let end = g.file_offset(f.end - 1).unwrap() + 1;
             let rets = sites
