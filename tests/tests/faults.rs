@@ -238,3 +238,173 @@ fn metrics_endpoint_out_of_fds_backs_off() {
         harness::tail(&exit.stderr, 3000)
     );
 }
+
+/// `key` (e.g. "VmRSS:") of `/proc/PID/status`, in KiB.
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 16: the backend down for a long time while nginx is kept busy. The queue fills in
+/// the first second; after that the agent must stay flat (drops counted, nothing
+/// growing), export must resume as soon as the backend is back, and every span must be
+/// accounted for: built = exported + dropped. `PERISCOPE_OUTAGE_SECS` sets the outage
+/// (20 s in CI; the 10-minute run the issue asks for is `PERISCOPE_OUTAGE_SECS=600`).
+#[test]
+fn long_outage_under_load_stays_flat_counts_drops_and_recovers() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    harness::require_root();
+    let _serial = harness::serial();
+    let outage = Duration::from_secs(
+        std::env::var("PERISCOPE_OUTAGE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20),
+    );
+    let receiver = Receiver::start();
+    let (grpc_port, http_port) = receiver.ports();
+    let server = harness::start_nginx();
+    let agent = Agent::start_with_env(
+        [
+            "--pid".to_string(),
+            server.pid().to_string(),
+            "--otlp-endpoint".into(),
+            receiver.endpoint(Protocol::Grpc),
+            "--otlp-protocol".into(),
+            Protocol::Grpc.flag().into(),
+            "--status-interval".into(),
+            "1".into(),
+        ],
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "1000"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ],
+    );
+    let apid = agent.pid();
+    // Sustained load, paced so that the receiver (which keeps every span it gets) is not
+    // the bottleneck: keep-alive batches of 200 from two threads, about 10k requests/s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let load: Vec<_> = (0..2)
+        .map(|t| {
+            let (stop, sent, addr) = (stop.clone(), sent.clone(), server.addr);
+            thread::spawn(move || {
+                let batch = Batch {
+                    mode: ConnMode::KeepAlive,
+                    requests: (0..200)
+                        .map(|i| Request::get(&format!("/load{t}/{i}")).expect(404))
+                        .collect(),
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    run_batch(addr, &batch);
+                    sent.fetch_add(200, Ordering::Relaxed);
+                    thread::sleep(Duration::from_millis(40).saturating_sub(t0.elapsed()));
+                }
+            })
+        })
+        .collect();
+    let before_outage = receiver.wait_for_spans(1000, Duration::from_secs(30)).len();
+    assert!(
+        before_outage >= 1000,
+        "{before_outage} spans before the outage\n{}",
+        harness::tail(&agent.output().stderr(), 3000)
+    );
+
+    drop(receiver);
+    let down = Instant::now();
+    let sent_at_down = sent.load(Ordering::Relaxed);
+    let rss_start = status_kib(apid, "VmRSS:");
+    // RSS each second; the first 5 s let the queue and the exporter's retry state fill.
+    let mut settled_peak = 0;
+    let mut rss_end = 0;
+    while down.elapsed() < outage {
+        thread::sleep(Duration::from_secs(1));
+        rss_end = status_kib(apid, "VmRSS:");
+        if down.elapsed() > Duration::from_secs(5) {
+            settled_peak = settled_peak.max(rss_end);
+        }
+    }
+    let sent_during = sent.load(Ordering::Relaxed) - sent_at_down;
+
+    let receiver = Receiver::start_on(grpc_port, http_port);
+    let up = Instant::now();
+    let first = receiver.wait_for_spans(1, Duration::from_secs(30));
+    let resumed = up.elapsed();
+    assert!(
+        !first.is_empty(),
+        "no span exported within 30 s of the backend's return\n{}",
+        harness::tail(&agent.output().stderr(), 3000)
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    // What the agent holds now is delivered; then 100 marked requests, each exactly once.
+    thread::sleep(Duration::from_secs(3));
+    run_batch(server.addr, &requests("after", 100));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let n = receiver
+            .spans()
+            .iter()
+            .filter(|s| s.attr("url.path").is_some_and(|p| p.starts_with("/after/")))
+            .count();
+        if n >= 100 || Instant::now() > deadline {
+            break n;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    let rss_peak = status_kib(apid, "VmHWM:");
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let built = status_value(&exit.stderr, "spans").unwrap_or(0);
+    let exported = status_value(&exit.stderr, "otlp_exported").unwrap_or(0);
+    let dropped = status_value(&exit.stderr, "otlp_dropped").unwrap_or(0);
+    eprintln!(
+        "outage {} s under load: {sent_during} requests during it; agent RSS {} MiB at the \
+         outage's start, {} MiB settled peak, {} MiB at its end, {} MiB peak overall; \
+         export resumed {:.1} s after the backend came back; spans built {built}, \
+         exported {exported}, dropped {dropped}; {before_outage} received before the outage",
+        outage.as_secs(),
+        rss_start / 1024,
+        settled_peak / 1024,
+        rss_end / 1024,
+        rss_peak / 1024,
+        resumed.as_secs_f64()
+    );
+    assert_eq!(after, 100, "marked requests after recovery delivered");
+    assert_eq!(
+        built,
+        exported + dropped,
+        "every span exported or counted dropped\n{}",
+        harness::tail(&exit.stderr, 2000)
+    );
+    assert!(
+        dropped > 0 && sent_during > 10_000,
+        "the outage overflowed the queue: {sent_during} requests, {dropped} dropped"
+    );
+    // Flat once the queue is full: past its first 5 s, the outage costs no more memory
+    // than its start plus the queue and batch buffers (2048 spans).
+    assert!(
+        settled_peak <= rss_start + 16 * 1024,
+        "agent RSS grew during the outage: {} -> {} MiB",
+        rss_start / 1024,
+        settled_peak / 1024
+    );
+    // The held batch is retried at least once per batch interval (1 s here): export is
+    // back within that, the reconnect and the receiver's polling.
+    assert!(
+        resumed < Duration::from_secs(3),
+        "export resumed {:.1} s after the backend came back",
+        resumed.as_secs_f64()
+    );
+}
