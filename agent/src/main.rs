@@ -813,8 +813,12 @@ impl Targets {
                     tracing::info!("PID {pid}: Go heap statistics unavailable: {why}");
                 }
                 tracing::info!(
-                    "PID {pid}: Go {} runtime probes attached at {n} sites in {} ms; {}",
+                    "PID {pid}: Go {} runtime probes attached at {n} sites{} in {} ms; {}",
                     plan.version,
+                    match plan.single_stepped() {
+                        Some(k) => format!(" ({k} of them single-stepped when hit)"),
+                        None => String::new(),
+                    },
                     started.elapsed().as_millis(),
                     match seeded {
                         Ok(k) => format!("{k} goroutines alive at attach"),

@@ -270,6 +270,28 @@ pub struct GoPlan {
     pub bin: Arc<GoBinary>,
 }
 
+impl GoPlan {
+    /// How many of the planned sites the kernel single-steps (amd64: a second trap per
+    /// hit, the expensive one in a VM; see probes/nostep.rs): the RETs, and entries of
+    /// functions without the usual stack check. `None` where that is not known (arm64).
+    pub fn single_stepped(&self) -> Option<usize> {
+        if self.bin.arch() != super::gobin::Arch::Amd64 {
+            return None;
+        }
+        Some(
+            self.attach
+                .iter()
+                .filter(|&&(_, off)| {
+                    self.bin
+                        .va_for_file_offset(off)
+                        .and_then(|va| self.bin.bytes_at(va, 2))
+                        .is_none_or(|b| !crate::probes::nostep::emulated(b))
+                })
+                .count(),
+        )
+    }
+}
+
 /// Analyses `/proc/PID/exe`. `Ok(None)` for a binary that is not Go.
 /// `goroutine_events`: attach the per-goroutine probes (newproc1, goexit1). Without
 /// them goroutines are counted by sampling `allgs` (see [`GoProcess::rescan`]), which

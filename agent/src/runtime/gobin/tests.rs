@@ -805,6 +805,18 @@ fn plan_attaches_net_http_probes() {
             assert_eq!(at.len(), 1, "{prog} in {:?}", b.path);
             assert_entry_site(&g, func, at[0], &b.path);
         }
+        // Only the RETs are single-stepped: every entry probe moved to an emulated
+        // instruction (probes/nostep.rs).
+        let rets = p
+            .attach
+            .iter()
+            .filter(|&&(_, off)| {
+                let va = g.va_for_file_offset(off).unwrap();
+                g.bytes_at(va, 1) == Some(&[0xc3][..])
+            })
+            .count();
+        assert!(rets > 0, "{:?}", b.path);
+        assert_eq!(p.single_stepped(), Some(rets), "{:?}", b.path);
         // Per-goroutine probes stay off without goroutine events.
         assert!(!p.attach.iter().any(|a| a.0 == "go_newproc1_ret"));
         let table = GoOffsets::for_version(g.go_version().unwrap()).unwrap();
