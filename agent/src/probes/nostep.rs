@@ -52,7 +52,7 @@ pub fn emulated(bytes: &[u8]) -> bool {
 /// registers, R14 (g) and SP are as at the entry; the check writes only the flags and
 /// R12 (a scratch register no program reads). When the stack must grow, the jump leaves
 /// before the PUSHQ and comes back to the entry, so each call passes it exactly once.
-/// Anything else: the entry.
+/// Anything else: the entry (e.g. Go before 1.21, whose frames start with `SUBQ $n, SP`).
 pub fn go_entry(code: &[u8], entry: u64) -> u64 {
     go_entry_site(code, entry).unwrap_or(entry)
 }
