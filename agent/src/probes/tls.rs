@@ -168,7 +168,7 @@ pub fn sites(path: &std::path::Path) -> Result<SslSites, String> {
         })
     };
     let x86 = obj.architecture() == object::Architecture::X86_64;
-    // The file offset to probe a function at `va` of `size` bytes, and its code.
+    // The code of a function at `va` of `size` bytes (64 when the symbol has no size).
     let code = |va: u64, size: u64| -> Option<&[u8]> {
         let (_, bytes) = locate(va)?;
         let len = usize::try_from(if size == 0 { 64 } else { size }).ok()?;
@@ -196,9 +196,10 @@ pub fn sites(path: &std::path::Path) -> Result<SslSites, String> {
                 let (plain_va, plain_size) = *syms.get(plain)?;
                 let callee = super::nostep::pass_through_call(code(ex_va, ex_size)?, ex_va)?;
                 let calls = super::nostep::calls(code(plain_va, plain_size)?, plain_va, callee);
-                let at = super::nostep::c_entry(code(callee, 16)?, callee);
+                let head = code(callee, 16)?;
+                let at = super::nostep::c_entry(head, callee);
                 let rel = usize::try_from(at - callee).ok()?;
-                (calls && super::nostep::emulated(code(callee, 16)?.get(rel..)?))
+                (calls && super::nostep::emulated(head.get(rel..)?))
                     .then(|| locate(at).map(|l| l.0))?
             })
             .flatten();
