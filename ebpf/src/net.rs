@@ -196,19 +196,19 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_sockaddr_call(&ctx);
+    let _ = try_exit_sockaddr_call(&ctx, true);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_sockaddr_call(&ctx);
+    let _ = try_exit_sockaddr_call(&ctx, true);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_sockaddr_call(&ctx);
+    let _ = try_exit_sockaddr_call(&ctx, false);
     0
 }
 
@@ -223,13 +223,22 @@ fn accepted_peer(fd: u32, ev: &mut ConnOpenEvent) -> u32 {
     crate::task::stream_peer(fd, &mut ev.peer_port, &mut ev.peer_addr) as u32
 }
 
+/// `accept`: the exit of accept or accept4.
 #[inline(always)]
-fn try_exit_sockaddr_call(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_exit_sockaddr_call(ctx: &TracePointContext, accept: bool) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(s) = take_stash(pid_tgid) else {
-        return Ok(());
-    };
     let tgid = (pid_tgid >> 32) as u32;
+    let s = match take_stash(pid_tgid) {
+        Some(s) if !accept || s.syscall == STASH_ACCEPT => s,
+        // An accept whose entry was not seen: the thread was already blocked in it when
+        // the agent attached (Apache's prefork children wait in accept between
+        // connections), or its process became a target meanwhile. The socket it
+        // returns is new all the same: tracked from its first byte (its requests
+        // framed) rather than adopted in the middle of its first read. Its peer is read
+        // from the socket (`ptr` 0), its local address by the agent (no listening fd).
+        _ if accept && is_target(tgid) => Stash::new(STASH_ACCEPT, NO_FD, 0, 0),
+        _ => return Ok(()),
+    };
     let rv = ret(ctx);
     let (fd, role, listen_fd) = match s.syscall {
         STASH_ACCEPT if rv >= 0 => (rv as u32, ROLE_SERVER, s.fd),

@@ -308,8 +308,9 @@ pub struct TrackerStats {
     pub h2_upgrades: u64,
     /// Of those, connections older than the agent, joined in the middle of HTTP/2.
     pub h2_mid_stream: u64,
-    /// Accepted connections whose peer address was read from procfs (the accept
-    /// syscall did not ask for it).
+    /// Accepted connections whose addresses were read from procfs (the accept syscall
+    /// did not ask for the peer's, or its entry was missed and no listening socket
+    /// names the local end).
     pub peer_lookups: u64,
     /// HTTP/2 sessions' counters, added when their connection closes.
     pub h2: crate::h2::H2Stats,
@@ -1118,15 +1119,20 @@ impl Tracker {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
-        if conn.role == Role::Server && conn.ends.peer.is_none() && !conn.peer_looked_up {
+        if conn.role == Role::Server
+            && (conn.ends.peer.is_none() || conn.ends.local.is_none())
+            && !conn.peer_looked_up
+        {
             // Accepted without a peer address (libuv's accept(fd, NULL, NULL): node)
-            // that the kernel could not read from the socket either (no BTF offsets):
-            // read it once from procfs, for the span's client address and the join to
-            // a traced client.
+            // that the kernel could not read from the socket either (no BTF offsets),
+            // or by an accept whose entry the kernel missed (no listening socket to
+            // name the local end): read them once from procfs, for the span's
+            // addresses and the join to a traced client.
             conn.peer_looked_up = true;
             self.stats.peer_lookups += 1;
             if let Some(r) = procnet::fd_addrs(pid, fd) {
-                conn.ends.peer = Some(r.remote);
+                conn.ends.peer = conn.ends.peer.or(Some(r.remote));
+                conn.ends.local = conn.ends.local.or(Some(r.local));
             }
         }
         // TLS: the socket's bytes are ciphertext; plaintext comes from the TLS probes.
