@@ -685,6 +685,11 @@ fn status_line(s: &Snapshot, outputs: &[Arc<export::ExportStats>]) -> String {
 /// How often the ring is drained when nothing forces a wakeup. Events reach userspace
 /// at most this late; batching them saves a wakeup per event.
 const DRAIN_INTERVAL_MS: i32 = 10;
+/// Spans are handed to the outputs once this many wait, or every `HANDOVER_EVERY`:
+/// one wakeup of the export worker per hand-over instead of one per span (it cost the
+/// agent about a microsecond per request in context switches at 45k requests/s).
+const SPAN_HANDOVER: usize = 256;
+const HANDOVER_EVERY: Duration = Duration::from_millis(20);
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// Go runtime stats are published to the metrics this often.
 const GO_PUBLISH: Duration = Duration::from_secs(1);
@@ -1002,7 +1007,23 @@ fn event_loop(
     let mut received: u64 = 0;
     let mut last_housekeeping = Instant::now();
     let mut last_go_publish = Instant::now();
-    let mut emit = |span| sink.send(span);
+    // Spans go to the outputs in hand-overs (see `SPAN_HANDOVER`), not one by one: each
+    // hand-over may wake an output's worker.
+    let pending = std::cell::RefCell::new(Vec::new());
+    let mut last_handover = Instant::now();
+    let mut hand_over = |force: bool| {
+        let mut p = pending.borrow_mut();
+        if !p.is_empty()
+            && (force || p.len() >= SPAN_HANDOVER || last_handover.elapsed() >= HANDOVER_EVERY)
+        {
+            sink.send_many(std::mem::replace(
+                &mut *p,
+                Vec::with_capacity(SPAN_HANDOVER),
+            ));
+            last_handover = Instant::now();
+        }
+    };
+    let mut emit = |span| pending.borrow_mut().push(span);
     let fd = ring.as_raw_fd();
     // Records are applied in time order, not ring order (see events::reorder).
     let mut reorder = periscope::events::reorder::Reorder::new();
@@ -1076,17 +1097,21 @@ fn event_loop(
             }
             t.go_housekeeping(go_due);
             t.tls_housekeeping();
-            publish(&t, &reorder);
             if t.tracker.process_count() == 0 && !discovering {
+                hand_over(true);
+                publish(&t, &reorder);
                 return Ok(());
             }
+            publish(&t, &reorder);
         }
         if stopping {
             // Final drain happened above; publish once more for the exit summary.
+            hand_over(true);
             t.go_housekeeping(true);
             publish(&t, &reorder);
             return Ok(());
         }
+        hand_over(false);
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,

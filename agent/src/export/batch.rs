@@ -49,12 +49,15 @@ pub(crate) trait Counters: Send + Sync + 'static {
     fn dropped(&self) -> &AtomicU64;
     fn rejected(&self) -> &AtomicU64;
     fn failed_exports(&self) -> &AtomicU64;
-    /// One item left the queue (for a queue-depth gauge).
-    fn dequeued(&self) {}
+    /// `n` items left the queue (for a queue-depth gauge).
+    fn dequeued(&self, _n: u64) {}
 }
 
 pub(crate) enum Msg<T> {
     Item(T),
+    /// Several at once: what the event loop made since its last hand-over, for one
+    /// wakeup of the worker rather than one per item.
+    Items(Vec<T>),
     /// Sent by shutdown behind every item already queued: drain up to here, then stop.
     Flush,
 }
@@ -115,7 +118,7 @@ impl<T: Item, C: Counters> BatchWorker<T, C> {
         loop {
             if flushing && self.held.is_none() {
                 if !batch.is_empty() {
-                    self.send(std::mem::take(&mut batch)).await;
+                    self.send(first(&mut batch, max_batch)).await;
                     continue;
                 }
                 break;
@@ -151,47 +154,61 @@ impl<T: Item, C: Counters> BatchWorker<T, C> {
                 }
                 _ = tokio::time::sleep_until(batch_due.unwrap_or_else(far)),
                     if batch_due.is_some() && !holding => {
-                    batch_due = None;
-                    self.send(std::mem::take(&mut batch)).await;
+                    self.send(first(&mut batch, max_batch)).await;
+                    // What a message of many items left over goes as soon as it may.
+                    batch_due = (!batch.is_empty()).then(Instant::now);
                 }
                 // While a batch is held, the queue (not this task) buffers the outage.
-                msg = rx.recv(), if !holding && !flushing => match msg {
-                    Some(Msg::Item(item)) => {
-                        self.stats.dequeued();
-                        if batch.is_empty() {
-                            batch_due = Some(Instant::now() + self.batch.schedule_delay);
-                        }
-                        batch.push(item);
-                        // Take what else is queued now, up to a full batch, without a
-                        // trip through the select (its timers) per item.
-                        while batch.len() < max_batch {
-                            match rx.try_recv() {
-                                Ok(Msg::Item(item)) => {
-                                    self.stats.dequeued();
-                                    batch.push(item);
-                                }
-                                Ok(Msg::Flush) | Err(TryRecvError::Disconnected) => {
-                                    flushing = true;
-                                    break;
-                                }
-                                Err(TryRecvError::Empty) => break,
+                msg = rx.recv(), if !holding && !flushing => {
+                    let mut next = msg;
+                    // Take what else is queued now, up to a full batch, without a trip
+                    // through the select (its timers) per message.
+                    loop {
+                        match next {
+                            Some(Msg::Item(item)) => {
+                                self.stats.dequeued(1);
+                                batch.push(item);
+                            }
+                            Some(Msg::Items(mut items)) => {
+                                self.stats.dequeued(items.len() as u64);
+                                batch.append(&mut items);
+                            }
+                            Some(Msg::Flush) | None => {
+                                flushing = true;
+                                break;
                             }
                         }
                         if batch.len() >= max_batch {
-                            batch_due = None;
-                            self.send(std::mem::take(&mut batch)).await;
+                            break;
                         }
+                        next = match rx.try_recv() {
+                            Ok(msg) => Some(msg),
+                            Err(TryRecvError::Disconnected) => None,
+                            Err(TryRecvError::Empty) => break,
+                        };
                     }
-                    Some(Msg::Flush) | None => flushing = true,
-                },
+                    // Full batches go now; a part batch waits for its delay. A message
+                    // of many items can fill more than one.
+                    while batch.len() >= max_batch && self.held.is_none() {
+                        self.send(first(&mut batch, max_batch)).await;
+                    }
+                    batch_due = if batch.is_empty() {
+                        None
+                    } else {
+                        batch_due.or_else(|| Some(Instant::now() + self.batch.schedule_delay))
+                    };
+                }
             }
         }
         rx.close();
         while let Ok(msg) = rx.try_recv() {
-            if let Msg::Item(_) = msg {
-                self.stats.dequeued();
-                self.stats.dropped().fetch_add(1, Relaxed);
-            }
+            let n = match msg {
+                Msg::Item(_) => 1,
+                Msg::Items(items) => items.len() as u64,
+                Msg::Flush => 0,
+            };
+            self.stats.dequeued(n);
+            self.stats.dropped().fetch_add(n, Relaxed);
         }
     }
 
@@ -298,6 +315,16 @@ impl<T: Item, C: Counters> BatchWorker<T, C> {
             self.outage = Some(self.stats.dropped().load(Relaxed));
         }
     }
+}
+
+/// The first `max` items of `batch` (all of them if fewer), leaving the rest.
+fn first<T>(batch: &mut Vec<T>, max: usize) -> Vec<T> {
+    let rest = if batch.len() > max {
+        batch.split_off(max)
+    } else {
+        Vec::new()
+    };
+    std::mem::replace(batch, rest)
 }
 
 /// Resolves once shutdown has set a deadline and it has passed; never if no shutdown comes.

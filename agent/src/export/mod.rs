@@ -120,14 +120,17 @@ impl batch::Counters for ExportStats {
     fn failed_exports(&self) -> &AtomicU64 {
         &self.failed_exports
     }
-    fn dequeued(&self) {
-        self.queue_depth.fetch_sub(1, Relaxed);
+    fn dequeued(&self, n: u64) {
+        self.queue_depth.fetch_sub(n, Relaxed);
     }
 }
 
 struct Queue {
     tx: mpsc::Sender<Msg>,
     stats: Arc<ExportStats>,
+    /// Most spans queued at once (`OTEL_BSP_MAX_QUEUE_SIZE`); the channel's own bound
+    /// counts messages, which may hold many spans each.
+    capacity: u64,
 }
 
 impl Queue {
@@ -137,6 +140,29 @@ impl Queue {
         if self.tx.try_send(Msg::Item(span)).is_err() {
             self.stats.queue_depth.fetch_sub(1, Relaxed);
             self.stats.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn offer_many(&self, mut spans: Vec<Span>) {
+        let n = spans.len() as u64;
+        // Only the event thread adds; the worker's decrements can only make room.
+        let depth = self.stats.queue_depth.fetch_add(n, Relaxed);
+        let room = self.capacity.saturating_sub(depth).min(n);
+        if room < n {
+            self.stats.queue_depth.fetch_sub(n - room, Relaxed);
+            self.stats.dropped.fetch_add(n - room, Relaxed);
+            spans.truncate(room as usize);
+        }
+        if spans.is_empty() {
+            return;
+        }
+        if let Err(e) = self.tx.try_send(Msg::Items(spans)) {
+            let Msg::Items(spans) = e.into_inner() else {
+                unreachable!("sent Items")
+            };
+            let n = spans.len() as u64;
+            self.stats.queue_depth.fetch_sub(n, Relaxed);
+            self.stats.dropped.fetch_add(n, Relaxed);
         }
     }
 }
@@ -157,6 +183,20 @@ impl SpanSink {
                 q.offer(span.clone());
             }
             last.offer(span);
+        }
+    }
+
+    /// Queues many spans with one message per output (one wakeup of its worker, rather
+    /// than one per span): what the event loop made since its last hand-over.
+    pub fn send_many(&self, spans: Vec<Span>) {
+        if spans.is_empty() {
+            return;
+        }
+        if let Some((last, rest)) = self.queues.split_last() {
+            for q in rest {
+                q.offer_many(spans.clone());
+            }
+            last.offer_many(spans);
         }
     }
 
@@ -236,6 +276,7 @@ pub fn start_with_console(
         queues.push(Queue {
             tx: tx.clone(),
             stats: stats.clone(),
+            capacity: capacity as u64,
         });
         handle_queues.push((tx, stats.clone()));
         (rx, stats)
@@ -301,10 +342,13 @@ pub fn start_with_console(
 fn drain_dropped(rx: &mut mpsc::Receiver<Msg>, stats: &ExportStats) {
     rx.close();
     while let Ok(msg) = rx.try_recv() {
-        if let Msg::Item(_) = msg {
-            stats.queue_depth.fetch_sub(1, Relaxed);
-            stats.dropped.fetch_add(1, Relaxed);
-        }
+        let n = match msg {
+            Msg::Item(_) => 1,
+            Msg::Items(spans) => spans.len() as u64,
+            Msg::Flush => 0,
+        };
+        stats.queue_depth.fetch_sub(n, Relaxed);
+        stats.dropped.fetch_add(n, Relaxed);
     }
 }
 
@@ -326,20 +370,23 @@ fn run_console(
             }
             Err(mpsc::error::TryRecvError::Disconnected) => None,
         };
-        let span = match msg {
-            Some(Msg::Item(span)) => span,
+        let spans = match msg {
+            Some(Msg::Item(span)) => vec![span],
+            Some(Msg::Items(spans)) => spans,
             Some(Msg::Flush) | None => break,
         };
-        stats.queue_depth.fetch_sub(1, Relaxed);
-        let mut line = match format {
-            ConsoleFormat::Text => console::format_text(&span),
-            ConsoleFormat::Json => console::format_json(&span),
-        };
-        line.push('\n');
-        match out.write_all(line.as_bytes()) {
-            Ok(()) => stats.exported.fetch_add(1, Relaxed),
-            Err(_) => stats.dropped.fetch_add(1, Relaxed),
-        };
+        stats.queue_depth.fetch_sub(spans.len() as u64, Relaxed);
+        for span in spans {
+            let mut line = match format {
+                ConsoleFormat::Text => console::format_text(&span),
+                ConsoleFormat::Json => console::format_json(&span),
+            };
+            line.push('\n');
+            match out.write_all(line.as_bytes()) {
+                Ok(()) => stats.exported.fetch_add(1, Relaxed),
+                Err(_) => stats.dropped.fetch_add(1, Relaxed),
+            };
+        }
     }
     let _ = out.flush();
     drain_dropped(&mut rx, stats);

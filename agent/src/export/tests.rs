@@ -368,3 +368,82 @@ async fn no_outputs_is_harmless() {
     assert!(sink.stats().is_empty());
     handle.shutdown(Duration::from_millis(100)).await;
 }
+
+fn spans(n: usize) -> Vec<crate::span::Span> {
+    let r = resource(1, "svc");
+    (0..n).map(|i| sample_span(r.clone(), i as u8)).collect()
+}
+
+/// A hand-over of many spans is one message, still cut into batches of the configured
+/// size (never a larger request), with the part batch sent after its delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_spans_at_once_are_cut_into_batches() {
+    let c = FakeCollector::start(Reply::Status(200, None)).await;
+    let cfg = otlp_config(
+        &c.traces_url(),
+        Protocol::HttpProtobuf,
+        2000,
+        batch(4, 50, 100),
+    );
+    let (sink, handle) = start(cfg, &tokio::runtime::Handle::current());
+    sink.send_many(spans(10));
+    sink.send_many(Vec::new());
+    let stats = handle.stats();
+    wait_until("all ten", || stats[0].exported.load(Relaxed) == 10).await;
+    assert_eq!(c.accepted_batches(), vec![4, 4, 2]);
+    handle.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(get(&stats[0]), (10, 0, 0, 0));
+}
+
+/// The queue's bound counts spans, not messages: a hand-over larger than the room left
+/// is cut to fit and the rest dropped and counted, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_spans_at_once_respect_the_queue_bound() {
+    let c = FakeCollector::start(Reply::Hang).await;
+    let cfg = otlp_config(
+        &c.traces_url(),
+        Protocol::HttpProtobuf,
+        30_000,
+        batch(2, 10, 6),
+    );
+    let (sink, handle) = start(cfg, &tokio::runtime::Handle::current());
+    sink.send_many(spans(2));
+    wait_until("the hung request", || c.requests() >= 1).await;
+    let stats = sink.stats();
+    sink.send_many(spans(4));
+    sink.send_many(spans(5));
+    // 4 + 2 of the 5 fit; 3 are dropped.
+    assert_eq!(stats[0].queue_depth.load(Relaxed), 6);
+    assert_eq!(stats[0].dropped.load(Relaxed), 3);
+    sink.send_many(spans(1000));
+    assert_eq!(stats[0].dropped.load(Relaxed), 1003);
+    handle.shutdown(Duration::from_millis(300)).await;
+    assert_eq!(get(&stats[0]), (0, 1011, 1, 0));
+}
+
+/// Every output gets every span of a hand-over (the console ones line by line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_spans_at_once_reach_every_output() {
+    let c = FakeCollector::start(Reply::Status(200, None)).await;
+    let mut cfg = otlp_config(
+        &c.traces_url(),
+        Protocol::HttpProtobuf,
+        2000,
+        batch(10, 10, 100),
+    );
+    cfg.console = vec![ConsoleFormat::Text];
+    let text = SharedBuf::default();
+    let t = text.clone();
+    let (sink, handle) = start_with_console(cfg, &tokio::runtime::Handle::current(), move |_| {
+        Box::new(t.clone())
+    });
+    sink.send_many(spans(7));
+    sink.send(spans(1).remove(0));
+    let stats = handle.stats();
+    handle.shutdown(Duration::from_secs(2)).await;
+    for s in &stats {
+        assert_eq!(get(s), (8, 0, 0, 0), "{:?}", s.output);
+    }
+    assert_eq!(c.accepted_batches(), vec![8]);
+    assert_eq!(text.text().lines().count(), 8);
+}
