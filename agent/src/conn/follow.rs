@@ -9,7 +9,8 @@
 //! Kept apart from `mod.rs` so the pairing code does not need to know about any of it:
 //! it only sees primary fds.
 
-use std::{collections::HashMap, net::SocketAddr};
+use foldhash::HashMap;
+use std::net::SocketAddr;
 
 use periscope_common::{ConnAdoptEvent, ConnDupEvent, GoConnEvent};
 

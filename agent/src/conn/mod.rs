@@ -10,8 +10,9 @@ pub mod procnet;
 #[cfg(test)]
 mod tests;
 
+use foldhash::{HashMap, HashMapExt};
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };

@@ -13,7 +13,7 @@
 //! `common/v1/common.proto`, `resource/v1/resource.proto` and
 //! `collector/trace/v1/trace_service.proto`.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};

@@ -21,9 +21,8 @@
 //! [`MAX_HPACK_TABLE`] so a peer cannot make the agent hold more than a small multiple
 //! of it per direction.
 
-use std::collections::HashMap;
-
 use crate::http::{Chunk, MAX_TARGET, MAX_VALUE, Message, MessageKind, Method};
+use foldhash::{HashMap, HashMapExt};
 
 pub mod hpack;
 #[cfg(test)]

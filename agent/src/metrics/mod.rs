@@ -10,8 +10,9 @@ pub mod histogram;
 pub mod prometheus;
 pub mod server;
 
+use foldhash::{HashMap, HashMapExt};
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex},
 };
 

@@ -8,8 +8,8 @@
 //! `syscw`) is the independent witness; any event with the process's tgid (a thread
 //! start, a connection, bytes) counts as being seen. One warning per process.
 
+use foldhash::HashMap;
 use std::{
-    collections::HashMap,
     fs,
     time::{Duration, Instant},
 };

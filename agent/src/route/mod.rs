@@ -52,7 +52,7 @@ mod pattern;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::fmt;
 use std::sync::Arc;
 

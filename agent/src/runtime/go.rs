@@ -7,12 +7,8 @@
 //! applied with set semantics (insert if absent, remove if present). Events already in
 //! flight when the seed was taken therefore count once, whichever order they land in.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    fs::File,
-    path::PathBuf,
-    sync::Arc,
-};
+use foldhash::{HashMap, HashMapExt};
+use std::{collections::VecDeque, fs::File, path::PathBuf, sync::Arc};
 
 use periscope_common::{GO_FLAG_STW_REASON, GoProcInfo};
 use thiserror::Error;

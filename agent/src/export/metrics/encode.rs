@@ -19,7 +19,7 @@
 //! `otel.metric.overflow` a bool. One deliberate difference: a status code of 0 (no
 //! response) is left out, as semconv requires the attribute only when a response was seen.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
