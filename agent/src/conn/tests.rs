@@ -174,9 +174,12 @@ impl Run {
             .iter()
             .find(|s| {
                 s.kind == kind
-                    && match (s.attr("url.path"), s.attr("url.full")) {
-                        (Some(Value::Str(p)), _) => p == path,
-                        (_, Some(Value::Str(u))) => u.ends_with(path),
+                    && match (
+                        s.attr("url.path").and_then(Value::as_str),
+                        s.attr("url.full").and_then(Value::as_str),
+                    ) {
+                        (Some(p), _) => p == path,
+                        (_, Some(u)) => u.ends_with(path),
                         _ => false,
                     }
             })

@@ -28,8 +28,8 @@ pub fn format_text(s: &Span) -> String {
     });
     line.push_str(&s.name);
     // A route-less name is only the method; the path says more. (No let-chains: MSRV 1.87.)
-    match s.attr("url.path") {
-        Some(Value::Str(path)) if !s.name.contains(' ') => {
+    match s.attr("url.path").and_then(Value::as_str) {
+        Some(path) if !s.name.contains(' ') => {
             let _ = write!(line, " {path}");
         }
         _ => {}
@@ -159,6 +159,7 @@ impl Serialize for JsonValue<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             Value::Str(s) => ser.serialize_str(s),
+            Value::Static(s) => ser.serialize_str(s),
             Value::Int(i) => ser.serialize_i64(*i),
         }
     }
@@ -175,6 +176,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 fn render(v: &Value) -> String {
     match v {
         Value::Str(s) => s.clone(),
+        Value::Static(s) => (*s).to_owned(),
         Value::Int(i) => i.to_string(),
     }
 }

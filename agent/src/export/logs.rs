@@ -427,6 +427,7 @@ fn record_to_proto(r: &LogRecord) -> ProtoLogRecord {
                 key: (*k).to_owned(),
                 value: any(match v {
                     Value::Str(s) => any_value::Value::StringValue(s.clone()),
+                    Value::Static(s) => any_value::Value::StringValue((*s).to_owned()),
                     Value::Int(i) => any_value::Value::IntValue(*i),
                 }),
             })

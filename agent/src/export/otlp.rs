@@ -117,6 +117,7 @@ pub fn span_to_proto(s: &Span) -> proto::Span {
 fn key_value(key: &str, value: &Value) -> KeyValue {
     let value = match value {
         Value::Str(s) => any_value::Value::StringValue(s.clone()),
+        Value::Static(s) => any_value::Value::StringValue((*s).to_owned()),
         Value::Int(i) => any_value::Value::IntValue(*i),
     };
     KeyValue {

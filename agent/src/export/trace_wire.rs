@@ -75,6 +75,7 @@ fn put_bytes(tag: u32, v: &[u8], buf: &mut Vec<u8>) {
 fn any_value_len(v: &Value) -> usize {
     match v {
         Value::Str(s) => delimited_len(1, s.len()),
+        Value::Static(s) => delimited_len(1, s.len()),
         Value::Int(i) => key_len(3) + encoded_len_varint(*i as u64),
     }
 }
@@ -97,6 +98,7 @@ fn put_key_value(tag: u32, key: &str, v: &Value, buf: &mut Vec<u8>) {
     put_delimited_head(2, any_value_len(v), buf);
     match v {
         Value::Str(s) => put_bytes(1, s.as_bytes(), buf),
+        Value::Static(s) => put_bytes(1, s.as_bytes(), buf),
         Value::Int(i) => {
             encode_key(3, WireType::Varint, buf);
             encode_varint(*i as u64, buf);
@@ -295,6 +297,8 @@ mod tests {
     fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
             ".{0,300}".prop_map(Value::Str),
+            proptest::sample::select(&["GET", "1.1", "https", "", "_OTHER"][..])
+                .prop_map(Value::Static),
             any::<i64>().prop_map(Value::Int),
         ]
     }

@@ -241,13 +241,14 @@ pub fn build(
         MessageKind::Response { status, .. } => status,
         MessageKind::Request { .. } => 0,
     };
-    let known = KNOWN_METHODS.contains(&method);
-    let method_attr = if known { method } else { "_OTHER" };
+    let known_method: Option<&'static str> = KNOWN_METHODS.iter().copied().find(|m| *m == method);
+    let known = known_method.is_some();
+    let method_attr: &'static str = known_method.unwrap_or("_OTHER");
     let (path, query) = split_target(target);
 
     let mut attributes: Vec<(&'static str, Value)> = Vec::with_capacity(16);
     let mut push = |k: &'static str, v: Value| attributes.push((k, v));
-    push("http.request.method", Value::Str(method_attr.to_string()));
+    push("http.request.method", Value::Static(method_attr));
     if !known {
         push(
             "http.request.method_original",
@@ -257,13 +258,13 @@ pub fn build(
     push("http.response.status_code", Value::Int(status as i64));
     push(
         "network.protocol.version",
-        Value::Str(if req.version_minor == 0 { "1.0" } else { "1.1" }.to_string()),
+        Value::Static(if req.version_minor == 0 { "1.0" } else { "1.1" }),
     );
     let host = req.host.as_deref().map(split_host);
     let scheme = if ends.tls { "https" } else { "http" };
     match kind {
         SpanKind::Server => {
-            push("url.scheme", Value::Str(scheme.into()));
+            push("url.scheme", Value::Static(scheme));
             push("url.path", Value::Str(path.to_string()));
             if let Some(r) = route {
                 push("http.route", Value::Str(r.to_string()));

@@ -24,10 +24,33 @@ pub enum SpanStatus {
 }
 
 /// An attribute value, as OTLP's AnyValue subset we need.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum Value {
     Str(String),
+    /// A string known at compile time (a method, a scheme, a protocol version): no
+    /// allocation per span. Equal to a `Str` of the same text.
+    Static(&'static str),
     Int(i64),
+}
+
+impl Value {
+    /// The text of a string value.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            Value::Static(s) => Some(s),
+            Value::Int(_) => None,
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (a, b) => a.as_str().is_some() && a.as_str() == b.as_str(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -64,3 +87,19 @@ impl Span {
 pub mod build;
 pub mod context;
 pub mod rpc;
+
+#[cfg(test)]
+mod tests {
+    use super::Value;
+
+    #[test]
+    fn static_and_owned_strings_are_one_value() {
+        assert_eq!(Value::Static("GET"), Value::Str("GET".into()));
+        assert_eq!(Value::Str("GET".into()), Value::Static("GET"));
+        assert_ne!(Value::Static("GET"), Value::Static("PUT"));
+        assert_ne!(Value::Static("1"), Value::Int(1));
+        assert_eq!(Value::Int(7), Value::Int(7));
+        assert_eq!(Value::Static("1.1").as_str(), Some("1.1"));
+        assert_eq!(Value::Int(1).as_str(), None);
+    }
+}

@@ -61,7 +61,7 @@ fn set(span: &mut Span, key: &'static str, v: Value) {
 /// is: HTTP/2, and for gRPC an RPC span named `package.Service/Method` whose status
 /// follows the gRPC status, not the HTTP one. Returns whether the span is an error.
 pub fn apply_h2(span: &mut Span, path: &str, grpc: Option<&GrpcInfo>) -> bool {
-    set(span, "network.protocol.version", Value::Str("2".into()));
+    set(span, "network.protocol.version", Value::Static("2"));
     let Some(g) = grpc else {
         return span.status == SpanStatus::Error;
     };
@@ -69,7 +69,7 @@ pub fn apply_h2(span: &mut Span, path: &str, grpc: Option<&GrpcInfo>) -> bool {
         return span.status == SpanStatus::Error;
     };
     span.name = format!("{service}/{method}");
-    set(span, "rpc.system", Value::Str("grpc".into()));
+    set(span, "rpc.system", Value::Static("grpc"));
     set(span, "rpc.service", Value::Str(service.to_string()));
     set(span, "rpc.method", Value::Str(method.to_string()));
     if let Some(s) = g.status {

@@ -257,9 +257,11 @@ fn got(r: &Run) -> Vec<(String, String, i64, i64, i64)> {
     r.spans
         .iter()
         .map(|s| {
-            let str_of = |k: &str| match s.attr(k) {
-                Some(Value::Str(v)) => v.to_string(),
-                _ => String::new(),
+            let str_of = |k: &str| {
+                s.attr(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
             };
             let int_of = |k: &str| match s.attr(k) {
                 Some(Value::Int(i)) => *i,

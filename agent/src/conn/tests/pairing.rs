@@ -25,8 +25,8 @@ fn lines(r: &Run) -> Vec<(String, String, i64)> {
         .iter()
         .map(|s| {
             let get = |k: &str| match s.attr(k) {
-                Some(Value::Str(v)) => v.to_string(),
                 Some(Value::Int(i)) => i.to_string(),
+                Some(v) => v.as_str().unwrap_or_default().to_string(),
                 _ => String::new(),
             };
             let status = match s.attr("http.response.status_code") {
