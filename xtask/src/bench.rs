@@ -15,6 +15,7 @@
 //! `run_time_ns` / `run_cnt` in `/proc/AGENT/fdinfo` of its program fds.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
     net::TcpListener,
     process::{Command, Stdio},
@@ -240,33 +241,103 @@ fn enable_bpf_stats() -> Option<std::os::fd::OwnedFd> {
     (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// (run_time_ns, run_cnt) summed over the BPF programs process `pid` holds fds of.
-fn bpf_prog_stats(pid: u32) -> (u64, u64) {
-    let mut total = (0, 0);
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return total;
+/// The name of BPF program `fd` of process `pid` (its copy taken with pidfd_getfd, then
+/// BPF_OBJ_GET_INFO_BY_FD): fdinfo gives run time and count but not the name.
+fn prog_name(pidfd: i32, fd: i32) -> Option<String> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: pidfd_getfd(2) on a pidfd we own; returns a new fd or -1.
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
+    if copy < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    let copy =
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(copy as i32) };
+    // struct bpf_prog_info up to and past `name[16]` at offset 64.
+    let mut info = [0u8; 128];
+    // union bpf_attr's info: { __u32 bpf_fd; __u32 info_len; __aligned_u64 info; }.
+    let mut attr = [0u8; 16];
+    attr[..4].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&copy) as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: bpf(2) writes at most info_len bytes to `info`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_ptr(),
+            attr.len() as libc::c_uint,
+        )
     };
+    if rc != 0 {
+        return None;
+    }
+    let name = &info[64..80];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// (run_time_ns, run_cnt) of each BPF program process `pid` holds fds of, by name
+/// (programs of one name, such as one uprobe program attached per process, summed).
+fn bpf_prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
+    let mut by_name = BTreeMap::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return by_name;
+    };
+    // SAFETY: pidfd_open(2); -1 (then names read "?") if it fails.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
     for fd in fds.flatten() {
         let is_prog = std::fs::read_link(fd.path())
             .is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-prog");
         if !is_prog {
             continue;
         }
-        let info = std::fs::read_to_string(format!(
-            "/proc/{pid}/fdinfo/{}",
-            fd.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
+        let num = fd.file_name().to_string_lossy().into_owned();
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{num}")).unwrap_or_default();
         let field = |name: &str| -> u64 {
             info.lines()
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0)
         };
-        total.0 += field("run_time_ns:");
-        total.1 += field("run_cnt:");
+        let name = num
+            .parse()
+            .ok()
+            .filter(|_| pidfd >= 0)
+            .and_then(|n| prog_name(pidfd, n))
+            .unwrap_or_else(|| "?".to_string());
+        let e = by_name.entry(name).or_insert((0, 0));
+        e.0 += field("run_time_ns:");
+        e.1 += field("run_cnt:");
     }
-    total
+    if pidfd >= 0 {
+        // SAFETY: our own pidfd.
+        unsafe { libc::close(pidfd) };
+    }
+    by_name
+}
+
+/// Per-program (ns, runs) per request between two snapshots, costliest first.
+fn per_request(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+    requests: u64,
+) -> Vec<(String, f64, f64)> {
+    let n = requests.max(1) as f64;
+    let mut v: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(name, &(ns, runs))| {
+            let (ns0, runs0) = before.get(name).copied().unwrap_or((0, 0));
+            (
+                name.clone(),
+                ns.saturating_sub(ns0) as f64 / n,
+                runs.saturating_sub(runs0) as f64 / n,
+            )
+        })
+        .filter(|(_, ns, _)| *ns > 0.0)
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
 }
 
 struct Traced {
@@ -275,6 +346,8 @@ struct Traced {
     /// per request (0 when BPF stats could not be enabled).
     bpf_ns_per_req: f64,
     bpf_runs_per_req: f64,
+    /// The same by program, costliest first.
+    bpf_programs: Vec<(String, f64, f64)>,
     cpu_us_per_req: f64,
     rss_mib: f64,
     lost: u64,
@@ -326,10 +399,12 @@ fn traced_run(
             .unwrap_or(0)
     };
     let hz = 100.0; // USER_HZ on Linux
+    let programs = per_request(&k0, &k1, w.requests);
     Ok(Traced {
         cpu_us_per_req: (t1 - t0) as f64 / hz * 1e6 / w.requests.max(1) as f64,
-        bpf_ns_per_req: (k1.0 - k0.0) as f64 / w.requests.max(1) as f64,
-        bpf_runs_per_req: (k1.1 - k0.1) as f64 / w.requests.max(1) as f64,
+        bpf_ns_per_req: programs.iter().map(|p| p.1).sum(),
+        bpf_runs_per_req: programs.iter().map(|p| p.2).sum(),
+        bpf_programs: programs,
         rss_mib: rss as f64 / 1024.0,
         lost: field("lost="),
         spans: field("spans="),
@@ -427,6 +502,18 @@ fn bench_server(
                 "   agent {cpu:.2} us/req, peak RSS {rss:.1} MiB, lost {lost}, {spans} spans / {reqs} requests"
             );
             print!("   kernel {bpf_ns:.0} ns/req in {bpf_runs:.1} program runs/req");
+            // Where the kernel time goes (the last round's split): the costliest programs.
+            if let Some(last) = traced.last() {
+                let top: Vec<String> = last
+                    .bpf_programs
+                    .iter()
+                    .take(5)
+                    .map(|(name, ns, runs)| format!("{name} {ns:.0} ns/{runs:.1}"))
+                    .collect();
+                if !top.is_empty() {
+                    print!("\n  {:<26} kernel by program: {}", "", top.join(", "));
+                }
+            }
         }
         println!();
     }
