@@ -687,7 +687,7 @@ fn status_line(s: &Snapshot, outputs: &[Arc<export::ExportStats>]) -> String {
 const DRAIN_INTERVAL_MS: i32 = 10;
 /// Spans are handed to the outputs once this many wait, or every `HANDOVER_EVERY`:
 /// one wakeup of the export worker per hand-over instead of one per span (it cost the
-/// agent about a microsecond per request in context switches at 45k requests/s).
+/// agent about 0.8 µs per request, mostly in context switches, at 45k requests/s).
 const SPAN_HANDOVER: usize = 256;
 const HANDOVER_EVERY: Duration = Duration::from_millis(20);
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
