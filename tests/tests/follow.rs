@@ -406,7 +406,7 @@ threading.Event().wait()
 /// capture (6 KiB in one read) is framed by the kernel and gets its span. Before, such
 /// a socket was adopted in the middle of that read, captured as its first 2 KiB and
 /// last 64 bytes, and its requests were lost to a header gap (CI failed on it with
-/// Apache prefork, 1 run in 3).
+/// Apache prefork and a request mix with large first requests).
 #[test]
 fn accept_blocked_before_attach_is_tracked_from_its_first_byte() {
     harness::require_root();
