@@ -318,15 +318,7 @@ fn dup_fcntl_scm_rights_sockets_are_followed() {
     harness::require_root();
     let _serial = harness::serial();
     harness::agent_bin();
-    let dir = TempDir::new("fdserver");
-    let script = dir.path().join("fdserver.py");
-    std::fs::write(&script, FD_SERVER).unwrap();
-    let port = harness::free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut cmd = Command::new(harness::python3());
-    cmd.arg("-u").arg(&script).arg(port.to_string());
-    let mut server = Process::spawn("fd-server", cmd);
-    server.wait_for_port(addr, Duration::from_secs(10));
+    let (_dir, mut server, addr) = python_server("fd-server", FD_SERVER);
     let server_pid = server.pid();
     let worker_pid = *harness::children(server_pid)
         .first()
@@ -412,15 +404,7 @@ fn accept_blocked_before_attach_is_tracked_from_its_first_byte() {
     harness::require_root();
     let _serial = harness::serial();
     harness::agent_bin();
-    let dir = TempDir::new("acceptserver");
-    let script = dir.path().join("acceptserver.py");
-    std::fs::write(&script, ACCEPT_SERVER).unwrap();
-    let port = harness::free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut cmd = Command::new(harness::python3());
-    cmd.arg("-u").arg(&script).arg(port.to_string());
-    let mut server = Process::spawn("accept-server", cmd);
-    server.wait_for_port(addr, Duration::from_secs(10));
+    let (_dir, mut server, addr) = python_server("accept-server", ACCEPT_SERVER);
     // wait_for_port's probe connection was served; let its thread block in accept again.
     std::thread::sleep(Duration::from_millis(300));
     let server_pid = server.pid();
@@ -437,6 +421,21 @@ fn accept_blocked_before_attach_is_tracked_from_its_first_byte() {
         6 * 1024,
     );
     server.assert_running();
+}
+
+/// Runs `script` (which takes its port as its only argument) with python3 on a free
+/// loopback port, and waits until it listens. The directory holds the script.
+fn python_server(name: &str, script: &str) -> (TempDir, Process, SocketAddr) {
+    let dir = TempDir::new(name);
+    let path = dir.path().join(format!("{name}.py"));
+    std::fs::write(&path, script).unwrap();
+    let port = harness::free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = Command::new(harness::python3());
+    cmd.arg("-u").arg(&path).arg(port.to_string());
+    let mut server = Process::spawn(name, cmd);
+    server.wait_for_port(addr, Duration::from_secs(10));
+    (dir, server, addr)
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {

@@ -227,26 +227,33 @@ fn enable_bpf_stats() -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     const BPF_ENABLE_STATS: libc::c_long = 32;
     // union bpf_attr's enable_stats: { __u32 type }, BPF_STATS_RUN_TIME = 0; the rest zero.
-    let attr = [0u8; 16];
-    // SAFETY: bpf(2) reads `attr` (size given) and returns a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_ENABLE_STATS,
-            attr.as_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
+    let fd = bpf(BPF_ENABLE_STATS, &[0u8; 16]);
     // SAFETY: a fresh fd owned by nobody else.
     (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// bpf(2) with the first 16 bytes of a `union bpf_attr` (all the commands used here
+/// need): its result, or -1.
+fn bpf(cmd: libc::c_long, attr: &[u8; 16]) -> libc::c_long {
+    // SAFETY: bpf(2) reads `attr` (size given); what it writes goes where `attr` points,
+    // to buffers the caller keeps alive.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    }
+}
+
 /// The name of BPF program `fd` of process `pid` (its copy taken with pidfd_getfd, then
 /// BPF_OBJ_GET_INFO_BY_FD): fdinfo gives run time and count but not the name.
-fn prog_name(pidfd: i32, fd: i32) -> Option<String> {
+fn prog_name(pidfd: &std::os::fd::OwnedFd, fd: i32) -> Option<String> {
+    use std::os::fd::AsRawFd;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     // SAFETY: pidfd_getfd(2) on a pidfd we own; returns a new fd or -1.
-    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
     if copy < 0 {
         return None;
     }
@@ -257,19 +264,11 @@ fn prog_name(pidfd: i32, fd: i32) -> Option<String> {
     let mut info = [0u8; 128];
     // union bpf_attr's info: { __u32 bpf_fd; __u32 info_len; __aligned_u64 info; }.
     let mut attr = [0u8; 16];
-    attr[..4].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&copy) as u32).to_ne_bytes());
+    attr[..4].copy_from_slice(&(copy.as_raw_fd() as u32).to_ne_bytes());
     attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
-    // SAFETY: bpf(2) writes at most info_len bytes to `info`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            attr.as_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    if rc != 0 {
+    // The kernel writes at most info_len bytes to `info`.
+    if bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) != 0 {
         return None;
     }
     let name = &info[64..80];
@@ -284,8 +283,12 @@ fn bpf_prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return by_name;
     };
-    // SAFETY: pidfd_open(2); -1 (then names read "?") if it fails.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    // SAFETY: pidfd_open(2) returns a new fd or -1 (then names read "?").
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a fresh fd owned by nobody else.
+    let pidfd = (pidfd >= 0).then(|| unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32)
+    });
     for fd in fds.flatten() {
         let is_prog = std::fs::read_link(fd.path())
             .is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-prog");
@@ -303,16 +306,11 @@ fn bpf_prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
         let name = num
             .parse()
             .ok()
-            .filter(|_| pidfd >= 0)
-            .and_then(|n| prog_name(pidfd, n))
+            .and_then(|n| prog_name(pidfd.as_ref()?, n))
             .unwrap_or_else(|| "?".to_string());
         let e = by_name.entry(name).or_insert((0, 0));
         e.0 += field("run_time_ns:");
         e.1 += field("run_cnt:");
-    }
-    if pidfd >= 0 {
-        // SAFETY: our own pidfd.
-        unsafe { libc::close(pidfd) };
     }
     by_name
 }
@@ -342,16 +340,22 @@ fn per_request(
 
 struct Traced {
     wrk: WrkResult,
-    /// Kernel-side: the agent's BPF programs' run time per request, and program runs
-    /// per request (0 when BPF stats could not be enabled).
-    bpf_ns_per_req: f64,
-    bpf_runs_per_req: f64,
-    /// The same by program, costliest first.
+    /// Kernel-side: the agent's BPF programs by name, with their run time and runs per
+    /// request (none when BPF stats could not be enabled), costliest first.
     bpf_programs: Vec<(String, f64, f64)>,
     cpu_us_per_req: f64,
     rss_mib: f64,
     lost: u64,
     spans: u64,
+}
+
+impl Traced {
+    /// The agent's kernel programs, all together: (ns, runs) per request.
+    fn bpf_total(&self) -> (f64, f64) {
+        self.bpf_programs
+            .iter()
+            .fold((0.0, 0.0), |(ns, runs), p| (ns + p.1, runs + p.2))
+    }
 }
 
 fn traced_run(
@@ -399,12 +403,9 @@ fn traced_run(
             .unwrap_or(0)
     };
     let hz = 100.0; // USER_HZ on Linux
-    let programs = per_request(&k0, &k1, w.requests);
     Ok(Traced {
         cpu_us_per_req: (t1 - t0) as f64 / hz * 1e6 / w.requests.max(1) as f64,
-        bpf_ns_per_req: programs.iter().map(|p| p.1).sum(),
-        bpf_runs_per_req: programs.iter().map(|p| p.2).sum(),
-        bpf_programs: programs,
+        bpf_programs: per_request(&k0, &k1, w.requests),
         rss_mib: rss as f64 / 1024.0,
         lost: field("lost="),
         spans: field("spans="),
@@ -496,8 +497,8 @@ fn bench_server(
             let lost: u64 = traced.iter().map(|t| t.lost).sum();
             let reqs: u64 = r.iter().map(|x| x.0.requests).sum();
             let spans: u64 = traced.iter().map(|t| t.spans).sum();
-            let bpf_ns = mean(traced.iter().map(|t| t.bpf_ns_per_req).collect());
-            let bpf_runs = mean(traced.iter().map(|t| t.bpf_runs_per_req).collect());
+            let bpf_ns = mean(traced.iter().map(|t| t.bpf_total().0).collect());
+            let bpf_runs = mean(traced.iter().map(|t| t.bpf_total().1).collect());
             print!(
                 "   agent {cpu:.2} us/req, peak RSS {rss:.1} MiB, lost {lost}, {spans} spans / {reqs} requests"
             );

@@ -27,10 +27,16 @@ fn otlp_config(url: &str, protocol: Protocol, timeout_ms: u64, batch: BatchConfi
     }
 }
 
-fn send(sink: &SpanSink, n: usize) {
+/// `n` sample spans of one resource.
+fn spans(n: usize) -> Vec<crate::span::Span> {
     let r = resource(1, "svc");
-    for i in 0..n {
-        sink.send(sample_span(r.clone(), i as u8));
+    (0..n).map(|i| sample_span(r.clone(), i as u8)).collect()
+}
+
+/// Sends `n` sample spans one by one.
+fn send(sink: &SpanSink, n: usize) {
+    for span in spans(n) {
+        sink.send(span);
     }
 }
 
@@ -368,12 +374,6 @@ async fn no_outputs_is_harmless() {
     assert!(sink.stats().is_empty());
     handle.shutdown(Duration::from_millis(100)).await;
 }
-
-fn spans(n: usize) -> Vec<crate::span::Span> {
-    let r = resource(1, "svc");
-    (0..n).map(|i| sample_span(r.clone(), i as u8)).collect()
-}
-
 /// A hand-over of many spans is one message, still cut into batches of the configured
 /// size (never a larger request), with the part batch sent after its delay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
