@@ -2,17 +2,28 @@
 //! the counters, and how events are written.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
+    EbpfContext,
 };
 use periscope_common::*;
 
 /// Traced processes (tgid). Userspace fills it; forks of a traced process are added here.
 #[map]
 pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(32_768, 0);
+
+/// The traced processes again, as one byte per tgid (byte `tgid` of the array's
+/// memory, 8 per element): non-zero while `TARGETS` holds it. Every syscall of every
+/// process on the host goes through the syscall tracepoints, and this is how those of
+/// untraced processes leave after one array load instead of two or three hash lookups.
+/// Sized from `pid_max` at load (`TRACED_SLOTS`); userspace writes its bytes through
+/// an mmap of the map and the kernel programs write them on fork and exit, a byte
+/// store each, so neither side ever rewrites the other's bytes.
+#[map]
+pub static TRACED: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
@@ -74,17 +85,37 @@ pub fn tp_read_in<T>(ctx: &TracePointContext, field: usize, extra: usize) -> Opt
     unsafe { ctx.read_at::<T>(off as usize + extra) }.ok()
 }
 
+/// Where syscall records keep their first argument (`sys_enter_*`) and their return
+/// value (`sys_exit_*`) on every kernel we know of: after the 8-byte common header and
+/// `int __syscall_nr` with its padding.
+const SYS_SLOT: u32 = 16;
+
+/// The 8-byte slot `slot` of the current syscall record, read straight from the
+/// context when the record has the usual layout (a load the verifier checks once, where
+/// the general path costs a `bpf_probe_read_kernel` call on every syscall), else through
+/// the offset tracefs gave.
+#[inline(always)]
+fn sys_slot(ctx: &TracePointContext, field: usize, slot: usize) -> Option<u64> {
+    if tp_offset(field) == SYS_SLOT {
+        // SAFETY: a tracepoint program may load aligned 8-byte words of its record at
+        // constant offsets (the verifier bounds them); tracefs said the field is there.
+        Some(unsafe { *(ctx.as_ptr() as *const u64).add(SYS_SLOT as usize / 8 + slot) })
+    } else {
+        tp_read_in::<u64>(ctx, field, 8 * slot)
+    }
+}
+
 /// Argument `n` of a syscall tracepoint (`sys_enter_*`): each is an 8-byte slot after
 /// `__syscall_nr`, from an offset read from tracefs.
 #[inline(always)]
 pub fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    tp_read_in::<u64>(ctx, tp::SYS_ARG0, 8 * n).unwrap_or(0)
+    sys_slot(ctx, tp::SYS_ARG0, n).unwrap_or(0)
 }
 
 /// The return value in a `sys_exit_*` record.
 #[inline(always)]
 pub fn ret(ctx: &TracePointContext) -> i64 {
-    tp_read::<i64>(ctx, tp::SYS_RET).unwrap_or(-1)
+    sys_slot(ctx, tp::SYS_RET, 0).map_or(-1, |v| v as i64)
 }
 
 #[inline(always)]
@@ -101,9 +132,29 @@ pub fn count_n(stat: u32, n: u64) {
     }
 }
 
+/// The fast, inexact half of [`is_target`]: false only for a process that is surely not
+/// traced. A tgid past the array (pid_max raised after load) is a maybe.
+#[inline(always)]
+pub fn maybe_target(tgid: u32) -> bool {
+    match TRACED.get_ptr(tgid / 8) {
+        // SAFETY: byte `tgid % 8` of an 8-byte map value.
+        Some(p) => unsafe { *(p as *const u8).add((tgid % 8) as usize) != 0 },
+        None => true,
+    }
+}
+
+/// Marks `tgid` traced or not in [`TRACED`] (forks and exits of targets).
+#[inline(always)]
+pub fn set_traced(tgid: u32, traced: bool) {
+    if let Some(p) = TRACED.get_ptr_mut(tgid / 8) {
+        // SAFETY: byte `tgid % 8` of an 8-byte map value.
+        unsafe { *(p as *mut u8).add((tgid % 8) as usize) = traced as u8 };
+    }
+}
+
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
-    unsafe { TARGETS.get(&tgid).is_some() }
+    maybe_target(tgid) && unsafe { TARGETS.get(&tgid).is_some() }
 }
 
 #[inline(always)]

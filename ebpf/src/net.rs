@@ -20,12 +20,17 @@ use crate::common::*;
 #[map]
 pub(crate) static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(262_144, 0);
 
-/// Arguments of an in-flight syscall, keyed by pid_tgid (one syscall per thread at a time).
+/// Arguments of an in-flight syscall, keyed by pid_tgid (one syscall per thread at a
+/// time). A thread's entry stays from its first traced syscall until the thread exits
+/// (sched.rs removes it), and `syscall == NO_SYSCALL` marks it idle: each syscall then
+/// costs two lookups and in-place writes instead of a hash insert and delete, which take
+/// the bucket lock and the free list.
 #[map]
 pub(crate) static ARGS: HashMap<u64, Stash> = HashMap::with_max_entries(65_536, 0);
 
-/// Go processes: the first goroutine seen reading each socket, keyed by `sock_key`
-/// (reported once per socket; an LRU so it never fills).
+/// `Stash::syscall` of a thread with no syscall in flight.
+pub(crate) const NO_SYSCALL: u32 = 0;
+
 #[map]
 static GO_FD_READER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
 
@@ -109,23 +114,50 @@ fn new_sock(role: u32) -> SockInfo {
 
 #[inline(always)]
 fn is_sock(tgid: u32, fd: u32) -> bool {
-    unsafe { SOCKS.get(&sock_key(tgid, fd)).is_some() }
+    maybe_target(tgid) && unsafe { SOCKS.get(&sock_key(tgid, fd)).is_some() }
 }
 
 #[inline(always)]
 fn stash(pid_tgid: u64, s: Stash) {
-    if ARGS.insert(&pid_tgid, &s, 0).is_err() {
+    if let Some(slot) = ARGS.get_ptr_mut(&pid_tgid) {
+        // SAFETY: this thread's own entry; only this thread writes its arguments.
+        unsafe { *slot = s };
+    } else if ARGS.insert(&pid_tgid, &s, 0).is_err() {
         count(STAT_STASH_FULL);
     }
 }
 
-#[inline(always)]
-fn take_stash(pid_tgid: u64) -> Option<Stash> {
-    let s = unsafe { ARGS.get(&pid_tgid).copied() };
-    if s.is_some() {
+/// [`take_stash`] for bind(2), which discovery follows in every process: an untraced
+/// thread's entry is removed rather than left idle, so that the threads of the whole
+/// host do not each keep one.
+fn take_bind_stash(pid_tgid: u64) -> Option<Stash> {
+    let slot = ARGS.get_ptr_mut(&pid_tgid)?;
+    // SAFETY: this thread's own entry.
+    let s = unsafe { *slot };
+    if maybe_target((pid_tgid >> 32) as u32) {
+        unsafe { (*slot).syscall = NO_SYSCALL };
+    } else {
         let _ = ARGS.remove(&pid_tgid);
     }
-    s
+    (s.syscall != NO_SYSCALL).then_some(s)
+}
+
+#[inline(always)]
+fn take_stash(pid_tgid: u64) -> Option<Stash> {
+    // Most exits are an untraced process's: they leave here.
+    if !maybe_target((pid_tgid >> 32) as u32) {
+        return None;
+    }
+    let slot = ARGS.get_ptr_mut(&pid_tgid)?;
+    // SAFETY: this thread's own entry, left in place and marked idle.
+    unsafe {
+        if (*slot).syscall == NO_SYSCALL {
+            return None;
+        }
+        let s = *slot;
+        (*slot).syscall = NO_SYSCALL;
+        Some(s)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -174,7 +206,7 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(s) = take_stash(pid_tgid) else {
+    let Some(s) = take_bind_stash(pid_tgid) else {
         return 0;
     };
     if s.syscall != STASH_BIND || ret(&ctx) != 0 || s.ptr == 0 {
@@ -325,6 +357,9 @@ fn try_exit_sockaddr_call(ctx: &TracePointContext, accept: bool) -> Result<(), i
 fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    if !maybe_target(tgid) {
+        return 0;
+    }
     let fd = arg(ctx, 0) as u32;
     let class = match unsafe { SOCKS.get(&sock_key(tgid, fd)) } {
         Some(info) => info.class as u32 | (info.generation as u32) << 16,
@@ -336,14 +371,18 @@ fn enter_data(ctx: &TracePointContext, syscall: u32) -> u32 {
         },
         None => return 0,
     };
-    // Inside an OpenSSL call this syscall names the call's socket. Its bytes are
-    // ciphertext: the classifier finds them TLS and sends only their count; the
-    // plaintext comes from the TLS uprobes.
-    crate::tls::inner_syscall(pid_tgid, fd);
-    // Ciphertext of a Go crypto/tls call (matched by goroutine and socket): not even
-    // counted, the plaintext comes from the Go TLS uprobes (see gotls.rs).
-    if crate::gotls::inner_syscall(pid_tgid, fd) {
-        return 0;
+    // A socket whose first bytes were plaintext HTTP carries no TLS records: the TLS
+    // lookups below (up to four maps and two memory reads) are skipped for it.
+    if !matches!(class as u8, CLASS_HTTP1 | CLASS_HTTP2) {
+        // Inside an OpenSSL call this syscall names the call's socket. Its bytes are
+        // ciphertext: the classifier finds them TLS and sends only their count; the
+        // plaintext comes from the TLS uprobes.
+        crate::tls::inner_syscall(pid_tgid, fd);
+        // Ciphertext of a Go crypto/tls call (matched by goroutine and socket): not
+        // even counted, the plaintext comes from the Go TLS uprobes (see gotls.rs).
+        if crate::gotls::inner_syscall(pid_tgid, fd) {
+            return 0;
+        }
     }
     let (ptr, iovcnt) = match syscall {
         SYS_READV | SYS_WRITEV => (arg(ctx, 1), arg(ctx, 2)),
@@ -972,10 +1011,10 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let fd = arg(&ctx, 0) as u32;
-    let key = sock_key(tgid, fd);
-    if unsafe { SOCKS.get(&key).is_none() } {
+    if !is_sock(tgid, fd) {
         return 0;
     }
+    let key = sock_key(tgid, fd);
     let _ = SOCKS.remove(&key);
     let _ = GO_FD_READER.remove(&key);
     crate::frame::forget(key);

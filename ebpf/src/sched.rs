@@ -20,6 +20,9 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     // thread from a process (offsets from tracefs, see common::TP_FIELDS).
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    if !maybe_target(tgid) {
+        return 0;
+    }
     let Some(info) = (unsafe { TARGETS.get(&tgid).copied() }) else {
         return 0;
     };
@@ -39,7 +42,9 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     if info.follow_forks == 0 {
         return 0;
     }
-    let _ = TARGETS.insert(&child, &info, 0);
+    if TARGETS.insert(&child, &info, 0).is_ok() {
+        set_traced(child, true);
+    }
     output(&ProcessEvent {
         header: header(EventKind::ProcessFork, pid_tgid),
         pid: child,
@@ -52,6 +57,9 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    // The thread's syscall slot (net.rs), whether or not its process is still traced:
+    // a process may have stopped being one while its threads live on.
+    let _ = crate::net::ARGS.remove(&pid_tgid);
     if !is_target(tgid) {
         return 0;
     }
@@ -73,6 +81,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let _ = TARGETS.remove(&tgid);
+    set_traced(tgid, false);
     output(&ProcessEvent {
         header: header(EventKind::ProcessExit, pid_tgid),
         pid: tgid,

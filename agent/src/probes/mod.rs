@@ -29,6 +29,7 @@ pub mod format;
 pub mod nostep;
 pub mod silence;
 pub mod tls;
+mod traced;
 use thiserror::Error;
 
 /// The kernel object built by `cargo xtask build` (see build.rs).
@@ -328,6 +329,8 @@ pub enum ProbeError {
     NotLoaded(&'static str, String),
     #[error("eBPF map {0} missing from the object")]
     MissingMap(&'static str),
+    #[error("eBPF map {0}: cannot map its memory: {1}")]
+    MapMemory(&'static str, #[source] io::Error),
     #[error("--ring-buffer-mib {0}: the event ring must be a power of two from 1 to 1024 MiB")]
     RingSize(u32),
     #[error("eBPF map {name}: {source}")]
@@ -524,6 +527,8 @@ pub struct Probes {
     /// process that maps it, with those pids.
     tls_links: StdHashMap<(u64, u64), FileLinks>,
     targets: HashMap<MapData, u32, TargetInfo>,
+    /// The kernel's fast filter over `targets`: kept equal to it, byte per tgid.
+    traced: traced::TracedBytes,
     socks: HashMap<MapData, u64, SockInfo>,
     stats: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -827,6 +832,7 @@ impl Probes {
             .map(|b| btf::kernel_offsets(&b))
             .unwrap_or_default();
         let framing = kernel_framing();
+        let traced_elements = traced::elements(traced::pid_max());
         let mut ebpf = EbpfLoader::new()
             .override_global("FRAMING", &(framing as u32), true)
             .override_global("KOFFS", &koffs, true)
@@ -834,6 +840,7 @@ impl Probes {
             .map_max_entries("EVENTS", ring_bytes as u32)
             .override_global("DISCOVERY", &(discovery as u32), true)
             .override_global("TP_FIELDS", &layout.fields, true)
+            .map_max_entries("TRACED", traced_elements)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
         // Kernel-side diagnostics (aya-log); absent when the object logs nothing.
@@ -842,6 +849,11 @@ impl Probes {
             ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
         };
         let targets = HashMap::try_from(take(&mut ebpf, "TARGETS")?).map_err(map_err("TARGETS"))?;
+        let traced = match take(&mut ebpf, "TRACED")? {
+            aya::maps::Map::Array(data) => traced::TracedBytes::map(data, traced_elements)
+                .map_err(|e| ProbeError::MapMemory("TRACED", e))?,
+            _ => return Err(ProbeError::MissingMap("TRACED")),
+        };
         let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?).map_err(map_err("SOCKS"))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
@@ -958,6 +970,7 @@ impl Probes {
                 go_links: StdHashMap::new(),
                 tls_links: StdHashMap::new(),
                 targets,
+                traced,
                 socks,
                 stats,
                 logger,
@@ -993,7 +1006,9 @@ impl Probes {
         };
         self.targets
             .insert(pid, info, 0)
-            .map_err(map_err("TARGETS"))
+            .map_err(map_err("TARGETS"))?;
+        self.traced.set(pid, true);
+        Ok(())
     }
 
     /// Whether the kernel's target map holds `pid` (it removes exited processes itself).
@@ -1003,6 +1018,7 @@ impl Probes {
 
     pub fn remove_target(&mut self, pid: u32) {
         let _ = self.targets.remove(&pid);
+        self.traced.set(pid, false);
     }
 
     /// Starts following an fd that existed before the agent attached.
