@@ -146,6 +146,17 @@ impl Drop for TempDir {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
+/// A `kB` line of `/proc/PID/status` (`VmRSS:`, `VmHWM:`...), `None` when the process
+/// is gone or the line is missing.
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -187,6 +187,8 @@ struct State {
     /// Headers (gRPC: metadata) of every export call, per protocol, in arrival order.
     headers: Vec<(Protocol, BTreeMap<String, String>)>,
     unavailable: bool,
+    /// How long every export waits before it is answered (a slow backend).
+    delay: Duration,
     /// TLS handshakes that failed (TLS receivers only), per port.
     tls_failures: Vec<Protocol>,
 }
@@ -202,6 +204,14 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panicking test thread must not hide what was received from the others.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits as long as the receiver plays slow ([`Receiver::set_delay`]).
+    async fn stall(&self) {
+        let delay = self.lock().delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// Records one export call; false if the receiver plays unavailable.
@@ -618,6 +628,12 @@ impl Receiver {
     pub fn set_unavailable(&self, on: bool) {
         self.shared.lock().unavailable = on;
     }
+
+    /// Every export received from now on is answered `delay` late (then accepted as
+    /// usual): a slow or overloaded backend. `Duration::ZERO` ends it.
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared.lock().delay = delay;
+    }
 }
 
 impl Drop for Receiver {
@@ -643,6 +659,7 @@ impl TraceService for Grpc {
         &self,
         req: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.stall().await;
         if !self
             .0
             .accept(Protocol::Grpc, &req.metadata().clone().into_headers())
@@ -660,6 +677,7 @@ impl MetricsService for Grpc {
         &self,
         req: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.stall().await;
         if !self
             .0
             .accept(Protocol::Grpc, &req.metadata().clone().into_headers())
@@ -677,6 +695,7 @@ impl LogsService for Grpc {
         &self,
         req: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.0.stall().await;
         if !self
             .0
             .accept(Protocol::Grpc, &req.metadata().clone().into_headers())
@@ -859,6 +878,7 @@ async fn handle_http(
             ));
         }
     };
+    shared.stall().await;
     if !shared.accept(Protocol::HttpProtobuf, &headers) {
         let mut resp = reply(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -53,12 +53,7 @@ fn churnling(dir: &TempDir) -> PathBuf {
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
+    harness::status_kib(pid, key).unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -241,13 +241,7 @@ fn metrics_endpoint_out_of_fds_backs_off() {
 
 /// `key` (e.g. "VmRSS:") of `/proc/PID/status`, in KiB.
 fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    harness::status_kib(pid, key).unwrap_or(0)
 }
 
 /// Issue 16: the backend down for a long time while nginx is kept busy. The queue fills in
@@ -406,5 +400,166 @@ fn long_outage_under_load_stays_flat_counts_drops_and_recovers() {
         resumed < Duration::from_secs(3),
         "export resumed {:.1} s after the backend came back",
         resumed.as_secs_f64()
+    );
+}
+
+/// Issue 16: a slow backend (every export answered 5 s late) under sustained load. The
+/// exporter can then deliver one batch per 5 s, far less than nginx produces: the queue
+/// fills and the rest must be dropped and counted, memory must stay flat, and once the
+/// backend is quick again the queued spans and new ones must be delivered, each exactly
+/// once. OTLP/HTTP here (the outage test above uses gRPC).
+#[test]
+fn slow_backend_under_load_stays_flat_counts_drops_and_recovers() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    harness::require_root();
+    let _serial = harness::serial();
+    let slow_for = Duration::from_secs(20);
+    let delay = Duration::from_secs(5);
+    let receiver = Receiver::start();
+    let server = harness::start_nginx();
+    let agent = Agent::start_with_env(
+        [
+            "--pid".to_string(),
+            server.pid().to_string(),
+            "--otlp-endpoint".into(),
+            receiver.endpoint(Protocol::HttpProtobuf),
+            "--otlp-protocol".into(),
+            Protocol::HttpProtobuf.flag().into(),
+            "--status-interval".into(),
+            "1".into(),
+        ],
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "1000"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ],
+    );
+    let apid = agent.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let load: Vec<_> = (0..2)
+        .map(|t| {
+            let (stop, sent, addr) = (stop.clone(), sent.clone(), server.addr);
+            thread::spawn(move || {
+                let batch = Batch {
+                    mode: ConnMode::KeepAlive,
+                    requests: (0..200)
+                        .map(|i| Request::get(&format!("/load{t}/{i}")).expect(404))
+                        .collect(),
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    run_batch(addr, &batch);
+                    sent.fetch_add(200, Ordering::Relaxed);
+                    thread::sleep(Duration::from_millis(40).saturating_sub(t0.elapsed()));
+                }
+            })
+        })
+        .collect();
+    let before = receiver.wait_for_spans(1000, Duration::from_secs(30)).len();
+    assert!(
+        before >= 1000,
+        "{before} spans before the backend slowed down\n{}",
+        harness::tail(&agent.output().stderr(), 3000)
+    );
+
+    receiver.set_delay(delay);
+    let slowed = Instant::now();
+    let requests_at_slow = receiver.requests(Protocol::HttpProtobuf);
+    let sent_at_slow = sent.load(Ordering::Relaxed);
+    let rss_start = status_kib(apid, "VmRSS:");
+    let mut settled_peak = 0;
+    while slowed.elapsed() < slow_for {
+        thread::sleep(Duration::from_secs(1));
+        if slowed.elapsed() > Duration::from_secs(5) {
+            settled_peak = settled_peak.max(status_kib(apid, "VmRSS:"));
+        }
+    }
+    let sent_during = sent.load(Ordering::Relaxed) - sent_at_slow;
+    let slow_exports = receiver.requests(Protocol::HttpProtobuf) - requests_at_slow;
+
+    receiver.set_delay(Duration::ZERO);
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    // The exports already waiting end within the delay; after that the queue drains at
+    // the backend's normal speed. Then 100 marked requests, each delivered exactly once.
+    thread::sleep(delay + Duration::from_secs(2));
+    let fast_again = Instant::now();
+    run_batch(server.addr, &requests("after-slow", 100));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let n = receiver
+            .spans()
+            .iter()
+            .filter(|s| {
+                s.attr("url.path")
+                    .is_some_and(|p| p.starts_with("/after-slow/"))
+            })
+            .count();
+        if n >= 100 || Instant::now() > deadline {
+            break n;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let delivered_in = fast_again.elapsed();
+    let rss_peak = status_kib(apid, "VmHWM:");
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let built = status_value(&exit.stderr, "spans").unwrap_or(0);
+    let exported = status_value(&exit.stderr, "otlp_exported").unwrap_or(0);
+    let dropped = status_value(&exit.stderr, "otlp_dropped").unwrap_or(0);
+    // Every span the receiver holds is one the agent counted as exported, and none twice.
+    let received = receiver.spans();
+    let mut ids: Vec<String> = received.iter().map(|s| s.span_id_hex()).collect();
+    ids.sort();
+    ids.dedup();
+    eprintln!(
+        "slow backend ({} s per export) for {} s under load: {sent_during} requests, \
+         {slow_exports} exports received meanwhile; agent RSS {} MiB at the start, {} MiB \
+         settled peak, {} MiB peak overall; 100 marked requests delivered in {:.1} s once \
+         fast again; spans built {built}, exported {exported}, dropped {dropped}, received \
+         {} ({} distinct)",
+        delay.as_secs(),
+        slow_for.as_secs(),
+        rss_start / 1024,
+        settled_peak / 1024,
+        rss_peak / 1024,
+        delivered_in.as_secs_f64(),
+        received.len(),
+        ids.len()
+    );
+    assert_eq!(after, 100, "marked requests after recovery delivered");
+    assert_eq!(ids.len(), received.len(), "no span delivered twice");
+    assert_eq!(
+        received.len() as u64,
+        exported,
+        "the receiver got exactly what the agent counts as exported"
+    );
+    assert_eq!(
+        built,
+        exported + dropped,
+        "every span exported or counted dropped\n{}",
+        harness::tail(&exit.stderr, 2000)
+    );
+    assert!(
+        dropped > 0 && sent_during > 10_000,
+        "the slow backend overflowed the queue: {sent_during} requests, {dropped} dropped"
+    );
+    assert!(
+        settled_peak <= rss_start + 16 * 1024,
+        "agent RSS grew while the backend was slow: {} -> {} MiB",
+        rss_start / 1024,
+        settled_peak / 1024
+    );
+    // Once the backend answers at once, new spans go out with the next batch (1 s here):
+    // within that, the receiver's polling and a margin.
+    assert!(
+        delivered_in < Duration::from_secs(3),
+        "the marked requests took {:.1} s to arrive after the backend was quick again",
+        delivered_in.as_secs_f64()
     );
 }
