@@ -137,6 +137,63 @@ fn metrics_status(addr: std::net::SocketAddr) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
+/// Issue 16: slow clients. Idle connections (more than the endpoint keeps open) held
+/// every slot until their 10 s header timeout, so a scrape waited 10 s: a failed scrape at
+/// Prometheus's default timeout. Now a new connection takes the place of the oldest one
+/// that never sent a request.
+#[test]
+fn metrics_endpoint_idle_clients_do_not_block_a_scrape() {
+    use std::io::{Read, Write};
+    harness::require_root();
+    let _serial = harness::serial();
+    let server = start_python_http_server();
+    let port = harness::free_port();
+    let agent = Agent::start([
+        "--pid".to_string(),
+        server.pid().to_string(),
+        "--prometheus".into(),
+        port.to_string(),
+    ]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(metrics_status(addr), Some(200));
+    // 40 clients that connect and send nothing, and 8 that send half a request line.
+    let mut idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    for _ in 0..8 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metr").unwrap();
+        idle.push(s);
+    }
+    thread::sleep(Duration::from_millis(200));
+    for round in 0..3 {
+        let t0 = Instant::now();
+        let status = metrics_status(addr);
+        let took = t0.elapsed();
+        assert_eq!(status, Some(200), "scrape {round} among 48 idle clients");
+        // Well inside Prometheus's default scrape timeout (10 s), which the idle
+        // clients' header timeout used to use up entirely.
+        assert!(
+            took < Duration::from_secs(3),
+            "scrape {round} took {:.1} s among idle clients",
+            took.as_secs_f64()
+        );
+    }
+    // The endpoint closed idle connections to make room: at least those past its cap.
+    let closed = idle
+        .iter_mut()
+        .map(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            matches!(s.read(&mut [0u8; 1]), Ok(0))
+        })
+        .filter(|&eof| eof)
+        .count();
+    assert!(closed >= 16, "{closed} of 48 idle connections closed");
+    let exit = agent.stop();
+    assert!(exit.status.success(), "{}", exit.stderr);
+}
+
 /// Issue 16: out of file descriptors, the metrics endpoint's accept loop retried at once
 /// and spun a core for as long as it lasted. Now it backs off (one warning) and serves
 /// again once descriptors are free.

@@ -4,8 +4,12 @@
 //! which are not for the whole network by default.
 
 use std::{
+    collections::VecDeque,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -13,6 +17,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use thiserror::Error;
+use tokio::sync::Notify;
 
 use super::{
     Metrics,
@@ -503,7 +508,8 @@ pub fn start(
     Ok(local)
 }
 
-/// Connections served at once; more wait in the kernel's backlog (a scraper opens one).
+/// Connections kept open at once (a scraper opens one). A new one past this closes the
+/// oldest that has not sent a request yet (else the oldest of all).
 const MAX_CONNECTIONS: usize = 32;
 /// A client must send its request headers within this…
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -512,17 +518,62 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest pause between accept attempts while the process is out of descriptors.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// One open connection, as the accept loop sees it.
+struct Live {
+    id: u64,
+    /// Set once the client sent a request: a scraper, not an idle or slow socket.
+    requested: Arc<AtomicBool>,
+    /// Closes the connection when notified.
+    close: Arc<Notify>,
+}
+
+/// The open connections, oldest first.
+#[derive(Default)]
+struct LiveSet {
+    next_id: u64,
+    conns: VecDeque<Live>,
+}
+
+impl LiveSet {
+    /// Registers a new connection; past [`MAX_CONNECTIONS`] the oldest one that never
+    /// sent a request (else the oldest) is told to close. Before this, idle clients
+    /// holding every slot made a scrape wait for their header timeout (10 s: a failed
+    /// Prometheus scrape at its default timeout).
+    fn admit(&mut self, cap: usize) -> (u64, Arc<AtomicBool>, Arc<Notify>) {
+        if self.conns.len() >= cap {
+            let i = self
+                .conns
+                .iter()
+                .position(|c| !c.requested.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            if let Some(old) = self.conns.remove(i) {
+                old.close.notify_one();
+            }
+        }
+        let live = Live {
+            id: self.next_id,
+            requested: Arc::new(AtomicBool::new(false)),
+            close: Arc::new(Notify::new()),
+        };
+        self.next_id += 1;
+        let handles = (live.id, live.requested.clone(), live.close.clone());
+        self.conns.push_back(live);
+        handles
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.conns.retain(|c| c.id != id);
+    }
+}
+
 /// The accept loop. Out of file descriptors (or kernel memory), `accept` fails at once for
 /// as long as the condition lasts: retrying at once would spin a core, so it backs off and
-/// says so once per episode. Slow or idle clients are cut off by the timeouts above and
-/// can hold at most [`MAX_CONNECTIONS`] connections.
+/// says so once per episode. Slow or idle clients are cut off by the timeouts above, and
+/// past [`MAX_CONNECTIONS`] the newest connection takes the place of an idle one.
 async fn serve(listener: tokio::net::TcpListener, sources: Sources) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let live = Arc::new(Mutex::new(LiveSet::default()));
     let mut backoff: Option<Duration> = None;
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => {
                 if backoff.take().is_some() {
@@ -547,9 +598,12 @@ async fn serve(listener: tokio::net::TcpListener, sources: Sources) {
             // The peer went away before we accepted it (ECONNABORTED) and the like.
             Err(_) => continue,
         };
+        let (id, requested, close) = lock(&live).admit(MAX_CONNECTIONS);
         let sources = sources.clone();
+        let live = live.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                requested.store(true, Ordering::Relaxed);
                 let sources = sources.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(&req, &sources)) }
             });
@@ -557,10 +611,17 @@ async fn serve(listener: tokio::net::TcpListener, sources: Sources) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-            drop(slot);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+                _ = close.notified() => {}
+            }
+            lock(&live).remove(id);
         });
     }
+}
+
+fn lock(live: &Mutex<LiveSet>) -> std::sync::MutexGuard<'_, LiveSet> {
+    live.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn is_resource_exhaustion(e: &std::io::Error) -> bool {
@@ -597,6 +658,30 @@ fn respond(req: &Request<hyper::body::Incoming>, sources: &Sources) -> Response<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn past_the_cap_an_idle_connection_makes_room() {
+        let mut set = LiveSet::default();
+        let a = set.admit(3);
+        let b = set.admit(3);
+        let c = set.admit(3);
+        // `a` and `c` sent requests; `b` is idle: it is the one closed.
+        a.1.store(true, Ordering::Relaxed);
+        c.1.store(true, Ordering::Relaxed);
+        let d = set.admit(3);
+        let ids: Vec<u64> = set.conns.iter().map(|l| l.id).collect();
+        assert_eq!(ids, vec![a.0, c.0, d.0]);
+        // Told to close: its task's `notified()` completes at once (the permit waits).
+        let closed = tokio::time::timeout(Duration::from_secs(5), b.2.notified()).await;
+        assert!(closed.is_ok(), "the idle connection was not told to close");
+        // All busy: the oldest goes.
+        d.1.store(true, Ordering::Relaxed);
+        let e = set.admit(3);
+        let ids: Vec<u64> = set.conns.iter().map(|l| l.id).collect();
+        assert_eq!(ids, vec![c.0, d.0, e.0]);
+        set.remove(d.0);
+        assert_eq!(set.conns.len(), 2);
+    }
 
     #[test]
     fn addresses_default_to_loopback() {
