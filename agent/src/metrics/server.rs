@@ -659,6 +659,82 @@ fn respond(req: &Request<hyper::body::Incoming>, sources: &Sources) -> Response<
 mod tests {
     use super::*;
 
+    /// Issue 16: a scrape of over 100k series (Prometheus's count: each bucket, sum and
+    /// count line is one): 2 services with 1000 routes each, three histograms per route.
+    /// Every route is in the exposition exactly once. Prints what it took (the note
+    /// reports it; nothing here is timed).
+    #[test]
+    fn a_scrape_of_100k_series_has_every_series_once() {
+        use crate::metrics::{HttpKind, HttpRecord, HttpSeries};
+        use crate::resource::Resource;
+        let metrics = Arc::new(Metrics::default());
+        let (services, routes) = (2, 1000);
+        for pid in 1..=services {
+            let r = Arc::new(Resource {
+                pid,
+                service_name: format!("svc{pid}"),
+                attributes: vec![("service.name".into(), format!("svc{pid}"))],
+            });
+            for i in 0..routes {
+                let series = HttpSeries {
+                    kind: HttpKind::Server,
+                    method: Arc::from("GET"),
+                    route: Arc::from(format!("/r{i}").as_str()),
+                    status: 200,
+                    error_type: None,
+                    server_address: None,
+                    server_port: 0,
+                    rpc: None,
+                    overflow: false,
+                };
+                let rec = HttpRecord {
+                    series,
+                    duration_s: 0.01,
+                    request_body: 0,
+                    response_body: Some(0),
+                    exemplar: None,
+                };
+                metrics.record_http(&r, rec, false);
+            }
+        }
+        let src = Sources {
+            metrics: metrics.clone(),
+            telemetry: Arc::new(Telemetry::default()),
+            exports: Vec::new(),
+        };
+        let t0 = std::time::Instant::now();
+        let snapshot = metrics.snapshot();
+        let locked = t0.elapsed();
+        drop(snapshot);
+        let t0 = std::time::Instant::now();
+        let text = render(&src, Format::Text);
+        let rendered = t0.elapsed();
+        let counts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+            .collect();
+        let distinct: std::collections::HashSet<&str> = counts
+            .iter()
+            .map(|l| l.rsplit_once(' ').map_or(*l, |(k, _)| k))
+            .collect();
+        eprintln!(
+            "{} series lines: snapshot (the registry's lock) {:.1} ms, whole render {:.1} ms, \
+             {:.1} MiB",
+            text.lines().filter(|l| !l.starts_with('#')).count(),
+            locked.as_secs_f64() * 1e3,
+            rendered.as_secs_f64() * 1e3,
+            text.len() as f64 / (1 << 20) as f64
+        );
+        assert!(text.lines().filter(|l| !l.starts_with('#')).count() > 100_000);
+        let want = services as usize * routes;
+        assert_eq!(counts.len(), want);
+        assert_eq!(distinct.len(), want, "a series written twice");
+        assert!(
+            counts.iter().all(|l| l.ends_with(" 1")),
+            "each series counted one request"
+        );
+    }
+
     #[tokio::test]
     async fn past_the_cap_an_idle_connection_makes_room() {
         let mut set = LiveSet::default();
