@@ -1367,7 +1367,17 @@ fn check_program(bin: &Path, what: &str, exact_version: &str, src: &Path) {
         "{what}"
     );
 
-    let t0 = t.truth();
+    // The connections of the requests above are closed by now, but their server
+    // goroutines end asynchronously (slower on a busy machine): wait until only the one
+    // serving /truth (and its background reader) is left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let t0 = loop {
+        let t0 = t.truth();
+        if t0.int("http_goroutines") <= 2 || Instant::now() > deadline {
+            break t0;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(t0.int("pid"), t.pid() as i64, "{what}: {t0}");
     assert_eq!(t0.0["go_version"], exact_version, "{what}: {t0}");
     assert_eq!(t0.threads(), t.tasks() as i64, "{what}: threads {t0}");
