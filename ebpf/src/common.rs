@@ -19,7 +19,7 @@ pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(32_768,
 /// memory, 8 per element): non-zero while `TARGETS` holds it. Every syscall of every
 /// process on the host goes through the syscall tracepoints, and this is how those of
 /// untraced processes leave after one array load instead of two or three hash lookups.
-/// Sized from `pid_max` at load (`TRACED_SLOTS`); userspace writes its bytes through
+/// Sized from `pid_max` at load (agent/src/probes/traced.rs); userspace writes its bytes through
 /// an mmap of the map and the kernel programs write them on fork and exit, a byte
 /// store each, so neither side ever rewrites the other's bytes.
 #[map]

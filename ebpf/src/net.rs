@@ -31,6 +31,8 @@ pub(crate) static ARGS: HashMap<u64, Stash> = HashMap::with_max_entries(65_536, 
 /// `Stash::syscall` of a thread with no syscall in flight.
 pub(crate) const NO_SYSCALL: u32 = 0;
 
+/// Go processes: the first goroutine seen reading each socket, keyed by `sock_key`
+/// (reported once per socket; an LRU so it never fills).
 #[map]
 static GO_FD_READER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
 
