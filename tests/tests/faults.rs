@@ -5,6 +5,10 @@
 
 use std::{
     collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -301,6 +305,116 @@ fn status_kib(pid: u32, key: &str) -> u64 {
     harness::status_kib(pid, key).unwrap_or(0)
 }
 
+/// Sustained load, paced so that the receiver (which keeps every span it gets) is not
+/// the bottleneck: keep-alive batches of 200 from two threads, about 10k requests/s.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let threads = (0..2)
+            .map(|t| {
+                let (stop, sent) = (stop.clone(), sent.clone());
+                thread::spawn(move || {
+                    let batch = Batch {
+                        mode: ConnMode::KeepAlive,
+                        requests: (0..200)
+                            .map(|i| Request::get(&format!("/load{t}/{i}")).expect(404))
+                            .collect(),
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        let t0 = Instant::now();
+                        run_batch(addr, &batch);
+                        sent.fetch_add(200, Ordering::Relaxed);
+                        thread::sleep(Duration::from_millis(40).saturating_sub(t0.elapsed()));
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            threads,
+        }
+    }
+
+    /// Requests sent so far.
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// The agent on `server`, exporting spans to `receiver` over `protocol` once a second
+/// (no metrics), its status line every second.
+fn busy_agent(server: &harness::Server, receiver: &Receiver, protocol: Protocol) -> Agent {
+    Agent::start_with_env(
+        [
+            "--pid".to_string(),
+            server.pid().to_string(),
+            "--otlp-endpoint".into(),
+            receiver.endpoint(protocol),
+            "--otlp-protocol".into(),
+            protocol.flag().into(),
+            "--status-interval".into(),
+            "1".into(),
+        ],
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "1000"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ],
+    )
+}
+
+/// The agent's RSS each second until `end`: (the last reading, the peak of those taken
+/// more than 5 s in, once the queue and the exporter's retry state have filled), in KiB.
+fn rss_until(pid: u32, end: Instant) -> (u64, u64) {
+    let settled_from = Instant::now() + Duration::from_secs(5);
+    let (mut last, mut settled_peak) = (0, 0);
+    while Instant::now() < end {
+        thread::sleep(Duration::from_secs(1));
+        last = status_kib(pid, "VmRSS:");
+        if Instant::now() > settled_from {
+            settled_peak = settled_peak.max(last);
+        }
+    }
+    (last, settled_peak)
+}
+
+/// How many spans of requests under `/PREFIX/` arrived, waiting up to 30 s for `n`.
+fn marked_spans(receiver: &Receiver, prefix: &str, n: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let prefix = format!("/{prefix}/");
+    loop {
+        let got = receiver
+            .spans()
+            .iter()
+            .filter(|s| s.attr("url.path").is_some_and(|p| p.starts_with(&prefix)))
+            .count();
+        if got >= n || Instant::now() > deadline {
+            return got;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Spans built, exported and dropped, from the agent's last status line.
+fn span_accounting(stderr: &str) -> (u64, u64, u64) {
+    let v = |key| status_value(stderr, key).unwrap_or(0);
+    (v("spans"), v("otlp_exported"), v("otlp_dropped"))
+}
+
 /// Issue 16: the backend down for a long time while nginx is kept busy. The queue fills in
 /// the first second; after that the agent must stay flat (drops counted, nothing
 /// growing), export must resume as soon as the backend is back, and every span must be
@@ -308,10 +422,6 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 /// (20 s in CI; the 10-minute run the issue asks for is `PERISCOPE_OUTAGE_SECS=600`).
 #[test]
 fn long_outage_under_load_stays_flat_counts_drops_and_recovers() {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    };
     harness::require_root();
     let _serial = harness::serial();
     let outage = Duration::from_secs(
@@ -323,46 +433,9 @@ fn long_outage_under_load_stays_flat_counts_drops_and_recovers() {
     let receiver = Receiver::start();
     let (grpc_port, http_port) = receiver.ports();
     let server = harness::start_nginx();
-    let agent = Agent::start_with_env(
-        [
-            "--pid".to_string(),
-            server.pid().to_string(),
-            "--otlp-endpoint".into(),
-            receiver.endpoint(Protocol::Grpc),
-            "--otlp-protocol".into(),
-            Protocol::Grpc.flag().into(),
-            "--status-interval".into(),
-            "1".into(),
-        ],
-        &[
-            ("OTEL_BSP_SCHEDULE_DELAY", "1000"),
-            ("OTEL_METRICS_EXPORTER", "none"),
-        ],
-    );
+    let agent = busy_agent(&server, &receiver, Protocol::Grpc);
     let apid = agent.pid();
-    // Sustained load, paced so that the receiver (which keeps every span it gets) is not
-    // the bottleneck: keep-alive batches of 200 from two threads, about 10k requests/s.
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let load: Vec<_> = (0..2)
-        .map(|t| {
-            let (stop, sent, addr) = (stop.clone(), sent.clone(), server.addr);
-            thread::spawn(move || {
-                let batch = Batch {
-                    mode: ConnMode::KeepAlive,
-                    requests: (0..200)
-                        .map(|i| Request::get(&format!("/load{t}/{i}")).expect(404))
-                        .collect(),
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    let t0 = Instant::now();
-                    run_batch(addr, &batch);
-                    sent.fetch_add(200, Ordering::Relaxed);
-                    thread::sleep(Duration::from_millis(40).saturating_sub(t0.elapsed()));
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(server.addr);
     let before_outage = receiver.wait_for_spans(1000, Duration::from_secs(30)).len();
     assert!(
         before_outage >= 1000,
@@ -372,19 +445,10 @@ fn long_outage_under_load_stays_flat_counts_drops_and_recovers() {
 
     drop(receiver);
     let down = Instant::now();
-    let sent_at_down = sent.load(Ordering::Relaxed);
+    let sent_at_down = load.sent();
     let rss_start = status_kib(apid, "VmRSS:");
-    // RSS each second; the first 5 s let the queue and the exporter's retry state fill.
-    let mut settled_peak = 0;
-    let mut rss_end = 0;
-    while down.elapsed() < outage {
-        thread::sleep(Duration::from_secs(1));
-        rss_end = status_kib(apid, "VmRSS:");
-        if down.elapsed() > Duration::from_secs(5) {
-            settled_peak = settled_peak.max(rss_end);
-        }
-    }
-    let sent_during = sent.load(Ordering::Relaxed) - sent_at_down;
+    let (rss_end, settled_peak) = rss_until(apid, down + outage);
+    let sent_during = load.sent() - sent_at_down;
 
     let receiver = Receiver::start_on(grpc_port, http_port);
     let up = Instant::now();
@@ -395,31 +459,15 @@ fn long_outage_under_load_stays_flat_counts_drops_and_recovers() {
         "no span exported within 30 s of the backend's return\n{}",
         harness::tail(&agent.output().stderr(), 3000)
     );
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.join().unwrap();
-    }
+    load.stop();
     // What the agent holds now is delivered; then 100 marked requests, each exactly once.
     thread::sleep(Duration::from_secs(3));
     run_batch(server.addr, &requests("after", 100));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let after = loop {
-        let n = receiver
-            .spans()
-            .iter()
-            .filter(|s| s.attr("url.path").is_some_and(|p| p.starts_with("/after/")))
-            .count();
-        if n >= 100 || Instant::now() > deadline {
-            break n;
-        }
-        thread::sleep(Duration::from_millis(200));
-    };
+    let after = marked_spans(&receiver, "after", 100);
     let rss_peak = status_kib(apid, "VmHWM:");
     let exit = agent.stop();
     assert!(exit.status.success(), "{}", exit.stderr);
-    let built = status_value(&exit.stderr, "spans").unwrap_or(0);
-    let exported = status_value(&exit.stderr, "otlp_exported").unwrap_or(0);
-    let dropped = status_value(&exit.stderr, "otlp_dropped").unwrap_or(0);
+    let (built, exported, dropped) = span_accounting(&exit.stderr);
     eprintln!(
         "outage {} s under load: {sent_during} requests during it; agent RSS {} MiB at the \
          outage's start, {} MiB settled peak, {} MiB at its end, {} MiB peak overall; \
@@ -467,54 +515,15 @@ fn long_outage_under_load_stays_flat_counts_drops_and_recovers() {
 /// once. OTLP/HTTP here (the outage test above uses gRPC).
 #[test]
 fn slow_backend_under_load_stays_flat_counts_drops_and_recovers() {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    };
     harness::require_root();
     let _serial = harness::serial();
     let slow_for = Duration::from_secs(20);
     let delay = Duration::from_secs(5);
     let receiver = Receiver::start();
     let server = harness::start_nginx();
-    let agent = Agent::start_with_env(
-        [
-            "--pid".to_string(),
-            server.pid().to_string(),
-            "--otlp-endpoint".into(),
-            receiver.endpoint(Protocol::HttpProtobuf),
-            "--otlp-protocol".into(),
-            Protocol::HttpProtobuf.flag().into(),
-            "--status-interval".into(),
-            "1".into(),
-        ],
-        &[
-            ("OTEL_BSP_SCHEDULE_DELAY", "1000"),
-            ("OTEL_METRICS_EXPORTER", "none"),
-        ],
-    );
+    let agent = busy_agent(&server, &receiver, Protocol::HttpProtobuf);
     let apid = agent.pid();
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let load: Vec<_> = (0..2)
-        .map(|t| {
-            let (stop, sent, addr) = (stop.clone(), sent.clone(), server.addr);
-            thread::spawn(move || {
-                let batch = Batch {
-                    mode: ConnMode::KeepAlive,
-                    requests: (0..200)
-                        .map(|i| Request::get(&format!("/load{t}/{i}")).expect(404))
-                        .collect(),
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    let t0 = Instant::now();
-                    run_batch(addr, &batch);
-                    sent.fetch_add(200, Ordering::Relaxed);
-                    thread::sleep(Duration::from_millis(40).saturating_sub(t0.elapsed()));
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(server.addr);
     let before = receiver.wait_for_spans(1000, Duration::from_secs(30)).len();
     assert!(
         before >= 1000,
@@ -523,52 +532,26 @@ fn slow_backend_under_load_stays_flat_counts_drops_and_recovers() {
     );
 
     receiver.set_delay(delay);
-    let slowed = Instant::now();
     let requests_at_slow = receiver.requests(Protocol::HttpProtobuf);
-    let sent_at_slow = sent.load(Ordering::Relaxed);
+    let sent_at_slow = load.sent();
     let rss_start = status_kib(apid, "VmRSS:");
-    let mut settled_peak = 0;
-    while slowed.elapsed() < slow_for {
-        thread::sleep(Duration::from_secs(1));
-        if slowed.elapsed() > Duration::from_secs(5) {
-            settled_peak = settled_peak.max(status_kib(apid, "VmRSS:"));
-        }
-    }
-    let sent_during = sent.load(Ordering::Relaxed) - sent_at_slow;
+    let (_, settled_peak) = rss_until(apid, Instant::now() + slow_for);
+    let sent_during = load.sent() - sent_at_slow;
     let slow_exports = receiver.requests(Protocol::HttpProtobuf) - requests_at_slow;
 
     receiver.set_delay(Duration::ZERO);
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.join().unwrap();
-    }
+    load.stop();
     // The exports already waiting end within the delay; after that the queue drains at
     // the backend's normal speed. Then 100 marked requests, each delivered exactly once.
     thread::sleep(delay + Duration::from_secs(2));
     let fast_again = Instant::now();
     run_batch(server.addr, &requests("after-slow", 100));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let after = loop {
-        let n = receiver
-            .spans()
-            .iter()
-            .filter(|s| {
-                s.attr("url.path")
-                    .is_some_and(|p| p.starts_with("/after-slow/"))
-            })
-            .count();
-        if n >= 100 || Instant::now() > deadline {
-            break n;
-        }
-        thread::sleep(Duration::from_millis(100));
-    };
+    let after = marked_spans(&receiver, "after-slow", 100);
     let delivered_in = fast_again.elapsed();
     let rss_peak = status_kib(apid, "VmHWM:");
     let exit = agent.stop();
     assert!(exit.status.success(), "{}", exit.stderr);
-    let built = status_value(&exit.stderr, "spans").unwrap_or(0);
-    let exported = status_value(&exit.stderr, "otlp_exported").unwrap_or(0);
-    let dropped = status_value(&exit.stderr, "otlp_dropped").unwrap_or(0);
+    let (built, exported, dropped) = span_accounting(&exit.stderr);
     // Every span the receiver holds is one the agent counted as exported, and none twice.
     let received = receiver.spans();
     let mut ids: Vec<String> = received.iter().map(|s| s.span_id_hex()).collect();

@@ -360,6 +360,23 @@ impl Metrics {
     }
 }
 
+/// A server series `GET route -> status` with nothing else set, for tests here and in
+/// the exporters.
+#[cfg(test)]
+pub(crate) fn test_series(route: &str, status: u16) -> HttpSeries {
+    HttpSeries {
+        kind: HttpKind::Server,
+        method: Arc::from("GET"),
+        route: Arc::from(route),
+        status,
+        error_type: None,
+        server_address: None,
+        server_port: 0,
+        rpc: None,
+        overflow: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,19 +389,7 @@ mod tests {
         })
     }
 
-    fn series(route: &str, status: u16) -> HttpSeries {
-        HttpSeries {
-            kind: HttpKind::Server,
-            method: Arc::from("GET"),
-            route: Arc::from(route),
-            status,
-            error_type: None,
-            server_address: None,
-            server_port: 0,
-            rpc: None,
-            overflow: false,
-        }
-    }
+    use super::test_series as series;
 
     #[test]
     fn a_replaced_resource_labels_the_series_recorded_before_and_after() {

@@ -665,7 +665,7 @@ mod tests {
     /// reports it; nothing here is timed).
     #[test]
     fn a_scrape_of_100k_series_has_every_series_once() {
-        use crate::metrics::{HttpKind, HttpRecord, HttpSeries};
+        use crate::metrics::{HttpRecord, test_series};
         use crate::resource::Resource;
         let metrics = Arc::new(Metrics::default());
         let (services, routes) = (2, 1000);
@@ -676,19 +676,8 @@ mod tests {
                 attributes: vec![("service.name".into(), format!("svc{pid}"))],
             });
             for i in 0..routes {
-                let series = HttpSeries {
-                    kind: HttpKind::Server,
-                    method: Arc::from("GET"),
-                    route: Arc::from(format!("/r{i}").as_str()),
-                    status: 200,
-                    error_type: None,
-                    server_address: None,
-                    server_port: 0,
-                    rpc: None,
-                    overflow: false,
-                };
                 let rec = HttpRecord {
-                    series,
+                    series: test_series(&format!("/r{i}"), 200),
                     duration_s: 0.01,
                     request_body: 0,
                     response_body: Some(0),

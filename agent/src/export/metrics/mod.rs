@@ -328,7 +328,7 @@ fn unix_now_ns() -> u64 {
 mod tests {
     use super::*;
     use crate::export::config::{OtlpConfig, Protocol};
-    use crate::metrics::{HttpKind, HttpRecord, HttpSeries};
+    use crate::metrics::{HttpRecord, test_series};
     use crate::resource::Resource;
 
     fn registry() -> Arc<Metrics> {
@@ -342,17 +342,7 @@ mod tests {
         m.record_http(
             &r,
             HttpRecord {
-                series: HttpSeries {
-                    kind: HttpKind::Server,
-                    method: Arc::from("GET"),
-                    route: Arc::from("/"),
-                    status: 200,
-                    error_type: None,
-                    server_address: None,
-                    server_port: 0,
-                    rpc: None,
-                    overflow: false,
-                },
+                series: test_series("/", 200),
                 duration_s: 0.1,
                 request_body: 0,
                 response_body: Some(0),
